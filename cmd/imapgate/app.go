@@ -1,0 +1,297 @@
+package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync/atomic"
+
+	proxyproto "github.com/pires/go-proxyproto"
+
+	"imapgate/certs"
+	"imapgate/config"
+	"imapgate/conntable"
+	"imapgate/courierlog"
+	"imapgate/embedded"
+	"imapgate/limiter"
+	"imapgate/proxy"
+)
+
+// app is the running daemon: what main built from the configuration, and
+// what a reload swaps.
+type app struct {
+	flags     flags
+	cfg       atomic.Pointer[config.Config]
+	log       *courierlog.Logger
+	sink      courierlog.Sink
+	store     *certs.Store
+	table     *conntable.Table
+	limiter   *limiter.Limiter
+	srv       *proxy.Server
+	emb       *embedded.Server
+	trusted   atomic.Pointer[[]netip.Prefix] // PROXY header sources
+	listeners []net.Listener
+	files     openFiles
+}
+
+func newApp(cfg *config.Config, f flags) (*app, error) {
+	a := &app{flags: f}
+	var err error
+	if a.sink, err = openSink(cfg.Log); err != nil {
+		return nil, err
+	}
+	a.log = courierlog.New(a.sink, courierlog.Options{TLS: true, LoginStartTLS: cfg.Log.LoginStartTLS})
+	if a.files, err = checkOpenFiles(cfg, f.demo); err != nil {
+		return nil, err
+	}
+	if a.store, err = buildStore(cfg, f.demo); err != nil {
+		return nil, err
+	}
+	if a.table, err = conntable.New(cfg.TableConfig(), func(m string) { a.log.Message(courierlog.Warning, m) }); err != nil {
+		return nil, err
+	}
+	if a.limiter, err = limiter.New(cfg.Policy(), limiter.Options{RateEntries: cfg.Limits.RateEntries}); err != nil {
+		return nil, fmt.Errorf("limits: %w", err)
+	}
+	up, err := a.buildUpstream(cfg)
+	if err != nil {
+		return nil, err
+	}
+	minVersion, _ := certs.TLSVersion(cfg.TLS.MinVersion)
+	a.srv, err = proxy.New(proxy.Options{
+		TLSConfig: a.store.ServerConfig(minVersion),
+		Upstream:  up,
+		Log:       a.log,
+		Table:     a.table,
+		Limiter:   a.limiter,
+		Login:     cfg.LoginBounds(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	trusted := prefixesOf(cfg.Listen.ProxyProtocolFrom)
+	a.trusted.Store(&trusted)
+	ln, err := a.listen(cfg)
+	if err != nil {
+		a.close()
+		return nil, err
+	}
+	a.listeners = append(a.listeners, ln)
+	a.cfg.Store(cfg)
+	return a, nil
+}
+
+func prefixesOf(ps []config.Prefix) []netip.Prefix {
+	out := make([]netip.Prefix, len(ps))
+	for i, p := range ps {
+		out[i] = p.Prefix
+	}
+	return out
+}
+
+func openSink(l config.Log) (courierlog.Sink, error) {
+	host := l.Hostname
+	if host == "" {
+		host, _ = os.Hostname()
+		host, _, _ = strings.Cut(host, ".")
+	}
+	switch {
+	case l.Output == "syslog":
+		return courierlog.DialSyslog(l.Tag)
+	case strings.HasPrefix(l.Output, "file:"):
+		return courierlog.OpenFile(strings.TrimPrefix(l.Output, "file:"), host, l.Tag)
+	default:
+		return courierlog.NewLineSink(os.Stderr, host, l.Tag), nil
+	}
+}
+
+func buildStore(cfg *config.Config, demo bool) (*certs.Store, error) {
+	if demo {
+		c, err := certs.SelfSigned("localhost", "127.0.0.1", "::1")
+		if err != nil {
+			return nil, err
+		}
+		return certs.NewStatic(c), nil
+	}
+	sources, err := cfg.CertSources()
+	if err != nil {
+		return nil, err
+	}
+	return certs.NewStore(sources)
+}
+
+func (a *app) buildUpstream(cfg *config.Config) (proxy.Upstream, error) {
+	u := cfg.Upstream
+	if u.Address == "embedded" {
+		if a.emb == nil {
+			accounts := embedded.DemoAccounts()
+			var err error
+			if a.emb, err = embedded.Start(accounts); err != nil {
+				return nil, err
+			}
+		}
+		return a.emb.Upstream(), nil
+	}
+	t := &proxy.TCPUpstream{Address: u.Address, ConnectTimeout: u.ConnectTimeout.D()}
+	switch u.ProxyProtocol {
+	case "v1":
+		t.ProxyHeader = 1
+	case "v2":
+		t.ProxyHeader = 2
+	}
+	if u.TLS {
+		host, _, _ := net.SplitHostPort(u.Address)
+		tc := &tls.Config{ServerName: host, InsecureSkipVerify: !u.TLSVerify, MinVersion: tls.VersionTLS12}
+		if u.TLSServerName != "" {
+			tc.ServerName = u.TLSServerName
+		}
+		if u.TLSCAFile != "" {
+			pem, err := os.ReadFile(u.TLSCAFile)
+			if err != nil {
+				return nil, fmt.Errorf("upstream.tls_ca_file: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("upstream.tls_ca_file %s: no certificates found", u.TLSCAFile)
+			}
+			tc.RootCAs = pool
+		}
+		t.TLS = tc
+	}
+	return t, nil
+}
+
+// listen opens the client listener: raw TCP, then, if load balancers are
+// trusted, PROXY header parsing for their connections only (the header is
+// read lazily in each session's goroutine, never in the accept loop).
+func (a *app) listen(cfg *config.Config) (net.Listener, error) {
+	ln, err := net.Listen("tcp", cfg.Listen.Address)
+	if err != nil {
+		return nil, fmt.Errorf("listen.address: %w", err)
+	}
+	if len(cfg.Listen.ProxyProtocolFrom) == 0 {
+		return ln, nil
+	}
+	return &proxyproto.Listener{
+		Listener:          ln,
+		ReadHeaderTimeout: cfg.Listen.ProxyHeaderTimeout.D(),
+		ConnPolicy: func(o proxyproto.ConnPolicyOptions) (proxyproto.Policy, error) {
+			if ta, ok := o.Upstream.(*net.TCPAddr); ok {
+				ip := ta.AddrPort().Addr().Unmap()
+				for _, p := range *a.trusted.Load() {
+					if p.Contains(ip) {
+						return proxyproto.USE, nil
+					}
+				}
+			}
+			return proxyproto.SKIP, nil
+		},
+	}, nil
+}
+
+// reload re-reads the configuration and certificates, checks everything,
+// and swaps it all, or changes nothing and says why. Live sessions and
+// limit counters are untouched; new limits apply to new connections.
+func (a *app) reload() {
+	if err := a.tryReload(); err != nil {
+		a.logf("imapgate: reload failed, keeping the running configuration: %v", oneLine(err))
+		return
+	}
+	a.logf("imapgate: configuration reloaded")
+}
+
+func (a *app) tryReload() error {
+	if r, ok := a.sink.(interface{ Reopen() error }); ok {
+		if err := r.Reopen(); err != nil {
+			return err
+		}
+	}
+	cfg, err := loadConfig(a.flags)
+	if err != nil {
+		return err
+	}
+	old := a.cfg.Load()
+	if cfg.Listen.Address != old.Listen.Address || cfg.Log != old.Log ||
+		(len(old.Listen.ProxyProtocolFrom) == 0) != (len(cfg.Listen.ProxyProtocolFrom) == 0) {
+		return errors.New("listen.address, [log] and turning proxy_protocol_from on or off need a restart")
+	}
+	store, err := buildStore(cfg, a.flags.demo)
+	if err != nil {
+		return err
+	}
+	if cfg.Table.Buckets != old.Table.Buckets {
+		return errors.New("table.buckets cannot change without a restart")
+	}
+	policy := cfg.Policy()
+	if err := policy.Validate(); err != nil {
+		return err
+	}
+	up, err := a.buildUpstream(cfg)
+	if err != nil {
+		return err
+	}
+	// Everything is checked: swap.
+	if !a.flags.demo {
+		a.store.Adopt(store)
+	}
+	if err := a.table.Reconfigure(cfg.TableConfig()); err != nil {
+		return err
+	}
+	a.limiter.SetPolicy(policy)
+	a.srv.SetUpstream(up)
+	a.srv.SetLogin(cfg.LoginBounds())
+	trusted := prefixesOf(cfg.Listen.ProxyProtocolFrom)
+	a.trusted.Store(&trusted)
+	a.cfg.Store(cfg)
+	return nil
+}
+
+func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", "; ") }
+
+func (a *app) logf(format string, args ...any) {
+	a.log.Message(courierlog.Info, fmt.Sprintf(format, args...))
+}
+
+func (a *app) close() {
+	for _, ln := range a.listeners {
+		ln.Close()
+	}
+	if a.emb != nil {
+		a.emb.Close()
+	}
+	if c, ok := a.sink.(io.Closer); ok {
+		c.Close()
+	}
+}
+
+// startupReport is one line with what is in force.
+func (a *app) startupReport() {
+	cfg := a.cfg.Load()
+	l := cfg.Limits
+	addrs := make([]string, len(a.listeners))
+	for i, ln := range a.listeners {
+		addrs[i] = ln.Addr().String()
+	}
+	a.logf("imapgate: listening on %s, upstream %s%s; table max=%d buckets=%d; limits max_connections=%d max_per_ip=%d max_preauth_per_ip=%d max_per_prefix=%d (/%d, /%d) max_per_user_ip=%d rate_per_ip=%s; open files %d (hard %d) for %d needed",
+		strings.Join(addrs, ","), cfg.Upstream.Address, proxyNote(cfg), a.table.Max(), a.table.Config().Buckets,
+		l.MaxConnections, l.MaxPerIP, l.MaxPreauthPerIP, l.MaxPerPrefix, l.IPv4Prefix, l.IPv6Prefix, l.MaxPerUserIP,
+		rateString(l.RatePerIP), a.files.soft, a.files.hard, a.files.need)
+}
+
+func proxyNote(cfg *config.Config) string {
+	if cfg.Upstream.ProxyProtocol != "" {
+		return " with PROXY " + cfg.Upstream.ProxyProtocol
+	}
+	return ""
+}
+
+func rateString(r config.Rate) string {
+	b, _ := r.MarshalText()
+	return string(b)
+}

@@ -1,0 +1,132 @@
+// Command imapgate is a TLS-terminating IMAP proxy for port 993 in front of
+// courier-imap (or any IMAP server): it watches the login exchange, enforces
+// connection limits, logs in courier's own format and relays the session.
+//
+//	imapgate -demo                    zero-setup demo on 127.0.0.1:9993
+//	imapgate -config /etc/imapgate.toml
+//	imapgate -check -config FILE      validate and exit (like nginx -t)
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"imapgate/config"
+	"imapgate/proxy"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+type flags struct {
+	configFile string
+	demo       bool
+	check      bool
+	grace      time.Duration
+}
+
+func run(args []string) int {
+	var f flags
+	fs := flag.NewFlagSet("imapgate", flag.ContinueOnError)
+	fs.StringVar(&f.configFile, "config", "", "configuration `file` (TOML; see imapgate.example.toml)")
+	fs.BoolVar(&f.demo, "demo", false, "zero-setup demo: 127.0.0.1:9993, a generated certificate and an in-memory mailbox (demo/demo)")
+	fs.BoolVar(&f.check, "check", false, "check the configuration, print the result and exit")
+	fs.DurationVar(&f.grace, "grace", 30*time.Second, "on SIGTERM, how long logged-in sessions may drain before they are closed")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if f.configFile == "" && !f.demo {
+		fmt.Fprintln(os.Stderr, "imapgate: give -config FILE, or -demo to try it out")
+		return 2
+	}
+	cfg, err := loadConfig(f)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "imapgate:", err)
+		return 1
+	}
+	if f.check {
+		if err := checkRuntime(cfg, f); err != nil {
+			fmt.Fprintln(os.Stderr, "imapgate:", err)
+			return 1
+		}
+		fmt.Printf("imapgate: configuration %s is valid\n", describe(f))
+		printSettings(os.Stdout, cfg)
+		return 0
+	}
+	a, err := newApp(cfg, f)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "imapgate:", err)
+		return 1
+	}
+	return a.serve()
+}
+
+func describe(f flags) string {
+	if f.configFile == "" {
+		return "(demo defaults)"
+	}
+	return f.configFile
+}
+
+// loadConfig reads the file (or the defaults in demo mode) and applies
+// what the demo supplies.
+func loadConfig(f flags) (*config.Config, error) {
+	cfg := config.Default()
+	if f.configFile != "" {
+		var err error
+		if cfg, err = config.Load(f.configFile); err != nil {
+			return nil, err
+		}
+	}
+	if f.demo {
+		applyDemo(cfg)
+		return cfg, nil
+	}
+	if cfg.TLS.Cert == "" {
+		return nil, &config.Error{File: f.configFile, Key: "tls.cert", Msg: "required (or run with -demo for a generated certificate)"}
+	}
+	return cfg, nil
+}
+
+// serve runs until SIGTERM/SIGINT; SIGHUP reloads.
+func (a *app) serve() int {
+	errc := make(chan error, len(a.listeners))
+	for _, ln := range a.listeners {
+		go func() { errc <- a.srv.Serve(ln) }()
+	}
+	a.startupReport()
+	if a.flags.demo {
+		printDemo(os.Stdout, a.listeners[0].Addr().String())
+	}
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	for {
+		select {
+		case err := <-errc:
+			if errors.Is(err, proxy.ErrServerClosed) {
+				continue
+			}
+			a.logf("imapgate: listener failed: %v", err)
+			a.srv.Close()
+			return 1
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				a.reload()
+				continue
+			}
+			a.logf("imapgate: %s: shutting down; logged-in sessions may drain for %s", sig, a.flags.grace)
+			ctx, cancel := context.WithTimeout(context.Background(), a.flags.grace)
+			a.srv.Shutdown(ctx)
+			cancel()
+			a.close()
+			return 0
+		}
+	}
+}

@@ -1,0 +1,304 @@
+// Package config reads imapgate's TOML file into typed, validated values.
+// A file is decoded and checked whole; every problem is reported with the
+// file, the line and the key, and a caller that is reloading keeps its old
+// configuration when Load fails.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Duration is a time.Duration written as a string ("30m", "10s"). A bare
+// number is refused: it would silently mean nanoseconds.
+type Duration time.Duration
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("not a duration (write e.g. \"30s\", \"10m\"): %q", b)
+	}
+	if v < 0 {
+		return fmt.Errorf("duration must not be negative: %q", b)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// D returns the time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Prefix is a CIDR ("192.0.2.0/24") or a single address ("192.0.2.7").
+type Prefix struct{ netip.Prefix }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (p *Prefix) UnmarshalText(b []byte) error {
+	s := string(b)
+	if !strings.Contains(s, "/") {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return fmt.Errorf("not an address or CIDR: %q", s)
+		}
+		p.Prefix = netip.PrefixFrom(a, a.BitLen())
+		return nil
+	}
+	q, err := netip.ParsePrefix(s)
+	if err != nil {
+		return fmt.Errorf("not a CIDR: %q", s)
+	}
+	p.Prefix = q.Masked()
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (p Prefix) MarshalText() ([]byte, error) { return []byte(p.Prefix.String()), nil }
+
+// Rate is "N/duration", e.g. "60/1m": a burst of N new connections,
+// refilled at N per duration. "0" or "" is unlimited.
+type Rate struct {
+	Burst int
+	Per   time.Duration
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (r *Rate) UnmarshalText(b []byte) error {
+	s := strings.TrimSpace(string(b))
+	if s == "" || s == "0" {
+		*r = Rate{}
+		return nil
+	}
+	n, per, ok := strings.Cut(s, "/")
+	burst, err := strconv.Atoi(n)
+	if !ok || err != nil || burst < 0 {
+		return fmt.Errorf("rate must look like \"60/1m\", got %q", s)
+	}
+	d, err := time.ParseDuration(per)
+	if err != nil || d <= 0 {
+		return fmt.Errorf("rate must look like \"60/1m\", got %q", s)
+	}
+	*r = Rate{Burst: burst, Per: d}
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (r Rate) MarshalText() ([]byte, error) {
+	if r.Burst == 0 {
+		return []byte("0"), nil
+	}
+	return []byte(fmt.Sprintf("%d/%s", r.Burst, r.Per)), nil
+}
+
+// Config is the whole file.
+type Config struct {
+	Listen   Listen   `toml:"listen"`
+	TLS      TLS      `toml:"tls"`
+	Upstream Upstream `toml:"upstream"`
+	Login    Login    `toml:"login"`
+	Timeouts Timeouts `toml:"timeouts"`
+	Table    Table    `toml:"table"`
+	Limits   Limits   `toml:"limits"`
+	Log      Log      `toml:"log"`
+
+	defined map[string]bool // keys the file set
+}
+
+// IsSet reports whether the file set key (dotted, e.g. "listen.address").
+func (c *Config) IsSet(key string) bool { return c.defined[key] }
+
+// Listen is the client side.
+type Listen struct {
+	Address string `toml:"address"`
+	// ProxyProtocolFrom lists load balancers whose PROXY header (v1 or v2)
+	// is honoured; everyone else is served directly, as they are.
+	ProxyProtocolFrom  []Prefix `toml:"proxy_protocol_from"`
+	ProxyHeaderTimeout Duration `toml:"proxy_header_timeout"`
+}
+
+// CertPair is one certificate; an empty key means the key is in the cert
+// file (courier's TLS_CERTFILE).
+type CertPair struct {
+	Cert string `toml:"cert"`
+	Key  string `toml:"key"`
+}
+
+// TLS is the client-side TLS.
+type TLS struct {
+	Cert       string     `toml:"cert"`
+	Key        string     `toml:"key"`
+	SNI        []CertPair `toml:"sni"`
+	CourierSNI bool       `toml:"courier_sni"`
+	MinVersion string     `toml:"min_version"`
+}
+
+// Upstream is the IMAP server.
+type Upstream struct {
+	Address         string   `toml:"address"`
+	TLS             bool     `toml:"tls"`
+	TLSVerify       bool     `toml:"tls_verify"`
+	TLSServerName   string   `toml:"tls_server_name"`
+	TLSCAFile       string   `toml:"tls_ca_file"`
+	ConnectTimeout  Duration `toml:"connect_timeout"`
+	GreetingTimeout Duration `toml:"greeting_timeout"`
+	ProxyProtocol   string   `toml:"proxy_protocol"`
+}
+
+// Login bounds the login phase.
+type Login struct {
+	MaxLine     int `toml:"max_line"`
+	MaxLiteral  int `toml:"max_literal"`
+	MaxCommands int `toml:"max_commands"`
+}
+
+// Timeouts per connection state.
+type Timeouts struct {
+	Handshake   Duration `toml:"handshake"`
+	Preauth     Duration `toml:"preauth"`
+	Established Duration `toml:"established"`
+	Closing     Duration `toml:"closing"`
+}
+
+// Table sizes the connection table.
+type Table struct {
+	Max     int `toml:"max"`
+	Buckets int `toml:"buckets"`
+}
+
+// Limits is [limits].
+type Limits struct {
+	MaxConnections  int      `toml:"max_connections"`
+	MaxPerIP        int      `toml:"max_per_ip"`
+	MaxPreauthPerIP int      `toml:"max_preauth_per_ip"`
+	MaxPerPrefix    int      `toml:"max_per_prefix"`
+	MaxPerUserIP    int      `toml:"max_per_user_ip"`
+	IPv4Prefix      int      `toml:"ipv4_prefix"`
+	IPv6Prefix      int      `toml:"ipv6_prefix"`
+	RatePerIP       Rate     `toml:"rate_per_ip"`
+	RatePerPrefix   Rate     `toml:"rate_per_prefix"`
+	RateEntries     int      `toml:"rate_entries"`
+	Allow           []Prefix `toml:"allow"`
+	Deny            []Prefix `toml:"deny"`
+	Exempt          []Prefix `toml:"exempt"`
+	// Action maps a limit name to "close", "bye" or "wait".
+	Action map[string]string `toml:"action"`
+	// DryRun lists limits that only log and count.
+	DryRun       []string     `toml:"dry_run"`
+	AuthFailures AuthFailures `toml:"auth_failures"`
+	Override     []Override   `toml:"override"`
+	// OpenFilesCheck refuses to start when the open-file limit cannot hold
+	// the table; false only warns.
+	OpenFilesCheck bool `toml:"open_files_check"`
+}
+
+// AuthFailures is the auth-failure penalty.
+type AuthFailures struct {
+	Failures       int      `toml:"failures"`
+	PrefixFailures int      `toml:"prefix_failures"`
+	Window         Duration `toml:"window"`
+	BanTime        Duration `toml:"ban_time"`
+	Delay          Duration `toml:"delay"`
+	MaxDelay       Duration `toml:"max_delay"`
+}
+
+// Override is one [[limits.override]]: limits for a CIDR. Unset fields
+// keep the global value.
+type Override struct {
+	CIDR            Prefix `toml:"cidr"`
+	MaxConnections  *int   `toml:"max_connections"`
+	MaxPerIP        *int   `toml:"max_per_ip"`
+	MaxPreauthPerIP *int   `toml:"max_preauth_per_ip"`
+	MaxPerPrefix    *int   `toml:"max_per_prefix"`
+	MaxPerUserIP    *int   `toml:"max_per_user_ip"`
+	RatePerIP       *Rate  `toml:"rate_per_ip"`
+	RatePerPrefix   *Rate  `toml:"rate_per_prefix"`
+}
+
+// Log is [log].
+type Log struct {
+	// Output: "stderr", "syslog" or "file:/path".
+	Output        string `toml:"output"`
+	Tag           string `toml:"tag"`
+	Hostname      string `toml:"hostname"`
+	LoginStartTLS bool   `toml:"login_starttls"`
+}
+
+// Error is a problem in a config file at a line and key.
+type Error struct {
+	File string
+	Line int // 0 if unknown
+	Key  string
+	Msg  string
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString(e.File)
+	if e.Line > 0 {
+		fmt.Fprintf(&b, ":%d", e.Line)
+	}
+	if e.Key != "" {
+		fmt.Fprintf(&b, ": %s", e.Key)
+	}
+	fmt.Fprintf(&b, ": %s", e.Msg)
+	return b.String()
+}
+
+// Errors is every problem found in one file.
+type Errors []*Error
+
+func (es Errors) Error() string {
+	msgs := make([]string, len(es))
+	for i, e := range es {
+		msgs[i] = e.Error()
+	}
+	return strings.Join(msgs, "\n")
+}
+
+// Load reads and validates path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return Parse(path, string(data))
+}
+
+// Parse decodes and validates text (named name in errors) over the
+// defaults.
+func Parse(name, text string) (*Config, error) {
+	c := Default()
+	md, err := toml.Decode(text, c)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return nil, Errors{{File: name, Line: pe.Position.Line, Key: pe.LastKey, Msg: pe.Message}}
+		}
+		return nil, Errors{{File: name, Msg: err.Error()}}
+	}
+	c.defined = make(map[string]bool)
+	for _, k := range md.Keys() {
+		c.defined[k.String()] = true
+	}
+	loc := newLocator(text)
+	var errs Errors
+	for _, k := range md.Undecoded() {
+		errs = append(errs, &Error{File: name, Line: loc.line(k.String(), 0), Key: k.String(), Msg: "unknown key"})
+	}
+	for _, p := range c.validate() {
+		errs = append(errs, &Error{File: name, Line: loc.line(p.key, p.index), Key: p.key, Msg: p.msg})
+	}
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	return c, nil
+}

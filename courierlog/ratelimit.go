@@ -1,0 +1,41 @@
+package courierlog
+
+import (
+	"sync"
+	"time"
+)
+
+// RateLimit is the kernel's ___ratelimit: at most burst messages per
+// interval; when a new interval starts after messages were dropped, the
+// first message reports how many were ("N callbacks suppressed").
+type RateLimit struct {
+	mu       sync.Mutex
+	interval time.Duration
+	burst    int
+	begin    time.Time
+	printed  int
+	missed   int
+}
+
+// NewRateLimit allows burst lines per interval; the kernel's net_ratelimit
+// uses 10 per 5 s.
+func NewRateLimit(interval time.Duration, burst int) *RateLimit {
+	return &RateLimit{interval: interval, burst: burst}
+}
+
+// Allow reports whether a message may be printed at now, and how many were
+// suppressed in the window that just ended.
+func (r *RateLimit) Allow(now time.Time) (ok bool, suppressed int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.begin.IsZero() || now.Sub(r.begin) >= r.interval {
+		suppressed = r.missed
+		r.begin, r.printed, r.missed = now, 0, 0
+	}
+	if r.printed < r.burst {
+		r.printed++
+		return true, suppressed
+	}
+	r.missed++
+	return false, 0
+}

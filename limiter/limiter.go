@@ -1,0 +1,409 @@
+package limiter
+
+import (
+	"context"
+	"hash/maphash"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+const numShards = 64
+
+// Limiter holds live counters and rate state. All methods are safe for
+// concurrent use; Admit takes no global lock.
+type Limiter struct {
+	policy atomic.Pointer[Policy]
+	seed   maphash.Seed
+	total  atomic.Int64
+
+	ips      [numShards]ipShard
+	prefixes [numShards]countShard[netip.Prefix]
+	users    [numShards]countShard[userKey]
+
+	rateIP, ratePrefix *rateTable
+	fails              *failTable
+	wouldRefuse        [NumReasons]atomic.Uint64
+}
+
+type ipCount struct {
+	total, preauth int
+	freed          chan struct{} // closed when a preauth slot frees; nil if nobody waits
+}
+
+type ipShard struct {
+	sync.Mutex
+	m map[netip.Addr]*ipCount
+}
+
+type countShard[K comparable] struct {
+	sync.Mutex
+	m map[K]int
+}
+
+type userKey struct {
+	user string
+	addr netip.Addr
+}
+
+// Options size the limiter's bounded state.
+type Options struct {
+	// RateEntries bounds the addresses (and, separately, prefixes) whose
+	// connection rate is remembered. Beyond it the least recently seen key
+	// is forgotten and starts again with a full bucket, so a flood of
+	// distinct addresses costs memory up to this bound and no more. 0 means
+	// 1,048,576.
+	RateEntries int
+	// FailEntries bounds addresses and prefixes with failed logins
+	// remembered (least recently failed forgotten first). 0 means 262,144.
+	FailEntries int
+}
+
+// New returns a limiter enforcing p.
+func New(p Policy, opts Options) (*Limiter, error) {
+	if opts.RateEntries <= 0 {
+		opts.RateEntries = 1 << 20
+	}
+	if opts.FailEntries <= 0 {
+		opts.FailEntries = 1 << 18
+	}
+	l := &Limiter{
+		seed:       maphash.MakeSeed(),
+		rateIP:     newRateTable(opts.RateEntries),
+		ratePrefix: newRateTable(opts.RateEntries),
+		fails:      newFailTable(opts.FailEntries),
+	}
+	for i := range l.ips {
+		l.ips[i].m = make(map[netip.Addr]*ipCount)
+		l.prefixes[i].m = make(map[netip.Prefix]int)
+		l.users[i].m = make(map[userKey]int)
+	}
+	if err := l.SetPolicy(p); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// SetPolicy swaps the policy. Counters and rate state are kept: lowering a
+// limit refuses new connections only, and never closes existing ones.
+func (l *Limiter) SetPolicy(p Policy) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	p.Overrides = append([]Override(nil), p.Overrides...)
+	p.prepare()
+	l.policy.Store(&p)
+	return nil
+}
+
+// Policy returns the policy in force.
+func (l *Limiter) Policy() *Policy { return l.policy.Load() }
+
+func (l *Limiter) shardOf(a netip.Addr) uint32 {
+	b := a.As16()
+	return uint32(maphash.Bytes(l.seed, b[:]) % numShards)
+}
+
+// Decision is the outcome of an admission or login check.
+type Decision struct {
+	Refused bool
+	Reason  Reason // the refusing limit, valid if Refused
+	Action  Action
+	// WouldRefuse has bit r set for each limit in dry-run mode that would
+	// have refused; the caller logs and counts them.
+	WouldRefuse uint16
+	Limit       int // the limit value that was hit, for the log line
+}
+
+// Ticket is what one admitted connection holds. Release it exactly once.
+type Ticket struct {
+	l        *Limiter
+	addr     netip.Addr
+	prefix   netip.Prefix
+	counted  uint8 // bits: countedTotal, countedIP, countedPrefix, countedPreauth
+	exempt   bool
+	user     userKey
+	hasUser  bool
+	released bool
+}
+
+const (
+	countedTotal = 1 << iota
+	countedIP
+	countedPrefix
+	countedPreauth
+)
+
+// Addr returns the connection's address (IPv4-mapped addresses unmapped).
+func (t *Ticket) Addr() netip.Addr { return t.addr }
+
+// Prefix returns the aggregation prefix the connection was counted in.
+func (t *Ticket) Prefix() netip.Prefix { return t.prefix }
+
+// refuse decides between refusing and, in dry-run, recording.
+func (d *Decision) refuse(p *Policy, r Reason, limit int) bool {
+	if p.DryRun[r] {
+		d.WouldRefuse |= 1 << r
+		return false
+	}
+	d.Refused, d.Reason, d.Action, d.Limit = true, r, p.Action[r], limit
+	return true
+}
+
+// Admit decides on a new connection from client at now. On success (and on
+// a Wait refusal, see WaitPreauth) the returned ticket holds the
+// connection's place in the counters.
+func (l *Limiter) Admit(client netip.Addr, now time.Time) (*Ticket, Decision) {
+	p := l.policy.Load()
+	a := client.Unmap().WithZone("")
+	var d Decision
+	if contains(p.Deny, a) && d.refuse(p, Deny, 0) {
+		return nil, d
+	}
+	if len(p.Allow) > 0 && !contains(p.Allow, a) && d.refuse(p, NotAllowed, 0) {
+		return nil, d
+	}
+	t := &Ticket{l: l, addr: a, prefix: p.PrefixOf(a), exempt: contains(p.Exempt, a)}
+	lim := p.limitsFor(a)
+	if !t.exempt {
+		if l.fails.banned(a, t.prefix, now) && d.refuse(p, Banned, 0) {
+			return nil, d
+		}
+		if lim.RatePerIP.enabled() && !l.rateIP.allow(addrKey(a), lim.RatePerIP, now) && d.refuse(p, RatePerIP, lim.RatePerIP.Burst) {
+			return nil, d
+		}
+		if lim.RatePerPrefix.enabled() && !l.ratePrefix.allow(addrKey(t.prefix.Addr()), lim.RatePerPrefix, now) &&
+			d.refuse(p, RatePerPrefix, lim.RatePerPrefix.Burst) {
+			return nil, d
+		}
+	}
+	if !l.count(t, p, lim, &d) {
+		t.Release()
+		return nil, d
+	}
+	return t, d
+}
+
+// count takes the connection's places in the concurrency counters. On a
+// refusal it leaves what it took in t.counted for Release to undo, except
+// that a Wait refusal for the preauth limit keeps the other places.
+func (l *Limiter) count(t *Ticket, p *Policy, lim *Limits, d *Decision) bool {
+	if n := l.total.Add(1); lim.MaxConnections > 0 && n > int64(lim.MaxConnections) && d.refuse(p, MaxConnections, lim.MaxConnections) {
+		l.total.Add(-1)
+		return false
+	}
+	t.counted |= countedTotal
+	if t.exempt {
+		return true
+	}
+	s := &l.ips[l.shardOf(t.addr)]
+	s.Lock()
+	c := s.m[t.addr]
+	if c == nil {
+		c = &ipCount{}
+		s.m[t.addr] = c
+	}
+	if lim.MaxPerIP > 0 && c.total >= lim.MaxPerIP && d.refuse(p, MaxPerIP, lim.MaxPerIP) {
+		s.Unlock()
+		return false
+	}
+	c.total++
+	t.counted |= countedIP
+	preauthFull := lim.MaxPreauthPerIP > 0 && c.preauth >= lim.MaxPreauthPerIP
+	if !preauthFull {
+		c.preauth++
+		t.counted |= countedPreauth
+	}
+	s.Unlock()
+
+	ps := &l.prefixes[l.shardOf(t.prefix.Addr())]
+	ps.Lock()
+	if n := ps.m[t.prefix]; lim.MaxPerPrefix > 0 && n >= lim.MaxPerPrefix && d.refuse(p, MaxPerPrefix, lim.MaxPerPrefix) {
+		ps.Unlock()
+		return false
+	}
+	ps.m[t.prefix]++
+	t.counted |= countedPrefix
+	ps.Unlock()
+
+	if !preauthFull {
+		return true
+	}
+	if d.refuse(p, MaxPreauthPerIP, lim.MaxPreauthPerIP) {
+		if d.Action == Wait {
+			d.Refused = false // the caller waits (NeedsWait); other places stay taken
+			return true
+		}
+		return false
+	}
+	// Dry run: take the slot anyway, over the limit.
+	s.Lock()
+	c.preauth++
+	t.counted |= countedPreauth
+	s.Unlock()
+	return true
+}
+
+// NeedsWait reports whether the ticket must WaitPreauth before going on.
+func (t *Ticket) NeedsWait() bool {
+	return !t.exempt && t.counted&countedIP != 0 && t.counted&countedPreauth == 0
+}
+
+// WaitPreauth blocks until the address has a free not-logged-in slot, or
+// ctx ends (the caller's handshake deadline or a kill).
+func (t *Ticket) WaitPreauth(ctx context.Context) error {
+	l := t.l
+	s := &l.ips[l.shardOf(t.addr)]
+	for {
+		lim := l.policy.Load().limitsFor(t.addr)
+		s.Lock()
+		c := s.m[t.addr]
+		if lim.MaxPreauthPerIP <= 0 || c.preauth < lim.MaxPreauthPerIP {
+			c.preauth++
+			t.counted |= countedPreauth
+			s.Unlock()
+			return nil
+		}
+		if c.freed == nil {
+			c.freed = make(chan struct{})
+		}
+		ch := c.freed
+		s.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// releasePreauth gives back the not-logged-in slot and wakes waiters.
+func (t *Ticket) releasePreauth(c *ipCount) {
+	if t.counted&countedPreauth == 0 {
+		return
+	}
+	t.counted &^= countedPreauth
+	c.preauth--
+	if c.freed != nil {
+		close(c.freed)
+		c.freed = nil
+	}
+}
+
+// LoggedIn moves the connection out of the not-logged-in count.
+func (t *Ticket) LoggedIn() {
+	if t.exempt || t.counted&countedIP == 0 {
+		return
+	}
+	s := &t.l.ips[t.l.shardOf(t.addr)]
+	s.Lock()
+	if c := s.m[t.addr]; c != nil {
+		t.releasePreauth(c)
+	}
+	s.Unlock()
+}
+
+// ReserveUser takes a place for user from this address before the login is
+// forwarded (max_per_user_ip); CommitUser(false) gives it back if the login
+// fails. User names are compared case-insensitively.
+func (t *Ticket) ReserveUser(user string) Decision {
+	var d Decision
+	if t.exempt || t.hasUser {
+		return d
+	}
+	p := t.l.policy.Load()
+	lim := p.limitsFor(t.addr)
+	k := userKey{strings.ToLower(user), t.addr}
+	s := &t.l.users[t.l.shardOf(t.addr)]
+	s.Lock()
+	defer s.Unlock()
+	if n := s.m[k]; lim.MaxPerUserIP > 0 && n >= lim.MaxPerUserIP && d.refuse(p, MaxPerUserIP, lim.MaxPerUserIP) {
+		return d
+	}
+	s.m[k]++
+	t.user, t.hasUser = k, true
+	return d
+}
+
+// CommitUser keeps the reserved place if ok, else gives it back.
+func (t *Ticket) CommitUser(ok bool) {
+	if !ok {
+		t.releaseUser()
+	}
+}
+
+func (t *Ticket) releaseUser() {
+	if !t.hasUser {
+		return
+	}
+	s := &t.l.users[t.l.shardOf(t.addr)]
+	s.Lock()
+	if s.m[t.user]--; s.m[t.user] <= 0 {
+		delete(s.m, t.user)
+	}
+	s.Unlock()
+	t.hasUser = false
+}
+
+// Release gives back everything the ticket holds. Idempotent.
+func (t *Ticket) Release() {
+	if t == nil || t.released {
+		return
+	}
+	t.released = true
+	l := t.l
+	if t.counted&countedTotal != 0 {
+		l.total.Add(-1)
+	}
+	if t.counted&countedIP != 0 {
+		s := &l.ips[l.shardOf(t.addr)]
+		s.Lock()
+		if c := s.m[t.addr]; c != nil {
+			t.releasePreauth(c)
+			if c.total--; c.total <= 0 && c.freed == nil {
+				delete(s.m, t.addr)
+			}
+		}
+		s.Unlock()
+	}
+	if t.counted&countedPrefix != 0 {
+		ps := &l.prefixes[l.shardOf(t.prefix.Addr())]
+		ps.Lock()
+		if ps.m[t.prefix]--; ps.m[t.prefix] <= 0 {
+			delete(ps.m, t.prefix)
+		}
+		ps.Unlock()
+	}
+	t.releaseUser()
+	t.counted = 0
+}
+
+// Total is the number of connections counted.
+func (l *Limiter) Total() int { return int(l.total.Load()) }
+
+// PerIP returns the live connection count of an address (for tests and
+// the admin endpoint).
+func (l *Limiter) PerIP(a netip.Addr) (total, preauth int) {
+	a = a.Unmap()
+	s := &l.ips[l.shardOf(a)]
+	s.Lock()
+	defer s.Unlock()
+	if c := s.m[a]; c != nil {
+		return c.total, c.preauth
+	}
+	return 0, 0
+}
+
+// NoteWouldRefuse counts dry-run hits (the caller also logs them).
+func (l *Limiter) NoteWouldRefuse(mask uint16) {
+	for r := Reason(0); r < NumReasons; r++ {
+		if mask&(1<<r) != 0 {
+			l.wouldRefuse[r].Add(1)
+		}
+	}
+}
+
+// WouldRefuse returns the dry-run count for r.
+func (l *Limiter) WouldRefuse(r Reason) uint64 { return l.wouldRefuse[r].Load() }

@@ -1,0 +1,247 @@
+// Package limiter decides whether a new connection or login may proceed:
+// courier-style concurrency limits (MAXDAEMONS, MAXPERIP), a stricter limit
+// on not-yet-logged-in connections per address, per-prefix limits that
+// aggregate IPv6 properly, per user+address limits, new-connection rates,
+// auth-failure penalties and allow/deny/exempt lists. Limits are read from a
+// Policy that a reload swaps whole; the live counters belong to the Limiter
+// and survive every reload.
+package limiter
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+)
+
+// Reason names a limit; it is also the label of refusal counters.
+type Reason uint8
+
+// The limits, in the order Admit checks them.
+const (
+	Deny            Reason = iota // address in the deny list
+	NotAllowed                    // allow list set and address not in it
+	Banned                        // too many failed logins
+	RatePerIP                     // new connections per address
+	RatePerPrefix                 // new connections per prefix
+	MaxConnections                // all connections (courier MAXDAEMONS)
+	MaxPerIP                      // connections per address (courier MAXPERIP)
+	MaxPerPrefix                  // connections per /24 or /64
+	MaxPreauthPerIP               // not-logged-in connections per address
+	MaxPerUserIP                  // sessions of one user from one address
+	NumReasons
+)
+
+var reasonNames = [NumReasons]string{
+	"deny", "not_allowed", "banned", "rate_per_ip", "rate_per_prefix",
+	"max_connections", "max_per_ip", "max_per_prefix", "max_preauth_per_ip", "max_per_user_ip",
+}
+
+func (r Reason) String() string {
+	if r < NumReasons {
+		return reasonNames[r]
+	}
+	return "unknown"
+}
+
+// ParseReason is the inverse of String.
+func ParseReason(s string) (Reason, bool) {
+	for i, n := range reasonNames {
+		if n == s {
+			return Reason(i), true
+		}
+	}
+	return 0, false
+}
+
+// Action is how a refusal looks to the client.
+type Action uint8
+
+const (
+	// Close drops the TCP connection before the TLS handshake: cheapest,
+	// right for floods, rate limits and the global cap. It is what
+	// couriertcpd does for MAXPERIP.
+	Close Action = iota
+	// Bye completes the handshake and sends "* BYE [UNAVAILABLE] <reason>"
+	// so the user's mail client shows why.
+	Bye
+	// Wait holds the connection before its handshake until a slot frees or
+	// the handshake timeout passes (max_preauth_per_ip only): an honest
+	// burst of logins is delayed, a flood of silent connections is cut off.
+	Wait
+)
+
+var actionNames = [...]string{"close", "bye", "wait"}
+
+func (a Action) String() string { return actionNames[a] }
+
+// ParseAction is the inverse of String.
+func ParseAction(s string) (Action, bool) {
+	i := slices.Index(actionNames[:], s)
+	return Action(i), i >= 0
+}
+
+// Rate is a new-connection rate: Burst connections at once, refilled at
+// Burst per Per. A zero Rate is unlimited.
+type Rate struct {
+	Burst int
+	Per   time.Duration
+}
+
+func (r Rate) enabled() bool { return r.Burst > 0 && r.Per > 0 }
+
+// Limits are the numeric limits; 0 means unlimited.
+type Limits struct {
+	MaxConnections  int
+	MaxPerIP        int
+	MaxPreauthPerIP int
+	MaxPerPrefix    int
+	MaxPerUserIP    int
+	RatePerIP       Rate
+	RatePerPrefix   Rate
+}
+
+// Override replaces Limits for addresses in Prefix (courier's
+// "allow,MAXCPERIP=n" in the access file). The most specific prefix wins.
+type Override struct {
+	Prefix netip.Prefix
+	Limits Limits
+}
+
+// Penalty configures the auth-failure penalty: after Failures failed logins
+// from an address (or PrefixFailures from its prefix) within Window, later
+// logins are answered Delay later per failure (at most MaxDelay), and new
+// connections from it are refused for BanTime. Accounts are never locked.
+type Penalty struct {
+	Failures       int
+	PrefixFailures int
+	Window         time.Duration
+	BanTime        time.Duration
+	Delay          time.Duration
+	MaxDelay       time.Duration
+}
+
+// Policy is everything a reload can change. Treat it as immutable once
+// handed to a Limiter.
+type Policy struct {
+	Limits     Limits
+	Overrides  []Override
+	Allow      []netip.Prefix
+	Deny       []netip.Prefix
+	Exempt     []netip.Prefix
+	IPv4Prefix int // aggregation length for IPv4 (default 24)
+	IPv6Prefix int // aggregation length for IPv6 (default 64)
+	Action     [NumReasons]Action
+	DryRun     [NumReasons]bool
+	Penalty    Penalty
+}
+
+// DefaultPolicy returns the documented defaults: generous per-address
+// limits so a household or office with many mailboxes is never refused,
+// a strict limit on connections that have not logged in, and refusals that
+// explain themselves where they concern one address.
+func DefaultPolicy() Policy {
+	p := Policy{
+		Limits: Limits{
+			MaxPerIP:        100,
+			MaxPreauthPerIP: 10,
+			MaxPerPrefix:    300,
+			MaxPerUserIP:    20,
+			RatePerIP:       Rate{Burst: 60, Per: time.Minute},
+			RatePerPrefix:   Rate{Burst: 300, Per: time.Minute},
+		},
+		IPv4Prefix: 24,
+		IPv6Prefix: 64,
+		Penalty: Penalty{
+			Failures: 10, Window: 10 * time.Minute, BanTime: 10 * time.Minute,
+			Delay: time.Second, MaxDelay: 10 * time.Second,
+		},
+	}
+	for r := range p.Action {
+		p.Action[r] = Close
+	}
+	p.Action[MaxPerIP] = Bye
+	p.Action[MaxPerPrefix] = Bye
+	p.Action[MaxPerUserIP] = Bye
+	p.Action[MaxPreauthPerIP] = Wait
+	return p
+}
+
+// Validate reports impossible settings.
+func (p *Policy) Validate() error {
+	if p.IPv4Prefix < 1 || p.IPv4Prefix > 32 {
+		return fmt.Errorf("ipv4_prefix must be 1..32, got %d", p.IPv4Prefix)
+	}
+	if p.IPv6Prefix < 1 || p.IPv6Prefix > 128 {
+		return fmt.Errorf("ipv6_prefix must be 1..128, got %d", p.IPv6Prefix)
+	}
+	for r, a := range p.Action {
+		if a == Wait && Reason(r) != MaxPreauthPerIP {
+			return fmt.Errorf("action \"wait\" applies only to max_preauth_per_ip, not %s", Reason(r))
+		}
+	}
+	if p.Penalty.Failures > 0 && (p.Penalty.Window <= 0 || p.Penalty.BanTime <= 0) {
+		return fmt.Errorf("auth-failure penalty needs a positive window and ban time")
+	}
+	for _, o := range p.Overrides {
+		if !o.Prefix.IsValid() {
+			return fmt.Errorf("override without a valid cidr")
+		}
+	}
+	return nil
+}
+
+// prepare normalises prefixes and sorts overrides most specific first.
+func (p *Policy) prepare() {
+	norm := func(ps []netip.Prefix) {
+		for i, q := range ps {
+			ps[i] = unmapPrefix(q)
+		}
+	}
+	norm(p.Allow)
+	norm(p.Deny)
+	norm(p.Exempt)
+	for i := range p.Overrides {
+		p.Overrides[i].Prefix = unmapPrefix(p.Overrides[i].Prefix)
+	}
+	slices.SortStableFunc(p.Overrides, func(a, b Override) int { return b.Prefix.Bits() - a.Prefix.Bits() })
+}
+
+// unmapPrefix turns ::ffff:a.b.c.d/n into a.b.c.d/(n-96), so IPv4-mapped
+// and plain IPv4 are the same addresses everywhere.
+func unmapPrefix(p netip.Prefix) netip.Prefix {
+	if a := p.Addr(); a.Is4In6() {
+		bits := max(p.Bits()-96, 0)
+		return netip.PrefixFrom(a.Unmap(), bits).Masked()
+	}
+	return p.Masked()
+}
+
+func contains(ps []netip.Prefix, a netip.Addr) bool {
+	for _, p := range ps {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// limitsFor returns the limits for a (already unmapped).
+func (p *Policy) limitsFor(a netip.Addr) *Limits {
+	for i := range p.Overrides {
+		if p.Overrides[i].Prefix.Contains(a) {
+			return &p.Overrides[i].Limits
+		}
+	}
+	return &p.Limits
+}
+
+// PrefixOf returns the aggregation prefix of a (/24 and /64 by default).
+func (p *Policy) PrefixOf(a netip.Addr) netip.Prefix {
+	bits := p.IPv6Prefix
+	if a.Is4() {
+		bits = p.IPv4Prefix
+	}
+	pf, _ := a.Prefix(bits)
+	return pf
+}

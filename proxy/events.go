@@ -1,0 +1,32 @@
+package proxy
+
+import "time"
+
+// Events receives what metrics count. Implementations must be cheap and
+// safe for concurrent use; no method gets an address or a user name, so
+// nothing identifying can become a label.
+type Events interface {
+	Accepted()
+	// Refused: a limit refused a connection or login; afterTLS is false
+	// for a close before the handshake.
+	Refused(reason string, afterTLS bool)
+	// WouldRefuse: a limit in dry-run mode would have refused.
+	WouldRefuse(reason string)
+	Handshake(d time.Duration, err error)
+	Login(ok bool)
+	Ban()
+	UpstreamDial(d time.Duration, err error)
+	// Closed: a session ended; rx and tx are bytes from and to the client.
+	Closed(rx, tx uint64)
+}
+
+type nopEvents struct{}
+
+func (nopEvents) Accepted()                         {}
+func (nopEvents) Refused(string, bool)              {}
+func (nopEvents) WouldRefuse(string)                {}
+func (nopEvents) Handshake(time.Duration, error)    {}
+func (nopEvents) Login(bool)                        {}
+func (nopEvents) Ban()                              {}
+func (nopEvents) UpstreamDial(time.Duration, error) {}
+func (nopEvents) Closed(uint64, uint64)             {}

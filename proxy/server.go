@@ -1,0 +1,250 @@
+// Package proxy is imapgate's IMAPS front door: it terminates TLS, watches
+// the login exchange with a small strict scanner, enforces the limiter's
+// decisions and the connection table's bounds, then relays the session to
+// the upstream IMAP server and gets out of the way.
+//
+// Layers per connection, in order: raw TCP -> PROXY header (the listener
+// the caller passes, from trusted sources only) -> admission -> table
+// entry -> TLS -> IMAP login phase -> byte relay.
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"imapgate/conntable"
+	"imapgate/courierlog"
+	"imapgate/limiter"
+)
+
+// Login bounds the login phase. Zero fields take the defaults.
+type Login struct {
+	MaxLine     int // bytes per line from the client before login (8 KiB)
+	MaxLiteral  int // bytes per literal before login (8 KiB)
+	MaxCommands int // commands before login (32)
+	MaxErrors   int // malformed commands before the client is cut off (3)
+	// GreetingTimeout bounds waiting for the upstream's greeting (10 s).
+	GreetingTimeout time.Duration
+}
+
+func (l Login) withDefaults() Login {
+	if l.MaxLine <= 0 {
+		l.MaxLine = 8 << 10
+	}
+	if l.MaxLiteral <= 0 {
+		l.MaxLiteral = 8 << 10
+	}
+	if l.MaxCommands <= 0 {
+		l.MaxCommands = 32
+	}
+	if l.MaxErrors <= 0 {
+		l.MaxErrors = 3
+	}
+	if l.GreetingTimeout <= 0 {
+		l.GreetingTimeout = 10 * time.Second
+	}
+	return l
+}
+
+// Options configure a Server.
+type Options struct {
+	// TLSConfig serves the client side. Required.
+	TLSConfig *tls.Config
+	// Upstream is the IMAP server. Required.
+	Upstream Upstream
+	// Log receives courier-format lines; nil discards them.
+	Log *courierlog.Logger
+	// Table tracks connections. Nil means a table of 4096 entries with
+	// the default timeouts.
+	Table *conntable.Table
+	// Limiter admits connections and logins. Nil means no limits.
+	Limiter *limiter.Limiter
+	// Login bounds the login phase.
+	Login Login
+	// Events receives counts for metrics; nil means none.
+	Events Events
+}
+
+// settings are the parts of Options a reload may swap.
+type settings struct {
+	upstream Upstream
+	login    Login
+}
+
+// Server is an IMAPS proxy. Create it with New, then call Serve.
+type Server struct {
+	tlsConfig *tls.Config
+	log       *courierlog.Logger
+	table     *conntable.Table
+	limiter   *limiter.Limiter
+	events    Events
+	cur       atomic.Pointer[settings]
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	shutdown  bool
+	sessions  sync.WaitGroup
+	reaper    sync.Once
+	stop      chan struct{}
+	// refusalLog throttles refusal lines per limit, as the kernel throttles
+	// "table full": a flood must not become a disk flood.
+	refusalLog [limiter.NumReasons]*courierlog.RateLimit
+}
+
+// New checks opts and returns a Server.
+func New(opts Options) (*Server, error) {
+	if opts.TLSConfig == nil {
+		return nil, errors.New("proxy: TLSConfig is required")
+	}
+	if opts.Upstream == nil {
+		return nil, errors.New("proxy: Upstream is required")
+	}
+	if opts.Table == nil {
+		t, err := conntable.New(conntable.Config{Max: 4096}, nil)
+		if err != nil {
+			return nil, err
+		}
+		opts.Table = t
+	}
+	if opts.Events == nil {
+		opts.Events = nopEvents{}
+	}
+	s := &Server{
+		tlsConfig: opts.TLSConfig,
+		log:       opts.Log,
+		table:     opts.Table,
+		limiter:   opts.Limiter,
+		events:    opts.Events,
+		listeners: make(map[net.Listener]struct{}),
+		stop:      make(chan struct{}),
+	}
+	for i := range s.refusalLog {
+		s.refusalLog[i] = courierlog.NewRateLimit(5*time.Second, refusalLogBurst)
+	}
+	s.cur.Store(&settings{upstream: opts.Upstream, login: opts.Login.withDefaults()})
+	return s, nil
+}
+
+// Table returns the connection table.
+func (s *Server) Table() *conntable.Table { return s.table }
+
+// Limiter returns the limiter, or nil.
+func (s *Server) Limiter() *limiter.Limiter { return s.limiter }
+
+// SetUpstream swaps the upstream for new sessions (reload).
+func (s *Server) SetUpstream(u Upstream) {
+	cur := *s.cur.Load()
+	cur.upstream = u
+	s.cur.Store(&cur)
+}
+
+// SetLogin swaps the login-phase bounds for new sessions (reload).
+func (s *Server) SetLogin(l Login) {
+	cur := *s.cur.Load()
+	cur.login = l.withDefaults()
+	s.cur.Store(&cur)
+}
+
+// refusalLogBurst is how many refusal lines per limit may be written in
+// 5 s before the rest are only counted ("N callbacks suppressed").
+const refusalLogBurst = 50
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("proxy: server closed")
+
+// Serve accepts connections on ln until Shutdown or Close. ln may be a
+// proxyproto listener: the header is read in the connection's goroutine,
+// never in this loop.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	s.reaper.Do(func() { go s.table.Run(s.stop, time.Second) })
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
+	var backoff time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if s.closing() {
+				return ErrServerClosed
+			}
+			// Out of file descriptors and the like: back off as net/http
+			// does instead of spinning, and keep serving.
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Message(courierlog.Err, fmt.Sprintf("accept: %v; retrying in %v", err, backoff))
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		backoff = 0
+		s.sessions.Add(1)
+		go s.serveConn(conn)
+	}
+}
+
+func isTemporary(err error) bool {
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && t.Temporary()
+}
+
+func (s *Server) closing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.shutdown
+}
+
+func (s *Server) closeListeners() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.shutdown {
+		s.shutdown = true
+		close(s.stop)
+	}
+	for ln := range s.listeners {
+		ln.Close()
+	}
+}
+
+// Shutdown stops accepting, ends sessions still in the login phase with
+// "* BYE", lets logged-in sessions run until ctx ends, then closes them
+// with courier's "Disconnected during shutdown by signal" lines, and waits
+// for every session to finish.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.closeListeners()
+	s.table.KillAll(conntable.Shutdown, func(e *conntable.Entry) bool { return !e.State().Assured() })
+	done := make(chan struct{})
+	go func() { s.sessions.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	s.table.KillAll(conntable.Shutdown, nil)
+	<-done
+	return ctx.Err()
+}
+
+// Close stops accepting and closes every session at once.
+func (s *Server) Close() error {
+	s.closeListeners()
+	s.table.KillAll(conntable.Shutdown, nil)
+	s.sessions.Wait()
+	return nil
+}

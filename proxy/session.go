@@ -1,0 +1,336 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"imapgate/conntable"
+	"imapgate/courierlog"
+	"imapgate/limiter"
+)
+
+// session is one client connection. Its goroutine owns everything here
+// except mu-guarded fields, which the table's Killer also touches.
+type session struct {
+	srv    *Server
+	set    *settings
+	raw    net.Conn // as accepted; PROXY-aware if the listener is
+	tc     *tls.Conn
+	cr     *bufio.Reader // client, login phase only
+	ur     *bufio.Reader // upstream, login phase only
+	entry  *conntable.Entry
+	ticket *limiter.Ticket
+	client Client
+	start  time.Time
+
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu     sync.Mutex
+	up     net.Conn
+	killed bool
+
+	upID     bool // upstream advertises ID
+	commands int
+	errs     int
+	cmd      []byte // command being assembled; cleared after LOGIN (password)
+	out      []byte // scratch for writes
+	last     []byte // the last upstream response line read
+	// pendingTagged is a tagged result authenticate read for loginResult.
+	pendingTagged []byte
+	tracker       cmdTracker
+}
+
+// outcome of the login phase.
+type outcome int
+
+const (
+	closed    outcome = iota // client gone, cut off, or killed
+	loggedOut                // LOGOUT before login
+	loggedIn                 // relay from here on
+)
+
+func (s *Server) serveConn(raw net.Conn) {
+	defer s.sessions.Done()
+	ss := &session{srv: s, set: s.cur.Load(), raw: raw, start: time.Now()}
+	ss.ctx, ss.cancel = context.WithCancel(context.Background())
+	defer ss.cancel()
+	defer raw.Close()
+	defer func() {
+		// A bug in one session must not take the daemon down.
+		if r := recover(); r != nil {
+			s.log.Message(courierlog.Crit, fmt.Sprintf("panic in session: %v: %s", r, debug.Stack()))
+		}
+	}()
+	ss.run()
+}
+
+func addrPortOf(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}
+
+func (ss *session) run() {
+	s := ss.srv
+	// With a proxyproto listener this reads the PROXY header, bounded by
+	// its ReadHeaderTimeout, here in the session's goroutine.
+	ss.client = Client{Remote: addrPortOf(ss.raw.RemoteAddr()), Local: addrPortOf(ss.raw.LocalAddr())}
+	if !ss.client.Remote.IsValid() {
+		return
+	}
+	s.events.Accepted()
+	var refusal *limiter.Decision
+	if s.limiter != nil {
+		t, d := s.limiter.Admit(ss.client.Remote.Addr(), time.Now())
+		ss.noteDryRun(d, "")
+		if d.Refused && d.Action != limiter.Bye {
+			ss.logRefusal(d, "")
+			s.events.Refused(d.Reason.String(), false)
+			return
+		}
+		if d.Refused {
+			refusal = &d
+		} else {
+			ss.ticket = t
+			defer t.Release()
+		}
+	}
+	entry, err := s.table.Insert(ss.client.Remote, ss.client.Local, ss.kill)
+	if err != nil {
+		s.events.Refused("table_full", false)
+		return
+	}
+	ss.entry = entry
+	defer s.table.Remove(entry)
+	if refusal != nil {
+		ss.refuseWithBye(*refusal)
+		return
+	}
+	if ss.ticket != nil && ss.ticket.NeedsWait() {
+		if err := ss.ticket.WaitPreauth(ss.ctx); err != nil {
+			d := limiter.Decision{Refused: true, Reason: limiter.MaxPreauthPerIP, Limit: s.limiter.Policy().Limits.MaxPreauthPerIP}
+			ss.logRefusal(d, "")
+			s.events.Refused(limiter.MaxPreauthPerIP.String(), false)
+			return
+		}
+		entry.SetState(conntable.Handshake) // the handshake's own clock starts now
+	}
+	if !ss.handshake() {
+		return
+	}
+	entry.SetState(conntable.Preauth)
+	s.log.Connection(ss.client.Remote)
+	ss.cr = getReader(clientReader{ss}, ss.set.login.MaxLine)
+	defer func() { putReader(ss.cr) }()
+
+	switch ss.loginPhase() {
+	case loggedIn:
+		ss.relay()
+	case loggedOut:
+		rx, tx := entry.Bytes()
+		s.log.LogoutPreauth(ss.client.Remote, courierlog.Counts{Rcvd: rx, Sent: tx})
+		ss.closed()
+	default:
+		ss.endPreauth()
+	}
+}
+
+func (ss *session) handshake() bool {
+	ss.tc = tls.Server(ss.raw, ss.srv.tlsConfig)
+	start := time.Now()
+	// Handshake, not HandshakeContext: the table's Killer interrupts it by
+	// deadline, which costs no goroutine per connection.
+	err := ss.tc.Handshake()
+	ss.srv.events.Handshake(time.Since(start), err)
+	if err != nil {
+		if ss.entry.Killed() == conntable.Timeout {
+			ss.srv.log.Message(courierlog.Debug, fmt.Sprintf("ip=[%s], TLS handshake timed out.", courierlog.Addr(ss.client.Remote.Addr())))
+		}
+		return false
+	}
+	return true
+}
+
+// kill is the table's Killer: it interrupts whatever I/O the session is
+// blocked in. The session's goroutine notices and ends the session.
+func (ss *session) kill(conntable.Reason) {
+	ss.mu.Lock()
+	ss.killed = true
+	up := ss.up
+	ss.mu.Unlock()
+	past := time.Unix(1, 0)
+	ss.raw.SetDeadline(past)
+	if up != nil {
+		up.SetDeadline(past)
+	}
+	ss.cancel()
+}
+
+// setUp publishes the upstream conn so kill can interrupt it.
+func (ss *session) setUp(up net.Conn) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	ss.up = up
+	return !ss.killed
+}
+
+// upDeadline sets the upstream read deadline unless the session was killed
+// (a kill's deadline in the past must win).
+func (ss *session) upDeadline(t time.Time) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if !ss.killed {
+		ss.up.SetReadDeadline(t)
+	}
+}
+
+// finalWrite sends a last line to a client whose deadlines a kill may have
+// set in the past.
+func (ss *session) finalWrite(line string) {
+	if ss.tc == nil {
+		return
+	}
+	ss.raw.SetWriteDeadline(time.Now().Add(2 * time.Second))
+	ss.writeClient([]byte(line))
+}
+
+type clientReader struct{ ss *session }
+
+func (r clientReader) Read(p []byte) (int, error) {
+	n, err := r.ss.tc.Read(p)
+	r.ss.entry.Received(n)
+	return n, err
+}
+
+func (ss *session) writeClient(b []byte) error {
+	n, err := ss.tc.Write(b)
+	ss.entry.Sent(n)
+	return err
+}
+
+func (ss *session) writeClientf(format string, args ...any) error {
+	ss.out = fmt.Appendf(ss.out[:0], format, args...)
+	return ss.writeClient(ss.out)
+}
+
+var readerPool sync.Pool
+
+// getReader returns a pooled bufio.Reader of at least size bytes over r.
+func getReader(r io.Reader, size int) *bufio.Reader {
+	if br, ok := readerPool.Get().(*bufio.Reader); ok && br.Size() >= size {
+		br.Reset(r)
+		return br
+	}
+	return bufio.NewReaderSize(r, size)
+}
+
+func putReader(br *bufio.Reader) {
+	if br != nil {
+		br.Reset(nil)
+		readerPool.Put(br)
+	}
+}
+
+// connectUpstream dials and relays the greeting. It reports false when the
+// session cannot go on (the client has been told why).
+func (ss *session) connectUpstream() bool {
+	s := ss.srv
+	start := time.Now()
+	up, err := ss.set.upstream.Dial(ss.ctx, ss.client)
+	s.events.UpstreamDial(time.Since(start), err)
+	if err != nil {
+		ss.unavailable(err)
+		return false
+	}
+	if !ss.setUp(up) {
+		return false
+	}
+	ss.ur = getReader(up, max(ss.set.login.MaxLine, 16<<10))
+	ss.upDeadline(time.Now().Add(ss.set.login.GreetingTimeout))
+	line, err := readLine(ss.ur)
+	if err != nil {
+		if errors.Is(err, errLineTooLong) {
+			err = errors.New("greeting line too long")
+		}
+		ss.unavailable(fmt.Errorf("no greeting from %s: %w", ss.set.upstream, err))
+		return false
+	}
+	ss.upDeadline(time.Time{})
+	text := trimCRLF(line)
+	switch {
+	case hasPrefixFold(text, "* OK"):
+	case hasPrefixFold(text, "* BYE"):
+		ss.writeClient(line)
+		return false
+	default:
+		ss.unavailable(fmt.Errorf("unexpected greeting from %s: %.40q", ss.set.upstream, text))
+		return false
+	}
+	return ss.relayLine(text) == nil
+}
+
+// unavailable tells the client the upstream cannot be reached, and logs why.
+func (ss *session) unavailable(err error) {
+	if ss.entry.Killed() != conntable.NotKilled {
+		return
+	}
+	ss.srv.log.Message(courierlog.Err, fmt.Sprintf("upstream unavailable: %v, ip=[%s], port=[%d]",
+		err, courierlog.Addr(ss.client.Remote.Addr()), ss.client.Remote.Port()))
+	ss.writeClient([]byte("* BYE [UNAVAILABLE] Server unavailable, please try again later.\r\n"))
+}
+
+// relayLine writes one upstream line (no CRLF) to the client with its
+// capabilities rewritten for a client already on TLS.
+func (ss *session) relayLine(text []byte) error {
+	out, caps := rewriteCaps(ss.out[:0], text)
+	if caps != nil {
+		ss.upID = hasCap(caps, "ID")
+	}
+	ss.out = append(out, '\r', '\n')
+	return ss.writeClient(ss.out)
+}
+
+// endPreauth closes a session that ended before login.
+func (ss *session) endPreauth() {
+	switch ss.entry.Killed() {
+	case conntable.Timeout:
+		ss.finalWrite("* BYE Disconnected for inactivity.\r\n")
+	case conntable.EarlyDrop:
+		ss.finalWrite("* BYE [UNAVAILABLE] Server busy, please try again later.\r\n")
+	case conntable.Deleted:
+		ss.finalWrite("* BYE Connection closed by the administrator.\r\n")
+	case conntable.Shutdown:
+		ss.finalWrite("* BYE Server shutting down.\r\n")
+		ss.srv.log.ShutdownPreauth(ss.client.Remote, time.Since(ss.start))
+		ss.closed()
+		return
+	}
+	ss.srv.log.Disconnected(ss.client.Remote, time.Since(ss.start))
+	ss.closed()
+}
+
+func (ss *session) closed() {
+	rx, tx := ss.entry.Bytes()
+	ss.srv.events.Closed(rx, tx)
+	ss.tc.Close()
+	ss.mu.Lock()
+	if ss.up != nil {
+		ss.up.Close()
+	}
+	ss.mu.Unlock()
+	putReader(ss.ur)
+	ss.ur = nil
+}
