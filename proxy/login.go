@@ -21,7 +21,7 @@ func (ss *session) loginPhase() outcome {
 	}
 	lim := ss.set.login
 	for {
-		line, err := readLine(ss.cr)
+		line, err := readLine(ss.cr, ss.set.login.MaxLine)
 		if err != nil {
 			if errors.Is(err, errLineTooLong) {
 				ss.writeClient([]byte("* BYE [LIMIT] Line too long.\r\n"))
@@ -125,7 +125,7 @@ func (ss *session) forward(tag string) (outcome, bool) {
 		if _, err := io.CopyN(ss.up, ss.cr, lit.size); err != nil {
 			return closed, false
 		}
-		line, err := readLine(ss.cr)
+		line, err := readLine(ss.cr, ss.set.login.MaxLine)
 		if err != nil {
 			return closed, false
 		}
@@ -160,7 +160,7 @@ func (ss *session) readCommand() (ok, fits bool) {
 		if _, err := io.ReadFull(ss.cr, ss.cmd[start:]); err != nil {
 			return false, true
 		}
-		line, err := readLine(ss.cr)
+		line, err := readLine(ss.cr, ss.set.login.MaxLine)
 		if err != nil {
 			return false, true
 		}
@@ -331,7 +331,7 @@ func (ss *session) authenticate(tag string) (outcome, bool) {
 			return ss.loginResult(tag, user, mech)
 		}
 		// A continuation: the client answers with one line.
-		line, err := readLine(ss.cr)
+		line, err := readLine(ss.cr, ss.set.login.MaxLine)
 		if err != nil {
 			return closed, false
 		}
@@ -433,7 +433,7 @@ func (ss *session) relayResponses(tag string, stopAtContinuation bool) (respKind
 			if err := ss.writeClient(line); err != nil {
 				return kind, nil, err
 			}
-			answer, err := readLine(ss.cr)
+			answer, err := readLine(ss.cr, ss.set.login.MaxLine)
 			if err != nil {
 				return kind, nil, err
 			}
@@ -461,7 +461,7 @@ const maxResponseLiteral = 64 << 10
 // returned as nil; otherwise the line is returned (with CRLF, aliasing a
 // reused buffer) for the caller to relay.
 func (ss *session) readUpstreamResponse(tag string) (respKind, []byte, error) {
-	line, err := readLine(ss.ur)
+	line, err := readLine(ss.ur, upstreamMaxLine)
 	if err != nil {
 		return respUntagged, nil, err
 	}
@@ -481,7 +481,7 @@ func (ss *session) readUpstreamResponse(tag string) (respKind, []byte, error) {
 		if _, err := io.CopyN(writerFunc(ss.writeClient), ss.ur, lit.size); err != nil {
 			return kind, nil, err
 		}
-		if line, err = readLine(ss.ur); err != nil {
+		if line, err = readLine(ss.ur, upstreamMaxLine); err != nil {
 			return kind, nil, err
 		}
 		if lit, has, err = trailingLiteral(line); err != nil {

@@ -22,11 +22,11 @@ var (
 )
 
 // readLine returns the next line including its terminating LF. The slice
-// aliases r's buffer and is valid until the next read. A line that does not
-// fit in r's buffer is errLineTooLong: size the reader to the line limit.
-func readLine(r *bufio.Reader) ([]byte, error) {
+// aliases r's buffer and is valid until the next read. A line longer than
+// max bytes (or than r's buffer) is errLineTooLong.
+func readLine(r *bufio.Reader, max int) ([]byte, error) {
 	line, err := r.ReadSlice('\n')
-	if err == bufio.ErrBufferFull {
+	if err == bufio.ErrBufferFull || len(line) > max {
 		return nil, errLineTooLong
 	}
 	return line, err

@@ -244,6 +244,9 @@ func putReader(br *bufio.Reader) {
 	}
 }
 
+// upstreamMaxLine bounds a response line from the upstream before login.
+const upstreamMaxLine = 16 << 10
+
 // connectUpstream dials and relays the greeting. It reports false when the
 // session cannot go on (the client has been told why).
 func (ss *session) connectUpstream() bool {
@@ -258,9 +261,9 @@ func (ss *session) connectUpstream() bool {
 	if !ss.setUp(up) {
 		return false
 	}
-	ss.ur = getReader(up, max(ss.set.login.MaxLine, 16<<10))
+	ss.ur = getReader(up, upstreamMaxLine)
 	ss.upDeadline(time.Now().Add(ss.set.login.GreetingTimeout))
-	line, err := readLine(ss.ur)
+	line, err := readLine(ss.ur, upstreamMaxLine)
 	if err != nil {
 		if errors.Is(err, errLineTooLong) {
 			err = errors.New("greeting line too long")

@@ -1,0 +1,235 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/base64"
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestCommandHead(t *testing.T) {
+	tests := []struct {
+		in        string
+		tag, name string
+		ok        bool
+	}{
+		{"a1 LOGIN x y\r\n", "a1", "LOGIN", true},
+		{"a1 capability\r\n", "a1", "CAPABILITY", true},
+		{"A.2 NOOP", "A.2", "NOOP", true},
+		{"tag]x NOOP\r\n", "tag]x", "NOOP", true},
+		{"+ NOOP\r\n", "", "", false},     // "+" is not a tag character
+		{"a1\r\n", "", "", false},         // no command
+		{"a1  NOOP\r\n", "a1", "", false}, // two spaces
+		{"\x16\x03\x01\x02\x00\r\n", "", "", false},
+		{"GET / HTTP/1.1\r\n", "GET", "/", true}, // syntactically a command; upstream answers BAD
+		{"", "", "", false},
+	}
+	for _, tt := range tests {
+		tag, name, err := commandHead([]byte(tt.in))
+		if (err == nil) != tt.ok || (tt.ok && (tag != tt.tag || name != tt.name)) {
+			t.Errorf("commandHead(%q) = %q, %q, %v; want %q, %q, ok=%v", tt.in, tag, name, err, tt.tag, tt.name, tt.ok)
+		}
+	}
+}
+
+func TestTrailingLiteral(t *testing.T) {
+	tests := []struct {
+		in      string
+		size    int64
+		nonSync bool
+		has     bool
+		bad     bool
+	}{
+		{"a LOGIN {4}\r\n", 4, false, true, false},
+		{"a LOGIN {4+}\r\n", 4, true, true, false},
+		{"a LOGIN {4-}\r\n", 4, true, true, false},
+		{"a LOGIN x y\r\n", 0, false, false, false},
+		{"a LOGIN {}\r\n", 0, false, false, true},
+		{"a LOGIN {4x}\r\n", 0, false, false, true},
+		{"a LOGIN {99999999999}\r\n", 0, false, false, true},
+		{"a NOOP }\r\n", 0, false, false, false},
+	}
+	for _, tt := range tests {
+		lit, has, err := trailingLiteral([]byte(tt.in))
+		if (err != nil) != tt.bad || has != tt.has || lit.size != tt.size || lit.nonSync != tt.nonSync {
+			t.Errorf("trailingLiteral(%q) = %+v, %v, %v", tt.in, lit, has, err)
+		}
+	}
+}
+
+func TestParseLogin(t *testing.T) {
+	tests := []struct {
+		in   string
+		user string
+		pass string
+		ok   bool
+	}{
+		{"a LOGIN bob secret\r\n", "bob", "secret", true},
+		{"a LOGIN \"bob smith\" \"p\\\"w\\\\d\"\r\n", "bob smith", "p\"w\\d", true},
+		{"a LOGIN {3}\r\nbob {6}\r\nsecret\r\n", "bob", "secret", true},
+		{"a LOGIN {3+}\r\nbob {6+}\r\nsecret\r\n", "bob", "secret", true},
+		{"a LOGIN bob@example.com \"\"\r\n", "bob@example.com", "", true},
+		{"a LOGIN bob\r\n", "", "", false},
+		{"a LOGIN bob secret extra\r\n", "", "", false},
+		{"a LOGIN \"bob secret\r\n", "", "", false},
+		{"a LOGIN {10}\r\nbob\r\n", "", "", false}, // literal runs past the end
+		{"a LOGIN (bob) secret\r\n", "", "", false},
+		{"a LOGIN bob secret", "", "", false}, // no CRLF
+	}
+	for _, tt := range tests {
+		_, name, args, err := parseArgs([]byte(tt.in))
+		var user string
+		if err == nil {
+			user, err = loginUser(args)
+		}
+		if (err == nil) != tt.ok {
+			t.Errorf("%q: err = %v, want ok=%v", tt.in, err, tt.ok)
+			continue
+		}
+		if tt.ok && (name != "LOGIN" || user != tt.user || string(args[1].val) != tt.pass) {
+			t.Errorf("%q: user %q pass %q, want %q %q", tt.in, user, args[1].val, tt.user, tt.pass)
+		}
+	}
+}
+
+func TestParseArgsLists(t *testing.T) {
+	_, name, args, err := parseArgs([]byte("x ID (\"name\" \"mutt\" \"version\" {3}\r\n2.0)\r\n"))
+	if err != nil || name != "ID" || len(args) != 1 || args[0].kind != tokList {
+		t.Fatalf("ID list: %v %v %+v", name, err, args)
+	}
+	deep := "x ID " + strings.Repeat("(", 20) + strings.Repeat(")", 20) + "\r\n"
+	if _, _, _, err := parseArgs([]byte(deep)); err == nil {
+		t.Errorf("20-deep list accepted")
+	}
+}
+
+func TestPlainUser(t *testing.T) {
+	enc := func(s string) []byte { return []byte(base64.StdEncoding.EncodeToString([]byte(s))) }
+	tests := []struct {
+		in   []byte
+		user string
+		ok   bool
+	}{
+		{enc("\x00bob\x00secret"), "bob", true},
+		{enc("admin\x00bob\x00secret"), "admin", true},
+		{append(enc("\x00bob\x00secret"), "\r\n"...), "bob", true},
+		{enc("bob\x00secret"), "", false},
+		{[]byte("!!!"), "", false},
+	}
+	for _, tt := range tests {
+		u, err := plainUser(tt.in)
+		if (err == nil) != tt.ok || u != tt.user {
+			t.Errorf("plainUser(%q) = %q, %v", tt.in, u, err)
+		}
+	}
+}
+
+func TestRewriteCaps(t *testing.T) {
+	tests := []struct{ in, out string }{
+		{"* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED AUTH=PLAIN] Courier-IMAP ready.",
+			"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] Courier-IMAP ready."},
+		{"* CAPABILITY IMAP4rev1 starttls IDLE", "* CAPABILITY IMAP4rev1 IDLE"},
+		{"a1 OK [CAPABILITY IMAP4rev1 STARTTLS] done", "a1 OK [CAPABILITY IMAP4rev1] done"},
+		{"* OK ready", "* OK ready"},
+		{"* OK [CAPABILITY IMAP4rev1 STARTTLS no closing bracket", "* OK [CAPABILITY IMAP4rev1 STARTTLS no closing bracket"},
+	}
+	for _, tt := range tests {
+		out, _ := rewriteCaps(nil, []byte(tt.in))
+		if string(out) != tt.out {
+			t.Errorf("rewriteCaps(%q) = %q, want %q", tt.in, out, tt.out)
+		}
+	}
+	_, caps := rewriteCaps(nil, []byte("* CAPABILITY IMAP4rev1 ID"))
+	if !hasCap(caps, "id") {
+		t.Errorf("ID not seen in %q", caps)
+	}
+}
+
+func TestClassify(t *testing.T) {
+	tests := []struct {
+		line string
+		kind respKind
+		ok   bool
+	}{
+		{"a1 OK done", respTagged, true},
+		{"a1 ok", respTagged, true},
+		{"a1 NO [AUTHENTICATIONFAILED] no", respTagged, false},
+		{"a1 OKAY", respTagged, false},
+		{"a10 OK other tag", respUntagged, false},
+		{"+ go on", respContinue, false},
+		{"* OK untagged", respUntagged, false},
+	}
+	for _, tt := range tests {
+		kind, ok := classify([]byte(tt.line), "a1")
+		if kind != tt.kind || ok != tt.ok {
+			t.Errorf("classify(%q) = %v, %v", tt.line, kind, ok)
+		}
+	}
+}
+
+func TestReadLineBound(t *testing.T) {
+	r := bufio.NewReaderSize(strings.NewReader(strings.Repeat("x", 100)+"\r\nok\r\n"), 64)
+	if _, err := readLine(r, 1000); !errors.Is(err, errLineTooLong) {
+		t.Fatalf("long line: err = %v", err)
+	}
+}
+
+func TestCmdTracker(t *testing.T) {
+	var tr cmdTracker
+	// A literal whose content looks like LOGOUT must not count, even when
+	// split across reads.
+	stream := "a APPEND INBOX {20}\r\nb LOGOUT\r\nxxxxxxxxxx\r\nc NOOP\r\n"
+	for i := 0; i < len(stream); i += 7 {
+		tr.scan([]byte(stream[i:min(i+7, len(stream))]))
+	}
+	if tr.logout {
+		t.Fatal("LOGOUT inside a literal was taken for a command")
+	}
+	tr.scan([]byte("d logout\r\n"))
+	if !tr.logout {
+		t.Fatal("LOGOUT not noticed")
+	}
+}
+
+// FuzzLoginPhaseParse runs the scanner's pieces over arbitrary input: none
+// may panic, and what parses must be self-consistent. The seed corpus runs
+// in every go test.
+func FuzzLoginPhaseParse(f *testing.F) {
+	for _, s := range []string{
+		"a LOGIN bob secret\r\n",
+		"a LOGIN {3}\r\nbob {6}\r\nsecret\r\n",
+		"a LOGIN {3+}\r\nbob \"x\\\"y\"\r\n",
+		"a AUTHENTICATE PLAIN AGJvYgBzZWNyZXQ=\r\n",
+		"a ID (\"name\" {4}\r\nmutt)\r\n",
+		"a STARTTLS\r\n",
+		"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",
+		"* OK [CAPABILITY IMAP4rev1 STARTTLS] hi\r\n",
+		"a LOGIN {99999999999}\r\n",
+		"a LOGIN ((((((((((x))))))))))\r\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		tag, name, args, err := parseArgs(b)
+		if err == nil {
+			if tag == "" || name == "" || len(args) > 64 {
+				t.Fatalf("parsed %q into tag %q name %q with %d args", b, tag, name, len(args))
+			}
+			if name == "LOGIN" {
+				loginUser(args)
+			}
+		}
+		trailingLiteral(b)
+		plainUser(b)
+		out, _ := rewriteCaps(nil, b)
+		if bytes.Contains(bytes.ToUpper(out), []byte("[CAPABILITY")) && bytes.Contains(bytes.ToUpper(b), []byte("]")) {
+			if start, end := capRange(out); start >= 0 && bytes.Contains(bytes.ToUpper(out[start:end]), []byte("STARTTLS")) {
+				t.Fatalf("STARTTLS survived in %q", out)
+			}
+		}
+		var tr cmdTracker
+		tr.scan(b)
+	})
+}
