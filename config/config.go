@@ -289,6 +289,11 @@ func Parse(name, text string) (*Config, error) {
 	for _, k := range md.Keys() {
 		c.defined[k.String()] = true
 	}
+	// Lowering max_per_ip alone lowers the stricter pre-login limit with it;
+	// only a file that sets both inconsistently is refused.
+	if l := &c.Limits; !c.IsSet("limits.max_preauth_per_ip") && l.MaxPerIP > 0 && l.MaxPreauthPerIP > l.MaxPerIP {
+		l.MaxPreauthPerIP = l.MaxPerIP
+	}
 	loc := newLocator(text)
 	var errs Errors
 	for _, k := range md.Undecoded() {

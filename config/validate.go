@@ -136,9 +136,6 @@ func (c *Config) validateLimits() []problem {
 			add("limits.dry_run", 0, "no such limit %q (known: %s)", name, reasonList())
 		}
 	}
-	if p := c.Policy(); p.Validate() != nil {
-		add("limits", 0, "%v", p.Validate())
-	}
 	a := l.AuthFailures
 	if a.Failures < 0 || a.PrefixFailures < 0 {
 		add("limits.auth_failures", 0, "failure counts must not be negative")
@@ -149,6 +146,11 @@ func (c *Config) validateLimits() []problem {
 	for i, o := range l.Override {
 		if !o.CIDR.IsValid() {
 			add("limits.override.cidr", i, "required in every [[limits.override]]")
+		}
+	}
+	if len(ps) == 0 {
+		if p := c.Policy(); p.Validate() != nil {
+			add("limits", 0, "%v", p.Validate())
 		}
 	}
 	return ps

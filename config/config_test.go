@@ -1,0 +1,113 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestExampleFileDocumentsTheDefaults(t *testing.T) {
+	c, err := Load("../imapgate.example.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Default()
+	want.TLS.Cert = "/etc/imapgate/imapd.pem"
+	c.defined, want.defined = nil, nil
+	if c.Limits.Allow == nil {
+		c.Limits.Allow, c.Limits.Deny, c.Limits.Exempt = nil, nil, nil
+	}
+	normalise := func(c *Config) {
+		c.Listen.ProxyProtocolFrom = nil
+		c.TLS.SNI = nil
+		c.Limits.Allow, c.Limits.Deny, c.Limits.Exempt, c.Limits.DryRun = nil, nil, nil, nil
+	}
+	normalise(c)
+	normalise(want)
+	if !reflect.DeepEqual(c, want) {
+		t.Fatalf("imapgate.example.toml differs from Default():\n file %+v\n code %+v", c, want)
+	}
+	// Every key the code knows is in the example.
+	data, _ := os.ReadFile("../imapgate.example.toml")
+	for _, key := range []string{"proxy_protocol_from", "courier_sni", "tls_ca_file", "max_commands", "closing",
+		"buckets", "max_per_user_ip", "rate_entries", "open_files_check", "prefix_failures", "login_starttls"} {
+		if !strings.Contains(string(data), key+" =") {
+			t.Errorf("example lacks %s", key)
+		}
+	}
+}
+
+func TestErrorsNameFileLineAndKey(t *testing.T) {
+	tests := []struct {
+		name, text string
+		line       int
+		key, msg   string
+	}{
+		{"unknown key", "[limits]\nmax_per_ipp = 3\n", 2, "limits.max_per_ipp", "unknown key"},
+		{"bad duration", "[timeouts]\n\nhandshake = \"ten\"\n", 3, "handshake", "not a duration"},
+		{"bare number duration", "[timeouts]\nhandshake = 10\n", 2, "", ""},
+		{"negative limit", "[limits]\nmax_per_ip = -1\n", 2, "limits.max_per_ip", "must not be negative"},
+		{"impossible combination", "[limits]\nmax_per_ip = 4\nmax_preauth_per_ip = 10\n", 3, "limits.max_preauth_per_ip", "above max_per_ip"},
+		{"embedded with proxy header", "[upstream]\naddress = \"embedded\"\nproxy_protocol = \"v1\"\n", 2, "upstream.address", "embedded"},
+		{"bad action", "[limits.action]\nmax_per_ip = \"wait\"\n", 2, "limits.action.max_per_ip", "wait"},
+		{"unknown limit in dry_run", "[limits]\ndry_run = [\"max_per_ipp\"]\n", 2, "limits.dry_run", "no such limit"},
+		{"bad cidr", "[limits]\nexempt = [\"192.0.2.300\"]\n", 2, "", "not an address"},
+		{"override without cidr", "[[limits.override]]\nmax_per_ip = 3\n", 1, "limits.override.cidr", "required"},
+		{"short idle timeout", "[timeouts]\nestablished = \"10s\"\n", 2, "timeouts.established", "IDLE"},
+		{"syntax", "[limits\n", 2, "", ""},
+		{"log output", "[log]\noutput = \"file:relative.log\"\n", 2, "log.output", "absolute"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("imapgate.toml", tt.text)
+			var es Errors
+			if !errors.As(err, &es) || len(es) == 0 {
+				t.Fatalf("err = %v, want config errors", err)
+			}
+			e := es[0]
+			if e.File != "imapgate.toml" || e.Line != tt.line || (tt.key != "" && !strings.Contains(e.Key, tt.key)) ||
+				!strings.Contains(e.Error(), tt.msg) {
+				t.Fatalf("got %q (line %d key %q), want line %d key %q msg %q", e.Error(), e.Line, e.Key, tt.line, tt.key, tt.msg)
+			}
+		})
+	}
+}
+
+func TestValuesConverted(t *testing.T) {
+	c, err := Parse("t", `
+[limits]
+max_per_ip = 7
+rate_per_ip = "5/10s"
+exempt = ["192.0.2.10", "2001:db8::/48"]
+dry_run = ["max_per_prefix"]
+[limits.action]
+max_per_ip = "close"
+[[limits.override]]
+cidr = "198.51.100.0/24"
+max_per_ip = 50
+[timeouts]
+established = "45m"
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := c.Policy()
+	if p.Limits.MaxPerIP != 7 || p.Limits.RatePerIP.Burst != 5 || p.Limits.RatePerIP.Per != 10*time.Second {
+		t.Errorf("limits %+v", p.Limits)
+	}
+	if len(p.Exempt) != 2 || p.Exempt[0].String() != "192.0.2.10/32" || !p.DryRun[7] {
+		t.Errorf("exempt %v dryrun %v", p.Exempt, p.DryRun)
+	}
+	if len(p.Overrides) != 1 || p.Overrides[0].Limits.MaxPerIP != 50 || p.Overrides[0].Limits.MaxPreauthPerIP != 7 {
+		t.Errorf("override %+v", p.Overrides)
+	}
+	if c.TableConfig().Timeouts[2] != 45*time.Minute {
+		t.Errorf("table %+v", c.TableConfig())
+	}
+	if !c.IsSet("limits.max_per_ip") || c.IsSet("limits.max_per_prefix") {
+		t.Error("IsSet wrong")
+	}
+}
