@@ -1,0 +1,167 @@
+// Package integration drives imapgate end to end: real clients (go-imap's
+// imapclient, curl, python3 imaplib, openssl s_client) against a proxy on
+// 127.0.0.1:0, with the embedded server as upstream here and the real
+// courier-imap in courier_test.go.
+package integration
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"os/exec"
+	"testing"
+	"time"
+
+	proxyproto "github.com/pires/go-proxyproto"
+
+	"github.com/emersion/go-imap/v2/imapclient"
+
+	"imapgate/certs"
+	"imapgate/config"
+	"imapgate/conntable"
+	"imapgate/courierlog"
+	"imapgate/embedded"
+	"imapgate/limiter"
+	"imapgate/proxy"
+)
+
+type gate struct {
+	srv     *proxy.Server
+	addr    string
+	log     *courierlog.Memory
+	limiter *limiter.Limiter
+}
+
+type gateOptions struct {
+	cfg      *config.Config // nil: defaults
+	upstream proxy.Upstream // nil: embedded with accounts
+	accounts []embedded.Account
+	trusted  []string // PROXY header sources
+}
+
+// startGate wires a proxy as cmd/imapgate does, from a config.
+func startGate(t *testing.T, o gateOptions) *gate {
+	t.Helper()
+	cfg := o.cfg
+	if cfg == nil {
+		cfg = config.Default()
+	}
+	if o.upstream == nil {
+		accounts := o.accounts
+		if accounts == nil {
+			accounts = embedded.DemoAccounts()
+		}
+		emb, err := embedded.Start(accounts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { emb.Close() })
+		o.upstream = emb.Upstream()
+	}
+	cert, err := certs.SelfSigned("localhost", "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := &courierlog.Memory{}
+	log := courierlog.New(mem, courierlog.Options{TLS: true})
+	table, err := conntable.New(cfg.TableConfig(), func(m string) { log.Message(courierlog.Warning, m) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	lim, err := limiter.New(cfg.Policy(), limiter.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := proxy.New(proxy.Options{
+		TLSConfig: certs.NewStatic(cert).ServerConfig(0),
+		Upstream:  o.upstream, Log: log, Table: table, Limiter: lim, Login: cfg.LoginBounds(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ln net.Listener
+	ln, err = net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	if len(o.trusted) > 0 {
+		pol, err := proxyproto.PolicyFromRanges(o.trusted, proxyproto.USE, proxyproto.SKIP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln = &proxyproto.Listener{Listener: ln, ConnPolicy: pol, ReadHeaderTimeout: 2 * time.Second}
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return &gate{srv: srv, addr: addr, log: mem, limiter: lim}
+}
+
+var clientTLS = &tls.Config{InsecureSkipVerify: true}
+
+// dialFrom opens a TLS connection from a chosen 127.x.y.z source.
+func dialFrom(src, addr string) (*tls.Conn, error) {
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	if src != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
+	}
+	return tls.DialWithDialer(d, "tcp", addr, clientTLS)
+}
+
+// login logs user in over an imapclient from src.
+func login(src, addr, user, pass string) (*imapclient.Client, error) {
+	conn, err := dialFrom(src, addr)
+	if err != nil {
+		return nil, err
+	}
+	c := imapclient.New(conn, nil)
+	if err := c.WaitGreeting(); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("greeting: %w", err)
+	}
+	if err := c.Login(user, pass).Wait(); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("login: %w", err)
+	}
+	return c, nil
+}
+
+// need skips the test when a real client program is missing, saying how to
+// get it; CI installs them all (.ci/run).
+func need(t *testing.T, prog string) string {
+	t.Helper()
+	p, err := exec.LookPath(prog)
+	if err != nil {
+		t.Skipf("%s not installed (apt-get install %s, or run .ci/run)", prog, prog)
+	}
+	return p
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func waitLog(t *testing.T, g *gate, sub string) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("log line %q (have %q)", sub, g.log.Lines()), func() bool { return g.log.Contains(sub) })
+}
+
+func ctxTimeout(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func newClient(conn net.Conn) *imapclient.Client {
+	c := imapclient.New(conn, nil)
+	c.WaitGreeting()
+	return c
+}
