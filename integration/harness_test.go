@@ -165,3 +165,5 @@ func newClient(conn net.Conn) *imapclient.Client {
 	c.WaitGreeting()
 	return c
 }
+
+func tlsClient(raw net.Conn) *tls.Conn { return tls.Client(raw, clientTLS) }
