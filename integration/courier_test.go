@@ -401,3 +401,28 @@ func readTagged(r *bufio.Reader, tag string) {
 		}
 	}
 }
+
+// Upstream over TLS: courier's own imapd-ssl behind imapgate. Its
+// certificate is self-signed, so verification must be off to connect, and
+// on it must refuse with a prompt BYE.
+func TestCourierUpstreamTLS(t *testing.T) {
+	c := needCourier(t)
+	for _, verify := range []bool{false, true} {
+		g := startGate(t, gateOptions{upstream: &proxy.TCPUpstream{Address: c.tls, ConnectTimeout: 2 * time.Second,
+			TLS: &tls.Config{ServerName: "localhost", InsecureSkipVerify: !verify}}})
+		cl, err := login("127.0.4.10", g.addr, c.users[0], c.pass)
+		if !verify {
+			if err != nil {
+				t.Fatalf("upstream TLS without verification: %v", err)
+			}
+			cl.Logout().Wait()
+			cl.Close()
+			continue
+		}
+		if err == nil {
+			cl.Close()
+			t.Fatal("self-signed upstream accepted with verification on")
+		}
+		waitLog(t, g, "upstream unavailable: TLS handshake with "+c.tls)
+	}
+}

@@ -388,3 +388,32 @@ func TestAdminDeleteClosesSession(t *testing.T) {
 	waitLog(t, p, "DISCONNECTED, user=bob")
 	waitEmpty(t, p)
 }
+
+// The client closes its sending side after a command; the answer that the
+// upstream sends afterwards still reaches it.
+func TestHalfCloseAfterLogin(t *testing.T) {
+	up := fakeUpstream(t, func(u *upstreamConn) {
+		u.send(courierGreeting)
+		u.read() // LOGIN
+		u.send("a1 OK LOGIN Ok.\r\n")
+		u.read() // a2 NOOP
+		if u.read() != "" {
+			return
+		}
+		// EOF from the proxy: answer late, then close.
+		u.send("a2 OK NOOP after your EOF\r\n")
+	})
+	p := startProxy(t, up.upstream(), proxyConfig{})
+	c := dial(t, p.addr)
+	c.expect("* OK")
+	c.send("a1 LOGIN bob secret\r\n")
+	c.expect("a1 OK")
+	c.send("a2 NOOP\r\n")
+	if err := c.conn.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	c.expect("a2 OK NOOP after your EOF")
+	c.expectEOF()
+	waitLog(t, p, "DISCONNECTED, user=bob")
+	waitEmpty(t, p)
+}
