@@ -20,7 +20,7 @@ type Limiter struct {
 	total  atomic.Int64
 
 	ips      [numShards]ipShard
-	prefixes [numShards]countShard[netip.Prefix]
+	prefixes [numShards]countShard[prefixKey]
 	users    [numShards]countShard[userKey]
 
 	rateIP, ratePrefix *rateTable
@@ -28,20 +28,32 @@ type Limiter struct {
 	wouldRefuse        [NumReasons]atomic.Uint64
 }
 
+// ipCount is an address's live connections. Maps of these hold no
+// pointers, so the garbage collector does not scan them.
 type ipCount struct {
-	total, preauth int
-	freed          chan struct{} // closed when a preauth slot frees; nil if nobody waits
+	total, preauth int32
 }
 
 type ipShard struct {
 	sync.Mutex
-	m map[netip.Addr]*ipCount
+	m map[key]ipCount
+	// freed holds, for addresses with connections waiting for a pre-login
+	// slot, a channel closed when one frees.
+	freed map[key]chan struct{}
 }
 
 type countShard[K comparable] struct {
 	sync.Mutex
-	m map[K]int
+	m map[K]int32
 }
+
+// prefixKey names a prefix without pointers.
+type prefixKey struct {
+	addr key
+	bits uint8
+}
+
+func prefixKeyOf(p netip.Prefix) prefixKey { return prefixKey{addrKey(p.Addr()), uint8(p.Bits())} }
 
 type userKey struct {
 	user string
@@ -76,9 +88,10 @@ func New(p Policy, opts Options) (*Limiter, error) {
 		fails:      newFailTable(opts.FailEntries),
 	}
 	for i := range l.ips {
-		l.ips[i].m = make(map[netip.Addr]*ipCount)
-		l.prefixes[i].m = make(map[netip.Prefix]int)
-		l.users[i].m = make(map[userKey]int)
+		l.ips[i].m = make(map[key]ipCount)
+		l.ips[i].freed = make(map[key]chan struct{})
+		l.prefixes[i].m = make(map[prefixKey]int32)
+		l.users[i].m = make(map[userKey]int32)
 	}
 	if err := l.SetPolicy(p); err != nil {
 		return nil, err
@@ -101,9 +114,8 @@ func (l *Limiter) SetPolicy(p Policy) error {
 // Policy returns the policy in force.
 func (l *Limiter) Policy() *Policy { return l.policy.Load() }
 
-func (l *Limiter) shardOf(a netip.Addr) uint32 {
-	b := a.As16()
-	return uint32(maphash.Bytes(l.seed, b[:]) % numShards)
+func (l *Limiter) shardOf(k key) uint32 {
+	return uint32(maphash.Bytes(l.seed, k[:]) % numShards)
 }
 
 // Decision is the outcome of an admission or login check.
@@ -118,10 +130,13 @@ type Decision struct {
 }
 
 // Ticket is what one admitted connection holds. Release it exactly once.
+// The zero Ticket holds nothing.
 type Ticket struct {
 	l        *Limiter
 	addr     netip.Addr
+	k        key // addr in 16-byte form
 	prefix   netip.Prefix
+	pk       prefixKey
 	counted  uint8 // bits: countedTotal, countedIP, countedPrefix, countedPreauth
 	exempt   bool
 	user     userKey
@@ -152,36 +167,37 @@ func (d *Decision) refuse(p *Policy, r Reason, limit int) bool {
 	return true
 }
 
-// Admit decides on a new connection from client at now. On success (and on
-// a Wait refusal, see WaitPreauth) the returned ticket holds the
-// connection's place in the counters.
-func (l *Limiter) Admit(client netip.Addr, now time.Time) (*Ticket, Decision) {
+// Admit decides on a new connection from client at now. Unless refused,
+// the returned ticket holds the connection's places in the counters (and
+// may need WaitPreauth); a refused decision comes with the zero Ticket.
+func (l *Limiter) Admit(client netip.Addr, now time.Time) (Ticket, Decision) {
 	p := l.policy.Load()
 	a := client.Unmap().WithZone("")
 	var d Decision
 	if contains(p.Deny, a) && d.refuse(p, Deny, 0) {
-		return nil, d
+		return Ticket{}, d
 	}
 	if len(p.Allow) > 0 && !contains(p.Allow, a) && d.refuse(p, NotAllowed, 0) {
-		return nil, d
+		return Ticket{}, d
 	}
-	t := &Ticket{l: l, addr: a, prefix: p.PrefixOf(a), exempt: contains(p.Exempt, a)}
+	t := Ticket{l: l, addr: a, k: addrKey(a), prefix: p.PrefixOf(a), exempt: contains(p.Exempt, a)}
+	t.pk = prefixKeyOf(t.prefix)
 	lim := p.limitsFor(a)
 	if !t.exempt {
 		if l.fails.banned(a, t.prefix, now) && d.refuse(p, Banned, 0) {
-			return nil, d
+			return Ticket{}, d
 		}
-		if lim.RatePerIP.enabled() && !l.rateIP.allow(addrKey(a), lim.RatePerIP, now) && d.refuse(p, RatePerIP, lim.RatePerIP.Burst) {
-			return nil, d
+		if lim.RatePerIP.enabled() && !l.rateIP.allow(t.k, lim.RatePerIP, now) && d.refuse(p, RatePerIP, lim.RatePerIP.Burst) {
+			return Ticket{}, d
 		}
-		if lim.RatePerPrefix.enabled() && !l.ratePrefix.allow(addrKey(t.prefix.Addr()), lim.RatePerPrefix, now) &&
+		if lim.RatePerPrefix.enabled() && !l.ratePrefix.allow(t.pk.addr, lim.RatePerPrefix, now) &&
 			d.refuse(p, RatePerPrefix, lim.RatePerPrefix.Burst) {
-			return nil, d
+			return Ticket{}, d
 		}
 	}
-	if !l.count(t, p, lim, &d) {
+	if !l.count(&t, p, lim, &d) {
 		t.Release()
-		return nil, d
+		return Ticket{}, d
 	}
 	return t, d
 }
@@ -198,33 +214,30 @@ func (l *Limiter) count(t *Ticket, p *Policy, lim *Limits, d *Decision) bool {
 	if t.exempt {
 		return true
 	}
-	s := &l.ips[l.shardOf(t.addr)]
+	s := &l.ips[l.shardOf(t.k)]
 	s.Lock()
-	c := s.m[t.addr]
-	if c == nil {
-		c = &ipCount{}
-		s.m[t.addr] = c
-	}
-	if lim.MaxPerIP > 0 && c.total >= lim.MaxPerIP && d.refuse(p, MaxPerIP, lim.MaxPerIP) {
+	c := s.m[t.k]
+	if lim.MaxPerIP > 0 && int(c.total) >= lim.MaxPerIP && d.refuse(p, MaxPerIP, lim.MaxPerIP) {
 		s.Unlock()
 		return false
 	}
 	c.total++
 	t.counted |= countedIP
-	preauthFull := lim.MaxPreauthPerIP > 0 && c.preauth >= lim.MaxPreauthPerIP
+	preauthFull := lim.MaxPreauthPerIP > 0 && int(c.preauth) >= lim.MaxPreauthPerIP
 	if !preauthFull {
 		c.preauth++
 		t.counted |= countedPreauth
 	}
+	s.m[t.k] = c
 	s.Unlock()
 
-	ps := &l.prefixes[l.shardOf(t.prefix.Addr())]
+	ps := &l.prefixes[l.shardOf(t.pk.addr)]
 	ps.Lock()
-	if n := ps.m[t.prefix]; lim.MaxPerPrefix > 0 && n >= lim.MaxPerPrefix && d.refuse(p, MaxPerPrefix, lim.MaxPerPrefix) {
+	if n := ps.m[t.pk]; lim.MaxPerPrefix > 0 && int(n) >= lim.MaxPerPrefix && d.refuse(p, MaxPerPrefix, lim.MaxPerPrefix) {
 		ps.Unlock()
 		return false
 	}
-	ps.m[t.prefix]++
+	ps.m[t.pk]++
 	t.counted |= countedPrefix
 	ps.Unlock()
 
@@ -240,7 +253,9 @@ func (l *Limiter) count(t *Ticket, p *Policy, lim *Limits, d *Decision) bool {
 	}
 	// Dry run: take the slot anyway, over the limit.
 	s.Lock()
+	c = s.m[t.k]
 	c.preauth++
+	s.m[t.k] = c
 	t.counted |= countedPreauth
 	s.Unlock()
 	return true
@@ -255,21 +270,23 @@ func (t *Ticket) NeedsWait() bool {
 // ctx ends (the caller's handshake deadline or a kill).
 func (t *Ticket) WaitPreauth(ctx context.Context) error {
 	l := t.l
-	s := &l.ips[l.shardOf(t.addr)]
+	s := &l.ips[l.shardOf(t.k)]
 	for {
 		lim := l.policy.Load().limitsFor(t.addr)
 		s.Lock()
-		c := s.m[t.addr]
-		if lim.MaxPreauthPerIP <= 0 || c.preauth < lim.MaxPreauthPerIP {
+		c := s.m[t.k]
+		if lim.MaxPreauthPerIP <= 0 || int(c.preauth) < lim.MaxPreauthPerIP {
 			c.preauth++
+			s.m[t.k] = c
 			t.counted |= countedPreauth
 			s.Unlock()
 			return nil
 		}
-		if c.freed == nil {
-			c.freed = make(chan struct{})
+		ch := s.freed[t.k]
+		if ch == nil {
+			ch = make(chan struct{})
+			s.freed[t.k] = ch
 		}
-		ch := c.freed
 		s.Unlock()
 		select {
 		case <-ch:
@@ -279,16 +296,17 @@ func (t *Ticket) WaitPreauth(ctx context.Context) error {
 	}
 }
 
-// releasePreauth gives back the not-logged-in slot and wakes waiters.
-func (t *Ticket) releasePreauth(c *ipCount) {
+// releasePreauth gives back the not-logged-in slot and wakes waiters; the
+// shard lock must be held.
+func (t *Ticket) releasePreauth(s *ipShard, c *ipCount) {
 	if t.counted&countedPreauth == 0 {
 		return
 	}
 	t.counted &^= countedPreauth
 	c.preauth--
-	if c.freed != nil {
-		close(c.freed)
-		c.freed = nil
+	if ch := s.freed[t.k]; ch != nil {
+		close(ch)
+		delete(s.freed, t.k)
 	}
 }
 
@@ -297,11 +315,11 @@ func (t *Ticket) LoggedIn() {
 	if t.exempt || t.counted&countedIP == 0 {
 		return
 	}
-	s := &t.l.ips[t.l.shardOf(t.addr)]
+	s := &t.l.ips[t.l.shardOf(t.k)]
 	s.Lock()
-	if c := s.m[t.addr]; c != nil {
-		t.releasePreauth(c)
-	}
+	c := s.m[t.k]
+	t.releasePreauth(s, &c)
+	s.m[t.k] = c
 	s.Unlock()
 }
 
@@ -310,16 +328,16 @@ func (t *Ticket) LoggedIn() {
 // fails. User names are compared case-insensitively.
 func (t *Ticket) ReserveUser(user string) Decision {
 	var d Decision
-	if t.exempt || t.hasUser {
+	if t.l == nil || t.exempt || t.hasUser {
 		return d
 	}
 	p := t.l.policy.Load()
 	lim := p.limitsFor(t.addr)
 	k := userKey{strings.ToLower(user), t.addr}
-	s := &t.l.users[t.l.shardOf(t.addr)]
+	s := &t.l.users[t.l.shardOf(t.k)]
 	s.Lock()
 	defer s.Unlock()
-	if n := s.m[k]; lim.MaxPerUserIP > 0 && n >= lim.MaxPerUserIP && d.refuse(p, MaxPerUserIP, lim.MaxPerUserIP) {
+	if n := s.m[k]; lim.MaxPerUserIP > 0 && int(n) >= lim.MaxPerUserIP && d.refuse(p, MaxPerUserIP, lim.MaxPerUserIP) {
 		return d
 	}
 	s.m[k]++
@@ -338,7 +356,7 @@ func (t *Ticket) releaseUser() {
 	if !t.hasUser {
 		return
 	}
-	s := &t.l.users[t.l.shardOf(t.addr)]
+	s := &t.l.users[t.l.shardOf(t.k)]
 	s.Lock()
 	if s.m[t.user]--; s.m[t.user] <= 0 {
 		delete(s.m, t.user)
@@ -349,7 +367,7 @@ func (t *Ticket) releaseUser() {
 
 // Release gives back everything the ticket holds. Idempotent.
 func (t *Ticket) Release() {
-	if t == nil || t.released {
+	if t == nil || t.l == nil || t.released {
 		return
 	}
 	t.released = true
@@ -358,21 +376,22 @@ func (t *Ticket) Release() {
 		l.total.Add(-1)
 	}
 	if t.counted&countedIP != 0 {
-		s := &l.ips[l.shardOf(t.addr)]
+		s := &l.ips[l.shardOf(t.k)]
 		s.Lock()
-		if c := s.m[t.addr]; c != nil {
-			t.releasePreauth(c)
-			if c.total--; c.total <= 0 && c.freed == nil {
-				delete(s.m, t.addr)
-			}
+		c := s.m[t.k]
+		t.releasePreauth(s, &c)
+		if c.total--; c.total <= 0 {
+			delete(s.m, t.k)
+		} else {
+			s.m[t.k] = c
 		}
 		s.Unlock()
 	}
 	if t.counted&countedPrefix != 0 {
-		ps := &l.prefixes[l.shardOf(t.prefix.Addr())]
+		ps := &l.prefixes[l.shardOf(t.pk.addr)]
 		ps.Lock()
-		if ps.m[t.prefix]--; ps.m[t.prefix] <= 0 {
-			delete(ps.m, t.prefix)
+		if ps.m[t.pk]--; ps.m[t.pk] <= 0 {
+			delete(ps.m, t.pk)
 		}
 		ps.Unlock()
 	}
@@ -386,14 +405,12 @@ func (l *Limiter) Total() int { return int(l.total.Load()) }
 // PerIP returns the live connection count of an address (for tests and
 // the admin endpoint).
 func (l *Limiter) PerIP(a netip.Addr) (total, preauth int) {
-	a = a.Unmap()
-	s := &l.ips[l.shardOf(a)]
+	k := addrKey(a.Unmap())
+	s := &l.ips[l.shardOf(k)]
 	s.Lock()
 	defer s.Unlock()
-	if c := s.m[a]; c != nil {
-		return c.total, c.preauth
-	}
-	return 0, 0
+	c := s.m[k]
+	return int(c.total), int(c.preauth)
 }
 
 // NoteWouldRefuse counts dry-run hits (the caller also logs them).

@@ -39,7 +39,7 @@ func admitN(l *Limiter, a netip.Addr, n int, now time.Time) ([]*Ticket, *Decisio
 		if d.Refused {
 			return ts, &d
 		}
-		ts = append(ts, t)
+		ts = append(ts, &t)
 	}
 	return ts, nil
 }
@@ -68,7 +68,7 @@ func TestConcurrencyLimitsAtNAndNPlus1(t *testing.T) {
 				if d.Refused {
 					t.Fatalf("connection %d of 4 refused: %v", i+1, d.Reason)
 				}
-				tickets = append(tickets, tk)
+				tickets = append(tickets, &tk)
 			}
 			if _, d := l.Admit(tt.addrs(4), now); !d.Refused || d.Reason != tt.reason {
 				t.Fatalf("5th: %+v, want refusal by %v", d, tt.reason)
@@ -154,8 +154,8 @@ func TestPreauthWait(t *testing.T) {
 	a := addr("192.0.2.10")
 	first, _ := l.Admit(a, time.Now())
 	second, d := l.Admit(a, time.Now())
-	if d.Refused || second == nil || !second.NeedsWait() {
-		t.Fatalf("second: %+v needsWait=%v", d, second != nil && second.NeedsWait())
+	if d.Refused || !second.NeedsWait() {
+		t.Fatalf("second: %+v needsWait=%v", d, second.NeedsWait())
 	}
 	done := make(chan error)
 	go func() { done <- second.WaitPreauth(context.Background()) }()
@@ -189,7 +189,7 @@ func TestPerUserIP(t *testing.T) {
 	var ts []*Ticket
 	for i := 0; i < 3; i++ {
 		tk, _ := l.Admit(a, time.Now())
-		ts = append(ts, tk)
+		ts = append(ts, &tk)
 	}
 	for i, user := range []string{"bob", "BOB"} {
 		if d := ts[i].ReserveUser(user); d.Refused {
@@ -312,7 +312,7 @@ func TestDryRun(t *testing.T) {
 	a := addr("192.0.2.30")
 	l.Admit(a, time.Now())
 	tk, d := l.Admit(a, time.Now())
-	if d.Refused || tk == nil || tk.NeedsWait() {
+	if d.Refused || tk.NeedsWait() {
 		t.Fatalf("dry-run refused or made it wait: %+v", d)
 	}
 	if d.WouldRefuse != 1<<MaxPerIP|1<<MaxPreauthPerIP {

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
@@ -18,9 +19,10 @@ type failRecord struct {
 // bounded), and the bans they caused (a plain map: bans are few and every
 // Admit consults them).
 type failTable struct {
-	mu   sync.Mutex
-	lru  *simplelru.LRU[netip.Prefix, failRecord]
-	bans map[netip.Prefix]int64 // key -> banned until, unix nanoseconds
+	nbans atomic.Int32 // len(bans), read without the lock on every Admit
+	mu    sync.Mutex
+	lru   *simplelru.LRU[netip.Prefix, failRecord]
+	bans  map[netip.Prefix]int64 // key -> banned until, unix nanoseconds
 }
 
 func newFailTable(size int) *failTable {
@@ -31,11 +33,12 @@ func newFailTable(size int) *failTable {
 func hostPrefix(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, a.BitLen()) }
 
 func (f *failTable) banned(a netip.Addr, prefix netip.Prefix, now time.Time) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if len(f.bans) == 0 {
+	if f.nbans.Load() == 0 {
 		return false
 	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	defer f.nbans.Store(int32(len(f.bans)))
 	n := now.UnixNano()
 	for _, k := range [2]netip.Prefix{hostPrefix(a), prefix} {
 		if until, ok := f.bans[k]; ok {
@@ -59,7 +62,7 @@ type Ban struct {
 // how long to hold the NO answer, and a ban if this failure started one.
 // The account is never locked: only the source is penalised.
 func (t *Ticket) LoginFailed(now time.Time) (delay time.Duration, ban *Ban) {
-	if t.exempt {
+	if t.l == nil || t.exempt {
 		return 0, nil
 	}
 	pen := t.l.policy.Load().Penalty
@@ -81,6 +84,7 @@ func (t *Ticket) LoginFailed(now time.Time) (delay time.Duration, ban *Ban) {
 			until := n + int64(pen.BanTime)
 			if cur, ok := f.bans[k]; !ok || cur < n {
 				f.bans[k] = until
+				f.nbans.Store(int32(len(f.bans)))
 				ban = &Ban{Key: k, Until: time.Unix(0, until), Failures: r.count}
 			}
 		}
@@ -120,6 +124,7 @@ func (l *Limiter) Unban(k netip.Prefix) bool {
 	defer f.mu.Unlock()
 	_, ok := f.bans[k]
 	delete(f.bans, k)
+	f.nbans.Store(int32(len(f.bans)))
 	f.lru.Remove(k)
 	return ok
 }

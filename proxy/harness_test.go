@@ -30,7 +30,7 @@ type proxyConfig struct {
 	login   proxy.Login
 }
 
-func startProxy(t *testing.T, up proxy.Upstream, pc proxyConfig) *testProxy {
+func startProxy(t testing.TB, up proxy.Upstream, pc proxyConfig) *testProxy {
 	t.Helper()
 	cert, err := certs.SelfSigned("localhost", "127.0.0.1")
 	if err != nil {
@@ -122,12 +122,12 @@ func (c *client) expectEOF() {
 // upstreamScript is a fake IMAP server that runs script for each
 // connection it accepts.
 type upstreamScript struct {
-	t    *testing.T
+	t    testing.TB
 	ln   net.Listener
 	seen chan string // every line the fake server read
 }
 
-func fakeUpstream(t *testing.T, script func(u *upstreamConn)) *upstreamScript {
+func fakeUpstream(t testing.TB, script func(u *upstreamConn)) *upstreamScript {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -286,9 +286,6 @@ func quotable(s []byte) bool {
 // reserveUser applies max_per_user_ip before a login is forwarded. It
 // reports whether the login was refused, and whether the session may go on.
 func (ss *session) reserveUser(tag, user string) (refused, ok bool) {
-	if ss.ticket == nil {
-		return false, true
-	}
 	d := ss.ticket.ReserveUser(user)
 	ss.noteDryRun(d, user)
 	if !d.Refused {
@@ -363,9 +360,7 @@ func (ss *session) loginResult(tag, user, mech string) (outcome, bool) {
 	if last == nil {
 		var err error
 		if _, last, err = ss.relayResponses(tag, false); err != nil {
-			if ss.ticket != nil {
-				ss.ticket.CommitUser(false)
-			}
+			ss.ticket.CommitUser(false)
 			return closed, false
 		}
 	}
@@ -373,10 +368,8 @@ func (ss *session) loginResult(tag, user, mech string) (outcome, bool) {
 	s := ss.srv
 	s.events.Login(ok)
 	if ok {
-		if ss.ticket != nil {
-			ss.ticket.CommitUser(true)
-			ss.ticket.LoggedIn()
-		}
+		ss.ticket.CommitUser(true)
+		ss.ticket.LoggedIn()
 		ss.entry.SetUser(user)
 		ss.entry.SetState(conntable.Established)
 		s.log.Login(user, ss.client.Remote)
@@ -390,20 +383,18 @@ func (ss *session) loginResult(tag, user, mech string) (outcome, bool) {
 	} else {
 		s.log.LoginFailed(user, ss.client.Remote)
 	}
-	if ss.ticket != nil {
-		ss.ticket.CommitUser(false)
-		delay, ban := ss.ticket.LoginFailed(time.Now())
-		if ban != nil {
-			ss.logBan(ban)
-		}
-		if delay > 0 {
-			t := time.NewTimer(delay)
-			select {
-			case <-t.C:
-			case <-ss.ctx.Done():
-				t.Stop()
-				return closed, false
-			}
+	ss.ticket.CommitUser(false)
+	delay, ban := ss.ticket.LoginFailed(time.Now())
+	if ban != nil {
+		ss.logBan(ban)
+	}
+	if delay > 0 {
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ss.ctx.Done():
+			t.Stop()
+			return closed, false
 		}
 	}
 	return -1, ss.writeClient(last) == nil

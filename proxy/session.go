@@ -28,7 +28,7 @@ type session struct {
 	cr     *bufio.Reader // client, login phase only
 	ur     *bufio.Reader // upstream, login phase only
 	entry  *conntable.Entry
-	ticket *limiter.Ticket
+	ticket limiter.Ticket // zero (holds nothing) without a limiter
 	client Client
 	start  time.Time
 
@@ -105,7 +105,7 @@ func (ss *session) run() {
 			refusal = &d
 		} else {
 			ss.ticket = t
-			defer t.Release()
+			defer ss.ticket.Release()
 		}
 	}
 	entry, err := s.table.Insert(ss.client.Remote, ss.client.Local, ss.kill)
@@ -119,7 +119,7 @@ func (ss *session) run() {
 		ss.refuseWithBye(*refusal)
 		return
 	}
-	if ss.ticket != nil && ss.ticket.NeedsWait() {
+	if ss.ticket.NeedsWait() {
 		if err := ss.ticket.WaitPreauth(ss.ctx); err != nil {
 			d := limiter.Decision{Refused: true, Reason: limiter.MaxPreauthPerIP, Limit: s.limiter.Policy().Limits.MaxPreauthPerIP}
 			ss.logRefusal(d, "")
