@@ -38,6 +38,15 @@ type gateOptions struct {
 	upstream proxy.Upstream // nil: embedded with accounts
 	accounts []embedded.Account
 	trusted  []string // PROXY header sources
+	logFile  string   // also write the log here, in syslog file format
+}
+
+// tee writes every line to both sinks.
+type tee [2]courierlog.Sink
+
+func (t tee) Write(p courierlog.Priority, msg []byte) {
+	t[0].Write(p, msg)
+	t[1].Write(p, msg)
 }
 
 // startGate wires a proxy as cmd/imapgate does, from a config.
@@ -64,7 +73,15 @@ func startGate(t *testing.T, o gateOptions) *gate {
 		t.Fatal(err)
 	}
 	mem := &courierlog.Memory{}
-	log := courierlog.New(mem, courierlog.Options{TLS: true})
+	var sink courierlog.Sink = mem
+	if o.logFile != "" {
+		f, err := courierlog.OpenFile(o.logFile, "mailhost", "imapd-ssl")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sink = tee{mem, f}
+	}
+	log := courierlog.New(sink, courierlog.Options{TLS: true})
 	table, err := conntable.New(cfg.TableConfig(), func(m string) { log.Message(courierlog.Warning, m) })
 	if err != nil {
 		t.Fatal(err)
