@@ -110,7 +110,25 @@ type Config struct {
 	Limits   Limits   `toml:"limits"`
 	Log      Log      `toml:"log"`
 
-	defined map[string]bool // keys the file set
+	defined map[string]bool   // keys the file set
+	origin  map[string]string // keys taken from courier's files, and where from
+}
+
+// Origin says where key's value came from: "file", a courier file and line,
+// or "default".
+func (c *Config) Origin(key string) string {
+	if c.IsSet(key) {
+		return "file"
+	}
+	if o, ok := c.origin[key]; ok {
+		return o
+	}
+	for k, o := range c.origin { // a table taken whole, e.g. limits.override
+		if strings.HasPrefix(key, k+".") {
+			return o
+		}
+	}
+	return "default"
 }
 
 // IsSet reports whether the file set key (dotted, e.g. "listen.address").
@@ -262,6 +280,23 @@ func (es Errors) Error() string {
 		msgs[i] = e.Error()
 	}
 	return strings.Join(msgs, "\n")
+}
+
+// Validate checks c again (after ApplyCourier changed it); name names the
+// configuration in errors.
+func (c *Config) Validate(name string) error {
+	var errs Errors
+	for _, p := range c.validate() {
+		key := p.key
+		if o, ok := c.origin[key]; ok {
+			key += " (from " + o + ")"
+		}
+		errs = append(errs, &Error{File: name, Key: key, Msg: p.msg})
+	}
+	if len(errs) > 0 {
+		return errs
+	}
+	return nil
 }
 
 // Load reads and validates path.

@@ -51,10 +51,6 @@ func printSettings(w io.Writer, cfg *config.Config) {
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		from := "default"
-		if cfg.IsSet(k) {
-			from = "file"
-		}
-		fmt.Fprintf(w, "  %-36s = %-28s (%s)\n", k, lines[k], from)
+		fmt.Fprintf(w, "  %-36s = %-28s (%s)\n", k, lines[k], cfg.Origin(k))
 	}
 }

@@ -27,6 +27,7 @@ func main() {
 
 type flags struct {
 	configFile string
+	courier    string
 	demo       bool
 	check      bool
 	grace      time.Duration
@@ -36,14 +37,15 @@ func run(args []string) int {
 	var f flags
 	fs := flag.NewFlagSet("imapgate", flag.ContinueOnError)
 	fs.StringVar(&f.configFile, "config", "", "configuration `file` (TOML; see imapgate.example.toml)")
+	fs.StringVar(&f.courier, "courier-config", "", "courier's `file` (/etc/courier/imapd-ssl or imapd) to take MAXDAEMONS, MAXPERIP, SSLPORT, TLS_CERTFILE and the access file from; -config overrides it")
 	fs.BoolVar(&f.demo, "demo", false, "zero-setup demo: 127.0.0.1:9993, a generated certificate and an in-memory mailbox (demo/demo)")
 	fs.BoolVar(&f.check, "check", false, "check the configuration, print the result and exit")
 	fs.DurationVar(&f.grace, "grace", 30*time.Second, "on SIGTERM, how long logged-in sessions may drain before they are closed")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if f.configFile == "" && !f.demo {
-		fmt.Fprintln(os.Stderr, "imapgate: give -config FILE, or -demo to try it out")
+	if f.configFile == "" && f.courier == "" && !f.demo {
+		fmt.Fprintln(os.Stderr, "imapgate: give -config FILE and/or -courier-config /etc/courier/imapd-ssl, or -demo to try it out")
 		return 2
 	}
 	cfg, err := loadConfig(f)
@@ -69,10 +71,15 @@ func run(args []string) int {
 }
 
 func describe(f flags) string {
-	if f.configFile == "" {
-		return "(demo defaults)"
+	switch {
+	case f.configFile != "" && f.courier != "":
+		return f.configFile + " over " + f.courier
+	case f.courier != "":
+		return f.courier
+	case f.configFile != "":
+		return f.configFile
 	}
-	return f.configFile
+	return "(demo defaults)"
 }
 
 // loadConfig reads the file (or the defaults in demo mode) and applies
@@ -82,6 +89,18 @@ func loadConfig(f flags) (*config.Config, error) {
 	if f.configFile != "" {
 		var err error
 		if cfg, err = config.Load(f.configFile); err != nil {
+			return nil, err
+		}
+	}
+	if f.courier != "" {
+		warnings, err := cfg.ApplyCourier(f.courier)
+		if err != nil {
+			return nil, err
+		}
+		for _, w := range warnings {
+			fmt.Fprintln(os.Stderr, "imapgate: warning:", w)
+		}
+		if err := cfg.Validate(describe(f)); err != nil {
 			return nil, err
 		}
 	}
