@@ -161,6 +161,11 @@ type TLS struct {
 
 // Upstream is the IMAP server.
 type Upstream struct {
+	// Mode is "tcp" (connect to Address) or "exec" (start courier's
+	// imaplogin per session; see proxy.ExecUpstream).
+	Mode            string   `toml:"mode"`
+	Exec            []string `toml:"exec"`
+	CourierConfig   string   `toml:"courier_config"`
 	Address         string   `toml:"address"`
 	TLS             bool     `toml:"tls"`
 	TLSVerify       bool     `toml:"tls_verify"`

@@ -19,7 +19,10 @@ func Default() *Config {
 		Listen: Listen{Address: ":993", ProxyHeaderTimeout: Duration(5 * time.Second)},
 		TLS:    TLS{MinVersion: "1.2"},
 		Upstream: Upstream{
-			Address: "127.0.0.1:143", TLSVerify: true,
+			Mode:          "tcp",
+			Exec:          []string{"/usr/lib/courier/courier/imaplogin", "/usr/bin/imapd", "Maildir"},
+			CourierConfig: "/etc/courier/imapd-ssl",
+			Address:       "127.0.0.1:143", TLSVerify: true,
 			ConnectTimeout: Duration(5 * time.Second), GreetingTimeout: Duration(10 * time.Second),
 		},
 		Login: Login{MaxLine: 8 << 10, MaxLiteral: 8 << 10, MaxCommands: 32},

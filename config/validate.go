@@ -73,6 +73,18 @@ func (c *Config) validate() []problem {
 func (c *Config) validateUpstream() []problem {
 	var ps []problem
 	u := c.Upstream
+	switch u.Mode {
+	case "tcp":
+	case "exec":
+		if len(u.Exec) != 3 {
+			ps = append(ps, problem{"upstream.exec", 0, fmt.Sprintf("want [imaplogin, imapd, maildir], got %q", u.Exec)})
+		}
+		if u.ProxyProtocol != "" || u.TLS {
+			ps = append(ps, problem{"upstream.mode", 0, "exec mode takes neither a PROXY header nor TLS: courier gets the client's address in its environment"})
+		}
+	default:
+		ps = append(ps, problem{"upstream.mode", 0, fmt.Sprintf("must be \"tcp\" or \"exec\", got %q", u.Mode)})
+	}
 	embedded := u.Address == "embedded"
 	if !embedded {
 		if _, _, err := net.SplitHostPort(u.Address); err != nil {

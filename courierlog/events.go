@@ -16,7 +16,21 @@ type Logger struct {
 	// loginStartTLS also appends it to LOGIN lines, as courier-imap
 	// >= 5.2.6 does; Debian 12's 5.0.13 does not.
 	loginStartTLS bool
+	// noSessions drops the per-session lines (Connection, LOGIN, LOGOUT…):
+	// in exec mode courier writes them itself, with the real address.
+	noSessions bool
 }
+
+// WithoutSessionLines returns a Logger that writes everything but the
+// per-session lines, which courier itself writes in exec mode.
+func (l *Logger) WithoutSessionLines() *Logger {
+	c := *l
+	c.noSessions = true
+	return &c
+}
+
+// session reports whether per-session lines are written.
+func (l *Logger) session() bool { return l != nil && !l.noSessions }
 
 // Options configure a Logger.
 type Options struct {
@@ -57,13 +71,47 @@ func (l *Logger) appendTLS(b []byte) []byte {
 	return b
 }
 
-// Printf-free message for events courier has no line for.
+// prefixes are courierlogger's: a recognised prefix sets the priority and
+// is stripped; anything else is logged at info unchanged ("NOTICE: …").
+var prefixes = []struct {
+	p      Priority
+	prefix string
+}{{Err, "ERR:"}, {Warning, "WARN:"}, {Alert, "ALERT:"}, {Crit, "CRIT:"}, {Debug, "DEBUG:"}, {Info, "INFO:"}}
+
+// CourierLine logs a line a courier program wrote to stderr, as
+// courierlogger does (exec upstream mode).
+func (l *Logger) CourierLine(line string) {
+	p := Info
+	for _, x := range prefixes {
+		if len(line) >= len(x.prefix) && line[:len(x.prefix)] == x.prefix {
+			p = x.p
+			line = trimLeftSpace(line[len(x.prefix):])
+			break
+		}
+	}
+	if len(line) > 511 { // courierlogger's line buffer
+		line = line[:511]
+	}
+	l.emit(p, func(b []byte) []byte { return append(b, line...) })
+}
+
+func trimLeftSpace(s string) string {
+	for len(s) > 0 && (s[0] == ' ' || s[0] == '\t') {
+		s = s[1:]
+	}
+	return s
+}
+
+// Message logs text for events courier has no line for.
 func (l *Logger) Message(p Priority, msg string) {
 	l.emit(p, func(b []byte) []byte { return append(b, msg...) })
 }
 
 // Connection: a session starts (greeting sent, after the TLS handshake).
 func (l *Logger) Connection(client netip.AddrPort) {
+	if !l.session() {
+		return
+	}
 	l.emit(Debug, func(b []byte) []byte {
 		b = append(b, "Connection, "...)
 		return appendIPPort(b, client)
@@ -72,6 +120,9 @@ func (l *Logger) Connection(client netip.AddrPort) {
 
 // Login: LOGIN or AUTHENTICATE succeeded.
 func (l *Logger) Login(user string, client netip.AddrPort) {
+	if !l.session() {
+		return
+	}
 	l.emit(Info, func(b []byte) []byte {
 		b = append(b, "LOGIN, user="...)
 		b = AppendUser(b, user)
@@ -87,6 +138,9 @@ func (l *Logger) Login(user string, client netip.AddrPort) {
 
 // LoginFailed: LOGIN failed for a known user name.
 func (l *Logger) LoginFailed(user string, client netip.AddrPort) {
+	if !l.session() {
+		return
+	}
 	l.emit(Info, func(b []byte) []byte {
 		b = append(b, "LOGIN FAILED, user="...)
 		b = AppendUser(b, user)
@@ -98,6 +152,9 @@ func (l *Logger) LoginFailed(user string, client netip.AddrPort) {
 // LoginFailedMethod: AUTHENTICATE failed; courier names the mechanism, not
 // the user.
 func (l *Logger) LoginFailedMethod(method string, client netip.AddrPort) {
+	if !l.session() {
+		return
+	}
 	l.emit(Info, func(b []byte) []byte {
 		b = append(b, "LOGIN FAILED, method="...)
 		b = AppendUser(b, method)
@@ -136,6 +193,9 @@ func seconds(d time.Duration) uint64 {
 // SessionEnd: an authenticated session ended (LOGOUT, DISCONNECTED,
 // TIMEOUT, or shut down by signal).
 func (l *Logger) SessionEnd(how End, user string, client netip.AddrPort, c Counts) {
+	if !l.session() {
+		return
+	}
 	l.emit(Info, func(b []byte) []byte {
 		b = append(b, how...)
 		b = append(b, ", user="...)
@@ -154,6 +214,9 @@ func (l *Logger) SessionEnd(how End, user string, client netip.AddrPort, c Count
 // LogoutPreauth: LOGOUT before login. Courier's imaplogin writes no time
 // and no starttls field on this line.
 func (l *Logger) LogoutPreauth(client netip.AddrPort, c Counts) {
+	if !l.session() {
+		return
+	}
 	l.emit(Info, func(b []byte) []byte {
 		b = append(b, "LOGOUT, "...)
 		b = appendIPPort(b, client)
@@ -164,6 +227,9 @@ func (l *Logger) LogoutPreauth(client netip.AddrPort, c Counts) {
 
 // Disconnected: the client went away, or was cut off, before login.
 func (l *Logger) Disconnected(client netip.AddrPort, elapsed time.Duration) {
+	if !l.session() {
+		return
+	}
 	l.emit(Debug, func(b []byte) []byte {
 		b = append(b, "Disconnected, "...)
 		b = appendIPPort(b, client)
@@ -174,6 +240,9 @@ func (l *Logger) Disconnected(client netip.AddrPort, elapsed time.Duration) {
 
 // ShutdownPreauth: a session still in the login phase closed at shutdown.
 func (l *Logger) ShutdownPreauth(client netip.AddrPort, elapsed time.Duration) {
+	if !l.session() {
+		return
+	}
 	l.emit(Info, func(b []byte) []byte {
 		b = append(b, EndShutdown...)
 		b = append(b, ", "...)

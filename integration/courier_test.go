@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/emersion/go-sasl"
 
+	"imapgate/config"
 	"imapgate/proxy"
 )
 
@@ -425,4 +427,55 @@ func TestCourierUpstreamTLS(t *testing.T) {
 		}
 		waitLog(t, g, "upstream unavailable: TLS handshake with "+c.tls)
 	}
+}
+
+// exec mode: imapgate starts courier's imaplogin per session with
+// couriertcpd's environment; courier itself logs the real client address.
+func TestCourierExecMode(t *testing.T) {
+	c := needCourier(t)
+	if os.Geteuid() != 0 {
+		t.Skip("exec mode needs root (imaplogin switches to the mailbox owner)")
+	}
+	vars, _, err := config.ShellVars(config.CourierFiles(filepath.Join(c.etc, "imapd-ssl"))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := startGate(t, gateOptions{exec: []string{c.imaplogin, c.imapd, "Maildir"}, execVars: vars})
+	cl, err := login("127.0.7.1", g.addr, c.users[0], c.pass)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cl.Caps().Has("STARTTLS") || !cl.Caps().Has("IDLE") {
+		t.Errorf("caps %v", cl.Caps())
+	}
+	if _, err := cl.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	cl.Logout().Wait()
+	cl.Close()
+	// Courier's own lines, with the real address and starttls=1 (IMAP_TLS=1).
+	waitLog(t, g, "LOGIN, user=testuser, ip=[::ffff:127.0.7.1], port=[")
+	waitLog(t, g, "LOGOUT, user=testuser, ip=[::ffff:127.0.7.1]")
+	waitLog(t, g, ", starttls=1")
+	n := 0
+	for _, l := range g.log.Lines() {
+		if strings.Contains(l, "LOGIN, user=testuser, ip=[::ffff:127.0.7.1]") {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d LOGIN lines, want courier's one (imapgate's own are off in exec mode)", n)
+	}
+
+	// A wrong password: courier's LOGIN FAILED with the real address.
+	conn, err := dialFrom("127.0.7.2", g.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := newClient(conn)
+	if bad.Login(c.users[0], "wrong").Wait() == nil {
+		t.Fatal("wrong password accepted")
+	}
+	bad.Close()
+	waitLog(t, g, "LOGIN FAILED, user=testuser, ip=[::ffff:127.0.7.2]")
 }

@@ -39,6 +39,10 @@ type gateOptions struct {
 	accounts []embedded.Account
 	trusted  []string // PROXY header sources
 	logFile  string   // also write the log here, in syslog file format
+	// exec starts courier per session (proxy.ExecUpstream) with argv and
+	// the variables of courier's config files.
+	exec     []string
+	execVars map[string]string
 }
 
 // tee writes every line to both sinks.
@@ -56,7 +60,7 @@ func startGate(t *testing.T, o gateOptions) *gate {
 	if cfg == nil {
 		cfg = config.Default()
 	}
-	if o.upstream == nil {
+	if o.upstream == nil && o.exec == nil {
 		accounts := o.accounts
 		if accounts == nil {
 			accounts = embedded.DemoAccounts()
@@ -82,6 +86,14 @@ func startGate(t *testing.T, o gateOptions) *gate {
 		sink = tee{mem, f}
 	}
 	log := courierlog.New(sink, courierlog.Options{TLS: true})
+	sessionLog := log
+	if o.exec != nil {
+		up, err := proxy.NewExecUpstream(o.exec, o.execVars, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.upstream, sessionLog = up, log.WithoutSessionLines()
+	}
 	table, err := conntable.New(cfg.TableConfig(), func(m string) { log.Message(courierlog.Warning, m) })
 	if err != nil {
 		t.Fatal(err)
@@ -92,7 +104,7 @@ func startGate(t *testing.T, o gateOptions) *gate {
 	}
 	srv, err := proxy.New(proxy.Options{
 		TLSConfig: certs.NewStatic(cert).ServerConfig(0),
-		Upstream:  o.upstream, Log: log, Table: table, Limiter: lim, Login: cfg.LoginBounds(),
+		Upstream:  o.upstream, Log: sessionLog, Table: table, Limiter: lim, Login: cfg.LoginBounds(),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -146,15 +146,20 @@ func (ss *session) copyToClient() {
 	ss.raw.SetReadDeadline(time.Unix(1, 0)) // stop the other direction too
 }
 
-// rawConn returns the syscall.RawConn of a plain TCP upstream, whose
+// rawConn returns the syscall.RawConn of a plain socket upstream, whose
 // readability can be awaited without a buffer; nil for anything else (TLS
 // may hold decrypted bytes the socket no longer shows).
 func rawConn(c net.Conn) syscall.RawConn {
-	tc, ok := c.(*net.TCPConn)
-	if !ok {
+	var sc syscall.Conn
+	switch c := c.(type) {
+	case *net.TCPConn:
+		sc = c
+	case *net.UnixConn: // the exec upstream's socketpair
+		sc = c
+	default:
 		return nil
 	}
-	rc, err := tc.SyscallConn()
+	rc, err := sc.SyscallConn()
 	if err != nil {
 		return nil
 	}

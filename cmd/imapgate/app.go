@@ -64,10 +64,14 @@ func newApp(cfg *config.Config, f flags) (*app, error) {
 		return nil, err
 	}
 	minVersion, _ := certs.TLSVersion(cfg.TLS.MinVersion)
+	sessionLog := a.log
+	if cfg.Upstream.Mode == "exec" {
+		sessionLog = a.log.WithoutSessionLines() // courier writes them itself
+	}
 	a.srv, err = proxy.New(proxy.Options{
 		TLSConfig: a.store.ServerConfig(minVersion),
 		Upstream:  up,
-		Log:       a.log,
+		Log:       sessionLog,
 		Table:     a.table,
 		Limiter:   a.limiter,
 		Login:     cfg.LoginBounds(),
@@ -128,6 +132,13 @@ func buildStore(cfg *config.Config, demo bool) (*certs.Store, error) {
 
 func (a *app) buildUpstream(cfg *config.Config) (proxy.Upstream, error) {
 	u := cfg.Upstream
+	if u.Mode == "exec" {
+		vars, _, err := config.ShellVars(config.CourierFiles(u.CourierConfig)...)
+		if err != nil {
+			return nil, fmt.Errorf("upstream.courier_config: %w", err)
+		}
+		return proxy.NewExecUpstream(u.Exec, vars, a.log)
+	}
 	if u.Address == "embedded" {
 		if a.emb == nil {
 			accounts := embedded.DemoAccounts()
@@ -217,9 +228,9 @@ func (a *app) tryReload() error {
 		return err
 	}
 	old := a.cfg.Load()
-	if cfg.Listen.Address != old.Listen.Address || cfg.Log != old.Log ||
+	if cfg.Listen.Address != old.Listen.Address || cfg.Log != old.Log || cfg.Upstream.Mode != old.Upstream.Mode ||
 		(len(old.Listen.ProxyProtocolFrom) == 0) != (len(cfg.Listen.ProxyProtocolFrom) == 0) {
-		return errors.New("listen.address, [log] and turning proxy_protocol_from on or off need a restart")
+		return errors.New("listen.address, [log], upstream.mode and turning proxy_protocol_from on or off need a restart")
 	}
 	store, err := buildStore(cfg, a.flags.demo)
 	if err != nil {

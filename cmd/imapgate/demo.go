@@ -16,6 +16,7 @@ func applyDemo(cfg *config.Config) {
 	if !cfg.IsSet("listen.address") {
 		cfg.Listen.Address = demoAddress
 	}
+	cfg.Upstream.Mode = "tcp"
 	cfg.Upstream.Address = "embedded"
 	cfg.Upstream.ProxyProtocol = ""
 	cfg.Upstream.TLS = false

@@ -1,0 +1,100 @@
+package courierlog
+
+import (
+	"bytes"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+func TestAddr(t *testing.T) {
+	for in, want := range map[string]string{
+		"192.0.2.7": "::ffff:192.0.2.7", "::ffff:192.0.2.7": "::ffff:192.0.2.7",
+		"2001:db8::1": "2001:db8::1", "::1": "::1",
+	} {
+		if got := Addr(netip.MustParseAddr(in)); got != want {
+			t.Errorf("Addr(%s) = %s, want %s", in, got, want)
+		}
+	}
+}
+
+func TestAppendUser(t *testing.T) {
+	for in, want := range map[string]string{
+		"bob@example.com":  "bob@example.com",
+		"ev\til":           "ev.il",            // courier_safe_printf
+		"caf\u00e9":        "caf..",            // UTF-8 bytes, as courier
+		"x], ip=[10.9.9.9": "x.. ip=.10.9.9.9", // no forged field
+	} {
+		if got := string(AppendUser(nil, in)); got != want {
+			t.Errorf("AppendUser(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if n := len(AppendUser(nil, string(make([]byte, 5000)))); n != maxUser {
+		t.Errorf("long user name kept %d bytes", n)
+	}
+}
+
+func TestLinesInSyslogFileFormat(t *testing.T) {
+	var buf bytes.Buffer
+	sink := NewLineSink(&buf, "vm", "imapd-ssl")
+	sink.SetClock(func() time.Time { return time.Date(2026, 11, 2, 4, 23, 47, 0, time.Local) })
+	l := New(sink, Options{TLS: true})
+	c := netip.MustParseAddrPort("192.0.2.7:43894")
+	l.LoginFailed("testuser", c)
+	l.SessionEnd(EndLogout, "testuser", c, Counts{Rcvd: 29, Sent: 157, Elapsed: 1500 * time.Millisecond})
+	l.LogoutPreauth(c, Counts{Rcvd: 11, Sent: 326})
+	want := "Nov  2 04:23:47 vm imapd-ssl: LOGIN FAILED, user=testuser, ip=[::ffff:192.0.2.7], port=[43894]\n" +
+		"Nov  2 04:23:47 vm imapd-ssl: LOGOUT, user=testuser, ip=[::ffff:192.0.2.7], port=[43894], headers=0, body=0, rcvd=29, sent=157, time=1, starttls=1\n" +
+		"Nov  2 04:23:47 vm imapd-ssl: LOGOUT, ip=[::ffff:192.0.2.7], port=[43894], rcvd=11, sent=326\n"
+	if buf.String() != want {
+		t.Fatalf("got\n%s\nwant\n%s", buf.String(), want)
+	}
+}
+
+func TestCourierLinePriorities(t *testing.T) {
+	mem := &Memory{}
+	l := New(mem, Options{})
+	l.CourierLine("INFO: LOGIN, user=x, ip=[::1], port=[1], protocol=IMAP")
+	l.CourierLine("DEBUG: Connection, ip=[::1], port=[1]")
+	l.CourierLine("ALERT: Maximum connection limit reached for ::1")
+	l.CourierLine("NOTICE: Disconnected during shutdown by signal, ip=[::1], port=[1], time=2")
+	want := []string{
+		"info LOGIN, user=x, ip=[::1], port=[1], protocol=IMAP",
+		"debug Connection, ip=[::1], port=[1]",
+		"alert Maximum connection limit reached for ::1",
+		"info NOTICE: Disconnected during shutdown by signal, ip=[::1], port=[1], time=2",
+	}
+	got := mem.Lines()
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("line %d: %q, want %q", i, got[i], want[i])
+		}
+	}
+}
+
+func TestWithoutSessionLines(t *testing.T) {
+	mem := &Memory{}
+	l := New(mem, Options{}).WithoutSessionLines()
+	l.Login("bob", netip.MustParseAddrPort("192.0.2.1:1"))
+	l.MaxPerIP(netip.MustParseAddr("192.0.2.1"))
+	if got := mem.Lines(); len(got) != 1 || got[0] != "alert Maximum connection limit reached for ::ffff:192.0.2.1" {
+		t.Fatalf("got %q", got)
+	}
+}
+
+func TestRateLimit(t *testing.T) {
+	r := NewRateLimit(5*time.Second, 2)
+	t0 := time.Now()
+	var oks int
+	for i := 0; i < 5; i++ {
+		if ok, _ := r.Allow(t0); ok {
+			oks++
+		}
+	}
+	if oks != 2 {
+		t.Fatalf("%d allowed in the window, want 2", oks)
+	}
+	if ok, sup := r.Allow(t0.Add(5 * time.Second)); !ok || sup != 3 {
+		t.Fatalf("next window: ok=%v suppressed=%d, want true 3", ok, sup)
+	}
+}

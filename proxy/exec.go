@@ -1,0 +1,116 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+
+	"imapgate/courierlog"
+)
+
+// ExecUpstream starts courier's login program for each session, as
+// couriertcpd would: `imaplogin /usr/bin/imapd Maildir` with the session on
+// its stdin and stdout (one end of a socketpair) and the environment
+// couriertcpd gives it (TCPREMOTEIP, TCPREMOTEPORT, TCPLOCALIP,
+// TCPLOCALPORT, IMAP_TLS=1 because imapgate did the TLS, and the variables
+// of courier's configuration files). Courier's authentication, per-account
+// options and its own log lines then see the real client. Courier's stderr
+// lines go to imapgate's log with courierlogger's priority mapping.
+//
+// imaplogin switches to each mailbox owner's uid after login, so serving
+// several users needs root; NewExecUpstream refuses otherwise. MAXPERIP,
+// MAXDAEMONS and the access file are couriertcpd's and are bypassed here:
+// imapgate's limits apply instead.
+type ExecUpstream struct {
+	argv []string
+	env  []string
+	log  *courierlog.Logger
+	// ulimitV and umask as courier's start script sets them
+	// (IMAP_ULIMITD, IMAP_UMASK): applied through /bin/sh.
+	ulimitV string
+	umask   string
+}
+
+// NewExecUpstream checks that argv can run and returns the upstream. vars
+// are courier's configuration variables (config.ShellVars).
+func NewExecUpstream(argv []string, vars map[string]string, log *courierlog.Logger) (*ExecUpstream, error) {
+	if len(argv) != 3 {
+		return nil, fmt.Errorf("exec upstream: want [imaplogin, imapd, maildir], got %q", argv)
+	}
+	for _, p := range argv[:2] {
+		if st, err := os.Stat(p); err != nil || st.Mode()&0o111 == 0 {
+			return nil, fmt.Errorf("exec upstream: %s is not an executable program", p)
+		}
+	}
+	if os.Geteuid() != 0 {
+		return nil, errors.New("exec upstream needs root: imaplogin switches to each mailbox owner's uid after login and reaches authdaemond's socket (mode 0750 courier:courier); run imapgate as root or use a tcp upstream")
+	}
+	u := &ExecUpstream{argv: argv, log: log, ulimitV: vars["IMAP_ULIMITD"], umask: vars["IMAP_UMASK"]}
+	for k, v := range vars {
+		switch k {
+		case "TCPREMOTEIP", "TCPREMOTEPORT", "TCPLOCALIP", "TCPLOCALPORT", "IMAP_TLS", "IMAP_STARTTLS", "IMAP_TLS_REQUIRED":
+			continue // set per session below
+		}
+		u.env = append(u.env, k+"="+v)
+	}
+	if !hasKey(vars, "PATH") {
+		u.env = append(u.env, "PATH=/usr/sbin:/usr/bin:/sbin:/bin")
+	}
+	return u, nil
+}
+
+func hasKey(m map[string]string, k string) bool { _, ok := m[k]; return ok }
+
+func (u *ExecUpstream) String() string { return "exec " + u.argv[0] }
+
+// Dial implements Upstream.
+func (u *ExecUpstream) Dial(ctx context.Context, c Client) (net.Conn, error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("exec upstream: socketpair: %w", err)
+	}
+	ours := os.NewFile(uintptr(fds[0]), "imapgate-session")
+	theirs := os.NewFile(uintptr(fds[1]), "courier-session")
+	defer theirs.Close()
+	conn, err := net.FileConn(ours)
+	ours.Close()
+	if err != nil {
+		syscall.Close(fds[1])
+		return nil, fmt.Errorf("exec upstream: %w", err)
+	}
+	// ulimit -v and umask as /usr/lib/courier/imapd does, then exec.
+	script := `[ -n "$1" ] && ulimit -v "$1"; [ -n "$2" ] && umask "$2"; shift 2; exec "$@"`
+	cmd := exec.Command("/bin/sh", append([]string{"-c", script, "sh", u.ulimitV, u.umask}, u.argv...)...)
+	cmd.Stdin, cmd.Stdout = theirs, theirs
+	cmd.Env = append(append([]string(nil), u.env...),
+		"TCPREMOTEIP="+courierlog.Addr(c.Remote.Addr()),
+		"TCPREMOTEPORT="+strconv.Itoa(int(c.Remote.Port())),
+		"TCPLOCALIP="+courierlog.Addr(c.Local.Addr()),
+		"TCPLOCALPORT="+strconv.Itoa(int(c.Local.Port())),
+		"IMAP_TLS=1", "IMAP_STARTTLS=NO", "IMAP_TLS_REQUIRED=0",
+	)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("exec upstream: %w", err)
+	}
+	if err := cmd.Start(); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("exec upstream: start %s: %w", u.argv[0], err)
+	}
+	go func() {
+		// Courier's stderr lines, as courierlogger would pass them on.
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			u.log.CourierLine(sc.Text())
+		}
+		cmd.Wait() // reap it: it exits when the session's socket closes
+	}()
+	return conn, nil
+}
