@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -109,6 +110,7 @@ type Config struct {
 	Table    Table    `toml:"table"`
 	Limits   Limits   `toml:"limits"`
 	Log      Log      `toml:"log"`
+	Admin    Admin    `toml:"admin"`
 
 	defined map[string]bool   // keys the file set
 	origin  map[string]string // keys taken from courier's files, and where from
@@ -255,6 +257,15 @@ type Log struct {
 	LoginStartTLS bool   `toml:"login_starttls"`
 }
 
+// Admin is the metrics and admin endpoint.
+type Admin struct {
+	// Address: host:port, "unix:/path" for a unix socket, or "" for none.
+	Address     string `toml:"address"`
+	AllowPublic bool   `toml:"allow_public"`
+	// Token lets other hosts change state with "Authorization: Bearer".
+	Token string `toml:"token"`
+}
+
 // Error is a problem in a config file at a line and key.
 type Error struct {
 	File string
@@ -304,6 +315,8 @@ func (c *Config) Validate(name string) error {
 	return nil
 }
 
+var typeErrRE = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]*)"\): (.*)$`)
+
 // Load reads and validates path.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
@@ -322,6 +335,11 @@ func Parse(name, text string) (*Config, error) {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
 			return nil, Errors{{File: name, Line: pe.Position.Line, Key: pe.LastKey, Msg: pe.Message}}
+		}
+		// Type errors come as text: toml: line N (last key "K"): message.
+		if m := typeErrRE.FindStringSubmatch(err.Error()); m != nil {
+			line, _ := strconv.Atoi(m[1])
+			return nil, Errors{{File: name, Line: line, Key: m[2], Msg: m[3]}}
 		}
 		return nil, Errors{{File: name, Msg: err.Error()}}
 	}

@@ -52,6 +52,7 @@ func Default() *Config {
 			},
 			OpenFilesCheck: true,
 		},
-		Log: Log{Output: "stderr", Tag: "imapd-ssl"},
+		Log:   Log{Output: "stderr", Tag: "imapd-ssl"},
+		Admin: Admin{Address: "127.0.0.1:9100"},
 	}
 }

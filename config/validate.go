@@ -67,6 +67,16 @@ func (c *Config) validate() []problem {
 	}
 	ps = append(ps, c.validateLimits()...)
 	ps = append(ps, c.validateLog()...)
+	if a := c.Admin.Address; a != "" && !strings.HasPrefix(a, "unix:") {
+		host, _, err := net.SplitHostPort(a)
+		ip, perr := netip.ParseAddr(host)
+		switch {
+		case err != nil:
+			add("admin.address", "want host:port, unix:/path or \"\", got %q", a)
+		case (perr != nil || !ip.IsLoopback()) && host != "localhost" && !c.Admin.AllowPublic:
+			add("admin.address", "%q is not a loopback address: metrics and the admin endpoint would be public; set admin.allow_public = true to mean it", a)
+		}
+	}
 	return ps
 }
 

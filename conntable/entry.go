@@ -133,12 +133,14 @@ func (e *Entry) User() string {
 // timer. It costs two atomic operations and no clock read.
 func (e *Entry) Received(n int) {
 	e.rx.Add(uint64(n))
+	e.table.rx.Add(uint64(n))
 	e.lastActive.Store(e.table.clock.Load())
 }
 
 // Sent counts n bytes to the client and refreshes the inactivity timer.
 func (e *Entry) Sent(n int) {
 	e.tx.Add(uint64(n))
+	e.table.tx.Add(uint64(n))
 	e.lastActive.Store(e.table.clock.Load())
 }
 

@@ -62,6 +62,8 @@ type Stats struct {
 	EarlyDrop    uint64 `json:"early_drop"`
 	Reaped       uint64 `json:"reaped"`
 	Timeout      uint64 `json:"timeout"`
+	RxBytes      uint64 `json:"rx_bytes"` // from clients, live and closed sessions
+	TxBytes      uint64 `json:"tx_bytes"` // to clients
 }
 
 // Table is the connection table. All methods are safe for concurrent use.
@@ -78,6 +80,7 @@ type Table struct {
 	clock atomic.Int64 // coarse now, unix nanoseconds, advanced by Expire
 
 	found, insert, insertFailed, drop, earlyDrop, reaped, timeout atomic.Uint64
+	rx, tx                                                        atomic.Uint64 // bytes from/to clients, all entries ever
 
 	full    *courierlog.RateLimit
 	logFull func(msg string)
@@ -159,6 +162,7 @@ func (t *Table) Stats() Stats {
 	return Stats{
 		Found: t.found.Load(), Insert: t.insert.Load(), InsertFailed: t.insertFailed.Load(),
 		Drop: t.drop.Load(), EarlyDrop: t.earlyDrop.Load(), Reaped: t.reaped.Load(), Timeout: t.timeout.Load(),
+		RxBytes: t.rx.Load(), TxBytes: t.tx.Load(),
 	}
 }
 
@@ -395,6 +399,19 @@ func (t *Table) Expire(now time.Time) int {
 	}
 	return n
 }
+
+// CountByState returns the number of live entries in each state.
+func (t *Table) CountByState() [numStates]int {
+	var n [numStates]int
+	t.Range(func(e *Entry) bool {
+		n[e.State()]++
+		return true
+	})
+	return n
+}
+
+// States lists the states in order, for callers that label by state.
+func States() []State { return []State{Handshake, Preauth, Established, Closing} }
 
 // Run calls Expire every interval until stop is closed.
 func (t *Table) Run(stop <-chan struct{}, interval time.Duration) {

@@ -1,6 +1,9 @@
 package proxy
 
-import "time"
+import (
+	"net/netip"
+	"time"
+)
 
 // Events receives what metrics count. Implementations must be cheap and
 // safe for concurrent use; no method gets an address or a user name, so
@@ -30,3 +33,16 @@ func (nopEvents) Login(bool)                        {}
 func (nopEvents) Ban()                              {}
 func (nopEvents) UpstreamDial(time.Duration, error) {}
 func (nopEvents) Closed(uint64, uint64)             {}
+
+// Tracker learns which addresses are refused or fail to log in, for the
+// admin endpoint's top lists. It is kept apart from Events so that no
+// address can end up in a metric label.
+type Tracker interface {
+	RefusedFrom(a netip.Addr)
+	LoginFailedFrom(a netip.Addr)
+}
+
+type nopTracker struct{}
+
+func (nopTracker) RefusedFrom(netip.Addr)     {}
+func (nopTracker) LoginFailedFrom(netip.Addr) {}

@@ -378,6 +378,7 @@ func (ss *session) loginResult(tag, user, mech string) (outcome, bool) {
 		}
 		return loggedIn, true
 	}
+	s.tracker.LoginFailedFrom(ss.client.Remote.Addr())
 	if mech != "" {
 		s.log.LoginFailedMethod(mech, ss.client.Remote)
 	} else {

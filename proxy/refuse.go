@@ -38,6 +38,7 @@ func (ss *session) refuseWithBye(d limiter.Decision) {
 // logRefusal writes the refusal in courier's format: couriertcpd's exact
 // lines for MAXPERIP and MAXDAEMONS, the same shape for the others.
 func (ss *session) logRefusal(d limiter.Decision, user string) {
+	ss.srv.tracker.RefusedFrom(ss.client.Remote.Addr())
 	ss.logLimit(d.Reason, d.Limit, user, "")
 }
 

@@ -69,6 +69,8 @@ type Options struct {
 	Login Login
 	// Events receives counts for metrics; nil means none.
 	Events Events
+	// Tracker learns refused and failing addresses; nil means none.
+	Tracker Tracker
 }
 
 // settings are the parts of Options a reload may swap.
@@ -84,6 +86,7 @@ type Server struct {
 	table     *conntable.Table
 	limiter   *limiter.Limiter
 	events    Events
+	tracker   Tracker
 	cur       atomic.Pointer[settings]
 
 	mu        sync.Mutex
@@ -115,12 +118,16 @@ func New(opts Options) (*Server, error) {
 	if opts.Events == nil {
 		opts.Events = nopEvents{}
 	}
+	if opts.Tracker == nil {
+		opts.Tracker = nopTracker{}
+	}
 	s := &Server{
 		tlsConfig: opts.TLSConfig,
 		log:       opts.Log,
 		table:     opts.Table,
 		limiter:   opts.Limiter,
 		events:    opts.Events,
+		tracker:   opts.Tracker,
 		listeners: make(map[net.Listener]struct{}),
 		stop:      make(chan struct{}),
 	}

@@ -111,6 +111,7 @@ func (ss *session) run() {
 	entry, err := s.table.Insert(ss.client.Remote, ss.client.Local, ss.kill)
 	if err != nil {
 		s.events.Refused("table_full", false)
+		s.tracker.RefusedFrom(ss.client.Remote.Addr())
 		return
 	}
 	ss.entry = entry

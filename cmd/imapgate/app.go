@@ -7,13 +7,19 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"imapgate/admin"
 	"imapgate/certs"
 	"imapgate/config"
 	"imapgate/conntable"
@@ -37,7 +43,13 @@ type app struct {
 	emb       *embedded.Server
 	trusted   atomic.Pointer[[]netip.Prefix] // PROXY header sources
 	listeners []net.Listener
+	activated bool // listeners came from systemd
 	files     openFiles
+	metrics   *admin.Metrics
+	adminSrv  *http.Server
+	adminLn   net.Listener
+	reloadMu  sync.Mutex
+	ready     atomic.Bool
 }
 
 func newApp(cfg *config.Config, f flags) (*app, error) {
@@ -63,6 +75,10 @@ func newApp(cfg *config.Config, f flags) (*app, error) {
 	if err != nil {
 		return nil, err
 	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	top := admin.NewTop(1024)
+	a.metrics = admin.NewMetrics(reg, admin.Sources{Table: a.table, Limiter: a.limiter, Certs: a.store}, top)
 	minVersion, _ := certs.TLSVersion(cfg.TLS.MinVersion)
 	sessionLog := a.log
 	if cfg.Upstream.Mode == "exec" {
@@ -75,20 +91,73 @@ func newApp(cfg *config.Config, f flags) (*app, error) {
 		Table:     a.table,
 		Limiter:   a.limiter,
 		Login:     cfg.LoginBounds(),
+		Events:    a.metrics,
+		Tracker:   a.metrics,
 	})
 	if err != nil {
 		return nil, err
 	}
 	trusted := prefixesOf(cfg.Listen.ProxyProtocolFrom)
 	a.trusted.Store(&trusted)
-	ln, err := a.listen(cfg)
+	raw, err := systemdListeners()
 	if err != nil {
+		return nil, err
+	}
+	if a.activated = len(raw) > 0; !a.activated {
+		ln, err := net.Listen("tcp", cfg.Listen.Address)
+		if err != nil {
+			a.close()
+			return nil, fmt.Errorf("listen.address: %w", err)
+		}
+		raw = []net.Listener{ln}
+	}
+	for _, ln := range raw {
+		a.listeners = append(a.listeners, a.wrapProxyProtocol(cfg, ln))
+	}
+	a.cfg.Store(cfg)
+	if err := a.startAdmin(cfg, reg, top); err != nil {
 		a.close()
 		return nil, err
 	}
-	a.listeners = append(a.listeners, ln)
-	a.cfg.Store(cfg)
 	return a, nil
+}
+
+// startAdmin serves /metrics and the admin endpoint on [admin] address.
+func (a *app) startAdmin(cfg *config.Config, reg *prometheus.Registry, top *admin.Top) error {
+	addr := cfg.Admin.Address
+	if addr == "" {
+		return nil
+	}
+	var ln net.Listener
+	var err error
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		os.Remove(path)
+		if ln, err = net.Listen("unix", path); err == nil {
+			os.Chmod(path, 0o600)
+		}
+	} else {
+		ln, err = net.Listen("tcp", addr)
+	}
+	if err != nil {
+		return fmt.Errorf("admin.address: %w", err)
+	}
+	a.adminLn = ln
+	h := admin.New(admin.Options{
+		Table: a.table, Limiter: a.limiter, Top: top, Gatherer: reg, Token: cfg.Admin.Token,
+		Reload: a.reload, Ready: a.ready.Load,
+		Info: func() map[string]any {
+			c := a.cfg.Load()
+			addrs := make([]string, len(a.listeners))
+			for i, l := range a.listeners {
+				addrs[i] = l.Addr().String()
+			}
+			return map[string]any{"listen": addrs, "upstream": c.Upstream.Address, "upstream_mode": c.Upstream.Mode,
+				"config": describe(a.flags), "socket_activated": a.activated}
+		},
+	})
+	a.adminSrv = &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	go a.adminSrv.Serve(ln)
+	return nil
 }
 
 func prefixesOf(ps []config.Prefix) []netip.Prefix {
@@ -178,16 +247,12 @@ func (a *app) buildUpstream(cfg *config.Config) (proxy.Upstream, error) {
 	return t, nil
 }
 
-// listen opens the client listener: raw TCP, then, if load balancers are
-// trusted, PROXY header parsing for their connections only (the header is
-// read lazily in each session's goroutine, never in the accept loop).
-func (a *app) listen(cfg *config.Config) (net.Listener, error) {
-	ln, err := net.Listen("tcp", cfg.Listen.Address)
-	if err != nil {
-		return nil, fmt.Errorf("listen.address: %w", err)
-	}
+// wrapProxyProtocol adds, if load balancers are trusted, PROXY header
+// parsing for their connections only (the header is read lazily in each
+// session's goroutine, never in the accept loop).
+func (a *app) wrapProxyProtocol(cfg *config.Config, ln net.Listener) net.Listener {
 	if len(cfg.Listen.ProxyProtocolFrom) == 0 {
-		return ln, nil
+		return ln
 	}
 	return &proxyproto.Listener{
 		Listener:          ln,
@@ -203,18 +268,26 @@ func (a *app) listen(cfg *config.Config) (net.Listener, error) {
 			}
 			return proxyproto.SKIP, nil
 		},
-	}, nil
+	}
 }
 
 // reload re-reads the configuration and certificates, checks everything,
 // and swaps it all, or changes nothing and says why. Live sessions and
 // limit counters are untouched; new limits apply to new connections.
-func (a *app) reload() {
-	if err := a.tryReload(); err != nil {
+// SIGHUP and the admin endpoint both come here, one at a time.
+func (a *app) reload() error {
+	a.reloadMu.Lock()
+	defer a.reloadMu.Unlock()
+	notifyReloading()
+	defer notify("READY=1")
+	err := a.tryReload()
+	a.metrics.Reloaded(err)
+	if err != nil {
 		a.logf("imapgate: reload failed, keeping the running configuration: %v", oneLine(err))
-		return
+		return err
 	}
 	a.logf("imapgate: configuration reloaded")
+	return nil
 }
 
 func (a *app) tryReload() error {
@@ -228,9 +301,10 @@ func (a *app) tryReload() error {
 		return err
 	}
 	old := a.cfg.Load()
-	if cfg.Listen.Address != old.Listen.Address || cfg.Log != old.Log || cfg.Upstream.Mode != old.Upstream.Mode ||
+	if (cfg.Listen.Address != old.Listen.Address && !a.activated) || cfg.Log != old.Log ||
+		cfg.Upstream.Mode != old.Upstream.Mode || cfg.Admin != old.Admin ||
 		(len(old.Listen.ProxyProtocolFrom) == 0) != (len(cfg.Listen.ProxyProtocolFrom) == 0) {
-		return errors.New("listen.address, [log], upstream.mode and turning proxy_protocol_from on or off need a restart")
+		return errors.New("listen.address, [log], [admin], upstream.mode and turning proxy_protocol_from on or off need a restart")
 	}
 	store, err := buildStore(cfg, a.flags.demo)
 	if err != nil {
@@ -273,6 +347,9 @@ func (a *app) close() {
 	for _, ln := range a.listeners {
 		ln.Close()
 	}
+	if a.adminSrv != nil {
+		a.adminSrv.Close()
+	}
 	if a.emb != nil {
 		a.emb.Close()
 	}
@@ -289,10 +366,28 @@ func (a *app) startupReport() {
 	for i, ln := range a.listeners {
 		addrs[i] = ln.Addr().String()
 	}
-	a.logf("imapgate: listening on %s, upstream %s%s; table max=%d buckets=%d; limits max_connections=%d max_per_ip=%d max_preauth_per_ip=%d max_per_prefix=%d (/%d, /%d) max_per_user_ip=%d rate_per_ip=%s; open files %d (hard %d) for %d needed",
-		strings.Join(addrs, ","), cfg.Upstream.Address, proxyNote(cfg), a.table.Max(), a.table.Config().Buckets,
+	how := ""
+	if a.activated {
+		how = " (socket-activated)"
+	}
+	a.logf("imapgate: listening on %s%s, upstream %s%s; admin %s; table max=%d buckets=%d; limits max_connections=%d max_per_ip=%d max_preauth_per_ip=%d max_per_prefix=%d (/%d, /%d) max_per_user_ip=%d rate_per_ip=%s; open files %d (hard %d) for %d needed",
+		strings.Join(addrs, ","), how, upstreamNote(cfg), proxyNote(cfg), adminNote(cfg), a.table.Max(), a.table.Config().Buckets,
 		l.MaxConnections, l.MaxPerIP, l.MaxPreauthPerIP, l.MaxPerPrefix, l.IPv4Prefix, l.IPv6Prefix, l.MaxPerUserIP,
 		rateString(l.RatePerIP), a.files.soft, a.files.hard, a.files.need)
+}
+
+func upstreamNote(cfg *config.Config) string {
+	if cfg.Upstream.Mode == "exec" {
+		return "exec " + strings.Join(cfg.Upstream.Exec, " ")
+	}
+	return cfg.Upstream.Address
+}
+
+func adminNote(cfg *config.Config) string {
+	if cfg.Admin.Address == "" {
+		return "off"
+	}
+	return cfg.Admin.Address
 }
 
 func proxyNote(cfg *config.Config) string {

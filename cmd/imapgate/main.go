@@ -34,6 +34,9 @@ type flags struct {
 }
 
 func run(args []string) int {
+	if len(args) > 0 && args[0] == "ctl" {
+		return ctl(args[1:], os.Stdout, os.Stderr)
+	}
 	var f flags
 	fs := flag.NewFlagSet("imapgate", flag.ContinueOnError)
 	fs.StringVar(&f.configFile, "config", "", "configuration `file` (TOML; see imapgate.example.toml)")
@@ -121,6 +124,8 @@ func (a *app) serve() int {
 		go func() { errc <- a.srv.Serve(ln) }()
 	}
 	a.startupReport()
+	a.ready.Store(true)
+	notify("READY=1")
 	if a.flags.demo {
 		printDemo(os.Stdout, a.listeners[0].Addr().String())
 	}
@@ -140,6 +145,8 @@ func (a *app) serve() int {
 				a.reload()
 				continue
 			}
+			a.ready.Store(false)
+			notify("STOPPING=1")
 			a.logf("imapgate: %s: shutting down; logged-in sessions may drain for %s", sig, a.flags.grace)
 			ctx, cancel := context.WithTimeout(context.Background(), a.flags.grace)
 			a.srv.Shutdown(ctx)

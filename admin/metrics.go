@@ -1,0 +1,207 @@
+// Package admin serves imapgate's operations endpoint: Prometheus metrics,
+// health and readiness, the connection table (like conntrack -L and -D),
+// top addresses, bans and reload. Metrics are registered on a registry the
+// caller passes in; no address or user name ever becomes a label.
+package admin
+
+import (
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"imapgate/certs"
+	"imapgate/conntable"
+	"imapgate/limiter"
+)
+
+// Sources are what the metrics read at scrape time.
+type Sources struct {
+	Table   *conntable.Table
+	Limiter *limiter.Limiter
+	Certs   *certs.Store
+}
+
+// Metrics counts proxy events (it implements proxy.Events) and exposes the
+// table's and limiter's state.
+type Metrics struct {
+	accepted        prometheus.Counter
+	refused         *prometheus.CounterVec
+	wouldRefuse     *prometheus.CounterVec
+	logins          *prometheus.CounterVec
+	bans            prometheus.Counter
+	upstreamErrors  prometheus.Counter
+	upstreamConnect prometheus.Histogram
+	handshake       prometheus.Histogram
+	handshakeFailed prometheus.Counter
+	closed          prometheus.Counter
+	reloads         *prometheus.CounterVec
+	lastReload      prometheus.Gauge
+	top             *Top
+}
+
+// NewMetrics registers imapgate's metrics on reg.
+func NewMetrics(reg prometheus.Registerer, src Sources, top *Top) *Metrics {
+	m := &Metrics{
+		accepted: prometheus.NewCounter(prometheus.CounterOpts{Name: "imapgate_connections_accepted_total",
+			Help: "TCP connections accepted (after any PROXY header)."}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imapgate_refused_total",
+			Help: "Connections and logins refused, by limit and by whether before or after the TLS handshake."}, []string{"reason", "stage"}),
+		wouldRefuse: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imapgate_dry_run_would_refuse_total",
+			Help: "Refusals a limit in dry-run mode would have made."}, []string{"reason"}),
+		logins: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imapgate_logins_total",
+			Help: "LOGIN and AUTHENTICATE results."}, []string{"result"}),
+		bans: prometheus.NewCounter(prometheus.CounterOpts{Name: "imapgate_bans_total",
+			Help: "Bans started by failed logins."}),
+		upstreamErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "imapgate_upstream_connect_errors_total",
+			Help: "Failed connections to the upstream IMAP server."}),
+		upstreamConnect: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "imapgate_upstream_connect_seconds",
+			Help: "Time to connect to the upstream.", Buckets: prometheus.ExponentialBuckets(0.0005, 4, 8)}),
+		handshake: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "imapgate_tls_handshake_seconds",
+			Help: "Duration of completed client TLS handshakes.", Buckets: prometheus.ExponentialBuckets(0.0005, 4, 8)}),
+		handshakeFailed: prometheus.NewCounter(prometheus.CounterOpts{Name: "imapgate_tls_handshake_failures_total",
+			Help: "Client TLS handshakes that failed or timed out."}),
+		closed: prometheus.NewCounter(prometheus.CounterOpts{Name: "imapgate_sessions_closed_total",
+			Help: "Sessions that reached the TLS layer and ended."}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imapgate_config_reloads_total",
+			Help: "Configuration reloads, by result."}, []string{"result"}),
+		lastReload: prometheus.NewGauge(prometheus.GaugeOpts{Name: "imapgate_config_last_reload_success_timestamp_seconds",
+			Help: "When the configuration was last loaded successfully (start or reload)."}),
+		top: top,
+	}
+	for _, r := range []string{"ok", "failed"} {
+		m.logins.WithLabelValues(r)
+		m.reloads.WithLabelValues(r)
+	}
+	for r := limiter.Reason(0); r < limiter.NumReasons; r++ {
+		m.wouldRefuse.WithLabelValues(r.String())
+	}
+	m.lastReload.SetToCurrentTime()
+	reg.MustRegister(m.accepted, m.refused, m.wouldRefuse, m.logins, m.bans, m.upstreamErrors, m.upstreamConnect,
+		m.handshake, m.handshakeFailed, m.closed, m.reloads, m.lastReload, &stateCollector{src})
+	return m
+}
+
+// Reloaded records a reload's result.
+func (m *Metrics) Reloaded(err error) {
+	if err != nil {
+		m.reloads.WithLabelValues("failed").Inc()
+		return
+	}
+	m.reloads.WithLabelValues("ok").Inc()
+	m.lastReload.SetToCurrentTime()
+}
+
+// proxy.Events
+
+func (m *Metrics) Accepted() { m.accepted.Inc() }
+
+func (m *Metrics) Refused(reason string, afterTLS bool) {
+	stage := "before_tls"
+	if afterTLS {
+		stage = "after_tls"
+	}
+	m.refused.WithLabelValues(reason, stage).Inc()
+}
+
+func (m *Metrics) WouldRefuse(reason string) { m.wouldRefuse.WithLabelValues(reason).Inc() }
+
+func (m *Metrics) Handshake(d time.Duration, err error) {
+	if err != nil {
+		m.handshakeFailed.Inc()
+		return
+	}
+	m.handshake.Observe(d.Seconds())
+}
+
+func (m *Metrics) Login(ok bool) {
+	if ok {
+		m.logins.WithLabelValues("ok").Inc()
+	} else {
+		m.logins.WithLabelValues("failed").Inc()
+	}
+}
+
+func (m *Metrics) Ban() { m.bans.Inc() }
+
+func (m *Metrics) UpstreamDial(d time.Duration, err error) {
+	if err != nil {
+		m.upstreamErrors.Inc()
+		return
+	}
+	m.upstreamConnect.Observe(d.Seconds())
+}
+
+func (m *Metrics) Closed(rx, tx uint64) { m.closed.Inc() }
+
+// proxy.Tracker
+
+func (m *Metrics) RefusedFrom(a netip.Addr)     { m.top.refused.add(a) }
+func (m *Metrics) LoginFailedFrom(a netip.Addr) { m.top.failed.add(a) }
+
+// stateCollector reads the table, the limiter and the certificates at
+// scrape time.
+type stateCollector struct{ src Sources }
+
+var (
+	descConns        = prometheus.NewDesc("imapgate_connections", "Live connections by state.", []string{"state"}, nil)
+	descCount        = prometheus.NewDesc("imapgate_table_entries", "Entries in the connection table (like nf_conntrack_count).", nil, nil)
+	descMax          = prometheus.NewDesc("imapgate_table_max", "Maximum entries in the connection table (like nf_conntrack_max).", nil, nil)
+	descEarlyDrop    = prometheus.NewDesc("imapgate_table_early_drop_total", "Unassured entries dropped to make room (conntrack early_drop).", nil, nil)
+	descInsertFailed = prometheus.NewDesc("imapgate_table_insert_failed_total", "Connections refused because the table was full (conntrack insert_failed).", nil, nil)
+	descTimeouts     = prometheus.NewDesc("imapgate_table_timeouts_total", "Entries closed by their state's timeout.", nil, nil)
+	descReaped       = prometheus.NewDesc("imapgate_table_reaped_total", "Closing entries reaped early because the table was 95% full.", nil, nil)
+	descBytes        = prometheus.NewDesc("imapgate_bytes_total", "Bytes relayed, by direction.", []string{"direction"}, nil)
+	descBansActive   = prometheus.NewDesc("imapgate_bans_active", "Addresses and networks currently banned after failed logins.", nil, nil)
+	descTracked      = prometheus.NewDesc("imapgate_limiter_connections", "Connections counted by the limiter.", nil, nil)
+	descCertExpiry   = prometheus.NewDesc("imapgate_certificate_expiry_timestamp_seconds", "NotAfter of each served certificate, by its first name.", []string{"name"}, nil)
+	descOpenFiles    = prometheus.NewDesc("imapgate_open_files", "Open file descriptors.", nil, nil)
+	descOpenMax      = prometheus.NewDesc("imapgate_open_files_limit", "Soft limit on open file descriptors.", nil, nil)
+)
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descConns, descCount, descMax, descEarlyDrop, descInsertFailed, descTimeouts,
+		descReaped, descBytes, descBansActive, descTracked, descCertExpiry, descOpenFiles, descOpenMax} {
+		ch <- d
+	}
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	t := c.src.Table
+	byState := t.CountByState()
+	for _, s := range conntable.States() {
+		ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(byState[s]), s.String())
+	}
+	st := t.Stats()
+	ch <- prometheus.MustNewConstMetric(descCount, prometheus.GaugeValue, float64(t.Count()))
+	ch <- prometheus.MustNewConstMetric(descMax, prometheus.GaugeValue, float64(t.Max()))
+	ch <- prometheus.MustNewConstMetric(descEarlyDrop, prometheus.CounterValue, float64(st.EarlyDrop))
+	ch <- prometheus.MustNewConstMetric(descInsertFailed, prometheus.CounterValue, float64(st.InsertFailed))
+	ch <- prometheus.MustNewConstMetric(descTimeouts, prometheus.CounterValue, float64(st.Timeout))
+	ch <- prometheus.MustNewConstMetric(descReaped, prometheus.CounterValue, float64(st.Reaped))
+	ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(st.RxBytes), "from_client")
+	ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(st.TxBytes), "to_client")
+	if l := c.src.Limiter; l != nil {
+		ch <- prometheus.MustNewConstMetric(descBansActive, prometheus.GaugeValue, float64(len(l.Bans(time.Now()))))
+		ch <- prometheus.MustNewConstMetric(descTracked, prometheus.GaugeValue, float64(l.Total()))
+	}
+	if s := c.src.Certs; s != nil {
+		for name, until := range s.Expiry() {
+			ch <- prometheus.MustNewConstMetric(descCertExpiry, prometheus.GaugeValue, float64(until.Unix()), name)
+		}
+	}
+	if n, limit, ok := openFiles(); ok {
+		ch <- prometheus.MustNewConstMetric(descOpenFiles, prometheus.GaugeValue, float64(n))
+		ch <- prometheus.MustNewConstMetric(descOpenMax, prometheus.GaugeValue, float64(limit))
+	}
+}
+
+// openFiles counts /proc/self/fd and reads the soft limit.
+func openFiles() (n int, limit uint64, ok bool) {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return 0, 0, false
+	}
+	return len(entries), softNoFile(), true
+}

@@ -1,0 +1,322 @@
+package admin
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"imapgate/conntable"
+	"imapgate/limiter"
+)
+
+// Options configure the admin endpoint.
+type Options struct {
+	Table    *conntable.Table
+	Limiter  *limiter.Limiter // nil: no limits, no bans
+	Top      *Top
+	Gatherer prometheus.Gatherer
+	// Reload re-reads the configuration (as SIGHUP does).
+	Reload func() error
+	// Ready reports whether the proxy is serving (not starting, not
+	// shutting down).
+	Ready func() bool
+	// Info adds fields to /status (listeners, upstream, config file…).
+	Info func() map[string]any
+	// Token, if set, lets requests from other hosts change state with
+	// "Authorization: Bearer <token>". Without it only local requests
+	// (loopback or the unix socket) may.
+	Token string
+}
+
+// Server is the admin HTTP handler.
+type Server struct {
+	o     Options
+	start time.Time
+	mux   *http.ServeMux
+}
+
+// New returns the admin handler.
+func New(o Options) *Server {
+	s := &Server{o: o, start: time.Now(), mux: http.NewServeMux()}
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}))
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	s.mux.HandleFunc("GET /readyz", s.readyz)
+	s.mux.HandleFunc("GET /status", s.status)
+	s.mux.HandleFunc("GET /conns", s.conns)
+	s.mux.HandleFunc("GET /top", s.top)
+	s.mux.HandleFunc("GET /bans", s.bans)
+	s.mux.HandleFunc("POST /kill", s.local(s.kill))
+	s.mux.HandleFunc("POST /unban", s.local(s.unban))
+	s.mux.HandleFunc("POST /reload", s.local(s.reload))
+	return s
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// local guards a state-changing handler: local requests, or the token.
+func (s *Server) local(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if s.o.Token != "" && r.Header.Get("Authorization") == "Bearer "+s.o.Token {
+			h(w, r)
+			return
+		}
+		if isLocal(r) {
+			h(w, r)
+			return
+		}
+		http.Error(w, "changes are allowed from this host only (or with the admin token)", http.StatusForbidden)
+	}
+}
+
+func isLocal(r *http.Request) bool {
+	if r.RemoteAddr == "" || r.RemoteAddr == "@" || !strings.Contains(r.RemoteAddr, ":") {
+		return true // unix socket
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return false
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.Unmap().IsLoopback()
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+	if s.o.Ready != nil && !s.o.Ready() {
+		http.Error(w, "not ready", http.StatusServiceUnavailable)
+		return
+	}
+	fmt.Fprintln(w, "ready")
+}
+
+// Status is /status.
+type Status struct {
+	Uptime      string            `json:"uptime"`
+	Count       int               `json:"count"`
+	Max         int               `json:"max"`
+	Buckets     int               `json:"buckets"`
+	States      map[string]int    `json:"states"`
+	Stats       conntable.Stats   `json:"stats"`
+	Bans        int               `json:"bans"`
+	WouldRefuse map[string]uint64 `json:"dry_run_would_refuse,omitempty"`
+	Info        map[string]any    `json:"info,omitempty"`
+}
+
+func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
+	t := s.o.Table
+	st := Status{
+		Uptime: time.Since(s.start).Round(time.Second).String(), Count: t.Count(), Max: t.Max(),
+		Buckets: t.Config().Buckets, States: map[string]int{}, Stats: t.Stats(),
+	}
+	by := t.CountByState()
+	for _, state := range conntable.States() {
+		st.States[state.String()] = by[state]
+	}
+	if l := s.o.Limiter; l != nil {
+		st.Bans = len(l.Bans(time.Now()))
+		for r := limiter.Reason(0); r < limiter.NumReasons; r++ {
+			if n := l.WouldRefuse(r); n > 0 {
+				if st.WouldRefuse == nil {
+					st.WouldRefuse = map[string]uint64{}
+				}
+				st.WouldRefuse[r.String()] = n
+			}
+		}
+	}
+	if s.o.Info != nil {
+		st.Info = s.o.Info()
+	}
+	writeJSON(w, st)
+}
+
+// filter builds a match from ?addr= ?prefix= ?user= ?state= (all optional).
+func filter(r *http.Request) (func(*conntable.Entry) bool, error) {
+	q := r.URL.Query()
+	var addr netip.Addr
+	var prefix netip.Prefix
+	var state conntable.State
+	var err error
+	if v := q.Get("addr"); v != "" {
+		if addr, err = netip.ParseAddr(v); err != nil {
+			return nil, fmt.Errorf("addr: %w", err)
+		}
+		addr = addr.Unmap()
+	}
+	if v := q.Get("prefix"); v != "" {
+		if prefix, err = netip.ParsePrefix(v); err != nil {
+			return nil, fmt.Errorf("prefix: %w", err)
+		}
+	}
+	hasState := q.Get("state") != ""
+	if hasState {
+		var ok bool
+		if state, ok = conntable.ParseState(q.Get("state")); !ok {
+			return nil, fmt.Errorf("state must be handshake, preauth, established or closing")
+		}
+	}
+	user := q.Get("user")
+	return func(e *conntable.Entry) bool {
+		a := e.Client.Addr().Unmap()
+		return (!addr.IsValid() || a == addr) && (!prefix.IsValid() || prefix.Contains(a)) &&
+			(user == "" || strings.EqualFold(e.User(), user)) && (!hasState || e.State() == state)
+	}, nil
+}
+
+func (s *Server) conns(w http.ResponseWriter, r *http.Request) {
+	match, err := filter(r)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
+	list := s.o.Table.List(match, limit)
+	if r.URL.Query().Get("format") != "text" {
+		writeJSON(w, list)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	for _, e := range list {
+		fmt.Fprintln(w, FormatEntry(e))
+	}
+}
+
+// FormatEntry is one conntrack -L style line.
+func FormatEntry(e conntable.Snapshot) string {
+	user := e.User
+	if user == "" {
+		user = "-"
+	}
+	return fmt.Sprintf("id=%d %-11s src=%s dst=%s user=%s age=%s idle=%s timeout=%s rx=%d tx=%d",
+		e.ID, e.State, e.Client, e.Local, user, time.Since(e.Start).Round(time.Second),
+		e.Idle.Round(time.Second), e.TimeoutIn.Round(time.Second), e.Rx, e.Tx)
+}
+
+// TopReport is /top.
+type TopReport struct {
+	Connections  []Count `json:"connections"`
+	Prefixes     []Count `json:"prefixes"`
+	Refused      []Count `json:"refused"`
+	FailedLogins []Count `json:"failed_logins"`
+}
+
+func (s *Server) top(w http.ResponseWriter, r *http.Request) {
+	n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+	if n <= 0 {
+		n = 10
+	}
+	byAddr, byPrefix := map[string]uint64{}, map[string]uint64{}
+	var policy *limiter.Policy
+	if s.o.Limiter != nil {
+		policy = s.o.Limiter.Policy()
+	}
+	s.o.Table.Range(func(e *conntable.Entry) bool {
+		a := e.Client.Addr().Unmap()
+		byAddr[a.String()]++
+		if policy != nil {
+			byPrefix[policy.PrefixOf(a).String()]++
+		}
+		return true
+	})
+	rep := TopReport{Connections: fromMap(byAddr, n), Prefixes: fromMap(byPrefix, n)}
+	if s.o.Top != nil {
+		rep.Refused, rep.FailedLogins = s.o.Top.refused.top(n), s.o.Top.failed.top(n)
+	}
+	writeJSON(w, rep)
+}
+
+func fromMap(m map[string]uint64, n int) []Count {
+	out := make([]Count, 0, len(m))
+	for k, v := range m {
+		out = append(out, Count{k, v})
+	}
+	return topN(out, n)
+}
+
+// BanInfo is one entry of /bans.
+type BanInfo struct {
+	Key   string    `json:"key"`
+	Until time.Time `json:"until"`
+}
+
+func (s *Server) bans(w http.ResponseWriter, _ *http.Request) {
+	out := []BanInfo{}
+	if s.o.Limiter != nil {
+		for _, b := range s.o.Limiter.Bans(time.Now()) {
+			out = append(out, BanInfo{b.Key.String(), b.Until})
+		}
+	}
+	writeJSON(w, out)
+}
+
+// kill closes one entry (?id=) or every entry of an address (?addr=), as
+// conntrack -D does.
+func (s *Server) kill(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	n := 0
+	switch {
+	case q.Get("id") != "":
+		id, err := strconv.ParseUint(q.Get("id"), 10, 64)
+		if err != nil {
+			http.Error(w, "id: not a number", http.StatusBadRequest)
+			return
+		}
+		if s.o.Table.Delete(id) {
+			n = 1
+		}
+	case q.Get("addr") != "" || q.Get("prefix") != "" || q.Get("user") != "":
+		match, err := filter(r)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		n = s.o.Table.KillAll(conntable.Deleted, match)
+	default:
+		http.Error(w, "give id=, addr=, prefix= or user=", http.StatusBadRequest)
+		return
+	}
+	writeJSON(w, map[string]int{"killed": n})
+}
+
+func (s *Server) unban(w http.ResponseWriter, r *http.Request) {
+	v := r.URL.Query().Get("addr")
+	p, err := netip.ParsePrefix(v)
+	if err != nil {
+		a, aerr := netip.ParseAddr(v)
+		if aerr != nil {
+			http.Error(w, "addr: want an address or CIDR", http.StatusBadRequest)
+			return
+		}
+		a = a.Unmap()
+		p = netip.PrefixFrom(a, a.BitLen())
+	}
+	lifted := s.o.Limiter != nil && s.o.Limiter.Unban(p)
+	writeJSON(w, map[string]bool{"lifted": lifted})
+}
+
+func (s *Server) reload(w http.ResponseWriter, _ *http.Request) {
+	if s.o.Reload == nil {
+		http.Error(w, "reload not available", http.StatusNotImplemented)
+		return
+	}
+	if err := s.o.Reload(); err != nil {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusUnprocessableEntity)
+		json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
+		return
+	}
+	writeJSON(w, map[string]bool{"reloaded": true})
+}

@@ -1,0 +1,257 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"imapgate/admin"
+	"imapgate/config"
+)
+
+const ctlUsage = `usage: imapgate ctl [-admin ADDR | -config FILE] [-json] [-token T] COMMAND
+  status                    table fill, states, counters, bans
+  top [N]                   top addresses and networks: live connections, refusals, failed logins
+  conns [addr=A] [prefix=P] [user=U] [state=S]
+                            live connections (like conntrack -L)
+  kill ID|ADDR              close one connection, or all of an address (like conntrack -D)
+  unban ADDR|CIDR           lift a ban from failed logins
+  reload                    re-read the configuration and certificates (like SIGHUP)
+`
+
+// ctl talks to a running imapgate's admin endpoint.
+func ctl(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("imapgate ctl", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("admin", "", "admin endpoint: host:port or unix:/path (default: from -config, else 127.0.0.1:9100)")
+	cfgFile := fs.String("config", "", "read the admin address from this configuration `file`")
+	asJSON := fs.Bool("json", false, "print the endpoint's JSON, for scripts")
+	token := fs.String("token", "", "admin token, for a remote endpoint")
+	fs.Usage = func() { fmt.Fprint(stderr, ctlUsage) }
+	if err := fs.Parse(args); err != nil || fs.NArg() == 0 {
+		fs.Usage()
+		return 2
+	}
+	if *addr == "" {
+		*addr = config.Default().Admin.Address
+		if *cfgFile != "" {
+			cfg, err := config.Load(*cfgFile)
+			if err != nil {
+				fmt.Fprintln(stderr, "imapgate ctl:", err)
+				return 1
+			}
+			*addr = cfg.Admin.Address
+		}
+	}
+	c := newCtlClient(*addr, *token)
+	cmd, rest := fs.Arg(0), fs.Args()[1:]
+	var err error
+	switch cmd {
+	case "status":
+		err = c.status(stdout, *asJSON)
+	case "top":
+		n := "10"
+		if len(rest) > 0 {
+			n = rest[0]
+		}
+		err = c.top(stdout, n, *asJSON)
+	case "conns":
+		err = c.conns(stdout, rest, *asJSON)
+	case "kill":
+		err = c.post(stdout, "/kill", killQuery(rest), *asJSON)
+	case "unban":
+		if len(rest) != 1 {
+			err = fmt.Errorf("unban needs an address or CIDR")
+			break
+		}
+		err = c.post(stdout, "/unban", url.Values{"addr": {rest[0]}}, *asJSON)
+	case "reload":
+		err = c.post(stdout, "/reload", nil, *asJSON)
+	default:
+		fs.Usage()
+		return 2
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "imapgate ctl:", err)
+		return 1
+	}
+	return 0
+}
+
+func killQuery(rest []string) url.Values {
+	if len(rest) != 1 {
+		return url.Values{}
+	}
+	if _, err := fmt.Sscanf(rest[0], "%d", new(uint64)); err == nil && !strings.ContainsAny(rest[0], ".:") {
+		return url.Values{"id": {rest[0]}}
+	}
+	return url.Values{"addr": {rest[0]}}
+}
+
+type ctlClient struct {
+	base  string
+	token string
+	http  *http.Client
+}
+
+func newCtlClient(addr, token string) *ctlClient {
+	tr := &http.Transport{}
+	base := "http://" + addr
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		}
+		base = "http://imapgate"
+	}
+	return &ctlClient{base: base, token: token, http: &http.Client{Transport: tr, Timeout: 10 * time.Second}}
+}
+
+func (c *ctlClient) do(method, path string, q url.Values) ([]byte, error) {
+	u := c.base + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	req, _ := http.NewRequest(method, u, nil)
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("is imapgate running with an admin endpoint? %w", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode/100 != 2 {
+		return nil, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	return body, nil
+}
+
+func (c *ctlClient) status(w io.Writer, raw bool) error {
+	body, err := c.do("GET", "/status", nil)
+	if err != nil || raw {
+		w.Write(body)
+		return err
+	}
+	var s admin.Status
+	if err := json.Unmarshal(body, &s); err != nil {
+		return err
+	}
+	pct := 0.0
+	if s.Max > 0 {
+		pct = 100 * float64(s.Count) / float64(s.Max)
+	}
+	fmt.Fprintf(w, "connections  %d of %d (%.1f%%), %d buckets, up %s\n", s.Count, s.Max, pct, s.Buckets, s.Uptime)
+	fmt.Fprintf(w, "states       handshake %d  preauth %d  established %d  closing %d\n",
+		s.States["handshake"], s.States["preauth"], s.States["established"], s.States["closing"])
+	st := s.Stats
+	fmt.Fprintf(w, "table        insert %d  insert_failed %d  early_drop %d  timeouts %d  reaped %d\n",
+		st.Insert, st.InsertFailed, st.EarlyDrop, st.Timeout, st.Reaped)
+	fmt.Fprintf(w, "relayed      %s from clients, %s to clients\n", bytesString(st.RxBytes), bytesString(st.TxBytes))
+	fmt.Fprintf(w, "bans         %d\n", s.Bans)
+	if len(s.WouldRefuse) > 0 {
+		fmt.Fprintf(w, "dry run      %s\n", mapString(s.WouldRefuse))
+	}
+	if s.Info != nil {
+		fmt.Fprintf(w, "listening    %v, upstream %v (%v), config %v\n", s.Info["listen"], s.Info["upstream"], s.Info["upstream_mode"], s.Info["config"])
+	}
+	return nil
+}
+
+func mapString(m map[string]uint64) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s %d", k, m[k])
+	}
+	return strings.Join(parts, ", ")
+}
+
+func bytesString(n uint64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+func (c *ctlClient) top(w io.Writer, n string, raw bool) error {
+	body, err := c.do("GET", "/top", url.Values{"n": {n}})
+	if err != nil || raw {
+		w.Write(body)
+		return err
+	}
+	var t admin.TopReport
+	if err := json.Unmarshal(body, &t); err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, sec := range []struct {
+		title string
+		list  []admin.Count
+	}{{"LIVE CONNECTIONS BY ADDRESS", t.Connections}, {"LIVE CONNECTIONS BY NETWORK", t.Prefixes},
+		{"REFUSED (since start)", t.Refused}, {"FAILED LOGINS (since start)", t.FailedLogins}} {
+		fmt.Fprintf(tw, "%s\n", sec.title)
+		if len(sec.list) == 0 {
+			fmt.Fprintf(tw, "  (none)\n")
+		}
+		for _, c := range sec.list {
+			fmt.Fprintf(tw, "  %s\t%d\n", c.Addr, c.Count)
+		}
+	}
+	return tw.Flush()
+}
+
+func (c *ctlClient) conns(w io.Writer, filters []string, raw bool) error {
+	q := url.Values{}
+	for _, f := range filters {
+		k, v, ok := strings.Cut(f, "=")
+		if !ok {
+			return fmt.Errorf("filter %q: want addr=, prefix=, user= or state=", f)
+		}
+		q.Set(k, v)
+	}
+	if !raw {
+		q.Set("format", "text")
+	}
+	body, err := c.do("GET", "/conns", q)
+	w.Write(body)
+	return err
+}
+
+func (c *ctlClient) post(w io.Writer, path string, q url.Values, raw bool) error {
+	body, err := c.do("POST", path, q)
+	if err != nil || raw {
+		w.Write(body)
+		return err
+	}
+	var m map[string]any
+	json.Unmarshal(body, &m)
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(w, "%s: %v\n", k, m[k])
+	}
+	return nil
+}

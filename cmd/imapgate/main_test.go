@@ -1,0 +1,421 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2/imapclient"
+
+	"imapgate/certs"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "imapgate-bin")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "imapgate")
+	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// daemon is a running imapgate process.
+type daemon struct {
+	t     *testing.T
+	cmd   *exec.Cmd
+	dir   string
+	log   string
+	admin string // unix socket path
+	addr  string // client listener
+	exit  chan error
+}
+
+// writeCert writes a self-signed certificate for name in courier's one-file
+// layout and returns its path.
+func writeCert(t *testing.T, path, name string) {
+	t.Helper()
+	c, err := certs.SelfSigned(name, "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pem, _ := certs.PEM(c)
+	tmp := path + ".tmp"
+	os.WriteFile(tmp, pem, 0o600)
+	os.Rename(tmp, path)
+}
+
+// startDaemon runs imapgate with a config made of extra plus a log file and
+// an admin socket; the embedded server is the upstream.
+func startDaemon(t *testing.T, extra string, args []string, setup func(*exec.Cmd)) *daemon {
+	t.Helper()
+	dir := t.TempDir()
+	d := &daemon{t: t, dir: dir, log: filepath.Join(dir, "mail.log"), admin: filepath.Join(dir, "admin.sock"), exit: make(chan error, 1)}
+	writeCert(t, filepath.Join(dir, "imapd.pem"), "first.example")
+	cfg := fmt.Sprintf(`
+[listen]
+address = "127.0.0.1:0"
+[tls]
+cert = %q
+[upstream]
+address = "embedded"
+[log]
+output = "file:%s"
+[admin]
+address = "unix:%s"
+`, filepath.Join(dir, "imapd.pem"), d.log, d.admin) + extra
+	os.WriteFile(filepath.Join(dir, "imapgate.toml"), []byte(cfg), 0o644)
+	d.cmd = exec.Command(binary, append([]string{"-config", filepath.Join(dir, "imapgate.toml")}, args...)...)
+	d.cmd.Stderr = os.Stderr
+	if setup != nil {
+		setup(d.cmd)
+	}
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.exit <- d.cmd.Wait() }()
+	t.Cleanup(func() { d.cmd.Process.Kill() })
+	re := regexp.MustCompile(`listening on (127\.0\.0\.1:\d+)`)
+	d.waitLog(func(s string) bool {
+		if m := re.FindStringSubmatch(s); m != nil {
+			d.addr = m[1]
+			return true
+		}
+		return false
+	})
+	return d
+}
+
+func (d *daemon) logText() string {
+	b, _ := os.ReadFile(d.log)
+	return string(b)
+}
+
+func (d *daemon) waitLog(cond func(string) bool) {
+	d.t.Helper()
+	for i := 0; i < 500; i++ {
+		if cond(d.logText()) {
+			return
+		}
+		select {
+		case err := <-d.exit:
+			d.t.Fatalf("imapgate exited: %v\nlog:\n%s", err, d.logText())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	d.t.Fatalf("timed out; log:\n%s", d.logText())
+}
+
+func (d *daemon) waitLine(sub string) {
+	d.t.Helper()
+	d.waitLog(func(s string) bool { return strings.Contains(s, sub) })
+}
+
+func (d *daemon) http() *http.Client {
+	return &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", d.admin)
+	}}}
+}
+
+func (d *daemon) get(path string) string {
+	d.t.Helper()
+	resp, err := d.http().Get("http://imapgate" + path)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// metric returns the value of a metric line (name with labels) or -1.
+func (d *daemon) metric(name string) float64 {
+	for _, l := range strings.Split(d.get("/metrics"), "\n") {
+		if v, ok := strings.CutPrefix(l, name+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return -1
+}
+
+func (d *daemon) ctl(args ...string) string {
+	d.t.Helper()
+	out, err := exec.Command(binary, append([]string{"ctl", "-admin", "unix:" + d.admin}, args...)...).CombinedOutput()
+	if err != nil {
+		d.t.Fatalf("ctl %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+func (d *daemon) login(src, user, pass string) (*imapclient.Client, error) {
+	dl := &net.Dialer{Timeout: 5 * time.Second}
+	if src != "" {
+		dl.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
+	}
+	conn, err := tls.DialWithDialer(dl, "tcp", d.addr, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		return nil, err
+	}
+	c := imapclient.New(conn, nil)
+	if err := c.Login(user, pass).Wait(); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func TestMetricsAndCtl(t *testing.T) {
+	d := startDaemon(t, "[limits]\nmax_per_ip = 2\nmax_preauth_per_ip = 2\n", nil, nil)
+	if d.metric("imapgate_table_max") != 4096 || d.metric(`imapgate_connections{state="established"}`) != 0 {
+		t.Fatalf("metrics at start:\n%s", d.get("/metrics"))
+	}
+	a, err := d.login("127.0.10.1", "demo", "demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := d.login("127.0.10.1", "demo", "demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.login("127.0.10.1", "demo", "demo"); err == nil {
+		t.Fatal("third connection from one address admitted with max_per_ip = 2")
+	}
+	if _, err := d.login("127.0.10.2", "demo", "wrong"); err == nil {
+		t.Fatal("wrong password accepted")
+	}
+	for name, want := range map[string]float64{
+		`imapgate_connections{state="established"}`:                     2,
+		`imapgate_logins_total{result="ok"}`:                            2,
+		`imapgate_logins_total{result="failed"}`:                        1,
+		`imapgate_refused_total{reason="max_per_ip",stage="after_tls"}`: 1,
+		`imapgate_table_entries`:                                        2,
+	} {
+		if got := d.metric(name); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+	if d.metric(`imapgate_bytes_total{direction="to_client"}`) <= 0 || d.metric("imapgate_open_files_limit") <= 0 {
+		t.Error("bytes or open-files metrics missing")
+	}
+	if m := d.get("/metrics"); strings.Contains(m, "127.0.10") || strings.Contains(m, `user=`) {
+		t.Error("an address or user became a metric label")
+	}
+	if promtool, err := exec.LookPath("promtool"); err == nil {
+		cmd := exec.Command(promtool, "check", "metrics")
+		cmd.Stdin = strings.NewReader(d.get("/metrics"))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("promtool check metrics: %v\n%s", err, out)
+		}
+	} else if os.Getenv("CI") == "true" {
+		t.Error("promtool missing in CI")
+	}
+
+	if s := d.ctl("status"); !strings.Contains(s, "connections  2 of 4096") || !strings.Contains(s, "established 2") {
+		t.Errorf("ctl status:\n%s", s)
+	}
+	if s := d.ctl("conns", "addr=127.0.10.1"); strings.Count(s, "user=demo") != 2 || !strings.Contains(s, "established") {
+		t.Errorf("ctl conns:\n%s", s)
+	}
+	if s := d.ctl("top"); !strings.Contains(s, "127.0.10.1  2") || !strings.Contains(s, "127.0.10.2  1") {
+		t.Errorf("ctl top:\n%s", s)
+	}
+	if s := d.ctl("kill", "127.0.10.1"); !strings.Contains(s, "killed: 2") {
+		t.Errorf("ctl kill:\n%s", s)
+	}
+	for _, c := range []*imapclient.Client{a, b} {
+		if err := c.Noop().Wait(); err == nil {
+			t.Error("killed session still works")
+		}
+		c.Close()
+	}
+	d.waitLine("DISCONNECTED, user=demo, ip=[::ffff:127.0.10.1]")
+	if s := d.ctl("-json", "status"); !strings.Contains(s, `"count": 0`) {
+		t.Errorf("ctl -json status:\n%s", s)
+	}
+	if s := d.ctl("reload"); !strings.Contains(s, "reloaded: true") {
+		t.Errorf("ctl reload: %s", s)
+	}
+	if d.metric(`imapgate_config_reloads_total{result="ok"}`) != 1 {
+		t.Error("reload not counted")
+	}
+	if got := d.get("/readyz"); got != "ready\n" {
+		t.Errorf("readyz %q", got)
+	}
+}
+
+func TestReloadUnderLoad(t *testing.T) {
+	d := startDaemon(t, "", nil, nil)
+	live, err := d.login("127.0.11.1", "demo", "demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	cfgPath := filepath.Join(d.dir, "imapgate.toml")
+	good, _ := os.ReadFile(cfgPath)
+
+	// A broken file changes nothing.
+	os.WriteFile(cfgPath, append(append([]byte{}, good...), "[limits]\nmax_per_ipp = 1\n"...), 0o644)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	d.waitLine("reload failed, keeping the running configuration")
+	if !strings.Contains(d.logText(), "imapgate.toml") || !strings.Contains(d.logText(), "limits.max_per_ipp: unknown key") {
+		t.Errorf("reload error lacks file and key:\n%s", d.logText())
+	}
+	if err := live.Noop().Wait(); err != nil {
+		t.Fatalf("session broken by a failed reload: %v", err)
+	}
+
+	// A good file with a new certificate: the session survives, the next
+	// client gets the new certificate, and a lowered limit applies to new
+	// connections only.
+	writeCert(t, filepath.Join(d.dir, "imapd.pem"), "second.example")
+	os.WriteFile(cfgPath, append(append([]byte{}, good...), "[limits]\nmax_per_ip = 1\nmax_preauth_per_ip = 1\n"...), 0o644)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	d.waitLine("configuration reloaded")
+	if err := live.Noop().Wait(); err != nil {
+		t.Fatalf("session broken by a reload: %v", err)
+	}
+	conn, err := tls.Dial("tcp", d.addr, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if name := conn.ConnectionState().PeerCertificates[0].DNSNames[0]; name != "second.example" {
+		t.Errorf("after reload the server presents %s", name)
+	}
+	conn.Close()
+	if _, err := d.login("127.0.11.1", "demo", "demo"); err == nil {
+		t.Error("lowered max_per_ip not applied to a new connection")
+	}
+	if err := live.Noop().Wait(); err != nil {
+		t.Fatalf("lowering a limit closed a live session: %v", err)
+	}
+}
+
+func TestShutdownDrainsThenCloses(t *testing.T) {
+	d := startDaemon(t, "", []string{"-grace", "1s"}, nil)
+	est, err := d.login("127.0.12.1", "demo", "demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pre, err := tls.Dial("tcp", d.addr, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(pre)
+	r.ReadString('\n') // greeting
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	if l, _ := r.ReadString('\n'); !strings.HasPrefix(l, "* BYE") {
+		t.Errorf("login-phase session got %q, want * BYE", l)
+	}
+	if err := est.Noop().Wait(); err != nil {
+		t.Errorf("logged-in session cut before the grace period: %v", err)
+	}
+	select {
+	case err := <-d.exit:
+		if err != nil {
+			t.Fatalf("exit: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("did not exit after the grace period")
+	}
+	log := d.logText()
+	if !strings.Contains(log, "NOTICE: Disconnected during shutdown by signal, user=demo, ip=[::ffff:127.0.12.1]") {
+		t.Errorf("no shutdown line for the drained session:\n%s", log)
+	}
+}
+
+func TestSocketActivationAndNotify(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lf, _ := ln.(*net.TCPListener).File()
+	want := ln.Addr().String()
+	ln.Close()
+	notifyPath := filepath.Join(t.TempDir(), "notify.sock")
+	nc, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	states := make(chan string, 10)
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			n, err := nc.Read(buf)
+			if err != nil {
+				return
+			}
+			states <- string(buf[:n])
+		}
+	}()
+	expect := func(prefix string) {
+		t.Helper()
+		select {
+		case s := <-states:
+			if !strings.HasPrefix(s, prefix) {
+				t.Fatalf("sd_notify %q, want %s", s, prefix)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no %s", prefix)
+		}
+	}
+	d := startDaemon(t, "", nil, func(cmd *exec.Cmd) {
+		// systemd sets LISTEN_PID to the service's pid: sh's $$ survives exec.
+		args := cmd.Args
+		cmd.Path = "/bin/sh"
+		cmd.Args = append([]string{"sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"`, "sh"}, args...)
+		cmd.ExtraFiles = []*os.File{lf}
+		cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notifyPath)
+	})
+	if !strings.Contains(d.logText(), "(socket-activated)") || d.addr != want {
+		t.Fatalf("not serving the inherited socket %s:\n%s", want, d.logText())
+	}
+	expect("READY=1")
+	c, err := d.login("", "demo", "demo")
+	if err != nil {
+		t.Fatalf("login on the inherited socket: %v", err)
+	}
+	c.Close()
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	expect("RELOADING=1")
+	expect("READY=1")
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	expect("STOPPING=1")
+	<-d.exit
+}
+
+func TestCheckFlag(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.toml")
+	os.WriteFile(bad, []byte("[limits]\nmax_per_ip = \"many\"\n"), 0o644)
+	out, err := exec.Command(binary, "-check", "-config", bad).CombinedOutput()
+	if err == nil || !bytes.Contains(out, []byte("bad.toml:2")) {
+		t.Fatalf("-check on a bad file: %v\n%s", err, out)
+	}
+	out, err = exec.Command(binary, "-check", "-demo").CombinedOutput()
+	if err != nil || !bytes.Contains(out, []byte("is valid")) {
+		t.Fatalf("-check -demo: %v\n%s", err, out)
+	}
+}
