@@ -419,3 +419,30 @@ func TestCheckFlag(t *testing.T) {
 		t.Fatalf("-check -demo: %v\n%s", err, out)
 	}
 }
+
+// The systemd unit's command lines use flags this binary accepts.
+func TestSystemdUnitCommandLines(t *testing.T) {
+	unit, err := os.ReadFile("../../dist/systemd/imapgate.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	writeCert(t, filepath.Join(dir, "imapd.pem"), "unit.example")
+	cfg := filepath.Join(dir, "imapgate.toml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("[tls]\ncert = %q\n[admin]\naddress = \"\"\n", filepath.Join(dir, "imapd.pem"))), 0o644)
+	for _, key := range []string{"ExecStartPre=", "ExecStart="} {
+		var line string
+		for _, l := range strings.Split(string(unit), "\n") {
+			if strings.HasPrefix(l, key) {
+				line = strings.TrimPrefix(l, key)
+			}
+		}
+		args := strings.Fields(strings.ReplaceAll(line, "/etc/imapgate/imapgate.toml", cfg))[1:]
+		if key == "ExecStart=" {
+			args = append(args, "-check") // validate and exit instead of serving
+		}
+		if out, err := exec.Command(binary, args...).CombinedOutput(); err != nil {
+			t.Errorf("%s%s: %v\n%s", key, line, err, out)
+		}
+	}
+}
