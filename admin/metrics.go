@@ -39,6 +39,9 @@ type Metrics struct {
 	reloads         *prometheus.CounterVec
 	lastReload      prometheus.Gauge
 	top             *Top
+	// refusedBy holds the refusal counters resolved once, so a flood of
+	// refusals does not hash label values for each.
+	refusedBy map[string][2]prometheus.Counter
 }
 
 // NewMetrics registers imapgate's metrics on reg.
@@ -74,6 +77,11 @@ func NewMetrics(reg prometheus.Registerer, src Sources, top *Top) *Metrics {
 		m.logins.WithLabelValues(r)
 		m.reloads.WithLabelValues(r)
 	}
+	m.refusedBy = map[string][2]prometheus.Counter{}
+	for _, reason := range append(reasonNames(), "table_full") {
+		m.refusedBy[reason] = [2]prometheus.Counter{
+			m.refused.WithLabelValues(reason, "before_tls"), m.refused.WithLabelValues(reason, "after_tls")}
+	}
 	for r := limiter.Reason(0); r < limiter.NumReasons; r++ {
 		m.wouldRefuse.WithLabelValues(r.String())
 	}
@@ -98,11 +106,23 @@ func (m *Metrics) Reloaded(err error) {
 func (m *Metrics) Accepted() { m.accepted.Inc() }
 
 func (m *Metrics) Refused(reason string, afterTLS bool) {
-	stage := "before_tls"
+	i := 0
 	if afterTLS {
-		stage = "after_tls"
+		i = 1
 	}
-	m.refused.WithLabelValues(reason, stage).Inc()
+	if c, ok := m.refusedBy[reason]; ok {
+		c[i].Inc()
+		return
+	}
+	m.refused.WithLabelValues(reason, [2]string{"before_tls", "after_tls"}[i]).Inc()
+}
+
+func reasonNames() []string {
+	var out []string
+	for r := limiter.Reason(0); r < limiter.NumReasons; r++ {
+		out = append(out, r.String())
+	}
+	return out
 }
 
 func (m *Metrics) WouldRefuse(reason string) { m.wouldRefuse.WithLabelValues(reason).Inc() }

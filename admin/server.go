@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -56,6 +57,10 @@ func New(o Options) *Server {
 	s.mux.HandleFunc("POST /kill", s.local(s.kill))
 	s.mux.HandleFunc("POST /unban", s.local(s.unban))
 	s.mux.HandleFunc("POST /reload", s.local(s.reload))
+	// Profiles for diagnosing CPU and memory; the admin listener is local
+	// unless configured otherwise.
+	s.mux.HandleFunc("GET /debug/pprof/", s.local(pprof.Index))
+	s.mux.HandleFunc("GET /debug/pprof/profile", s.local(pprof.Profile))
 	return s
 }
 

@@ -221,14 +221,22 @@ func TLSVersion(s string) (uint16, error) {
 
 // ServerConfig returns the TLS configuration for the client side: minimum
 // version minVersion (TLS 1.2 by default), certificates from s, session
-// tickets on (crypto/tls rotates the ticket keys itself).
-func (s *Store) ServerConfig(minVersion uint16) *tls.Config {
+// tickets on (crypto/tls rotates the ticket keys itself). postQuantum
+// offers the hybrid X25519MLKEM768 key exchange first; without it the
+// classic X25519 and P-256 are used, as OpenSSL 3.0 (HAProxy, nginx,
+// courier's GnuTLS) does, which costs about a fifth less CPU per handshake.
+func (s *Store) ServerConfig(minVersion uint16, postQuantum bool) *tls.Config {
 	if minVersion == 0 {
 		minVersion = tls.VersionTLS12
 	}
-	return &tls.Config{
-		MinVersion:     minVersion,
-		GetCertificate: s.GetCertificate,
-		NextProtos:     []string{"imap"},
+	cfg := &tls.Config{
+		MinVersion:       minVersion,
+		GetCertificate:   s.GetCertificate,
+		NextProtos:       []string{"imap"},
+		CurvePreferences: []tls.CurveID{tls.X25519, tls.CurveP256},
 	}
+	if postQuantum {
+		cfg.CurvePreferences = append([]tls.CurveID{tls.X25519MLKEM768}, cfg.CurvePreferences...)
+	}
+	return cfg
 }

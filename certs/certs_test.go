@@ -128,8 +128,11 @@ func TestCourierSNIFiles(t *testing.T) {
 
 func TestServerConfigDefaults(t *testing.T) {
 	s := NewStatic(mustSelfSigned(t, "localhost"))
-	cfg := s.ServerConfig(0)
-	if cfg.MinVersion != tls.VersionTLS12 || cfg.SessionTicketsDisabled {
-		t.Fatalf("min %x tickets disabled %v", cfg.MinVersion, cfg.SessionTicketsDisabled)
+	cfg := s.ServerConfig(0, false)
+	if cfg.MinVersion != tls.VersionTLS12 || cfg.SessionTicketsDisabled || cfg.CurvePreferences[0] != tls.X25519 {
+		t.Fatalf("min %x tickets disabled %v curves %v", cfg.MinVersion, cfg.SessionTicketsDisabled, cfg.CurvePreferences)
+	}
+	if pq := s.ServerConfig(0, true); pq.CurvePreferences[0] != tls.X25519MLKEM768 {
+		t.Fatalf("post-quantum config curves %v", pq.CurvePreferences)
 	}
 }

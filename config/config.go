@@ -159,6 +159,8 @@ type TLS struct {
 	SNI        []CertPair `toml:"sni"`
 	CourierSNI bool       `toml:"courier_sni"`
 	MinVersion string     `toml:"min_version"`
+	// PostQuantum offers the hybrid X25519MLKEM768 key exchange.
+	PostQuantum bool `toml:"post_quantum"`
 }
 
 // Upstream is the IMAP server.

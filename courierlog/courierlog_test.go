@@ -43,6 +43,10 @@ func TestLinesInSyslogFileFormat(t *testing.T) {
 	l.LoginFailed("testuser", c)
 	l.SessionEnd(EndLogout, "testuser", c, Counts{Rcvd: 29, Sent: 157, Elapsed: 1500 * time.Millisecond})
 	l.LogoutPreauth(c, Counts{Rcvd: 11, Sent: 326})
+	if buf.Len() != 0 {
+		t.Error("lines written before the flush interval")
+	}
+	sink.Flush()
 	want := "Nov  2 04:23:47 vm imapd-ssl: LOGIN FAILED, user=testuser, ip=[::ffff:192.0.2.7], port=[43894]\n" +
 		"Nov  2 04:23:47 vm imapd-ssl: LOGOUT, user=testuser, ip=[::ffff:192.0.2.7], port=[43894], headers=0, body=0, rcvd=29, sent=157, time=1, starttls=1\n" +
 		"Nov  2 04:23:47 vm imapd-ssl: LOGOUT, ip=[::ffff:192.0.2.7], port=[43894], rcvd=11, sent=326\n"

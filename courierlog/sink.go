@@ -1,6 +1,7 @@
 package courierlog
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"io"
@@ -10,23 +11,48 @@ import (
 	"time"
 )
 
+// FlushInterval is how long a line may wait in LineSink's buffer. Lines
+// are written in batches so a busy proxy makes one write per interval
+// instead of one per line; fail2ban and log readers see them this much later.
+const FlushInterval = 100 * time.Millisecond
+
 // LineSink writes lines in syslog's traditional file format
 // ("Nov 22 04:23:47 host imapd-ssl: message"), the format
 // RSYSLOG_TraditionalFileFormat gives mail.log, so log tools and fail2ban
 // read the file directly. It serves [log] output = "stderr" and "file:/path".
+// Lines are buffered for at most FlushInterval; Close flushes.
 type LineSink struct {
-	mu   sync.Mutex
-	w    io.Writer
-	path string // non-empty for files, so Reopen can follow log rotation
-	host string
-	tag  string
-	now  func() time.Time
-	buf  []byte
+	mu    sync.Mutex
+	w     io.Writer
+	bw    *bufio.Writer
+	armed bool   // a flush is scheduled
+	path  string // non-empty for files, so Reopen can follow log rotation
+	host  string
+	tag   string
+	now   func() time.Time
+	buf   []byte
 }
 
 // NewLineSink writes to w with the given host name and tag.
 func NewLineSink(w io.Writer, host, tag string) *LineSink {
-	return &LineSink{w: w, host: host, tag: tag, now: time.Now}
+	return &LineSink{w: w, bw: bufio.NewWriterSize(w, 32<<10), host: host, tag: tag, now: time.Now}
+}
+
+// Flush writes buffered lines out now.
+func (s *LineSink) Flush() {
+	s.mu.Lock()
+	s.bw.Flush()
+	s.armed = false
+	s.mu.Unlock()
+}
+
+// Close flushes and closes a file sink.
+func (s *LineSink) Close() error {
+	s.Flush()
+	if c, ok := s.w.(io.Closer); ok && s.path != "" {
+		return c.Close()
+	}
+	return nil
 }
 
 // OpenFile opens (creating, appending) path for a LineSink.
@@ -51,8 +77,10 @@ func (s *LineSink) Reopen() error {
 		return fmt.Errorf("reopen log file: %w", err)
 	}
 	s.mu.Lock()
+	s.bw.Flush()
 	old := s.w
 	s.w = f
+	s.bw.Reset(f)
 	s.mu.Unlock()
 	if c, ok := old.(io.Closer); ok {
 		c.Close()
@@ -73,8 +101,12 @@ func (s *LineSink) Write(_ Priority, msg []byte) {
 	b = append(b, ": "...)
 	b = append(b, msg...)
 	b = append(b, '\n')
-	s.w.Write(b)
+	s.bw.Write(b)
 	s.buf = b
+	if !s.armed {
+		s.armed = true
+		time.AfterFunc(FlushInterval, s.Flush)
+	}
 	s.mu.Unlock()
 }
 

@@ -103,7 +103,7 @@ func startGate(t *testing.T, o gateOptions) *gate {
 		t.Fatal(err)
 	}
 	srv, err := proxy.New(proxy.Options{
-		TLSConfig: certs.NewStatic(cert).ServerConfig(0),
+		TLSConfig: certs.NewStatic(cert).ServerConfig(0, false),
 		Upstream:  o.upstream, Log: sessionLog, Table: table, Limiter: lim, Login: cfg.LoginBounds(),
 	})
 	if err != nil {

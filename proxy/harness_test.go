@@ -46,7 +46,7 @@ func startProxy(t testing.TB, up proxy.Upstream, pc proxyConfig) *testProxy {
 		t.Fatal(err)
 	}
 	srv, err := proxy.New(proxy.Options{
-		TLSConfig: certs.NewStatic(cert).ServerConfig(0),
+		TLSConfig: certs.NewStatic(cert).ServerConfig(0, false),
 		Upstream:  up,
 		Log:       log,
 		Table:     table,

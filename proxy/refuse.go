@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"net/netip"
 	"time"
 
 	"imapgate/courierlog"
@@ -38,8 +39,13 @@ func (ss *session) refuseWithBye(d limiter.Decision) {
 // logRefusal writes the refusal in courier's format: couriertcpd's exact
 // lines for MAXPERIP and MAXDAEMONS, the same shape for the others.
 func (ss *session) logRefusal(d limiter.Decision, user string) {
-	ss.srv.tracker.RefusedFrom(ss.client.Remote.Addr())
-	ss.logLimit(d.Reason, d.Limit, user, "")
+	ss.srv.refuseLog(d, ss.client.Remote.Addr(), user)
+}
+
+// refuseLog records a refusal of a: the top-N tracker and the log line.
+func (s *Server) refuseLog(d limiter.Decision, a netip.Addr, user string) {
+	s.tracker.RefusedFrom(a)
+	s.logLimit(a, d.Reason, d.Limit, user, "")
 }
 
 // noteDryRun logs and counts each limit that would have refused.
@@ -52,7 +58,7 @@ func (ss *session) noteDryRun(d limiter.Decision, user string) {
 	for r := limiter.Reason(0); r < limiter.NumReasons; r++ {
 		if d.WouldRefuse&(1<<r) != 0 {
 			ss.srv.events.WouldRefuse(r.String())
-			ss.logLimit(r, limitValue(lim, r), user, " (dry run: not refused)")
+			ss.srv.logLimit(ss.client.Remote.Addr(), r, limitValue(lim, r), user, " (dry run: not refused)")
 		}
 	}
 }
@@ -73,18 +79,17 @@ func limitValue(l limiter.Limits, r limiter.Reason) int {
 	return 0
 }
 
-func (ss *session) logLimit(r limiter.Reason, limit int, user, suffix string) {
-	log := ss.srv.log
-	ok, suppressed := ss.srv.refusalLog[r].Allow(time.Now())
+func (s *Server) logLimit(a netip.Addr, r limiter.Reason, limit int, user, suffix string) {
+	log := s.log
+	ok, suppressed := s.refusalLog[r].Allow(time.Now())
 	if suppressed > 0 {
 		log.Message(courierlog.Warning, fmt.Sprintf("%s: %d callbacks suppressed", r, suppressed))
 	}
 	if !ok {
 		return
 	}
-	a := ss.client.Remote.Addr()
 	prefix := ""
-	if l := ss.srv.limiter; l != nil {
+	if l := s.limiter; l != nil {
 		prefix = " (" + l.Policy().PrefixOf(a.Unmap()).String() + ")"
 	}
 	switch r {

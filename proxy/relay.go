@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -51,15 +52,32 @@ func (ss *session) relay() {
 	putReader(ss.cr)
 	putReader(ss.ur)
 	ss.cr, ss.ur = nil, nil
+	// The login phase's scratch space is not needed while the session
+	// idles for hours.
+	ss.cmd, ss.out, ss.last = nil, nil, nil
 
-	done := make(chan struct{})
+	// Both directions run on fresh goroutines, and this one (whose stack
+	// grew through the TLS handshake) ends: an idle session keeps two small
+	// stacks. The goroutine that finishes last closes the session.
+	ss.handedOff = true
+	var running atomic.Int32
+	running.Store(2)
+	finish := func() {
+		if running.Add(-1) == 0 {
+			ss.endEstablished()
+			ss.cleanup()
+		}
+	}
 	go func() {
+		defer finish()
+		defer ss.recoverPanic()
 		ss.copyToClient()
-		close(done)
 	}()
-	ss.copyToUpstream()
-	<-done
-	ss.endEstablished()
+	go func() {
+		defer finish()
+		defer ss.recoverPanic()
+		ss.copyToUpstream()
+	}()
 }
 
 // copyToUpstream copies client -> upstream. On the client's EOF it

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -91,6 +92,7 @@ type Server struct {
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
+	rawFiles  []*os.File // serveRaw's duplicates of listeners
 	shutdown  bool
 	sessions  sync.WaitGroup
 	reaper    sync.Once
@@ -182,6 +184,9 @@ func (s *Server) Serve(ln net.Listener) error {
 		delete(s.listeners, ln)
 		s.mu.Unlock()
 	}()
+	if tl, ok := ln.(*net.TCPListener); ok && s.limiter != nil {
+		return s.serveRaw(tl)
+	}
 	var backoff time.Duration
 	for {
 		conn, err := ln.Accept()
@@ -202,8 +207,18 @@ func (s *Server) Serve(ln net.Listener) error {
 		}
 		backoff = 0
 		s.sessions.Add(1)
-		go s.serveConn(conn)
+		go s.serveConn(conn, nil)
 	}
+}
+
+// errPriority is the priority of operational errors in the log.
+const errPriority = courierlog.Err
+
+// admission is a limiter decision made before the session's goroutine.
+type admission struct {
+	client   Client
+	ticket   limiter.Ticket
+	decision limiter.Decision
 }
 
 func isTemporary(err error) bool {
@@ -227,6 +242,10 @@ func (s *Server) closeListeners() {
 	for ln := range s.listeners {
 		ln.Close()
 	}
+	for _, f := range s.rawFiles {
+		f.Close()
+	}
+	s.rawFiles = nil
 }
 
 // Shutdown stops accepting, ends sessions still in the login phase with

@@ -39,12 +39,15 @@ type session struct {
 	up     net.Conn
 	killed bool
 
-	upID     bool // upstream advertises ID
-	commands int
-	errs     int
-	cmd      []byte // command being assembled; cleared after LOGIN (password)
-	out      []byte // scratch for writes
-	last     []byte // the last upstream response line read
+	pre  *admission // decided in the accept loop, if it was
+	upID bool       // upstream advertises ID
+	// handedOff: the relay goroutines own the session now (see relay).
+	handedOff bool
+	commands  int
+	errs      int
+	cmd       []byte // command being assembled; cleared after LOGIN (password)
+	out       []byte // scratch for writes
+	last      []byte // the last upstream response line read
 	// pendingTagged is a tagged result authenticate read for loginResult.
 	pendingTagged []byte
 	tracker       cmdTracker
@@ -59,19 +62,44 @@ const (
 	loggedIn                 // relay from here on
 )
 
-func (s *Server) serveConn(raw net.Conn) {
-	defer s.sessions.Done()
-	ss := &session{srv: s, set: s.cur.Load(), raw: raw, start: time.Now()}
+func (s *Server) serveConn(raw net.Conn, pre *admission) {
+	ss := &session{srv: s, set: s.cur.Load(), raw: raw, start: time.Now(), pre: pre}
 	ss.ctx, ss.cancel = context.WithCancel(context.Background())
-	defer ss.cancel()
-	defer raw.Close()
 	defer func() {
-		// A bug in one session must not take the daemon down.
-		if r := recover(); r != nil {
-			s.log.Message(courierlog.Crit, fmt.Sprintf("panic in session: %v: %s", r, debug.Stack()))
+		ss.recoverPanic()
+		if !ss.handedOff {
+			ss.cleanup()
 		}
 	}()
 	ss.run()
+}
+
+// recoverPanic logs a panic: a bug in one session must not take the daemon
+// down. Deferred by every goroutine of a session.
+func (ss *session) recoverPanic() {
+	if r := recover(); r != nil {
+		ss.srv.log.Message(courierlog.Crit, fmt.Sprintf("panic in session: %v: %s", r, debug.Stack()))
+	}
+}
+
+// cleanup releases everything the session holds, once: by serveConn, or,
+// after the hand-off to the relay, by the relay goroutine that ends last.
+func (ss *session) cleanup() {
+	ss.cancel()
+	ss.raw.Close()
+	ss.mu.Lock()
+	if ss.up != nil {
+		ss.up.Close()
+	}
+	ss.mu.Unlock()
+	putReader(ss.cr)
+	putReader(ss.ur)
+	ss.cr, ss.ur = nil, nil
+	ss.ticket.Release()
+	if ss.entry != nil {
+		ss.srv.table.Remove(ss.entry)
+	}
+	ss.srv.sessions.Done()
 }
 
 func addrPortOf(a net.Addr) netip.AddrPort {
@@ -85,16 +113,26 @@ func addrPortOf(a net.Addr) netip.AddrPort {
 
 func (ss *session) run() {
 	s := ss.srv
-	// With a proxyproto listener this reads the PROXY header, bounded by
-	// its ReadHeaderTimeout, here in the session's goroutine.
-	ss.client = Client{Remote: addrPortOf(ss.raw.RemoteAddr()), Local: addrPortOf(ss.raw.LocalAddr())}
-	if !ss.client.Remote.IsValid() {
-		return
-	}
-	s.events.Accepted()
 	var refusal *limiter.Decision
+	if pre := ss.pre; pre != nil {
+		ss.client = pre.client
+	} else {
+		// With a proxyproto listener this reads the PROXY header, bounded
+		// by its ReadHeaderTimeout, here in the session's goroutine.
+		ss.client = Client{Remote: addrPortOf(ss.raw.RemoteAddr()), Local: addrPortOf(ss.raw.LocalAddr())}
+		if !ss.client.Remote.IsValid() {
+			return
+		}
+		s.events.Accepted()
+	}
 	if s.limiter != nil {
-		t, d := s.limiter.Admit(ss.client.Remote.Addr(), time.Now())
+		var t limiter.Ticket
+		var d limiter.Decision
+		if ss.pre != nil {
+			t, d = ss.pre.ticket, ss.pre.decision
+		} else {
+			t, d = s.limiter.Admit(ss.client.Remote.Addr(), time.Now())
+		}
 		ss.noteDryRun(d, "")
 		if d.Refused && d.Action != limiter.Bye {
 			ss.logRefusal(d, "")
@@ -104,8 +142,7 @@ func (ss *session) run() {
 		if d.Refused {
 			refusal = &d
 		} else {
-			ss.ticket = t
-			defer ss.ticket.Release()
+			ss.ticket = t // cleanup releases it
 		}
 	}
 	entry, err := s.table.Insert(ss.client.Remote, ss.client.Local, ss.kill)
@@ -114,8 +151,7 @@ func (ss *session) run() {
 		s.tracker.RefusedFrom(ss.client.Remote.Addr())
 		return
 	}
-	ss.entry = entry
-	defer s.table.Remove(entry)
+	ss.entry = entry // cleanup removes it
 	if refusal != nil {
 		ss.refuseWithBye(*refusal)
 		return
@@ -132,10 +168,14 @@ func (ss *session) run() {
 	if !ss.handshake() {
 		return
 	}
+	// Keepalive only for sessions that got this far: the listener leaves
+	// it off so refused connections cost no setsockopt calls.
+	if tc, ok := ss.raw.(*net.TCPConn); ok {
+		tc.SetKeepAliveConfig(keepAlive)
+	}
 	entry.SetState(conntable.Preauth)
 	s.log.Connection(ss.client.Remote)
 	ss.cr = getReader(clientReader{ss}, ss.set.login.MaxLine)
-	defer func() { putReader(ss.cr) }()
 
 	switch ss.loginPhase() {
 	case loggedIn:
@@ -245,6 +285,10 @@ func putReader(br *bufio.Reader) {
 	}
 }
 
+// keepAlive finds dead clients of idle sessions (IDLE can be silent for
+// 29 minutes) long before the established timeout.
+var keepAlive = net.KeepAliveConfig{Enable: true, Idle: 5 * time.Minute, Interval: 30 * time.Second, Count: 4}
+
 // upstreamMaxLine bounds a response line from the upstream before login.
 const upstreamMaxLine = 16 << 10
 
@@ -329,12 +373,5 @@ func (ss *session) endPreauth() {
 func (ss *session) closed() {
 	rx, tx := ss.entry.Bytes()
 	ss.srv.events.Closed(rx, tx)
-	ss.tc.Close()
-	ss.mu.Lock()
-	if ss.up != nil {
-		ss.up.Close()
-	}
-	ss.mu.Unlock()
-	putReader(ss.ur)
-	ss.ur = nil
+	ss.tc.Close() // close_notify; cleanup closes the sockets
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -85,7 +86,7 @@ func newApp(cfg *config.Config, f flags) (*app, error) {
 		sessionLog = a.log.WithoutSessionLines() // courier writes them itself
 	}
 	a.srv, err = proxy.New(proxy.Options{
-		TLSConfig: a.store.ServerConfig(minVersion),
+		TLSConfig: a.store.ServerConfig(minVersion, cfg.TLS.PostQuantum),
 		Upstream:  up,
 		Log:       sessionLog,
 		Table:     a.table,
@@ -104,7 +105,10 @@ func newApp(cfg *config.Config, f flags) (*app, error) {
 		return nil, err
 	}
 	if a.activated = len(raw) > 0; !a.activated {
-		ln, err := net.Listen("tcp", cfg.Listen.Address)
+		// Keepalive is enabled per session after admission (proxy), so a
+		// refused connection costs no setsockopt calls.
+		lc := net.ListenConfig{KeepAlive: -1}
+		ln, err := lc.Listen(context.Background(), "tcp", cfg.Listen.Address)
 		if err != nil {
 			a.close()
 			return nil, fmt.Errorf("listen.address: %w", err)
@@ -303,8 +307,9 @@ func (a *app) tryReload() error {
 	old := a.cfg.Load()
 	if (cfg.Listen.Address != old.Listen.Address && !a.activated) || cfg.Log != old.Log ||
 		cfg.Upstream.Mode != old.Upstream.Mode || cfg.Admin != old.Admin ||
+		cfg.TLS.MinVersion != old.TLS.MinVersion || cfg.TLS.PostQuantum != old.TLS.PostQuantum ||
 		(len(old.Listen.ProxyProtocolFrom) == 0) != (len(cfg.Listen.ProxyProtocolFrom) == 0) {
-		return errors.New("listen.address, [log], [admin], upstream.mode and turning proxy_protocol_from on or off need a restart")
+		return errors.New("listen.address, [log], [admin], upstream.mode, tls.min_version, tls.post_quantum and turning proxy_protocol_from on or off need a restart")
 	}
 	store, err := buildStore(cfg, a.flags.demo)
 	if err != nil {
@@ -354,7 +359,7 @@ func (a *app) close() {
 		a.emb.Close()
 	}
 	if c, ok := a.sink.(io.Closer); ok {
-		c.Close()
+		c.Close() // flushes buffered lines
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -31,6 +32,7 @@ type flags struct {
 	demo       bool
 	check      bool
 	grace      time.Duration
+	cpuprofile string
 }
 
 func run(args []string) int {
@@ -43,6 +45,7 @@ func run(args []string) int {
 	fs.StringVar(&f.courier, "courier-config", "", "courier's `file` (/etc/courier/imapd-ssl or imapd) to take MAXDAEMONS, MAXPERIP, SSLPORT, TLS_CERTFILE and the access file from; -config overrides it")
 	fs.BoolVar(&f.demo, "demo", false, "zero-setup demo: 127.0.0.1:9993, a generated certificate and an in-memory mailbox (demo/demo)")
 	fs.BoolVar(&f.check, "check", false, "check the configuration, print the result and exit")
+	fs.StringVar(&f.cpuprofile, "cpuprofile", "", "write a CPU profile to `file` until shutdown (diagnostics)")
 	fs.DurationVar(&f.grace, "grace", 30*time.Second, "on SIGTERM, how long logged-in sessions may drain before they are closed")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -69,6 +72,15 @@ func run(args []string) int {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "imapgate:", err)
 		return 1
+	}
+	if f.cpuprofile != "" {
+		pf, err := os.Create(f.cpuprofile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "imapgate:", err)
+			return 1
+		}
+		pprof.StartCPUProfile(pf)
+		defer func() { pprof.StopCPUProfile(); pf.Close() }()
 	}
 	return a.serve()
 }
@@ -139,6 +151,7 @@ func (a *app) serve() int {
 			}
 			a.logf("imapgate: listener failed: %v", err)
 			a.srv.Close()
+			a.close()
 			return 1
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {

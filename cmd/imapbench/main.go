@@ -1,0 +1,279 @@
+// Command imapbench measures imapgate side by side with HAProxy (TCP mode,
+// ssl crt, a conn_cur stick-table per-address reject) and nginx's stream
+// proxy (ssl, limit_conn), each a single process pinned to one core, in
+// front of the same fast plaintext IMAP upstream, with one generated ECDSA
+// P-256 certificate. It alternates the peers round by round and prints the
+// medians and their ratios to HAProxy. Loopback only; bounded in time.
+//
+//	integration/bench/run.sh            installs the peers and runs this
+//	go run ./cmd/imapbench -h
+package main
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"imapgate/certs"
+	"imapgate/limiter"
+)
+
+type scenario struct {
+	name, figure, unit string
+	budget             float64 // ratio to HAProxy; 0 for none
+	lowerIsBetter      bool
+}
+
+var scenarios = []scenario{
+	{"session", "server CPU per full session (TLS 1.3, LOGIN, LOGOUT)", "ms", 0.6, true},
+	{"idle", "server RSS per idle session in IDLE", "KiB", 1.0, true},
+	{"bulk", "server CPU per GB relayed (FETCH 1 MiB, 4 sessions)", "s/GB", 0.8, true},
+	{"flood-cpu", "server CPU per refused attempt", "µs", 1.0, true},
+	{"flood-latency", "time to refusal (median)", "µs", 0, true},
+}
+
+func main() {
+	rounds := flag.Int("rounds", 3, "rounds; the peers alternate within each")
+	sessions := flag.Int("sessions", 2000, "full sessions per measurement")
+	idle := flag.Int("idle", 9000, "idle sessions (each needs 2 descriptors here and 2 in the proxy)")
+	fetches := flag.Int("fetches", 64, "1 MiB FETCHes per bulk session")
+	attempts := flag.Int("flood", 3000, "refused attempts in the flood scenario")
+	peersFlag := flag.String("peers", "haproxy,imapgate,nginx", "peers to measure")
+	serverCore := flag.Int("core", 0, "the core the proxies are pinned to (run this tool on another)")
+	profile := flag.String("cpuprofile", "", "write imapgate's CPU profile to `file` (its last run)")
+	only := flag.String("only", "", "comma-separated scenarios to run (session, idle, bulk, flood); default all")
+	flag.Parse()
+
+	fmt.Printf("imapbench %s on %d cores (%s); proxies pinned to core %d\n",
+		time.Now().Format("2006-01-02"), cores(), cpuModel(), *serverCore)
+	*idle = fitIdle(*idle)
+	dir, err := os.MkdirTemp("", "imapbench")
+	check(err)
+	defer os.RemoveAll(dir)
+	setup, err := prepare(dir, *serverCore)
+	check(err)
+	if *profile != "" {
+		setup.profile, _ = filepath.Abs(*profile)
+		idleHook = func(p *peer) {
+			if p.name != "imapgate" {
+				return
+			}
+			out := setup.profile + ".heap"
+			exec.Command("curl", "-s", "--unix-socket", filepath.Join(dir, "admin.sock"),
+				"-o", out, "http://imapgate/debug/pprof/heap").Run()
+			exec.Command("curl", "-s", "--unix-socket", filepath.Join(dir, "admin.sock"),
+				"-o", setup.profile+".goroutine", "http://imapgate/debug/pprof/goroutine?debug=1").Run()
+			exec.Command("curl", "-s", "--unix-socket", filepath.Join(dir, "admin.sock"),
+				"-o", setup.profile+".metrics", "http://imapgate/metrics").Run()
+		}
+	}
+
+	want := map[string]bool{}
+	for _, s := range strings.Split(*only, ",") {
+		if s != "" {
+			want[s] = true
+		}
+	}
+	run := func(s string) bool { return len(want) == 0 || want[s] }
+
+	peers := strings.Split(*peersFlag, ",")
+	results := map[string]map[string][]float64{} // scenario -> peer -> values
+	add := func(sc, p string, r result) {
+		if results[sc] == nil {
+			results[sc] = map[string][]float64{}
+		}
+		results[sc][p] = append(results[sc][p], r.value)
+	}
+	deadline := time.Now().Add(30 * time.Minute)
+	for round := 0; round < *rounds && time.Now().Before(deadline); round++ {
+		order := append(peers[round%len(peers):], peers[:round%len(peers)]...)
+		for _, name := range order {
+			p, err := setup.start(name)
+			check(err)
+			fmt.Printf("round %d: %s (pid %d) ...", round+1, name, p.pid)
+			if run("session") {
+				r, err := fullSessions(p, *sessions, 8)
+				check(err)
+				add("session", name, r)
+				fmt.Printf(" session %.3f ms", r.value)
+			}
+			if run("flood") {
+				c, l, err := flood(p, *attempts)
+				check(err)
+				add("flood-cpu", name, c)
+				add("flood-latency", name, l)
+				fmt.Printf(" flood %.1f µs/%.0f µs", c.value, l.value)
+			}
+			if run("bulk") {
+				r, err := bulk(p, 4, *fetches)
+				check(err)
+				add("bulk", name, r)
+				fmt.Printf(" bulk %.2f s/GB", r.value)
+			}
+			if run("idle") {
+				r, err := idleSessions(p, *idle, 8)
+				check(err)
+				add("idle", name, r)
+				fmt.Printf(" idle %.1f KiB", r.value)
+			}
+			fmt.Println()
+			p.stop()
+		}
+	}
+	report(os.Stdout, peers, results)
+	if run("admission") || len(want) == 0 {
+		admission(os.Stdout)
+	}
+}
+
+func check(err error) {
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "imapbench:", err)
+		os.Exit(1)
+	}
+}
+
+// cores counts the machine's processors (runtime.NumCPU honours this
+// process's affinity, which the run script narrows to one core).
+func cores() int {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	return strings.Count(string(b), "\nprocessor") + strings.Count(string(b[:min(len(b), 10)]), "processor")
+}
+
+func cpuModel() string {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "model name"); ok {
+			return strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+		}
+	}
+	return "unknown CPU"
+}
+
+// fitIdle lowers the idle count to what the open-file limit allows, and
+// says so: this process holds two descriptors per idle session (the client
+// end and the upstream's end), as does the proxy.
+func fitIdle(n int) int {
+	var r syscall.Rlimit
+	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r)
+	r.Cur = r.Max
+	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &r)
+	fits := int(r.Cur-200) / 2
+	if n > fits {
+		fmt.Printf("note: the open-file limit is %d, so at most %d idle sessions fit (2 descriptors each here and in the proxy); measuring %d instead of %d\n",
+			r.Cur, fits, fits, n)
+		return fits
+	}
+	return n
+}
+
+// prepare writes the certificate, starts the upstream and builds imapgate.
+func prepare(dir string, core int) (*peerSetup, error) {
+	c, err := certs.SelfSigned("localhost", "127.0.0.1")
+	if err != nil {
+		return nil, err
+	}
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Certificate[0]})
+	keyDER, _ := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	s := &peerSetup{dir: dir, core: core,
+		cert: filepath.Join(dir, "both.pem"), certOnly: filepath.Join(dir, "cert.pem"), keyOnly: filepath.Join(dir, "key.pem")}
+	os.WriteFile(s.cert, append(append([]byte{}, certPEM...), keyPEM...), 0o600)
+	os.WriteFile(s.certOnly, certPEM, 0o600)
+	os.WriteFile(s.keyOnly, keyPEM, 0o600)
+	up, err := startUpstream()
+	if err != nil {
+		return nil, err
+	}
+	s.upstream = up.addr()
+	s.gate = filepath.Join(dir, "imapgate")
+	if out, err := exec.Command("go", "build", "-o", s.gate, "./cmd/imapgate").CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("build imapgate (run from the repository root): %v\n%s", err, out)
+	}
+	return s, nil
+}
+
+func medianF(vs []float64) float64 {
+	if len(vs) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), vs...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
+
+func report(w *os.File, peers []string, results map[string]map[string][]float64) {
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "scenario\tfigure\t")
+	for _, p := range peers {
+		fmt.Fprintf(tw, "%s\t", p)
+	}
+	fmt.Fprintf(tw, "imapgate/haproxy\tbudget\n")
+	for _, sc := range scenarios {
+		byPeer := results[sc.name]
+		if byPeer == nil {
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%s (%s)\t", sc.name, sc.figure, sc.unit)
+		for _, p := range peers {
+			fmt.Fprintf(tw, "%.3g\t", medianF(byPeer[p]))
+		}
+		ratio := "-"
+		if h := medianF(byPeer["haproxy"]); h > 0 {
+			ratio = fmt.Sprintf("%.2f", medianF(byPeer["imapgate"])/h)
+		}
+		budget := "-"
+		if sc.budget > 0 {
+			budget = fmt.Sprintf("<= %.1f", sc.budget)
+		}
+		fmt.Fprintf(tw, "%s\t%s\n", ratio, budget)
+	}
+	tw.Flush()
+}
+
+// admission measures imapgate's admission decision with 1 M addresses
+// tracked, in this process (the peers have no equivalent figure).
+func admission(w *os.File) {
+	const tracked = 1 << 20
+	p := limiter.DefaultPolicy()
+	p.Limits.RatePerIP = limiter.Rate{Burst: 1 << 20, Per: time.Second}
+	p.Limits.RatePerPrefix = limiter.Rate{Burst: 1 << 20, Per: time.Second}
+	var m0, m1 runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m0)
+	l, _ := limiter.New(p, limiter.Options{RateEntries: tracked})
+	now := time.Now()
+	addr := func(i uint32) netip.Addr {
+		return netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+	}
+	for i := uint32(0); i < tracked; i++ {
+		t, _ := l.Admit(addr(i), now)
+		t.Release()
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&m1)
+	const n = 2_000_000
+	start := time.Now()
+	x := uint32(1)
+	for i := 0; i < n; i++ {
+		x = x*1664525 + 1013904223
+		t, _ := l.Admit(addr(x%tracked), now)
+		t.Release()
+	}
+	per := time.Since(start) / n
+	fmt.Fprintf(w, "\nadmission (imapgate only): %d ns per decision with %d addresses tracked (budget <= 1000 ns); %.0f bytes per tracked address (budget <= 150)\n",
+		per.Nanoseconds(), tracked, float64(m1.HeapAlloc-m0.HeapAlloc)/tracked)
+	runtime.KeepAlive(l)
+}

@@ -1,0 +1,192 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// peer is one proxy under test, a single process on the server core.
+type peer struct {
+	name string
+	addr string
+	cmd  *exec.Cmd
+	pid  int
+}
+
+// perIPLimit is the concurrent-connection limit every peer enforces per
+// address (imapgate max_per_ip, HAProxy conn_cur, nginx limit_conn).
+const perIPLimit = 20
+
+type peerSetup struct {
+	dir      string // work directory
+	cert     string // PEM: cert then key (HAProxy) — imapgate reads it too
+	certOnly string
+	keyOnly  string
+	upstream string
+	gate     string // imapgate binary
+	core     int
+	profile  string // write imapgate's CPU profile here
+}
+
+func freePort() string {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func (s *peerSetup) start(name string) (*peer, error) {
+	addr := freePort()
+	var args []string
+	env := os.Environ()
+	switch name {
+	case "imapgate":
+		cfg := filepath.Join(s.dir, "imapgate.toml")
+		os.WriteFile(cfg, []byte(fmt.Sprintf(`
+[listen]
+address = %q
+[tls]
+cert = %q
+[upstream]
+address = %q
+[table]
+max = 9900
+[timeouts]
+established = "35m"
+[limits]
+max_per_ip = %d
+max_preauth_per_ip = %d
+max_per_prefix = 0
+max_per_user_ip = 0
+rate_per_ip = "0"
+rate_per_prefix = "0"
+[limits.action]
+max_per_ip = "close"
+max_preauth_per_ip = "close"
+[log]
+output = "file:%s"
+[admin]
+address = "unix:%s"
+`, addr, s.cert, s.upstream, perIPLimit, perIPLimit, filepath.Join(s.dir, "imapgate.log"), filepath.Join(s.dir, "admin.sock"))), 0o644)
+		args = []string{s.gate, "-config", cfg, "-grace", "0s"}
+		if s.profile != "" {
+			args = append(args, "-cpuprofile", s.profile)
+		}
+		env = append(env, "GOMAXPROCS=1")
+	case "haproxy":
+		cfg := filepath.Join(s.dir, "haproxy.cfg")
+		os.WriteFile(cfg, []byte(fmt.Sprintf(`
+global
+    nbthread 1
+    # two descriptors per connection within the 20,000 hard limit
+    maxconn 9900
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 35m
+    timeout server 35m
+frontend imaps
+    bind %s ssl crt %s
+    stick-table type ip size 1m expire 10m store conn_cur
+    tcp-request connection track-sc0 src
+    tcp-request connection reject if { sc0_conn_cur gt %d }
+    default_backend imap
+backend imap
+    server upstream %s
+`, addr, s.cert, perIPLimit, s.upstream)), 0o644)
+		args = []string{"haproxy", "-db", "-f", cfg}
+	case "nginx":
+		host, port, _ := net.SplitHostPort(addr)
+		cfg := filepath.Join(s.dir, "nginx.conf")
+		os.WriteFile(cfg, []byte(fmt.Sprintf(`
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid %s/nginx.pid;
+error_log %s/nginx.err warn;
+events { worker_connections 20000; }
+stream {
+    limit_conn_zone $binary_remote_addr zone=perip:10m;
+    server {
+        listen %s:%s ssl;
+        ssl_certificate %s;
+        ssl_certificate_key %s;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        limit_conn perip %d;
+        proxy_pass %s;
+        proxy_timeout 35m;
+    }
+}
+`, s.dir, s.dir, host, port, s.certOnly, s.keyOnly, perIPLimit, s.upstream)), 0o644)
+		args = []string{"nginx", "-p", s.dir, "-c", cfg}
+	default:
+		return nil, fmt.Errorf("unknown peer %s", name)
+	}
+	cmd := exec.Command("taskset", append([]string{"-c", strconv.Itoa(s.core)}, args...)...)
+	cmd.Env = env
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &peer{name: name, addr: addr, cmd: cmd, pid: cmd.Process.Pid}
+	for i := 0; i < 100; i++ {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return p, nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	p.stop()
+	return nil, fmt.Errorf("%s did not start listening on %s", name, addr)
+}
+
+func (p *peer) stop() {
+	// SIGTERM first, so a profiling imapgate writes its profile.
+	syscall.Kill(-p.pid, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		syscall.Kill(-p.pid, syscall.SIGKILL)
+		<-done
+	}
+}
+
+// cpu returns the process's user+system CPU time so far (taskset execs the
+// peer in place, so the pid is the peer's).
+func (p *peer) cpu() time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	ut, _ := strconv.ParseInt(fields[11], 10, 64)
+	st, _ := strconv.ParseInt(fields[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
+}
+
+// rss returns the process's resident memory.
+func (p *peer) rss() int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}

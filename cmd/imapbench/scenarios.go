@@ -1,0 +1,274 @@
+package main
+
+import (
+	"bufio"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+var clientTLS = &tls.Config{
+	InsecureSkipVerify: true,
+	MinVersion:         tls.VersionTLS13, // TLS 1.3 full handshakes: no session cache
+	MaxVersion:         tls.VersionTLS13,
+}
+
+// source returns the i-th client address: 127.20.0.1 … spread over 127/8
+// so that per-address limits bite only in the flood scenario.
+func source(i int) string {
+	i %= 4000
+	return fmt.Sprintf("127.%d.%d.%d", 20+i/(250*250), (i/250)%250, i%250+1)
+}
+
+type imapConn struct {
+	c *tls.Conn
+	r *bufio.Reader
+}
+
+func dialIMAP(addr, src string) (*imapConn, error) {
+	d := &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	c, err := tls.DialWithDialer(d, "tcp", addr, clientTLS)
+	if err != nil {
+		return nil, err
+	}
+	ic := &imapConn{c: c, r: bufio.NewReaderSize(c, 4096)}
+	if _, err := ic.r.ReadString('\n'); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("greeting: %w", err)
+	}
+	return ic, nil
+}
+
+// cmd sends a command and reads up to its tagged reply, skipping literals.
+func (ic *imapConn) cmd(tag, command string) error {
+	if _, err := io.WriteString(ic.c, tag+" "+command+"\r\n"); err != nil {
+		return err
+	}
+	for {
+		line, err := ic.r.ReadString('\n')
+		if err != nil {
+			return err
+		}
+		if i := strings.LastIndexByte(line, '{'); i >= 0 && strings.HasSuffix(line, "}\r\n") {
+			n, _ := strconv.ParseInt(line[i+1:len(line)-3], 10, 64)
+			if _, err := io.CopyN(io.Discard, ic.r, n); err != nil {
+				return err
+			}
+			continue
+		}
+		if strings.HasPrefix(line, tag+" ") {
+			if !strings.HasPrefix(line[len(tag)+1:], "OK") {
+				return fmt.Errorf("%s: %s", command, strings.TrimSpace(line))
+			}
+			return nil
+		}
+		if strings.HasPrefix(line, "+") {
+			return nil
+		}
+	}
+}
+
+func login(addr, src string) (*imapConn, error) {
+	ic, err := dialIMAP(addr, src)
+	if err != nil {
+		return nil, err
+	}
+	if err := ic.cmd("a", "LOGIN bench bench"); err != nil {
+		ic.c.Close()
+		return nil, err
+	}
+	return ic, nil
+}
+
+// idleHook, if set, runs while the idle sessions are open (profiling).
+var idleHook func(*peer)
+
+// result is one scenario's figure for one peer in one round.
+type result struct {
+	value float64
+	note  string
+}
+
+// fullSessions: TCP connect, TLS 1.3 handshake, greeting, LOGIN, LOGOUT.
+// Figure: server CPU per session, in milliseconds.
+func fullSessions(p *peer, n, workers int) (result, error) {
+	before := p.cpu()
+	var wg sync.WaitGroup
+	errc := make(chan error, workers)
+	next := make(chan int, n)
+	for i := 0; i < n; i++ {
+		next <- i
+	}
+	close(next)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				ic, err := login(p.addr, source(i))
+				if err == nil {
+					err = ic.cmd("b", "LOGOUT")
+					ic.c.Close()
+				}
+				if err != nil && !errors.Is(err, io.EOF) {
+					errc <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	if err := <-errc; err != nil {
+		return result{}, err
+	}
+	time.Sleep(200 * time.Millisecond) // let the last closes be accounted
+	cpu := p.cpu() - before
+	return result{value: float64(cpu) / float64(time.Millisecond) / float64(n)}, nil
+}
+
+// idleSessions: n sessions logged in and in IDLE. Figure: server RSS per
+// session in KiB (RSS with them open minus RSS before).
+func idleSessions(p *peer, n, workers int) (result, error) {
+	before := p.rss()
+	conns := make([]*imapConn, n)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var firstErr error
+	next := make(chan int, n)
+	for i := 0; i < n; i++ {
+		next <- i
+	}
+	close(next)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				ic, err := login(p.addr, source(i))
+				if err == nil {
+					err = ic.cmd("c", "IDLE")
+				}
+				mu.Lock()
+				if err != nil && firstErr == nil {
+					firstErr = fmt.Errorf("session %d: %w", i, err)
+				}
+				conns[i] = ic
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	defer func() {
+		for _, ic := range conns {
+			if ic != nil {
+				ic.c.Close()
+			}
+		}
+	}()
+	if firstErr != nil {
+		return result{}, firstErr
+	}
+	time.Sleep(500 * time.Millisecond)
+	after := p.rss()
+	if hook := idleHook; hook != nil {
+		hook(p)
+	}
+	return result{value: float64(after-before) / 1024 / float64(n)}, nil
+}
+
+// bulk: 4 sessions each FETCH a 1 MiB message `fetches` times. Figure:
+// server CPU seconds per GB relayed.
+func bulk(p *peer, sessions, fetches int) (result, error) {
+	var conns []*imapConn
+	for i := 0; i < sessions; i++ {
+		ic, err := login(p.addr, source(i))
+		if err != nil {
+			return result{}, err
+		}
+		defer ic.c.Close()
+		conns = append(conns, ic)
+	}
+	before := p.cpu()
+	var wg sync.WaitGroup
+	errc := make(chan error, sessions)
+	for _, ic := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for f := 0; f < fetches; f++ {
+				if err := ic.cmd("f", "FETCH 1 BODY[]"); err != nil {
+					errc <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	if err := <-errc; err != nil {
+		return result{}, err
+	}
+	cpu := p.cpu() - before
+	gb := float64(sessions*fetches) * (1 << 20) / 1e9
+	return result{value: cpu.Seconds() / gb}, nil
+}
+
+// flood: one address holds its perIPLimit sessions, then tries `attempts`
+// more TLS connections one after another. Figures: server CPU per refused
+// attempt (µs) and the median time to refusal (µs).
+func flood(p *peer, attempts int) (cpu, latency result, err error) {
+	const src = "127.250.250.250"
+	var held []*imapConn
+	defer func() {
+		for _, ic := range held {
+			ic.c.Close()
+		}
+	}()
+	for i := 0; i < perIPLimit; i++ {
+		ic, err := login(p.addr, src)
+		if err != nil {
+			return cpu, latency, fmt.Errorf("holding session %d: %w", i, err)
+		}
+		held = append(held, ic)
+	}
+	d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	lat := make([]time.Duration, 0, attempts)
+	before := p.cpu()
+	for i := 0; i < attempts; i++ {
+		start := time.Now()
+		raw, err := d.Dial("tcp", p.addr)
+		if err != nil {
+			continue
+		}
+		c := tls.Client(raw, clientTLS)
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		herr := c.Handshake()
+		elapsed := time.Since(start)
+		c.Close()
+		if herr == nil {
+			return cpu, latency, fmt.Errorf("attempt %d over the per-address limit was served", i)
+		}
+		lat = append(lat, elapsed)
+	}
+	used := p.cpu() - before
+	cpu = result{value: float64(used) / float64(time.Microsecond) / float64(attempts)}
+	latency = result{value: float64(median(lat)) / float64(time.Microsecond)}
+	return cpu, latency, nil
+}
+
+func median(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2]
+}
