@@ -41,13 +41,27 @@ func (s *Server) serveRaw(ln *net.TCPListener) error {
 	}
 	local := addrPortOf(ln.Addr())
 	var (
-		nfd  int
-		sa   syscall.Sockaddr
-		aerr error
+		nfd     int
+		aerr    error
+		pending *admission // the admitted connection being handed over
 	)
+	// accept takes every pending connection in one wake-up of the poller,
+	// refusing right here; it returns at the first connection to hand over
+	// (or an error) for the loop below, and waits on the poller at EAGAIN.
 	accept := func(fd uintptr) bool {
-		nfd, sa, aerr = syscall.Accept4(int(fd), syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
-		return aerr != syscall.EAGAIN && aerr != syscall.EINTR
+		for {
+			var sa syscall.Sockaddr
+			nfd, sa, aerr = syscall.Accept4(int(fd), syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
+			if aerr == syscall.EAGAIN || aerr == syscall.EINTR {
+				return false
+			}
+			if aerr != nil {
+				return true
+			}
+			if pending = s.admitRaw(nfd, local, sa); pending != nil {
+				return true
+			}
+		}
 	}
 	var backoff time.Duration
 	for {
@@ -71,16 +85,7 @@ func (s *Server) serveRaw(ln *net.TCPListener) error {
 			continue
 		}
 		backoff = 0
-		remote := sockaddrAddrPort(sa)
-		a := &admission{client: Client{Remote: remote, Local: local}}
-		s.events.Accepted()
-		a.ticket, a.decision = s.limiter.Admit(remote.Addr(), time.Now())
-		if d := a.decision; d.Refused && d.Action != limiter.Bye && d.WouldRefuse == 0 {
-			syscall.Close(nfd)
-			s.refuseLog(d, remote.Addr(), "")
-			s.events.Refused(d.Reason.String(), false)
-			continue
-		}
+		a := pending
 		f := os.NewFile(uintptr(nfd), "client")
 		conn, err := net.FileConn(f)
 		f.Close()
@@ -97,6 +102,23 @@ func (s *Server) serveRaw(ln *net.TCPListener) error {
 		s.sessions.Add(1)
 		go s.serveConn(conn, a)
 	}
+}
+
+// admitRaw decides on a freshly accepted descriptor. A refusal before TLS
+// closes it and returns nil; otherwise it returns the admission to hand
+// over with the connection.
+func (s *Server) admitRaw(nfd int, local netip.AddrPort, sa syscall.Sockaddr) *admission {
+	remote := sockaddrAddrPort(sa)
+	a := &admission{client: Client{Remote: remote, Local: local}}
+	s.events.Accepted()
+	a.ticket, a.decision = s.limiter.Admit(remote.Addr(), time.Now())
+	if d := a.decision; d.Refused && d.Action != limiter.Bye && d.WouldRefuse == 0 {
+		syscall.Close(nfd)
+		s.refuseLog(d, remote.Addr(), "")
+		s.events.Refused(d.Reason.String(), false)
+		return nil
+	}
+	return a
 }
 
 func sockaddrAddrPort(sa syscall.Sockaddr) netip.AddrPort {

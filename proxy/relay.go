@@ -24,9 +24,13 @@ import (
 const (
 	bigBuf   = 16 << 10 // one full TLS record of plaintext
 	smallBuf = 1 << 10
+	bulkBuf  = 64 << 10 // upstream reads while a FETCH streams
 )
 
-var bigPool = sync.Pool{New: func() any { b := make([]byte, bigBuf); return &b }}
+var (
+	bigPool  = sync.Pool{New: func() any { b := make([]byte, bigBuf); return &b }}
+	bulkPool = sync.Pool{New: func() any { b := make([]byte, bulkBuf); return &b }}
+)
 
 // relay copies in both directions until both are done, then logs the end of
 // the session in courier's words.
@@ -123,8 +127,11 @@ func (ss *session) copyToUpstream() {
 	ss.up.SetReadDeadline(time.Unix(1, 0)) // stop the other direction too
 }
 
-// copyToClient copies upstream -> client. On the upstream's EOF it sends
-// close_notify to the client.
+// copyToClient copies upstream -> client. While idle it holds no buffer:
+// it waits for the upstream socket to become readable, then borrows one.
+// While data streams (a read filled the buffer) it skips the wait and reads
+// in 64 KiB chunks, which crypto/tls cuts into full records. On the
+// upstream's EOF it sends close_notify to the client.
 func (ss *session) copyToClient() {
 	rc := rawConn(ss.up)
 	var peek [1]byte
@@ -134,23 +141,27 @@ func (ss *session) copyToClient() {
 		_, _, err := syscall.Recvfrom(int(fd), peek[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		return err != syscall.EAGAIN && err != syscall.EINTR
 	}
+	streaming := false
 	for {
-		if rc != nil {
-			// Wait for readability without holding a buffer.
+		if rc != nil && !streaming {
 			if err := rc.Read(readable); err != nil {
 				break
 			}
 		}
-		bp := bigPool.Get().(*[]byte)
+		pool := &bigPool
+		if streaming {
+			pool = &bulkPool
+		}
+		bp := pool.Get().(*[]byte)
 		n, err := ss.up.Read(*bp)
+		streaming = n == len(*bp)
 		if n > 0 {
-			werr := ss.writeClient((*bp)[:n])
-			if werr != nil {
-				bigPool.Put(bp)
+			if werr := ss.writeClient((*bp)[:n]); werr != nil {
+				pool.Put(bp)
 				break
 			}
 		}
-		bigPool.Put(bp)
+		pool.Put(bp)
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				ss.entry.SetState(conntable.Closing)
