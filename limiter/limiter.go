@@ -63,10 +63,10 @@ type userKey struct {
 // Options size the limiter's bounded state.
 type Options struct {
 	// RateEntries bounds the addresses (and, separately, prefixes) whose
-	// connection rate is remembered. Beyond it the least recently seen key
-	// is forgotten and starts again with a full bucket, so a flood of
-	// distinct addresses costs memory up to this bound and no more. 0 means
-	// 1,048,576.
+	// connection rate is remembered, at 16 bytes each. Beyond it a new key
+	// takes the slot of the key in its set whose bucket refills soonest
+	// (usually one already full again, so nothing is lost); see rateTable.
+	// 0 means 1,048,576.
 	RateEntries int
 	// FailEntries bounds addresses and prefixes with failed logins
 	// remembered (least recently failed forgotten first). 0 means 262,144.

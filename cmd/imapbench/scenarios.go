@@ -96,10 +96,9 @@ type result struct {
 	note  string
 }
 
-// fullSessions: TCP connect, TLS 1.3 handshake, greeting, LOGIN, LOGOUT.
-// Figure: server CPU per session, in milliseconds.
-func fullSessions(p *peer, n, workers int) (result, error) {
-	before := p.cpu()
+// parallel runs job(0..n-1) on `workers` goroutines and returns the first
+// error.
+func parallel(n, workers int, job func(i int) error) error {
 	var wg sync.WaitGroup
 	errc := make(chan error, workers)
 	next := make(chan int, n)
@@ -112,13 +111,8 @@ func fullSessions(p *peer, n, workers int) (result, error) {
 		go func() {
 			defer wg.Done()
 			for i := range next {
-				ic, err := login(p.addr, source(i))
-				if err == nil {
-					err = ic.cmd("b", "LOGOUT")
-					ic.c.Close()
-				}
-				if err != nil && !errors.Is(err, io.EOF) {
-					errc <- err
+				if err := job(i); err != nil {
+					errc <- fmt.Errorf("connection %d: %w", i, err)
 					return
 				}
 			}
@@ -126,7 +120,25 @@ func fullSessions(p *peer, n, workers int) (result, error) {
 	}
 	wg.Wait()
 	close(errc)
-	if err := <-errc; err != nil {
+	return <-errc
+}
+
+// fullSessions: TCP connect, TLS 1.3 handshake, greeting, LOGIN, LOGOUT.
+// Figure: server CPU per session, in milliseconds.
+func fullSessions(p *peer, n, workers int) (result, error) {
+	before := p.cpu()
+	err := parallel(n, workers, func(i int) error {
+		ic, err := login(p.addr, source(i))
+		if err != nil {
+			return err
+		}
+		defer ic.c.Close()
+		if err := ic.cmd("b", "LOGOUT"); err != nil && !errors.Is(err, io.EOF) {
+			return err
+		}
+		return nil
+	})
+	if err != nil {
 		return result{}, err
 	}
 	time.Sleep(200 * time.Millisecond) // let the last closes be accounted
@@ -138,34 +150,7 @@ func fullSessions(p *peer, n, workers int) (result, error) {
 // session in KiB (RSS with them open minus RSS before).
 func idleSessions(p *peer, n, workers int) (result, error) {
 	before := p.rss()
-	conns := make([]*imapConn, n)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var firstErr error
-	next := make(chan int, n)
-	for i := 0; i < n; i++ {
-		next <- i
-	}
-	close(next)
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				ic, err := login(p.addr, source(i))
-				if err == nil {
-					err = ic.cmd("c", "IDLE")
-				}
-				mu.Lock()
-				if err != nil && firstErr == nil {
-					firstErr = fmt.Errorf("session %d: %w", i, err)
-				}
-				conns[i] = ic
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
+	conns := make([]*imapConn, n) // each job writes only its own slot
 	defer func() {
 		for _, ic := range conns {
 			if ic != nil {
@@ -173,8 +158,16 @@ func idleSessions(p *peer, n, workers int) (result, error) {
 			}
 		}
 	}()
-	if firstErr != nil {
-		return result{}, firstErr
+	err := parallel(n, workers, func(i int) error {
+		ic, err := login(p.addr, source(i))
+		if err != nil {
+			return err
+		}
+		conns[i] = ic
+		return ic.cmd("c", "IDLE")
+	})
+	if err != nil {
+		return result{}, err
 	}
 	time.Sleep(500 * time.Millisecond)
 	after := p.rss()
