@@ -120,8 +120,13 @@ func newApp(cfg *config.Config, f flags) (*app, error) {
 	}
 	a.cfg.Store(cfg)
 	if err := a.startAdmin(cfg, reg, top); err != nil {
-		a.close()
-		return nil, err
+		if !f.demo || cfg.IsSet("admin.address") {
+			a.close()
+			return nil, err
+		}
+		// The demo must start on any machine: without its admin port it
+		// still serves IMAP.
+		a.logf("imapgate: demo without metrics and ctl: %v", err)
 	}
 	return a, nil
 }
@@ -376,7 +381,7 @@ func (a *app) startupReport() {
 		how = " (socket-activated)"
 	}
 	a.logf("imapgate: listening on %s%s, upstream %s%s; admin %s; table max=%d buckets=%d; limits max_connections=%d max_per_ip=%d max_preauth_per_ip=%d max_per_prefix=%d (/%d, /%d) max_per_user_ip=%d rate_per_ip=%s; open files %d (hard %d) for %d needed",
-		strings.Join(addrs, ","), how, upstreamNote(cfg), proxyNote(cfg), adminNote(cfg), a.table.Max(), a.table.Config().Buckets,
+		strings.Join(addrs, ","), how, upstreamNote(cfg), proxyNote(cfg), a.adminNote(), a.table.Max(), a.table.Config().Buckets,
 		l.MaxConnections, l.MaxPerIP, l.MaxPreauthPerIP, l.MaxPerPrefix, l.IPv4Prefix, l.IPv6Prefix, l.MaxPerUserIP,
 		rateString(l.RatePerIP), a.files.soft, a.files.hard, a.files.need)
 }
@@ -388,11 +393,11 @@ func upstreamNote(cfg *config.Config) string {
 	return cfg.Upstream.Address
 }
 
-func adminNote(cfg *config.Config) string {
-	if cfg.Admin.Address == "" {
+func (a *app) adminNote() string {
+	if a.adminLn == nil {
 		return "off"
 	}
-	return cfg.Admin.Address
+	return a.adminLn.Addr().String()
 }
 
 func proxyNote(cfg *config.Config) string {
