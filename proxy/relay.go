@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -61,32 +60,188 @@ func (ss *session) relay() {
 	ss.cmd, ss.out, ss.last = nil, nil, nil
 
 	// Both directions run on fresh goroutines, and this one (whose stack
-	// grew through the TLS handshake) ends: an idle session keeps two small
-	// stacks. The goroutine that finishes last closes the session.
+	// grew through the TLS handshake) ends. A direction with nothing to copy
+	// parks in the server's poller and its goroutine ends too, so an idle
+	// IDLE session holds no goroutine at all. The direction that finishes
+	// last closes the session.
 	ss.handedOff = true
-	var running atomic.Int32
-	running.Store(2)
-	finish := func() {
-		if running.Add(-1) == 0 {
-			ss.endEstablished()
-			ss.cleanup()
-		}
-	}
-	go func() {
-		defer finish()
-		defer ss.recoverPanic()
-		ss.copyToClient()
-	}()
-	go func() {
-		defer finish()
-		defer ss.recoverPanic()
-		ss.copyToUpstream()
-	}()
+	ss.setupParking()
+	go ss.runDir(toClient)
+	go ss.runDir(toUpstream)
 }
 
-// copyToUpstream copies client -> upstream. On the client's EOF it
-// half-closes the upstream so the server can finish its answer.
-func (ss *session) copyToUpstream() {
+// The two directions of the relay.
+const (
+	toUpstream = iota // client -> upstream
+	toClient          // upstream -> client
+)
+
+const (
+	dirRunning = iota
+	dirParked
+	dirDone
+)
+
+// setupParking registers the sockets that can wait in the poller: the
+// upstream's when it is a plain socket, the client's when it is a plain
+// TCP conn (a PROXY-wrapped one may buffer bytes of its own).
+func (ss *session) setupParking() {
+	p := ss.srv.poller
+	if p == nil {
+		return
+	}
+	try := func(d int, c net.Conn) {
+		rc := rawConn(c)
+		if rc == nil {
+			return
+		}
+		fd := -1
+		rc.Control(func(f uintptr) { fd = int(f) })
+		ss.park[d] = parkSlot{fd: fd, key: p.newKey(), ok: true}
+	}
+	if _, ok := ss.raw.(*net.TCPConn); ok {
+		try(toUpstream, ss.raw)
+	}
+	try(toClient, ss.up)
+}
+
+// parkSlot is a direction's registration in the poller.
+type parkSlot struct {
+	fd    int
+	key   uint64
+	ok    bool // the socket can park
+	added bool // it is in the epoll set (from its first park on)
+}
+
+// runDir copies one direction until it parks or ends.
+func (ss *session) runDir(d int) {
+	parked := false
+	defer func() {
+		ss.recoverPanic()
+		if !parked {
+			ss.dirDone(d)
+		}
+	}()
+	if d == toClient {
+		parked = ss.copyToClient()
+	} else {
+		parked = ss.copyToUpstream()
+	}
+}
+
+// parkDir arms d's socket and reports true if the direction may end its
+// goroutine now. It refuses if the session was killed or the direction
+// stopped (halted tells which), and if the poller cannot take the socket
+// (then the direction stops trying and blocks as usual).
+func (ss *session) parkDir(d int) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.killed || ss.stopped[d] || !ss.park[d].ok {
+		return false
+	}
+	ss.dirConn(d).SetReadDeadline(time.Time{}) // the idle deadline did its work
+	ss.dirState[d] = dirParked
+	slot := &ss.park[d]
+	if err := ss.srv.poller.arm(slot.fd, slot.key, slot.added, func() { ss.wake(d) }); err != nil {
+		ss.dirState[d] = dirRunning
+		slot.ok = false
+		return false
+	}
+	slot.added = true
+	ss.srv.parked.Add(1)
+	return true
+}
+
+// wake runs a parked direction again (the poller saw data).
+func (ss *session) wake(d int) {
+	ss.mu.Lock()
+	if ss.dirState[d] != dirParked {
+		ss.mu.Unlock()
+		return
+	}
+	ss.dirState[d] = dirRunning
+	ss.mu.Unlock()
+	ss.srv.parked.Add(-1)
+	ss.runDir(d)
+}
+
+// unparkLocked restarts a parked direction so it sees a kill or a stop;
+// ss.mu must be held.
+func (ss *session) unparkLocked(d int) {
+	if ss.dirState[d] == dirParked && ss.srv.poller.disarm(ss.park[d].key) {
+		ss.dirState[d] = dirRunning
+		ss.srv.parked.Add(-1)
+		go ss.runDir(d)
+	}
+}
+
+// dirConn is the socket direction d reads from.
+func (ss *session) dirConn(d int) net.Conn {
+	if d == toClient {
+		return ss.up
+	}
+	return ss.raw
+}
+
+// stopDir ends direction d: its reads fail from now on.
+func (ss *session) stopDir(d int) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	ss.stopped[d] = true
+	ss.dirConn(d).SetReadDeadline(time.Unix(1, 0))
+	ss.unparkLocked(d)
+}
+
+// parkAfter is how long a direction must be quiet before it parks: short
+// sessions (LOGIN, a few commands, LOGOUT) never pay for parking, idle ones
+// give up their goroutine within this.
+const parkAfter = 250 * time.Millisecond
+
+// idleDeadline arms d's idle detector unless a kill or stop already set
+// an expired deadline, which must stay.
+func (ss *session) idleDeadline(d int) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if !ss.killed && !ss.stopped[d] {
+		ss.dirConn(d).SetReadDeadline(time.Now().Add(parkAfter))
+	}
+}
+
+// halted reports whether d must end: the session was killed or the
+// direction stopped. A timeout that is not that is only the idle detector.
+func (ss *session) halted(d int) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.killed || ss.stopped[d]
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// dirDone records that d ended; the second to end closes the session.
+func (ss *session) dirDone(d int) {
+	ss.mu.Lock()
+	ss.dirState[d] = dirDone
+	last := ss.dirState[toUpstream] == dirDone && ss.dirState[toClient] == dirDone
+	ss.mu.Unlock()
+	if !last {
+		return
+	}
+	for _, slot := range ss.park {
+		if slot.added {
+			ss.srv.poller.unregister(slot.fd, slot.key)
+		}
+	}
+	ss.endEstablished()
+	ss.cleanup()
+}
+
+// copyToUpstream copies client -> upstream and reports whether it parked.
+// On the client's EOF it half-closes the upstream so the server can finish
+// its answer.
+func (ss *session) copyToUpstream() (parked bool) {
 	small := make([]byte, smallBuf)
 	buf := small
 	var big *[]byte
@@ -96,7 +251,22 @@ func (ss *session) copyToUpstream() {
 		}
 	}()
 	for {
+		canPark := ss.park[toUpstream].ok
+		if canPark {
+			ss.idleDeadline(toUpstream)
+		}
 		n, err := ss.tc.Read(buf)
+		if n == 0 && canPark && isTimeout(err) {
+			// Quiet for parkAfter, and crypto/tls holds no complete record:
+			// wait in the poller. A kill or stop also times out: then end.
+			if ss.parkDir(toUpstream) {
+				return true
+			}
+			if ss.halted(toUpstream) {
+				break
+			}
+			continue
+		}
 		if n > 0 {
 			ss.entry.Received(n)
 			ss.tracker.scan(buf[:n])
@@ -118,25 +288,29 @@ func (ss *session) copyToUpstream() {
 			if errors.Is(err, io.EOF) {
 				ss.entry.SetState(conntable.Closing)
 				closeWrite(ss.up)
-				return
+				return false
+			}
+			if isTimeout(err) && !ss.halted(toUpstream) {
+				continue // the idle detector, with data in hand
 			}
 			break
 		}
 	}
 	ss.entry.SetState(conntable.Closing)
-	ss.up.SetReadDeadline(time.Unix(1, 0)) // stop the other direction too
+	ss.stopDir(toClient)
+	return false
 }
 
-// copyToClient copies upstream -> client. While idle it holds no buffer:
-// it waits for the upstream socket to become readable, then borrows one.
-// While data streams (a read filled the buffer) it skips the wait and reads
-// in 64 KiB chunks, which crypto/tls cuts into full records. On the
-// upstream's EOF it sends close_notify to the client.
-func (ss *session) copyToClient() {
+// copyToClient copies upstream -> client and reports whether it parked.
+// While data streams (a read filled the buffer) it reads on in 64 KiB
+// chunks, which crypto/tls cuts into full records; when a read comes up
+// short it parks until the upstream has more. It holds no buffer while it
+// waits. On the upstream's EOF it sends close_notify to the client.
+func (ss *session) copyToClient() (parked bool) {
 	rc := rawConn(ss.up)
 	var peek [1]byte
 	// readable reports whether a read would not block: data, EOF or an
-	// error. Returning false makes RawConn.Read wait on the poller.
+	// error. Returning false makes RawConn.Read wait on Go's poller.
 	readable := func(fd uintptr) bool {
 		_, _, err := syscall.Recvfrom(int(fd), peek[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		return err != syscall.EAGAIN && err != syscall.EINTR
@@ -144,8 +318,20 @@ func (ss *session) copyToClient() {
 	streaming := false
 	for {
 		if rc != nil && !streaming {
-			if err := rc.Read(readable); err != nil {
-				break
+			// Wait for data without holding a buffer; after parkAfter of
+			// quiet, give up the goroutine and wait in the poller.
+			canPark := ss.park[toClient].ok
+			if canPark {
+				ss.idleDeadline(toClient)
+			}
+			if err := rc.Read(readable); err != nil && isTimeout(err) {
+				if canPark && ss.parkDir(toClient) {
+					return true
+				}
+				if !ss.halted(toClient) {
+					continue
+				}
+				// Killed or stopped: the read below fails and ends this.
 			}
 		}
 		pool := &bigPool
@@ -166,13 +352,19 @@ func (ss *session) copyToClient() {
 			if errors.Is(err, io.EOF) {
 				ss.entry.SetState(conntable.Closing)
 				ss.tc.CloseWrite()
-				return
+				return false
+			}
+			if isTimeout(err) && !ss.halted(toClient) {
+				// The idle detector fired mid-stream: not an error.
+				streaming = false
+				continue
 			}
 			break
 		}
 	}
 	ss.entry.SetState(conntable.Closing)
-	ss.raw.SetReadDeadline(time.Unix(1, 0)) // stop the other direction too
+	ss.stopDir(toUpstream)
+	return false
 }
 
 // rawConn returns the syscall.RawConn of a plain socket upstream, whose

@@ -97,6 +97,10 @@ type Server struct {
 	sessions  sync.WaitGroup
 	reaper    sync.Once
 	stop      chan struct{}
+	// poller parks idle relay directions; nil where unavailable.
+	poller     *poller
+	parked     atomic.Int64 // relay directions waiting in the poller
+	pollerStop sync.Once
 	// refusalLog throttles refusal lines per limit, as the kernel throttles
 	// "table full": a flood must not become a disk flood.
 	refusalLog [limiter.NumReasons]*courierlog.RateLimit
@@ -133,12 +137,19 @@ func New(opts Options) (*Server, error) {
 		listeners: make(map[net.Listener]struct{}),
 		stop:      make(chan struct{}),
 	}
+	if p, err := newPoller(); err == nil {
+		s.poller = p
+	}
 	for i := range s.refusalLog {
 		s.refusalLog[i] = courierlog.NewRateLimit(5*time.Second, refusalLogBurst)
 	}
 	s.cur.Store(&settings{upstream: opts.Upstream, login: opts.Login.withDefaults()})
 	return s, nil
 }
+
+// Parked is the number of relay directions waiting in the poller without
+// a goroutine (an idle session has two).
+func (s *Server) Parked() int { return int(s.parked.Load()) }
 
 // Table returns the connection table.
 func (s *Server) Table() *conntable.Table { return s.table }
@@ -259,12 +270,23 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	go func() { s.sessions.Wait(); close(done) }()
 	select {
 	case <-done:
+		s.stopPoller()
 		return nil
 	case <-ctx.Done():
 	}
 	s.table.KillAll(conntable.Shutdown, nil)
 	<-done
+	s.stopPoller()
 	return ctx.Err()
+}
+
+// stopPoller ends the poller's goroutine once every session is gone.
+func (s *Server) stopPoller() {
+	s.pollerStop.Do(func() {
+		if s.poller != nil {
+			s.poller.close()
+		}
+	})
 }
 
 // Close stops accepting and closes every session at once.
@@ -272,5 +294,6 @@ func (s *Server) Close() error {
 	s.closeListeners()
 	s.table.KillAll(conntable.Shutdown, nil)
 	s.sessions.Wait()
+	s.stopPoller()
 	return nil
 }

@@ -35,9 +35,12 @@ type session struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu     sync.Mutex
-	up     net.Conn
-	killed bool
+	mu       sync.Mutex
+	up       net.Conn
+	killed   bool
+	dirState [2]uint8    // relay directions: running, parked, done
+	stopped  [2]bool     // a direction told to end
+	park     [2]parkSlot // poller registrations, fixed before the relay starts
 
 	pre  *admission // decided in the accept loop, if it was
 	upID bool       // upstream advertises ID
@@ -210,13 +213,16 @@ func (ss *session) handshake() bool {
 func (ss *session) kill(conntable.Reason) {
 	ss.mu.Lock()
 	ss.killed = true
-	up := ss.up
-	ss.mu.Unlock()
 	past := time.Unix(1, 0)
 	ss.raw.SetDeadline(past)
-	if up != nil {
-		up.SetDeadline(past)
+	if ss.up != nil {
+		ss.up.SetDeadline(past)
 	}
+	// Parked relay directions have no goroutine to interrupt: restart them
+	// so they read, fail and end the session.
+	ss.unparkLocked(toUpstream)
+	ss.unparkLocked(toClient)
+	ss.mu.Unlock()
 	ss.cancel()
 }
 

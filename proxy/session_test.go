@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"encoding/base64"
+	"io"
 	"net"
 	"strings"
 	"testing"
@@ -416,4 +417,83 @@ func TestHalfCloseAfterLogin(t *testing.T) {
 	c.expectEOF()
 	waitLog(t, p, "DISCONNECTED, user=bob")
 	waitEmpty(t, p)
+}
+
+// An idle logged-in session gives up both relay goroutines (parks), and
+// still relays what either side sends, streams longer than the idle
+// detector, and times out the way courier does.
+func TestIdleSessionParks(t *testing.T) {
+	push := make(chan string)
+	up := fakeUpstream(t, func(u *upstreamConn) {
+		u.send(courierGreeting)
+		u.read() // LOGIN
+		u.send("a1 OK LOGIN Ok.\r\n")
+		go func() { // whatever the client sends goes to up.seen
+			for u.read() != "" {
+			}
+		}()
+		for msg := range push {
+			if msg == "slow" {
+				// A literal trickled over 600 ms: longer than parkAfter.
+				u.send("* 1 FETCH (BODY[] {30}\r\n")
+				for i := 0; i < 3; i++ {
+					time.Sleep(200 * time.Millisecond)
+					u.send("0123456789")
+				}
+				u.send(")\r\na3 OK FETCH done\r\n")
+				continue
+			}
+			u.send(msg)
+		}
+	})
+	t.Cleanup(func() { close(push) })
+	p := startProxy(t, up.upstream(), proxyConfig{})
+	c := dial(t, p.addr)
+	c.expect("* OK")
+	c.send("a1 LOGIN bob secret\r\n")
+	c.expect("a1 OK")
+	waitParked := func(n int) {
+		t.Helper()
+		for i := 0; i < 300 && p.srv.Parked() != n; i++ {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if got := p.srv.Parked(); got != n {
+			t.Fatalf("%d directions parked, want %d", got, n)
+		}
+	}
+	waitParked(2)
+
+	push <- "* 2 EXISTS\r\n" // the server speaks first (IDLE update)
+	c.expect("* 2 EXISTS")
+	waitParked(2)
+
+	c.send("a2 NOOP\r\n") // the client speaks first
+	for l := ""; l != "a2 NOOP"; {
+		select {
+		case l = <-up.seen:
+		case <-time.After(5 * time.Second):
+			t.Fatal("NOOP never reached the upstream from a parked session")
+		}
+	}
+	push <- "a2 OK NOOP done\r\n"
+	c.expect("a2 OK")
+
+	push <- "slow"
+	c.expect("* 1 FETCH (BODY[] {30}")
+	body := make([]byte, 30)
+	if _, err := io.ReadFull(c.r, body); err != nil || string(body) != strings.Repeat("0123456789", 3) {
+		t.Fatalf("slow literal: %q, %v", body, err)
+	}
+	c.expect(")")
+	c.expect("a3 OK")
+	waitParked(2)
+
+	// Parked sessions still time out: 30 min of silence.
+	p.srv.Table().Expire(time.Now().Add(31 * time.Minute))
+	c.expect("* BYE Disconnected for inactivity.")
+	waitLog(t, p, "TIMEOUT, user=bob")
+	waitEmpty(t, p)
+	if p.srv.Parked() != 0 {
+		t.Fatalf("%d directions still parked after the session ended", p.srv.Parked())
+	}
 }
