@@ -21,6 +21,8 @@ type Sources struct {
 	Table   *conntable.Table
 	Limiter *limiter.Limiter
 	Certs   *certs.Store
+	// Parked counts relay directions waiting without a goroutine.
+	Parked func() int
 }
 
 // Metrics counts proxy events (it implements proxy.Events) and exposes the
@@ -178,11 +180,12 @@ var (
 	descCertExpiry   = prometheus.NewDesc("imapgate_certificate_expiry_timestamp_seconds", "NotAfter of each served certificate, by its first name.", []string{"name"}, nil)
 	descOpenFiles    = prometheus.NewDesc("imapgate_open_files", "Open file descriptors.", nil, nil)
 	descOpenMax      = prometheus.NewDesc("imapgate_open_files_limit", "Soft limit on open file descriptors.", nil, nil)
+	descParked       = prometheus.NewDesc("imapgate_relay_parked_directions", "Relay directions idle in the poller, holding no goroutine (two per idle session).", nil, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConns, descCount, descMax, descEarlyDrop, descInsertFailed, descTimeouts,
-		descReaped, descBytes, descBansActive, descTracked, descCertExpiry, descOpenFiles, descOpenMax} {
+		descReaped, descBytes, descBansActive, descTracked, descCertExpiry, descOpenFiles, descOpenMax, descParked} {
 		ch <- d
 	}
 }
@@ -210,6 +213,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		for name, until := range s.Expiry() {
 			ch <- prometheus.MustNewConstMetric(descCertExpiry, prometheus.GaugeValue, float64(until.Unix()), name)
 		}
+	}
+	if c.src.Parked != nil {
+		ch <- prometheus.MustNewConstMetric(descParked, prometheus.GaugeValue, float64(c.src.Parked()))
 	}
 	if n, limit, ok := openFiles(); ok {
 		ch <- prometheus.MustNewConstMetric(descOpenFiles, prometheus.GaugeValue, float64(n))

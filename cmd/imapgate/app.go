@@ -79,7 +79,8 @@ func newApp(cfg *config.Config, f flags) (*app, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	top := admin.NewTop(1024)
-	a.metrics = admin.NewMetrics(reg, admin.Sources{Table: a.table, Limiter: a.limiter, Certs: a.store}, top)
+	a.metrics = admin.NewMetrics(reg, admin.Sources{Table: a.table, Limiter: a.limiter, Certs: a.store,
+		Parked: func() int { return a.srv.Parked() }}, top)
 	minVersion, _ := certs.TLSVersion(cfg.TLS.MinVersion)
 	sessionLog := a.log
 	if cfg.Upstream.Mode == "exec" {

@@ -1,0 +1,82 @@
+package admin
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"imapgate/conntable"
+)
+
+func newTestServer(t *testing.T, token string) (*Server, *int) {
+	t.Helper()
+	table, err := conntable.New(conntable.Config{Max: 8}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reloads := 0
+	return New(Options{Table: table, Top: NewTop(4), Gatherer: prometheus.NewRegistry(), Token: token,
+		Reload: func() error { reloads++; return nil }}), &reloads
+}
+
+func TestStateChangesNeedLocalOrToken(t *testing.T) {
+	s, reloads := newTestServer(t, "s3cret")
+	for _, tt := range []struct {
+		remote, auth string
+		want         int
+	}{
+		{"127.0.0.1:5000", "", 200},
+		{"[::1]:5000", "", 200},
+		{"@", "", 200}, // unix socket
+		{"192.0.2.7:5000", "", 403},
+		{"192.0.2.7:5000", "Bearer wrong", 403},
+		{"192.0.2.7:5000", "Bearer s3cret", 200},
+	} {
+		r := httptest.NewRequest("POST", "/reload", nil)
+		r.RemoteAddr = tt.remote
+		if tt.auth != "" {
+			r.Header.Set("Authorization", tt.auth)
+		}
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, r)
+		if w.Code != tt.want {
+			t.Errorf("POST /reload from %s (%q): %d, want %d", tt.remote, tt.auth, w.Code, tt.want)
+		}
+	}
+	if *reloads != 4 {
+		t.Errorf("%d reloads ran, want 4", *reloads)
+	}
+	// Reading is allowed from anywhere the listener accepts.
+	r := httptest.NewRequest("GET", "/status", nil)
+	r.RemoteAddr = "192.0.2.7:5000"
+	w := httptest.NewRecorder()
+	s.ServeHTTP(w, r)
+	if w.Code != http.StatusOK || !strings.Contains(w.Body.String(), `"max": 8`) {
+		t.Errorf("GET /status: %d %s", w.Code, w.Body)
+	}
+}
+
+func TestTopIsBoundedAndOrdered(t *testing.T) {
+	top := NewTop(3)
+	add := func(a string, n int) {
+		for i := 0; i < n; i++ {
+			top.refused.add(netip.MustParseAddr(a))
+		}
+	}
+	add("192.0.2.1", 5)
+	add("192.0.2.2", 3)
+	add("::ffff:192.0.2.3", 1) // the same as 192.0.2.3
+	add("192.0.2.3", 1)
+	add("192.0.2.4", 1) // full: replaces the least counted (192.0.2.3, 2)
+	got := top.refused.top(10)
+	if len(got) != 3 || got[0] != (Count{"192.0.2.1", 5}) || got[1] != (Count{"192.0.2.2", 3}) || got[2] != (Count{"192.0.2.4", 3}) {
+		t.Fatalf("top = %v", got)
+	}
+	if len(top.refused.top(1)) != 1 {
+		t.Fatal("n not applied")
+	}
+}
