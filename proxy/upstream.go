@@ -34,9 +34,9 @@ type TCPUpstream struct {
 	// TLS, if non-nil, wraps the connection (after any PROXY header).
 	TLS *tls.Config
 	// ProxyHeader is 0 (none), 1 (v1 text, what courier >= 5.2.7 -haproxy
-	// reads) or 2 (v2 binary, Dovecot and HAProxy). It is written in the
-	// same write as nothing else, immediately after connect: couriertcpd
-	// accepts no other connection until the header has arrived.
+	// reads) or 2 (v2 binary, Dovecot and HAProxy). It is written in one
+	// write immediately after connect: couriertcpd accepts no other
+	// connection until the header has arrived.
 	ProxyHeader int
 }
 
