@@ -13,12 +13,14 @@ import (
 	"imapgate/courierlog"
 )
 
-// After login the proxy only copies bytes. The design keeps an idle
-// session cheap: nothing is allocated per read, the upstream->client
-// direction holds no buffer while it waits (it waits for readability on
-// the raw socket, then borrows a pooled 16 KiB buffer, one TLS record's
-// worth), and the client->upstream direction reads through a small
-// per-session buffer, borrowing a large one only while data streams.
+// After login the proxy only copies bytes, and an idle session costs
+// almost nothing: each direction runs on its own goroutine only while it
+// has data; after parkAfter of quiet it parks (its socket waits in the
+// server's poller, no goroutine, no buffer) and the next data starts a new
+// goroutine. Buffers are pooled and borrowed per read: the upstream side
+// waits for readability before it borrows one, reads 16 KiB (one TLS
+// record) or 64 KiB while a FETCH streams; the client side reads through a
+// small buffer, borrowing a large one only while an APPEND streams.
 
 const (
 	bigBuf   = 16 << 10 // one full TLS record of plaintext
