@@ -80,3 +80,20 @@ func TestTopIsBoundedAndOrdered(t *testing.T) {
 		t.Fatal("n not applied")
 	}
 }
+
+// A flood from many addresses stays bounded and still finds the address
+// that was refused most.
+func TestTopUnderAManyAddressFlood(t *testing.T) {
+	top := NewTop(16)
+	heavy := netip.MustParseAddr("198.51.100.9")
+	for i := 0; i < 5000; i++ {
+		top.refused.add(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}))
+		if i%10 == 0 {
+			top.refused.add(heavy)
+		}
+	}
+	got := top.refused.top(0)
+	if len(got) > 16 || got[0].Addr != heavy.String() {
+		t.Fatalf("%d tracked, top %v", len(got), got[0])
+	}
+}

@@ -155,7 +155,7 @@ func (m *Metrics) UpstreamDial(d time.Duration, err error) {
 	m.upstreamConnect.Observe(d.Seconds())
 }
 
-func (m *Metrics) Closed(rx, tx uint64) { m.closed.Inc() }
+func (m *Metrics) Closed() { m.closed.Inc() }
 
 // proxy.Tracker
 

@@ -9,7 +9,10 @@ import (
 // Top tracks which addresses were refused or failed to log in most, with
 // bounded memory: the space-saving algorithm keeps at most capacity
 // addresses, replacing the least counted one (and inheriting its count as
-// the newcomer's possible overestimate) when full.
+// the newcomer's possible overestimate) when full. Every refusal passes
+// through here, so a flood from many addresses must not cost a scan each:
+// one scan collects all addresses at the minimum count, and newcomers
+// replace them one by one (amortised O(1)).
 type Top struct {
 	refused, failed *spaceSaving
 }
@@ -26,9 +29,11 @@ type Count struct {
 }
 
 type spaceSaving struct {
-	mu     sync.Mutex
-	cap    int
-	counts map[netip.Addr]uint64
+	mu      sync.Mutex
+	cap     int
+	counts  map[netip.Addr]uint64
+	victims []netip.Addr // addresses last seen at count min, for replacement
+	min     uint64
 }
 
 func newSpaceSaving(capacity int) *spaceSaving {
@@ -43,15 +48,39 @@ func (s *spaceSaving) add(a netip.Addr) {
 		s.counts[a]++
 		return
 	}
-	var minA netip.Addr
-	minC := ^uint64(0)
-	for k, c := range s.counts { // O(capacity) only when full and new
-		if c < minC {
-			minA, minC = k, c
+	victim, ok := s.popVictim()
+	if !ok {
+		s.collectVictims()
+		victim, _ = s.popVictim()
+	}
+	delete(s.counts, victim)
+	s.counts[a] = s.min + 1
+}
+
+// popVictim returns a collected address still at the minimum count.
+func (s *spaceSaving) popVictim() (netip.Addr, bool) {
+	for len(s.victims) > 0 {
+		v := s.victims[len(s.victims)-1]
+		s.victims = s.victims[:len(s.victims)-1]
+		if c, ok := s.counts[v]; ok && c == s.min {
+			return v, true
 		}
 	}
-	delete(s.counts, minA)
-	s.counts[a] = minC + 1
+	return netip.Addr{}, false
+}
+
+// collectVictims finds the minimum count and every address at it.
+func (s *spaceSaving) collectVictims() {
+	s.min = ^uint64(0)
+	for _, c := range s.counts {
+		s.min = min(s.min, c)
+	}
+	s.victims = s.victims[:0]
+	for a, c := range s.counts {
+		if c == s.min {
+			s.victims = append(s.victims, a)
+		}
+	}
 }
 
 func (s *spaceSaving) top(n int) []Count {

@@ -173,21 +173,12 @@ func (s *Store) Replace(sources []Source) error {
 	return nil
 }
 
-// Adopt takes o's certificates and sources: a reload loads a new Store
-// first, so nothing changes unless everything loaded.
+// Adopt takes o's certificates and sources: a reload (SIGHUP) loads a new
+// Store first, so nothing changes unless everything loaded. Sessions
+// already established are not touched.
 func (s *Store) Adopt(o *Store) {
 	s.sources.Store(o.sources.Load())
 	s.cur.Store(o.cur.Load())
-}
-
-// Reload re-reads the current sources (SIGHUP); on error the certificates
-// in use stay. Sessions already established are not touched.
-func (s *Store) Reload() error {
-	src := *s.sources.Load()
-	if len(src) == 0 {
-		return nil // static
-	}
-	return s.Replace(src)
 }
 
 // GetCertificate is tls.Config.GetCertificate.

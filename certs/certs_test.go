@@ -95,9 +95,10 @@ func TestSNISelectionAndReload(t *testing.T) {
 			t.Errorf("SNI %q -> %s, want %s", name, got, want)
 		}
 	}
-	// Reload with a broken file keeps the old certificates.
+	// Reloading a broken file keeps the old certificates.
+	sources := []Source{{Cert: def}, {Cert: other}}
 	os.WriteFile(other, []byte("garbage"), 0o600)
-	if err := s.Reload(); err == nil {
+	if err := s.Replace(sources); err == nil {
 		t.Fatal("reload of a broken file succeeded")
 	}
 	if pick("imap.example.org") != "imap.example.org" {
@@ -106,7 +107,7 @@ func TestSNISelectionAndReload(t *testing.T) {
 	// A good new file is served after reload.
 	writePEM(t, dir, "default", mustSelfSigned(t, "new.example.com"))
 	writePEM(t, dir, "other", mustSelfSigned(t, "imap.example.org"))
-	if err := s.Reload(); err != nil {
+	if err := s.Replace(sources); err != nil {
 		t.Fatal(err)
 	}
 	if pick("") != "new.example.com" {

@@ -171,8 +171,9 @@ func (c *Config) validateLimits() []problem {
 		}
 	}
 	if len(ps) == 0 {
-		if p := c.Policy(); p.Validate() != nil {
-			add("limits", 0, "%v", p.Validate())
+		p := c.Policy()
+		if err := p.Validate(); err != nil {
+			add("limits", 0, "%v", err)
 		}
 	}
 	return ps

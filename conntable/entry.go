@@ -164,15 +164,14 @@ func (e *Entry) Kill(r Reason) bool {
 
 // Snapshot is a copy of an entry for listing (conntrack -L).
 type Snapshot struct {
-	ID         uint64        `json:"id"`
-	Client     string        `json:"client"`
-	Local      string        `json:"local"`
-	State      string        `json:"state"`
-	User       string        `json:"user,omitempty"`
-	Start      time.Time     `json:"start"`
-	Idle       time.Duration `json:"idle_ns"`
-	TimeoutIn  time.Duration `json:"timeout_in_ns"`
-	Rx         uint64        `json:"rx"`
-	Tx         uint64        `json:"tx"`
-	ClientAddr netip.Addr    `json:"-"`
+	ID        uint64        `json:"id"`
+	Client    string        `json:"client"`
+	Local     string        `json:"local"`
+	State     string        `json:"state"`
+	User      string        `json:"user,omitempty"`
+	Start     time.Time     `json:"start"`
+	Idle      time.Duration `json:"idle_ns"`
+	TimeoutIn time.Duration `json:"timeout_in_ns"`
+	Rx        uint64        `json:"rx"`
+	Tx        uint64        `json:"tx"`
 }

@@ -343,7 +343,7 @@ func (t *Table) List(match func(e *Entry) bool, limit int) []Snapshot {
 		out = append(out, Snapshot{
 			ID: e.id, Client: e.Client.String(), Local: e.Local.String(), State: s.String(),
 			User: e.User(), Start: e.Start, Idle: time.Duration(now - e.lastActive.Load()),
-			TimeoutIn: time.Duration(e.deadline(cfg) - now), Rx: rx, Tx: tx, ClientAddr: e.Client.Addr(),
+			TimeoutIn: time.Duration(e.deadline(cfg) - now), Rx: rx, Tx: tx,
 		})
 		return limit <= 0 || len(out) < limit
 	})

@@ -2,11 +2,11 @@ package courierlog
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"io"
 	"log/syslog"
 	"os"
+	"strings"
 	"sync"
 	"time"
 )
@@ -163,7 +163,7 @@ func (m *Memory) Lines() []string {
 // Contains reports whether some line contains sub.
 func (m *Memory) Contains(sub string) bool {
 	for _, l := range m.Lines() {
-		if bytes.Contains([]byte(l), []byte(sub)) {
+		if strings.Contains(l, sub) {
 			return true
 		}
 	}

@@ -261,6 +261,11 @@ func (l *Limiter) count(t *Ticket, p *Policy, lim *Limits, d *Decision) bool {
 	return true
 }
 
+// LimitsFor returns the limits that apply to a (its override, if any).
+func (l *Limiter) LimitsFor(a netip.Addr) Limits {
+	return *l.policy.Load().limitsFor(a.Unmap())
+}
+
 // NeedsWait reports whether the ticket must WaitPreauth before going on.
 func (t *Ticket) NeedsWait() bool {
 	return !t.exempt && t.counted&countedIP != 0 && t.counted&countedPreauth == 0

@@ -78,10 +78,7 @@ func (s *Server) serveRaw(ln *net.TCPListener) error {
 			if errors.Is(aerr, syscall.ECONNABORTED) {
 				continue
 			}
-			// Out of descriptors and the like: back off, keep serving.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.log.Message(errPriority, fmt.Sprintf("accept: %v; retrying in %v", aerr, backoff))
-			time.Sleep(backoff)
+			s.acceptBackoff(aerr, &backoff)
 			continue
 		}
 		backoff = 0
@@ -114,8 +111,7 @@ func (s *Server) admitRaw(nfd int, local netip.AddrPort, sa syscall.Sockaddr) *a
 	a.ticket, a.decision = s.limiter.Admit(remote.Addr(), time.Now())
 	if d := a.decision; d.Refused && d.Action != limiter.Bye && d.WouldRefuse == 0 {
 		syscall.Close(nfd)
-		s.refuseLog(d, remote.Addr(), "")
-		s.events.Refused(d.Reason.String(), false)
+		s.refusedBeforeTLS(d, remote.Addr())
 		return nil
 	}
 	return a

@@ -19,8 +19,9 @@ type Events interface {
 	Login(ok bool)
 	Ban()
 	UpstreamDial(d time.Duration, err error)
-	// Closed: a session ended; rx and tx are bytes from and to the client.
-	Closed(rx, tx uint64)
+	// Closed: a session that reached TLS ended. (Bytes relayed are in the
+	// connection table's totals, live sessions included.)
+	Closed()
 }
 
 type nopEvents struct{}
@@ -32,7 +33,7 @@ func (nopEvents) Handshake(time.Duration, error)    {}
 func (nopEvents) Login(bool)                        {}
 func (nopEvents) Ban()                              {}
 func (nopEvents) UpstreamDial(time.Duration, error) {}
-func (nopEvents) Closed(uint64, uint64)             {}
+func (nopEvents) Closed()                           {}
 
 // Tracker learns which addresses are refused or fail to log in, for the
 // admin endpoint's top lists. It is kept apart from Events so that no

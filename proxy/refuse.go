@@ -42,6 +42,13 @@ func (ss *session) logRefusal(d limiter.Decision, user string) {
 	ss.srv.refuseLog(d, ss.client.Remote.Addr(), user)
 }
 
+// refusedBeforeTLS records a refusal that closed the connection before the
+// handshake: log line, top-N tracker, counter.
+func (s *Server) refusedBeforeTLS(d limiter.Decision, a netip.Addr) {
+	s.refuseLog(d, a, "")
+	s.events.Refused(d.Reason.String(), false)
+}
+
 // refuseLog records a refusal of a: the top-N tracker and the log line.
 func (s *Server) refuseLog(d limiter.Decision, a netip.Addr, user string) {
 	s.tracker.RefusedFrom(a)
@@ -54,7 +61,7 @@ func (ss *session) noteDryRun(d limiter.Decision, user string) {
 		return
 	}
 	ss.srv.limiter.NoteWouldRefuse(d.WouldRefuse)
-	lim := ss.srv.limiter.Policy().Limits
+	lim := ss.srv.limiter.LimitsFor(ss.client.Remote.Addr())
 	for r := limiter.Reason(0); r < limiter.NumReasons; r++ {
 		if d.WouldRefuse&(1<<r) != 0 {
 			ss.srv.events.WouldRefuse(r.String())
@@ -88,9 +95,12 @@ func (s *Server) logLimit(a netip.Addr, r limiter.Reason, limit int, user, suffi
 	if !ok {
 		return
 	}
-	prefix := ""
-	if l := s.limiter; l != nil {
-		prefix = " (" + l.Policy().PrefixOf(a.Unmap()).String() + ")"
+	// prefix names a's network, for the per-network lines.
+	prefix := func() string {
+		if s.limiter == nil {
+			return ""
+		}
+		return " (" + s.limiter.Policy().PrefixOf(a.Unmap()).String() + ")"
 	}
 	switch r {
 	case limiter.MaxPerIP:
@@ -108,14 +118,14 @@ func (s *Server) logLimit(a netip.Addr, r limiter.Reason, limit int, user, suffi
 	case limiter.MaxPreauthPerIP:
 		log.Refused(courierlog.Alert, "Maximum pre-login connection limit reached", a, suffix)
 	case limiter.MaxPerPrefix:
-		log.Refused(courierlog.Alert, "Maximum network connection limit reached", a, prefix+suffix)
+		log.Refused(courierlog.Alert, "Maximum network connection limit reached", a, prefix()+suffix)
 	case limiter.MaxPerUserIP:
 		log.Refused(courierlog.Alert, "Maximum connection limit per user reached", a,
 			", user="+string(courierlog.AppendUser(nil, user))+suffix)
 	case limiter.RatePerIP:
 		log.Refused(courierlog.Warning, "Connection rate limit reached", a, suffix)
 	case limiter.RatePerPrefix:
-		log.Refused(courierlog.Warning, "Network connection rate limit reached", a, prefix+suffix)
+		log.Refused(courierlog.Warning, "Network connection rate limit reached", a, prefix()+suffix)
 	case limiter.Banned:
 		log.Refused(courierlog.Warning, "Connection refused after too many failed logins", a, suffix)
 	case limiter.Deny:

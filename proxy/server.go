@@ -154,9 +154,6 @@ func (s *Server) Parked() int { return int(s.parked.Load()) }
 // Table returns the connection table.
 func (s *Server) Table() *conntable.Table { return s.table }
 
-// Limiter returns the limiter, or nil.
-func (s *Server) Limiter() *limiter.Limiter { return s.limiter }
-
 // SetUpstream swaps the upstream for new sessions (reload).
 func (s *Server) SetUpstream(u Upstream) {
 	cur := *s.cur.Load()
@@ -205,13 +202,9 @@ func (s *Server) Serve(ln net.Listener) error {
 			if s.closing() {
 				return ErrServerClosed
 			}
-			// Out of file descriptors and the like: back off as net/http
-			// does instead of spinning, and keep serving.
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Message(courierlog.Err, fmt.Sprintf("accept: %v; retrying in %v", err, backoff))
-				time.Sleep(backoff)
+				s.acceptBackoff(err, &backoff)
 				continue
 			}
 			return fmt.Errorf("accept: %w", err)
@@ -222,14 +215,20 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 }
 
-// errPriority is the priority of operational errors in the log.
-const errPriority = courierlog.Err
-
 // admission is a limiter decision made before the session's goroutine.
 type admission struct {
 	client   Client
 	ticket   limiter.Ticket
 	decision limiter.Decision
+}
+
+// acceptBackoff waits after a failed accept that may pass (out of file
+// descriptors and the like), doubling up to a second as net/http does,
+// instead of spinning; the server keeps serving.
+func (s *Server) acceptBackoff(err error, backoff *time.Duration) {
+	*backoff = min(max(2**backoff, 5*time.Millisecond), time.Second)
+	s.log.Message(courierlog.Err, fmt.Sprintf("accept: %v; retrying in %v", err, *backoff))
+	time.Sleep(*backoff)
 }
 
 func isTemporary(err error) bool {

@@ -116,7 +116,7 @@ func addrPortOf(a net.Addr) netip.AddrPort {
 
 func (ss *session) run() {
 	s := ss.srv
-	var refusal *limiter.Decision
+	var admitted limiter.Decision // carries the limits that apply to this address
 	if pre := ss.pre; pre != nil {
 		ss.client = pre.client
 	} else {
@@ -130,21 +130,17 @@ func (ss *session) run() {
 	}
 	if s.limiter != nil {
 		var t limiter.Ticket
-		var d limiter.Decision
 		if ss.pre != nil {
-			t, d = ss.pre.ticket, ss.pre.decision
+			t, admitted = ss.pre.ticket, ss.pre.decision
 		} else {
-			t, d = s.limiter.Admit(ss.client.Remote.Addr(), time.Now())
+			t, admitted = s.limiter.Admit(ss.client.Remote.Addr(), time.Now())
 		}
-		ss.noteDryRun(d, "")
-		if d.Refused && d.Action != limiter.Bye {
-			ss.logRefusal(d, "")
-			s.events.Refused(d.Reason.String(), false)
+		ss.noteDryRun(admitted, "")
+		if admitted.Refused && admitted.Action != limiter.Bye {
+			s.refusedBeforeTLS(admitted, ss.client.Remote.Addr())
 			return
 		}
-		if d.Refused {
-			refusal = &d
-		} else {
+		if !admitted.Refused {
 			ss.ticket = t // cleanup releases it
 		}
 	}
@@ -155,15 +151,16 @@ func (ss *session) run() {
 		return
 	}
 	ss.entry = entry // cleanup removes it
-	if refusal != nil {
-		ss.refuseWithBye(*refusal)
+	if admitted.Refused {
+		ss.refuseWithBye(admitted)
 		return
 	}
 	if ss.ticket.NeedsWait() {
 		if err := ss.ticket.WaitPreauth(ss.ctx); err != nil {
-			d := limiter.Decision{Refused: true, Reason: limiter.MaxPreauthPerIP, Limit: s.limiter.Policy().Limits.MaxPreauthPerIP}
-			ss.logRefusal(d, "")
-			s.events.Refused(limiter.MaxPreauthPerIP.String(), false)
+			// Cut off: the admission decision names this limit and its
+			// value for this address (overrides included).
+			admitted.Refused = true
+			s.refusedBeforeTLS(admitted, ss.client.Remote.Addr())
 			return
 		}
 		entry.SetState(conntable.Handshake) // the handshake's own clock starts now
@@ -377,7 +374,6 @@ func (ss *session) endPreauth() {
 }
 
 func (ss *session) closed() {
-	rx, tx := ss.entry.Bytes()
-	ss.srv.events.Closed(rx, tx)
+	ss.srv.events.Closed()
 	ss.tc.Close() // close_notify; cleanup closes the sockets
 }

@@ -317,9 +317,12 @@ func (a *app) tryReload() error {
 		(len(old.Listen.ProxyProtocolFrom) == 0) != (len(cfg.Listen.ProxyProtocolFrom) == 0) {
 		return errors.New("listen.address, [log], [admin], upstream.mode, tls.min_version, tls.post_quantum and turning proxy_protocol_from on or off need a restart")
 	}
-	store, err := buildStore(cfg, a.flags.demo)
-	if err != nil {
-		return err
+	// The demo's generated certificate stays; files are read again.
+	var store *certs.Store
+	if !a.flags.demo {
+		if store, err = buildStore(cfg, false); err != nil {
+			return err
+		}
 	}
 	if cfg.Table.Buckets != old.Table.Buckets {
 		return errors.New("table.buckets cannot change without a restart")
@@ -333,7 +336,7 @@ func (a *app) tryReload() error {
 		return err
 	}
 	// Everything is checked: swap.
-	if !a.flags.demo {
+	if store != nil {
 		a.store.Adopt(store)
 	}
 	if err := a.table.Reconfigure(cfg.TableConfig()); err != nil {

@@ -7,21 +7,14 @@ import (
 
 	"github.com/BurntSushi/toml"
 
-	"imapgate/certs"
 	"imapgate/config"
 )
 
 // checkRuntime does what -check can beyond the file's syntax: it loads the
 // certificates and checks the open-file limit, as a start would.
 func checkRuntime(cfg *config.Config, f flags) error {
-	if !f.demo {
-		sources, err := cfg.CertSources()
-		if err != nil {
-			return err
-		}
-		if _, err := certs.NewStore(sources); err != nil {
-			return err
-		}
+	if _, err := buildStore(cfg, f.demo); err != nil {
+		return err
 	}
 	_, err := checkOpenFiles(cfg, f.demo)
 	return err

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -87,11 +88,12 @@ func ctl(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// killQuery takes a table ID (a number) or an address.
 func killQuery(rest []string) url.Values {
 	if len(rest) != 1 {
 		return url.Values{}
 	}
-	if _, err := fmt.Sscanf(rest[0], "%d", new(uint64)); err == nil && !strings.ContainsAny(rest[0], ".:") {
+	if _, err := strconv.ParseUint(rest[0], 10, 64); err == nil {
 		return url.Values{"id": {rest[0]}}
 	}
 	return url.Values{"addr": {rest[0]}}
@@ -137,14 +139,20 @@ func (c *ctlClient) do(method, path string, q url.Values) ([]byte, error) {
 	return body, nil
 }
 
-func (c *ctlClient) status(w io.Writer, raw bool) error {
-	body, err := c.do("GET", "/status", nil)
+// get fetches path into v; with raw it prints the JSON instead and
+// reports done.
+func (c *ctlClient) get(w io.Writer, path string, q url.Values, raw bool, v any) (done bool, err error) {
+	body, err := c.do("GET", path, q)
 	if err != nil || raw {
 		w.Write(body)
-		return err
+		return true, err
 	}
+	return false, json.Unmarshal(body, v)
+}
+
+func (c *ctlClient) status(w io.Writer, raw bool) error {
 	var s admin.Status
-	if err := json.Unmarshal(body, &s); err != nil {
+	if done, err := c.get(w, "/status", nil, raw, &s); done || err != nil {
 		return err
 	}
 	pct := 0.0
@@ -194,13 +202,8 @@ func bytesString(n uint64) string {
 }
 
 func (c *ctlClient) top(w io.Writer, n string, raw bool) error {
-	body, err := c.do("GET", "/top", url.Values{"n": {n}})
-	if err != nil || raw {
-		w.Write(body)
-		return err
-	}
 	var t admin.TopReport
-	if err := json.Unmarshal(body, &t); err != nil {
+	if done, err := c.get(w, "/top", url.Values{"n": {n}}, raw, &t); done || err != nil {
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)

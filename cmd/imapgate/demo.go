@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"net"
 
 	"imapgate/config"
 )
@@ -24,6 +25,7 @@ func applyDemo(cfg *config.Config) {
 }
 
 func printDemo(w io.Writer, addr string) {
+	host, port, _ := net.SplitHostPort(addr)
 	fmt.Fprintf(w, `
 imapgate demo: IMAPS on %[1]s, account demo / demo (in memory), self-signed certificate.
 Try it:
@@ -33,23 +35,5 @@ Try it:
   python3 -c 'import imaplib,ssl; c=imaplib.IMAP4_SSL("%[2]s", %[3]s, ssl_context=ssl._create_unverified_context()); print(c.login("demo","demo")); print(c.select("INBOX"))'
 Log lines (courier's format) follow on stderr. Stop with Ctrl-C.
 
-`, addr, hostOf(addr), portOf(addr))
-}
-
-func hostOf(addr string) string {
-	for i := len(addr) - 1; i >= 0; i-- {
-		if addr[i] == ':' {
-			return addr[:i]
-		}
-	}
-	return addr
-}
-
-func portOf(addr string) string {
-	for i := len(addr) - 1; i >= 0; i-- {
-		if addr[i] == ':' {
-			return addr[i+1:]
-		}
-	}
-	return ""
+`, addr, host, port)
 }
