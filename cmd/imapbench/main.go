@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -53,6 +54,7 @@ func main() {
 	serverCore := flag.Int("core", 0, "the core the proxies are pinned to (run this tool on another)")
 	profile := flag.String("cpuprofile", "", "write imapgate's CPU profile to `file` (its last run)")
 	only := flag.String("only", "", "comma-separated scenarios to run (session, idle, bulk, flood); default all")
+	baseline := flag.String("baseline", "", "also measure this imapgate `binary` as peer \"baseline\" (A/B of a change)")
 	flag.Parse()
 
 	fmt.Printf("imapbench %s on %d cores (%s); proxies pinned to core %d\n",
@@ -63,6 +65,13 @@ func main() {
 	defer os.RemoveAll(dir)
 	setup, err := prepare(dir, *serverCore)
 	check(err)
+	if *baseline != "" {
+		setup.baseline, err = filepath.Abs(*baseline)
+		check(err)
+		if !strings.Contains(*peersFlag, "baseline") {
+			*peersFlag += ",baseline"
+		}
+	}
 	if *profile != "" {
 		setup.profile, _ = filepath.Abs(*profile)
 		idleHook = func(p *peer) {
@@ -220,7 +229,12 @@ func report(w *os.File, peers []string, results map[string]map[string][]float64)
 	for _, p := range peers {
 		fmt.Fprintf(tw, "%s\t", p)
 	}
-	fmt.Fprintf(tw, "imapgate/haproxy\tbudget\n")
+	ab := slices.Contains(peers, "baseline")
+	fmt.Fprintf(tw, "imapgate/haproxy\tbudget\t")
+	if ab {
+		fmt.Fprintf(tw, "imapgate/baseline")
+	}
+	fmt.Fprintln(tw)
 	for _, sc := range scenarios {
 		byPeer := results[sc.name]
 		if byPeer == nil {
@@ -238,7 +252,11 @@ func report(w *os.File, peers []string, results map[string]map[string][]float64)
 		if sc.budget > 0 {
 			budget = fmt.Sprintf("<= %.1f", sc.budget)
 		}
-		fmt.Fprintf(tw, "%s\t%s\n", ratio, budget)
+		fmt.Fprintf(tw, "%s\t%s\t", ratio, budget)
+		if b := medianF(byPeer["baseline"]); ab && b > 0 {
+			fmt.Fprintf(tw, "%.2f", medianF(byPeer["imapgate"])/b)
+		}
+		fmt.Fprintln(tw)
 	}
 	tw.Flush()
 }

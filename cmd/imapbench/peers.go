@@ -31,6 +31,7 @@ type peerSetup struct {
 	keyOnly  string
 	upstream string
 	gate     string // imapgate binary
+	baseline string // another imapgate binary, measured as peer "baseline"
 	core     int
 	profile  string // write imapgate's CPU profile here
 }
@@ -46,7 +47,7 @@ func (s *peerSetup) start(name string) (*peer, error) {
 	var args []string
 	env := os.Environ()
 	switch name {
-	case "imapgate":
+	case "imapgate", "baseline":
 		cfg := filepath.Join(s.dir, "imapgate.toml")
 		os.WriteFile(cfg, []byte(fmt.Sprintf(`
 [listen]
@@ -74,8 +75,12 @@ output = "file:%s"
 [admin]
 address = "unix:%s"
 `, addr, s.cert, s.upstream, perIPLimit, perIPLimit, filepath.Join(s.dir, "imapgate.log"), filepath.Join(s.dir, "admin.sock"))), 0o644)
-		args = []string{s.gate, "-config", cfg, "-grace", "0s"}
-		if s.profile != "" {
+		gate := s.gate
+		if name == "baseline" {
+			gate = s.baseline
+		}
+		args = []string{gate, "-config", cfg, "-grace", "0s"}
+		if s.profile != "" && name == "imapgate" {
 			args = append(args, "-cpuprofile", s.profile)
 		}
 		env = append(env, "GOMAXPROCS=1")
