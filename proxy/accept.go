@@ -92,10 +92,10 @@ func (s *Server) serveRaw(ln *net.TCPListener) error {
 			continue
 		}
 		if tc, ok := conn.(*net.TCPConn); ok {
-			tc.SetNoDelay(true)
-			// The local address the client reached, not the listener's
-			// wildcard.
+			// FileConn has set TCP_NODELAY. The local address is the one
+			// the client reached, not the listener's wildcard.
 			a.client.Local = addrPortOf(tc.LocalAddr())
+			conn = newSockConn(tc)
 		}
 		s.sessions.Add(1)
 		go s.serveConn(conn, a)

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"imapgate/conntable"
 	"imapgate/courierlog"
@@ -101,7 +102,7 @@ func (ss *session) setupParking() {
 		rc.Control(func(f uintptr) { fd = int(f) })
 		ss.park[d] = parkSlot{fd: fd, key: p.newKey(), ok: true}
 	}
-	if _, ok := ss.raw.(*net.TCPConn); ok {
+	if _, ok := tcpConnOf(ss.raw); ok {
 		try(toUpstream, ss.raw)
 	}
 	try(toClient, ss.up)
@@ -314,7 +315,9 @@ func (ss *session) copyToClient() (parked bool) {
 	// readable reports whether a read would not block: data, EOF or an
 	// error. Returning false makes RawConn.Read wait on Go's poller.
 	readable := func(fd uintptr) bool {
-		_, _, err := syscall.Recvfrom(int(fd), peek[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		// Raw, as sockConn's reads are: MSG_DONTWAIT never blocks.
+		_, _, err := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&peek[0])), 1,
+			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
 		return err != syscall.EAGAIN && err != syscall.EINTR
 	}
 	streaming := false
@@ -377,6 +380,8 @@ func rawConn(c net.Conn) syscall.RawConn {
 	switch c := c.(type) {
 	case *net.TCPConn:
 		sc = c
+	case *sockConn:
+		sc = c.TCPConn
 	case *net.UnixConn: // the exec upstream's socketpair
 		sc = c
 	default:

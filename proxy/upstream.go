@@ -55,6 +55,9 @@ func (u *TCPUpstream) Dial(ctx context.Context, c Client) (net.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", u.Address, err)
 	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		conn = newSockConn(tc)
+	}
 	if u.ProxyHeader != 0 {
 		if _, err := ProxyHeader(u.ProxyHeader, c).WriteTo(conn); err != nil {
 			conn.Close()
