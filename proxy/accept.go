@@ -41,6 +41,7 @@ func (s *Server) serveRaw(ln *net.TCPListener) error {
 		return err
 	}
 	local := addrPortOf(ln.Addr())
+	wildcard := local.Addr().IsUnspecified()
 	var (
 		nfd     int
 		aerr    error
@@ -84,18 +85,14 @@ func (s *Server) serveRaw(ln *net.TCPListener) error {
 		}
 		backoff = 0
 		a := pending
-		f := os.NewFile(uintptr(nfd), "client")
-		conn, err := net.FileConn(f)
-		f.Close()
+		if wildcard {
+			// The address the client reached, not the listener's.
+			a.client.Local = localAddrRaw(nfd, local)
+		}
+		conn, err := newAcceptedConn(nfd, a.client.Local, a.client.Remote)
 		if err != nil {
 			a.ticket.Release()
 			continue
-		}
-		if tc, ok := conn.(*net.TCPConn); ok {
-			// FileConn has set TCP_NODELAY. The local address is the one
-			// the client reached, not the listener's wildcard.
-			a.client.Local = addrPortOf(tc.LocalAddr())
-			conn = newSockConn(tc)
 		}
 		s.sessions.Add(1)
 		go s.serveConn(conn, a)
@@ -135,6 +132,19 @@ func accept4Raw(lfd int) (int, netip.AddrPort, error) {
 		return -1, netip.AddrPort{}, errno
 	}
 	return int(nfd), rawSockaddrAddrPort(&rsa), nil
+}
+
+// localAddrRaw returns the socket's local address (getsockname), or
+// fallback if that fails.
+func localAddrRaw(fd int, fallback netip.AddrPort) netip.AddrPort {
+	var rsa syscall.RawSockaddrAny
+	size := uint32(unsafe.Sizeof(rsa))
+	_, _, errno := syscall.RawSyscall(syscall.SYS_GETSOCKNAME, uintptr(fd),
+		uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&size)))
+	if errno != 0 {
+		return fallback
+	}
+	return rawSockaddrAddrPort(&rsa)
 }
 
 func closeRaw(fd int) {

@@ -102,7 +102,7 @@ func (ss *session) setupParking() {
 		rc.Control(func(f uintptr) { fd = int(f) })
 		ss.park[d] = parkSlot{fd: fd, key: p.newKey(), ok: true}
 	}
-	if _, ok := tcpConnOf(ss.raw); ok {
+	if isTCP(ss.raw) {
 		try(toUpstream, ss.raw)
 	}
 	try(toClient, ss.up)
@@ -381,7 +381,7 @@ func rawConn(c net.Conn) syscall.RawConn {
 	case *net.TCPConn:
 		sc = c
 	case *sockConn:
-		sc = c.TCPConn
+		return c.rc
 	case *net.UnixConn: // the exec upstream's socketpair
 		sc = c
 	default:

@@ -3,13 +3,17 @@ package proxy
 import (
 	"io"
 	"net"
+	"net/netip"
+	"os"
+	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
 // sockConn is a TCP connection whose reads and writes are made with
-// RawSyscall through the connection's own poller registration, so they
-// still wait on Go's netpoller and honour deadlines.
+// RawSyscall through the socket's own poller registration, so they still
+// wait on Go's netpoller and honour deadlines.
 //
 // Why: a system call made the ordinary way tells the scheduler it may
 // block, and the first one after the process was idle wakes the runtime's
@@ -18,11 +22,24 @@ import (
 // paid that on every burst. Socket reads and writes here are
 // non-blocking, so they return at once and need none of it.
 //
-// Everything else (deadlines, Close, CloseWrite, keepalive, SyscallConn)
-// is the embedded TCPConn's.
+// An accepted socket is owned through an *os.File (newAcceptedConn): that
+// registers it with the poller in two system calls, where net.FileConn
+// takes fifteen (a dup, address lookups, keepalive defaults we override).
+// A dialled one keeps its *net.TCPConn (newSockConn).
 type sockConn struct {
-	*net.TCPConn
-	rc syscall.RawConn
+	owner         socketOwner
+	rc            syscall.RawConn
+	local, remote net.Addr
+	closed        atomic.Bool
+}
+
+// socketOwner is what *os.File and *net.TCPConn both offer.
+type socketOwner interface {
+	Close() error
+	SetDeadline(time.Time) error
+	SetReadDeadline(time.Time) error
+	SetWriteDeadline(time.Time) error
+	SyscallConn() (syscall.RawConn, error)
 }
 
 // newSockConn wraps tc; if its RawConn is unavailable tc is returned as is.
@@ -31,7 +48,42 @@ func newSockConn(tc *net.TCPConn) net.Conn {
 	if err != nil {
 		return tc
 	}
-	return &sockConn{TCPConn: tc, rc: rc}
+	return &sockConn{owner: tc, rc: rc, local: tc.LocalAddr(), remote: tc.RemoteAddr()}
+}
+
+// newAcceptedConn takes ownership of fd, a non-blocking socket just
+// accepted from remote on local, and sets TCP_NODELAY: IMAP is small
+// writes that must not wait for acknowledgements.
+func newAcceptedConn(fd int, local, remote netip.AddrPort) (*sockConn, error) {
+	f := os.NewFile(uintptr(fd), "tcp")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	c := &sockConn{owner: f, rc: rc, local: net.TCPAddrFromAddrPort(local), remote: net.TCPAddrFromAddrPort(remote)}
+	if err := c.setInt(syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *sockConn) LocalAddr() net.Addr                { return c.local }
+func (c *sockConn) RemoteAddr() net.Addr               { return c.remote }
+func (c *sockConn) SetDeadline(t time.Time) error      { return c.owner.SetDeadline(t) }
+func (c *sockConn) SetReadDeadline(t time.Time) error  { return c.owner.SetReadDeadline(t) }
+func (c *sockConn) SetWriteDeadline(t time.Time) error { return c.owner.SetWriteDeadline(t) }
+func (c *sockConn) SyscallConn() (syscall.RawConn, error) {
+	return c.rc, nil
+}
+
+func (c *sockConn) Close() error {
+	c.closed.Store(true)
+	if err := c.owner.Close(); err != nil {
+		return c.opError("close", err)
+	}
+	return nil
 }
 
 func (c *sockConn) Read(p []byte) (int, error) {
@@ -110,27 +162,36 @@ func (c *sockConn) CloseWrite() error {
 	return nil
 }
 
-// SetKeepAliveConfig is net.TCPConn's for an enabled config with every
-// field set, made with raw setsockopt calls.
+// SetKeepAliveConfig sets keepalive with raw setsockopt calls; a zero
+// field keeps the kernel's default.
 func (c *sockConn) SetKeepAliveConfig(k net.KeepAliveConfig) error {
-	if !k.Enable || k.Idle <= 0 || k.Interval <= 0 || k.Count <= 0 {
-		return c.TCPConn.SetKeepAliveConfig(k)
+	if !k.Enable {
+		return c.setInt(syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 0)
 	}
-	opts := [...]struct{ level, name, value int }{
-		{syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 1},
-		{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, int(k.Idle.Seconds())},
-		{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL, int(k.Interval.Seconds())},
-		{syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT, k.Count},
+	if err := c.setInt(syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 1); err != nil {
+		return err
 	}
+	for _, o := range [...]struct{ name, value int }{
+		{syscall.TCP_KEEPIDLE, int(k.Idle / time.Second)},
+		{syscall.TCP_KEEPINTVL, int(k.Interval / time.Second)},
+		{syscall.TCP_KEEPCNT, k.Count},
+	} {
+		if o.value <= 0 {
+			continue
+		}
+		if err := c.setInt(syscall.IPPROTO_TCP, o.name, o.value); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *sockConn) setInt(level, name, value int) error {
+	v := int32(value)
 	var errno syscall.Errno
 	if err := c.rc.Control(func(fd uintptr) {
-		for _, o := range opts {
-			v := int32(o.value)
-			if _, _, errno = syscall.RawSyscall6(syscall.SYS_SETSOCKOPT, fd, uintptr(o.level), uintptr(o.name),
-				uintptr(unsafe.Pointer(&v)), 4, 0); errno != 0 {
-				return
-			}
-		}
+		_, _, errno = syscall.RawSyscall6(syscall.SYS_SETSOCKOPT, fd, uintptr(level), uintptr(name),
+			uintptr(unsafe.Pointer(&v)), 4, 0)
 	}); err != nil {
 		return c.opError("set", err)
 	}
@@ -144,16 +205,19 @@ func (c *sockConn) SetKeepAliveConfig(k net.KeepAliveConfig) error {
 // among them) see a net.Error: a timeout stays a temporary error the
 // connection survives.
 func (c *sockConn) opError(op string, err error) error {
+	if c.closed.Load() {
+		// An *os.File owner reports its own "use of closed file";
+		// callers test for net.ErrClosed.
+		err = net.ErrClosed
+	}
 	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }
 
-// tcpConnOf returns the TCPConn under c, wrapped or not.
-func tcpConnOf(c net.Conn) (*net.TCPConn, bool) {
-	switch c := c.(type) {
-	case *net.TCPConn:
-		return c, true
-	case *sockConn:
-		return c.TCPConn, true
+// isTCP reports whether c is a plain TCP connection, wrapped or not.
+func isTCP(c net.Conn) bool {
+	switch c.(type) {
+	case *net.TCPConn, *sockConn:
+		return true
 	}
-	return nil, false
+	return false
 }

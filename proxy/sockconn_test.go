@@ -4,14 +4,17 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"syscall"
 	"testing"
 	"time"
 )
 
-// sockPair returns a sockConn and the plain TCP connection at its other end.
-func sockPair(t *testing.T) (*sockConn, net.Conn) {
+// sockPair returns a sockConn and the plain TCP connection at its other
+// end: accepted (owned through an *os.File, as serveRaw makes them) or, with
+// dialled, wrapping a *net.TCPConn (as the upstream's are).
+func sockPair(t *testing.T, dialled bool) (*sockConn, net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -22,20 +25,65 @@ func sockPair(t *testing.T) (*sockConn, net.Conn) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sc, ok := newSockConn(c.(*net.TCPConn)).(*sockConn)
-	if !ok {
-		t.Fatal("newSockConn did not wrap a TCPConn")
+	var sc *sockConn
+	if dialled {
+		c, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc = newSockConn(c.(*net.TCPConn)).(*sockConn)
+	} else {
+		// As serveRaw does: a listener's own RawConn cannot wait.
+		lf, err := dupNonblocking(ln.(*net.TCPListener))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lf.Close()
+		rc, _ := lf.SyscallConn()
+		var nfd int
+		var remote netip.AddrPort
+		aerr := errors.New("accept callback never ran")
+		if err := rc.Read(func(fd uintptr) bool {
+			nfd, remote, aerr = accept4Raw(int(fd))
+			return aerr != syscall.EAGAIN
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if aerr != nil {
+			t.Fatal(aerr)
+		}
+		if remote != addrPortOf(peer.LocalAddr()) {
+			t.Fatalf("accept4Raw peer %v, want %v", remote, peer.LocalAddr())
+		}
+		local := localAddrRaw(nfd, netip.AddrPort{})
+		if local != addrPortOf(ln.Addr()) {
+			t.Fatalf("localAddrRaw = %v, want %v", local, ln.Addr())
+		}
+		if sc, err = newAcceptedConn(nfd, local, remote); err != nil {
+			t.Fatal(err)
+		}
 	}
 	t.Cleanup(func() { sc.Close(); peer.Close() })
 	return sc, peer
 }
 
-func TestSockConnReadWriteEOF(t *testing.T) {
-	sc, peer := sockPair(t)
+// bothOwners runs f for an accepted and a dialled sockConn.
+func bothOwners(t *testing.T, f func(t *testing.T, sc *sockConn, peer net.Conn)) {
+	for _, dialled := range []bool{false, true} {
+		name := "accepted"
+		if dialled {
+			name = "dialled"
+		}
+		t.Run(name, func(t *testing.T) {
+			sc, peer := sockPair(t, dialled)
+			f(t, sc, peer)
+		})
+	}
+}
+
+func TestSockConnReadWriteEOF(t *testing.T) { bothOwners(t, testReadWriteEOF) }
+
+func testReadWriteEOF(t *testing.T, sc *sockConn, peer net.Conn) {
 	// Larger than the socket buffers, so Write must wait for the reader.
 	big := make([]byte, 8<<20)
 	for i := range big {
@@ -72,8 +120,9 @@ func TestSockConnReadWriteEOF(t *testing.T) {
 // A read deadline must surface as a net.Error timeout that crypto/tls
 // treats as temporary, and the connection must still work after it: the
 // relay's idle detector relies on both.
-func TestSockConnDeadlineIsTemporaryTimeout(t *testing.T) {
-	sc, peer := sockPair(t)
+func TestSockConnDeadlineIsTemporaryTimeout(t *testing.T) { bothOwners(t, testDeadline) }
+
+func testDeadline(t *testing.T, sc *sockConn, peer net.Conn) {
 	sc.SetReadDeadline(time.Now().Add(30 * time.Millisecond))
 	_, err := sc.Read(make([]byte, 4))
 	var ne net.Error
@@ -93,8 +142,9 @@ func TestSockConnDeadlineIsTemporaryTimeout(t *testing.T) {
 	}
 }
 
-func TestSockConnClosedAndReset(t *testing.T) {
-	sc, peer := sockPair(t)
+func TestSockConnClosedAndReset(t *testing.T) { bothOwners(t, testClosedAndReset) }
+
+func testClosedAndReset(t *testing.T, sc *sockConn, peer net.Conn) {
 	// A reset from the peer is an error naming ECONNRESET or EPIPE.
 	peer.(*net.TCPConn).SetLinger(0)
 	peer.Close()
@@ -115,12 +165,14 @@ func TestSockConnClosedAndReset(t *testing.T) {
 	}
 }
 
-func TestSockConnKeepAlive(t *testing.T) {
-	sc, _ := sockPair(t)
+func TestSockConnOptions(t *testing.T) { bothOwners(t, testOptions) }
+
+func testOptions(t *testing.T, sc *sockConn, _ net.Conn) {
 	if err := sc.SetKeepAliveConfig(keepAlive); err != nil {
 		t.Fatal(err)
 	}
 	want := map[[2]int]int{
+		{syscall.IPPROTO_TCP, syscall.TCP_NODELAY}:   1,
 		{syscall.SOL_SOCKET, syscall.SO_KEEPALIVE}:   1,
 		{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE}:  int(keepAlive.Idle.Seconds()),
 		{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL}: int(keepAlive.Interval.Seconds()),
@@ -134,5 +186,31 @@ func TestSockConnKeepAlive(t *testing.T) {
 		if err != nil || got != v {
 			t.Errorf("option %v = %d, %v; want %d", opt, got, err, v)
 		}
+	}
+}
+
+// On a wildcard listener the local address is the one the client reached.
+func TestLocalAddrOnWildcardListener(t *testing.T) {
+	ln, err := net.Listen("tcp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := addrPortOf(ln.Addr()).Port()
+	peer, err := net.Dial("tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), port).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rc, _ := c.(*net.TCPConn).SyscallConn()
+	var got netip.AddrPort
+	rc.Control(func(fd uintptr) { got = localAddrRaw(int(fd), netip.AddrPort{}) })
+	if want := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), port); got != want {
+		t.Fatalf("localAddrRaw = %v, want %v", got, want)
 	}
 }

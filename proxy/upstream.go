@@ -50,13 +50,21 @@ func (u *TCPUpstream) Dial(ctx context.Context, c Client) (net.Conn, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var d net.Dialer
+	// Keepalive is set below, raw, and not at all on loopback, where the
+	// kernel resets a dead peer's connection.
+	d := net.Dialer{KeepAlive: -1}
 	conn, err := d.DialContext(ctx, "tcp", u.Address)
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", u.Address, err)
 	}
 	if tc, ok := conn.(*net.TCPConn); ok {
-		conn = newSockConn(tc)
+		sc := newSockConn(tc)
+		if !addrPortOf(tc.RemoteAddr()).Addr().IsLoopback() {
+			if kc, ok := sc.(*sockConn); ok {
+				kc.SetKeepAliveConfig(keepAlive)
+			}
+		}
+		conn = sc
 	}
 	if u.ProxyHeader != 0 {
 		if _, err := ProxyHeader(u.ProxyHeader, c).WriteTo(conn); err != nil {
