@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -31,6 +32,13 @@ type sockConn struct {
 	rc            syscall.RawConn
 	local, remote net.Addr
 	closed        atomic.Bool
+	rd, wr        ioOp
+}
+
+func (c *sockConn) init() *sockConn {
+	c.rd.call = c.rd.readOnce
+	c.wr.call = c.wr.writeAll
+	return c
 }
 
 // socketOwner is what *os.File and *net.TCPConn both offer.
@@ -48,7 +56,7 @@ func newSockConn(tc *net.TCPConn) net.Conn {
 	if err != nil {
 		return tc
 	}
-	return &sockConn{owner: tc, rc: rc, local: tc.LocalAddr(), remote: tc.RemoteAddr()}
+	return (&sockConn{owner: tc, rc: rc, local: tc.LocalAddr(), remote: tc.RemoteAddr()}).init()
 }
 
 // newAcceptedConn takes ownership of fd, a non-blocking socket just
@@ -61,7 +69,7 @@ func newAcceptedConn(fd int, local, remote netip.AddrPort) (*sockConn, error) {
 		f.Close()
 		return nil, err
 	}
-	c := &sockConn{owner: f, rc: rc, local: net.TCPAddrFromAddrPort(local), remote: net.TCPAddrFromAddrPort(remote)}
+	c := (&sockConn{owner: f, rc: rc, local: net.TCPAddrFromAddrPort(local), remote: net.TCPAddrFromAddrPort(remote)}).init()
 	if err := c.setInt(syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1); err != nil {
 		f.Close()
 		return nil, err
@@ -86,25 +94,29 @@ func (c *sockConn) Close() error {
 	return nil
 }
 
+// ioOp is one direction's state for the RawConn callback, kept in the
+// conn with the callback bound once, so a Read or Write allocates nothing.
+// Its mutex serialises callers of that direction (net.Conn allows
+// concurrent Reads; the poller's own lock is taken only inside rc.Read).
+type ioOp struct {
+	mu    sync.Mutex
+	p     []byte
+	done  int
+	errno syscall.Errno
+	call  func(fd uintptr) bool
+}
+
 func (c *sockConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	var n int
-	var errno syscall.Errno
-	err := c.rc.Read(func(fd uintptr) bool {
-		for {
-			r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-			switch e {
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				return false
-			}
-			n, errno = int(r), e
-			return true
-		}
-	})
+	op := &c.rd
+	op.mu.Lock()
+	defer op.mu.Unlock()
+	op.p, op.done, op.errno = p, 0, 0
+	err := c.rc.Read(op.call)
+	n, errno := op.done, op.errno
+	op.p = nil
 	switch {
 	case err != nil:
 		return 0, c.opError("read", err)
@@ -116,29 +128,32 @@ func (c *sockConn) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// readOnce is rd's callback: one read, or false to wait for the poller.
+func (op *ioOp) readOnce(fd uintptr) bool {
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&op.p[0])), uintptr(len(op.p)))
+		switch e {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		}
+		op.done, op.errno = int(r), e
+		return true
+	}
+}
+
 func (c *sockConn) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	var done int
-	var errno syscall.Errno
-	err := c.rc.Write(func(fd uintptr) bool {
-		for done < len(p) {
-			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[done])), uintptr(len(p)-done))
-			switch e {
-			case 0:
-				done += int(r)
-				continue
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				return false
-			}
-			errno = e
-			return true
-		}
-		return true
-	})
+	op := &c.wr
+	op.mu.Lock()
+	defer op.mu.Unlock()
+	op.p, op.done, op.errno = p, 0, 0
+	err := c.rc.Write(op.call)
+	done, errno := op.done, op.errno
+	op.p = nil
 	switch {
 	case err != nil:
 		return done, c.opError("write", err)
@@ -146,6 +161,26 @@ func (c *sockConn) Write(p []byte) (int, error) {
 		return done, c.opError("write", errno)
 	}
 	return done, nil
+}
+
+// writeAll is wr's callback: write until done, or false to wait for the
+// poller when the socket buffer is full.
+func (op *ioOp) writeAll(fd uintptr) bool {
+	for op.done < len(op.p) {
+		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&op.p[op.done])), uintptr(len(op.p)-op.done))
+		switch e {
+		case 0:
+			op.done += int(r)
+			continue
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		}
+		op.errno = e
+		return true
+	}
+	return true
 }
 
 // CloseWrite shuts down the sending side (raw, like Read and Write).
