@@ -105,7 +105,7 @@ func (ss *session) recoverPanic() {
 // cleanup releases everything the session holds, once: by serveConn, or,
 // after the hand-off to the relay, by the relay goroutine that ends last.
 func (ss *session) cleanup() {
-	ss.cancel()
+	ss.endContext()
 	ss.raw.Close()
 	ss.mu.Lock()
 	if ss.up != nil {
@@ -198,6 +198,7 @@ func (ss *session) run() {
 
 	switch ss.loginPhase() {
 	case loggedIn:
+		ss.endContext()
 		ss.relay()
 	case loggedOut:
 		rx, tx := entry.Bytes()
@@ -238,9 +239,26 @@ func (ss *session) kill(conntable.Reason) {
 	// so they read, fail and end the session.
 	ss.unparkLocked(toUpstream)
 	ss.unparkLocked(toClient)
+	cancel := ss.cancel
 	ss.mu.Unlock()
-	ss.cancel()
+	cancel()
 }
+
+// endContext cancels the login phase's context and lets it go. A logged-in
+// session does not need it, and an idle one would otherwise keep it for
+// hours, with the children map the upstream dial's timeout left in it
+// (a few hundred bytes per session). Only the goroutine that owns the
+// session (the login phase's, or the relay's at cleanup) calls it: that is
+// the one that reads ss.ctx.
+func (ss *session) endContext() {
+	ss.mu.Lock()
+	cancel := ss.cancel
+	ss.ctx, ss.cancel = nil, noCancel
+	ss.mu.Unlock()
+	cancel()
+}
+
+func noCancel() {}
 
 // setUp publishes the upstream conn so kill can interrupt it.
 func (ss *session) setUp(up net.Conn) bool {

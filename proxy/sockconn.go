@@ -30,7 +30,7 @@ import (
 type sockConn struct {
 	owner         socketOwner
 	rc            syscall.RawConn
-	local, remote net.Addr
+	local, remote netip.AddrPort // net.Addrs are made on demand: they are rarely asked for
 	closed        atomic.Bool
 	rd, wr        ioOp
 }
@@ -56,7 +56,7 @@ func newSockConn(tc *net.TCPConn) net.Conn {
 	if err != nil {
 		return tc
 	}
-	return (&sockConn{owner: tc, rc: rc, local: tc.LocalAddr(), remote: tc.RemoteAddr()}).init()
+	return (&sockConn{owner: tc, rc: rc, local: addrPortOf(tc.LocalAddr()), remote: addrPortOf(tc.RemoteAddr())}).init()
 }
 
 // newAcceptedConn takes ownership of fd, a non-blocking socket just
@@ -69,7 +69,7 @@ func newAcceptedConn(fd int, local, remote netip.AddrPort) (*sockConn, error) {
 		f.Close()
 		return nil, err
 	}
-	c := (&sockConn{owner: f, rc: rc, local: net.TCPAddrFromAddrPort(local), remote: net.TCPAddrFromAddrPort(remote)}).init()
+	c := (&sockConn{owner: f, rc: rc, local: local, remote: remote}).init()
 	if err := c.setInt(syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1); err != nil {
 		f.Close()
 		return nil, err
@@ -77,8 +77,8 @@ func newAcceptedConn(fd int, local, remote netip.AddrPort) (*sockConn, error) {
 	return c, nil
 }
 
-func (c *sockConn) LocalAddr() net.Addr                { return c.local }
-func (c *sockConn) RemoteAddr() net.Addr               { return c.remote }
+func (c *sockConn) LocalAddr() net.Addr                { return net.TCPAddrFromAddrPort(c.local) }
+func (c *sockConn) RemoteAddr() net.Addr               { return net.TCPAddrFromAddrPort(c.remote) }
 func (c *sockConn) SetDeadline(t time.Time) error      { return c.owner.SetDeadline(t) }
 func (c *sockConn) SetReadDeadline(t time.Time) error  { return c.owner.SetReadDeadline(t) }
 func (c *sockConn) SetWriteDeadline(t time.Time) error { return c.owner.SetWriteDeadline(t) }

@@ -2,8 +2,9 @@
 // ssl crt, a conn_cur stick-table per-address reject) and nginx's stream
 // proxy (ssl, limit_conn), each a single process pinned to one core, in
 // front of the same fast plaintext IMAP upstream, with one generated ECDSA
-// P-256 certificate. It alternates the peers round by round and prints the
-// medians and their ratios to HAProxy. Loopback only; bounded in time.
+// P-256 certificate. It alternates the peers round by round and prints each
+// peer's median and, against HAProxy, the median of the per-round ratios.
+// Loopback only; bounded in time.
 //
 //	integration/bench/run.sh            installs the peers and runs this
 //	go run ./cmd/imapbench -h
@@ -222,6 +223,20 @@ func medianF(vs []float64) float64 {
 	return s[len(s)/2]
 }
 
+// pairedRatio is the median over rounds of a[i]/b[i]. Within a round the
+// peers run back to back, so the machine's slow drift (on these shared
+// machines a peer's figure moves by a third within minutes) cancels in
+// each round's ratio, where a ratio of medians would mix rounds.
+func pairedRatio(a, b []float64) (float64, bool) {
+	var rs []float64
+	for i := 0; i < len(a) && i < len(b); i++ {
+		if b[i] > 0 {
+			rs = append(rs, a[i]/b[i])
+		}
+	}
+	return medianF(rs), len(rs) > 0
+}
+
 func report(w *os.File, peers []string, results map[string]map[string][]float64) {
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -245,16 +260,16 @@ func report(w *os.File, peers []string, results map[string]map[string][]float64)
 			fmt.Fprintf(tw, "%.3g\t", medianF(byPeer[p]))
 		}
 		ratio := "-"
-		if h := medianF(byPeer["haproxy"]); h > 0 {
-			ratio = fmt.Sprintf("%.2f", medianF(byPeer["imapgate"])/h)
+		if r, ok := pairedRatio(byPeer["imapgate"], byPeer["haproxy"]); ok {
+			ratio = fmt.Sprintf("%.2f", r)
 		}
 		budget := "-"
 		if sc.budget > 0 {
 			budget = fmt.Sprintf("<= %.1f", sc.budget)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t", ratio, budget)
-		if b := medianF(byPeer["baseline"]); ab && b > 0 {
-			fmt.Fprintf(tw, "%.2f", medianF(byPeer["imapgate"])/b)
+		if r, ok := pairedRatio(byPeer["imapgate"], byPeer["baseline"]); ab && ok {
+			fmt.Fprintf(tw, "%.2f", r)
 		}
 		fmt.Fprintln(tw)
 	}

@@ -135,6 +135,11 @@ func (a *app) serve() int {
 	for _, ln := range a.listeners {
 		go func() { errc <- a.srv.Serve(ln) }()
 	}
+	if gcHeadroomWanted() {
+		stopGC := make(chan struct{})
+		defer close(stopGC)
+		go runGCHeadroom(stopGC)
+	}
 	a.startupReport()
 	a.ready.Store(true)
 	notify("READY=1")

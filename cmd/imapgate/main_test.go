@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -443,6 +444,22 @@ func TestSystemdUnitCommandLines(t *testing.T) {
 		}
 		if out, err := exec.Command(binary, args...).CombinedOutput(); err != nil {
 			t.Errorf("%s%s: %v\n%s", key, line, err, out)
+		}
+	}
+}
+
+func TestGCMemoryLimit(t *testing.T) {
+	for _, c := range []struct {
+		live uint64
+		want int64
+	}{
+		{0, gcHeadroomFloor},
+		{10 << 20, 10<<20 + gcHeadroomFloor}, // small heap: the floor, above GOGC's doubling
+		{400 << 20, 400<<20 + 100<<20},       // large heap: a quarter of it
+		{math.MaxUint64 - 1, math.MaxInt64},  // no overflow
+	} {
+		if got := gcMemoryLimit(c.live); got != c.want {
+			t.Errorf("gcMemoryLimit(%d) = %d, want %d", c.live, got, c.want)
 		}
 	}
 }
