@@ -110,13 +110,7 @@ func (c *sockConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	op := &c.rd
-	op.mu.Lock()
-	defer op.mu.Unlock()
-	op.p, op.done, op.errno = p, 0, 0
-	err := c.rc.Read(op.call)
-	n, errno := op.done, op.errno
-	op.p = nil
+	n, errno, err := c.rd.run(c.rc, p, false)
 	switch {
 	case err != nil:
 		return 0, c.opError("read", err)
@@ -126,6 +120,22 @@ func (c *sockConn) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	return n, nil
+}
+
+// run makes op's system calls on p through the poller: rc.Write when
+// write, else rc.Read.
+func (op *ioOp) run(rc syscall.RawConn, p []byte, write bool) (n int, errno syscall.Errno, err error) {
+	op.mu.Lock()
+	defer op.mu.Unlock()
+	op.p, op.done, op.errno = p, 0, 0
+	if write {
+		err = rc.Write(op.call)
+	} else {
+		err = rc.Read(op.call)
+	}
+	n, errno = op.done, op.errno
+	op.p = nil
+	return n, errno, err
 }
 
 // readOnce is rd's callback: one read, or false to wait for the poller.
@@ -147,20 +157,14 @@ func (c *sockConn) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	op := &c.wr
-	op.mu.Lock()
-	defer op.mu.Unlock()
-	op.p, op.done, op.errno = p, 0, 0
-	err := c.rc.Write(op.call)
-	done, errno := op.done, op.errno
-	op.p = nil
+	n, errno, err := c.wr.run(c.rc, p, true)
 	switch {
 	case err != nil:
-		return done, c.opError("write", err)
+		return n, c.opError("write", err)
 	case errno != 0:
-		return done, c.opError("write", errno)
+		return n, c.opError("write", errno)
 	}
-	return done, nil
+	return n, nil
 }
 
 // writeAll is wr's callback: write until done, or false to wait for the
