@@ -81,7 +81,10 @@ func (s *Server) serveConn(raw net.Conn, pre *admission) {
 // growStack grows the calling goroutine's stack, while it is still
 // shallow, to the size the TLS handshake and login will reach anyway. Grown
 // later, deep inside crypto/tls, each doubling copies and adjusts every
-// frame on the way: that was 3.5 % of a session's CPU.
+// frame on the way: that was 3.5 % of a session's CPU. The handshake
+// reaches a 16 KiB stack (with an 8 KiB one, profiles still showed 2.6 % in
+// growth), so this costs no memory that the session would not take anyway;
+// the stack goes with the goroutine at login.
 //
 //go:noinline
 func growStack() {
