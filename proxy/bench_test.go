@@ -3,6 +3,8 @@ package proxy_test
 import (
 	"bufio"
 	"bytes"
+	"crypto/ecdh"
+	"crypto/rand"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -116,5 +118,32 @@ func BenchmarkRelayFetch1MiB(b *testing.B) {
 		if l := readLine(); !strings.HasPrefix(l, "f OK") {
 			b.Fatalf("FETCH: %q", l)
 		}
+	}
+}
+
+// BenchmarkKeyExchange is what crypto/tls spends on the server's side of an
+// ECDHE key exchange (key generation and shared secret), per group: the
+// largest single part of a full handshake's CPU (see the README's
+// Performance section). Run: go test -run XXX -bench KeyExchange ./proxy/
+func BenchmarkKeyExchange(b *testing.B) {
+	for _, c := range []struct {
+		name  string
+		curve ecdh.Curve
+	}{{"X25519", ecdh.X25519()}, {"P256", ecdh.P256()}} {
+		b.Run(c.name, func(b *testing.B) {
+			peer, err := c.curve.GenerateKey(rand.Reader)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for b.Loop() {
+				k, err := c.curve.GenerateKey(rand.Reader)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := k.ECDH(peer.PublicKey()); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
