@@ -102,9 +102,7 @@ func (ss *session) setupParking() {
 		rc.Control(func(f uintptr) { fd = int(f) })
 		ss.park[d] = parkSlot{fd: fd, key: p.newKey(), ok: true}
 	}
-	if isTCP(ss.raw) {
-		try(toUpstream, ss.raw)
-	}
+	try(toUpstream, ss.raw) // rawConn is nil for a PROXY-wrapped conn
 	try(toClient, ss.up)
 }
 

@@ -50,13 +50,13 @@ type socketOwner interface {
 	SyscallConn() (syscall.RawConn, error)
 }
 
-// newSockConn wraps tc; if its RawConn is unavailable tc is returned as is.
-func newSockConn(tc *net.TCPConn) net.Conn {
+// newSockConn wraps a dialled tc.
+func newSockConn(tc *net.TCPConn) (*sockConn, error) {
 	rc, err := tc.SyscallConn()
 	if err != nil {
-		return tc
+		return nil, err
 	}
-	return (&sockConn{owner: tc, rc: rc, local: addrPortOf(tc.LocalAddr()), remote: addrPortOf(tc.RemoteAddr())}).init()
+	return (&sockConn{owner: tc, rc: rc, local: addrPortOf(tc.LocalAddr()), remote: addrPortOf(tc.RemoteAddr())}).init(), nil
 }
 
 // newAcceptedConn takes ownership of fd, a non-blocking socket just
@@ -250,13 +250,4 @@ func (c *sockConn) opError(op string, err error) error {
 		err = net.ErrClosed
 	}
 	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
-}
-
-// isTCP reports whether c is a plain TCP connection, wrapped or not.
-func isTCP(c net.Conn) bool {
-	switch c.(type) {
-	case *net.TCPConn, *sockConn:
-		return true
-	}
-	return false
 }

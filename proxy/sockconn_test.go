@@ -31,7 +31,9 @@ func sockPair(t *testing.T, dialled bool) (*sockConn, net.Conn) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		sc = newSockConn(c.(*net.TCPConn)).(*sockConn)
+		if sc, err = newSockConn(c.(*net.TCPConn)); err != nil {
+			t.Fatal(err)
+		}
 	} else {
 		// As serveRaw does: a listener's own RawConn cannot wait.
 		lf, err := dupNonblocking(ln.(*net.TCPListener))

@@ -58,11 +58,13 @@ func (u *TCPUpstream) Dial(ctx context.Context, c Client) (net.Conn, error) {
 		return nil, fmt.Errorf("connect %s: %w", u.Address, err)
 	}
 	if tc, ok := conn.(*net.TCPConn); ok {
-		sc := newSockConn(tc)
-		if !addrPortOf(tc.RemoteAddr()).Addr().IsLoopback() {
-			if kc, ok := sc.(*sockConn); ok {
-				kc.SetKeepAliveConfig(keepAlive)
-			}
+		sc, err := newSockConn(tc)
+		if err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("connect %s: %w", u.Address, err)
+		}
+		if !sc.remote.Addr().IsLoopback() {
+			sc.SetKeepAliveConfig(keepAlive)
 		}
 		conn = sc
 	}
