@@ -69,7 +69,7 @@ func courierGate(t *testing.T, c *courier) *gate {
 	return startGate(t, gateOptions{upstream: &proxy.TCPUpstream{Address: c.plain, ConnectTimeout: 2 * time.Second}})
 }
 
-func TestCourierLoginAndAuthenticatePlain(t *testing.T) {
+func TestRealCourierLoginAndAuthenticatePlain(t *testing.T) {
 	c := needCourier(t)
 	g := courierGate(t, c)
 	cl, err := login("127.0.4.1", g.addr, c.users[0], c.pass)
@@ -97,7 +97,7 @@ func TestCourierLoginAndAuthenticatePlain(t *testing.T) {
 }
 
 // Courier answers a wrong password after 5 s; these run in parallel.
-func TestCourierWrongPassword(t *testing.T) {
+func TestRealCourierWrongPassword(t *testing.T) {
 	c := needCourier(t)
 	g := courierGate(t, c)
 	for _, mode := range []string{"login", "authenticate"} {
@@ -127,7 +127,7 @@ func TestCourierWrongPassword(t *testing.T) {
 	}
 }
 
-func TestCourierLargeFetchAppendIdle(t *testing.T) {
+func TestRealCourierLargeFetchAppendIdle(t *testing.T) {
 	c := needCourier(t)
 	g := courierGate(t, c)
 	fetchBig := func(cl *imapclient.Client) []byte {
@@ -200,7 +200,7 @@ func TestCourierLargeFetchAppendIdle(t *testing.T) {
 
 // Courier's imaplogin drops commands that arrive with LOGIN; through
 // imapgate they are answered.
-func TestCourierPipelinedAfterLogin(t *testing.T) {
+func TestRealCourierPipelinedAfterLogin(t *testing.T) {
 	c := needCourier(t)
 	g := courierGate(t, c)
 	pipeline := fmt.Sprintf("a1 LOGIN %s %s\r\na2 SELECT INBOX\r\na3 NOOP\r\n", c.users[0], c.pass)
@@ -249,7 +249,7 @@ func TestCourierPipelinedAfterLogin(t *testing.T) {
 	}
 }
 
-func TestCourierLogoutDropAndRestart(t *testing.T) {
+func TestRealCourierLogoutDropAndRestart(t *testing.T) {
 	c := needCourier(t)
 	g := courierGate(t, c)
 	cl, err := login("127.0.4.7", g.addr, c.users[0], c.pass)
@@ -329,7 +329,7 @@ func gateLines(g *gate, port int) []string {
 // imapd-ssl and through imapgate give the same lines, field by field.
 // rcvd and sent differ by design (courier's imapd counts from its exec,
 // imapgate the whole session) and are compared as numbers present.
-func TestCourierGoldenLogLines(t *testing.T) {
+func TestRealCourierGoldenLogLines(t *testing.T) {
 	c := needCourier(t)
 	g := courierGate(t, c)
 	scenarios := []struct {
@@ -408,7 +408,7 @@ func readTagged(r *bufio.Reader, tag string) {
 // Upstream over TLS: courier's own imapd-ssl behind imapgate. Its
 // certificate is self-signed, so verification must be off to connect, and
 // on it must refuse with a prompt BYE.
-func TestCourierUpstreamTLS(t *testing.T) {
+func TestRealCourierUpstreamTLS(t *testing.T) {
 	c := needCourier(t)
 	for _, verify := range []bool{false, true} {
 		g := startGate(t, gateOptions{upstream: &proxy.TCPUpstream{Address: c.tls, ConnectTimeout: 2 * time.Second,
@@ -432,7 +432,7 @@ func TestCourierUpstreamTLS(t *testing.T) {
 
 // exec mode: imapgate starts courier's imaplogin per session with
 // couriertcpd's environment; courier itself logs the real client address.
-func TestCourierExecMode(t *testing.T) {
+func TestRealCourierExecMode(t *testing.T) {
 	c := needCourier(t)
 	if os.Geteuid() != 0 {
 		t.Skip("exec mode needs root (imaplogin switches to the mailbox owner)")

@@ -11,7 +11,7 @@ import (
 // file: every failed login through imapgate is matched with the client's
 // real address, successful logins are not, and a user name crafted to
 // inject a fake ip=[…] bans the real address, not the fake one.
-func TestFail2banCourierAuthFilter(t *testing.T) {
+func TestRealFail2banCourierAuthFilter(t *testing.T) {
 	regex := need(t, "fail2ban-regex")
 	filter := "/etc/fail2ban/filter.d/courier-auth.conf"
 	logFile := filepath.Join(t.TempDir(), "mail.log")
