@@ -14,6 +14,7 @@ import (
 	"imapgate/certs"
 	"imapgate/conntable"
 	"imapgate/limiter"
+	"imapgate/proxy"
 )
 
 // Sources are what the metrics read at scrape time.
@@ -33,6 +34,7 @@ type Metrics struct {
 	wouldRefuse     *prometheus.CounterVec
 	logins          *prometheus.CounterVec
 	bans            prometheus.Counter
+	panics          prometheus.Counter
 	upstreamErrors  prometheus.Counter
 	upstreamConnect prometheus.Histogram
 	handshake       prometheus.Histogram
@@ -56,7 +58,9 @@ func NewMetrics(reg prometheus.Registerer, src Sources, top *Top) *Metrics {
 		wouldRefuse: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imapgate_dry_run_would_refuse_total",
 			Help: "Refusals a limit in dry-run mode would have made."}, []string{"reason"}),
 		logins: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imapgate_logins_total",
-			Help: "LOGIN and AUTHENTICATE results."}, []string{"result"}),
+			Help: "LOGIN and AUTHENTICATE results: ok, failed (wrong user or password: the only result penalised), bad, cancelled, or the upstream's refusal code (limit, unavailable, privacyrequired, ...)."}, []string{"result"}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{Name: "imapgate_session_panics_total",
+			Help: "Sessions ended by a bug in imapgate (each logged with its connection id); the process and other sessions go on."}),
 		bans: prometheus.NewCounter(prometheus.CounterOpts{Name: "imapgate_bans_total",
 			Help: "Bans started by failed logins."}),
 		upstreamErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "imapgate_upstream_connect_errors_total",
@@ -75,8 +79,10 @@ func NewMetrics(reg prometheus.Registerer, src Sources, top *Top) *Metrics {
 			Help: "When the configuration was last loaded successfully (start or reload)."}),
 		top: top,
 	}
-	for _, r := range []string{"ok", "failed"} {
+	for _, r := range proxy.LoginResults() {
 		m.logins.WithLabelValues(r)
+	}
+	for _, r := range []string{"ok", "failed"} {
 		m.reloads.WithLabelValues(r)
 	}
 	m.refusedBy = map[string][2]prometheus.Counter{}
@@ -88,7 +94,7 @@ func NewMetrics(reg prometheus.Registerer, src Sources, top *Top) *Metrics {
 		m.wouldRefuse.WithLabelValues(r.String())
 	}
 	m.lastReload.SetToCurrentTime()
-	reg.MustRegister(m.accepted, m.refused, m.wouldRefuse, m.logins, m.bans, m.upstreamErrors, m.upstreamConnect,
+	reg.MustRegister(m.accepted, m.refused, m.wouldRefuse, m.logins, m.bans, m.panics, m.upstreamErrors, m.upstreamConnect,
 		m.handshake, m.handshakeFailed, m.closed, m.reloads, m.lastReload, &stateCollector{src})
 	return m
 }
@@ -137,13 +143,9 @@ func (m *Metrics) Handshake(d time.Duration, err error) {
 	m.handshake.Observe(d.Seconds())
 }
 
-func (m *Metrics) Login(ok bool) {
-	if ok {
-		m.logins.WithLabelValues("ok").Inc()
-	} else {
-		m.logins.WithLabelValues("failed").Inc()
-	}
-}
+func (m *Metrics) Login(result string) { m.logins.WithLabelValues(result).Inc() }
+
+func (m *Metrics) Panic() { m.panics.Inc() }
 
 func (m *Metrics) Ban() { m.bans.Inc() }
 

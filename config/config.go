@@ -178,6 +178,10 @@ type Upstream struct {
 	ConnectTimeout  Duration `toml:"connect_timeout"`
 	GreetingTimeout Duration `toml:"greeting_timeout"`
 	ProxyProtocol   string   `toml:"proxy_protocol"`
+	// SendID sends imapgate's own ID (RFC 2971) with the client's address
+	// before LOGIN, when the upstream advertises ID (Dovecot does; courier
+	// ignores ID before login and does not advertise it there).
+	SendID bool `toml:"send_id"`
 }
 
 // Login bounds the login phase.

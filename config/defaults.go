@@ -24,6 +24,7 @@ func Default() *Config {
 			CourierConfig: "/etc/courier/imapd-ssl",
 			Address:       "127.0.0.1:143", TLSVerify: true,
 			ConnectTimeout: Duration(5 * time.Second), GreetingTimeout: Duration(10 * time.Second),
+			SendID: true,
 		},
 		Login: Login{MaxLine: 8 << 10, MaxLiteral: 8 << 10, MaxCommands: 32},
 		Timeouts: Timeouts{

@@ -276,7 +276,7 @@ func (c *Config) TableConfig() conntable.Config {
 // LoginBounds converts [login].
 func (c *Config) LoginBounds() proxy.Login {
 	return proxy.Login{MaxLine: c.Login.MaxLine, MaxLiteral: c.Login.MaxLiteral, MaxCommands: c.Login.MaxCommands,
-		GreetingTimeout: c.Upstream.GreetingTimeout.D()}
+		GreetingTimeout: c.Upstream.GreetingTimeout.D(), NoUpstreamID: !c.Upstream.SendID}
 }
 
 // CertSources lists the client-side certificates, default first.

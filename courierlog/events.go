@@ -163,6 +163,58 @@ func (l *Logger) LoginFailedMethod(method string, client netip.AddrPort) {
 	})
 }
 
+// LoginRefused: a LOGIN or AUTHENTICATE was refused for a reason other
+// than the credentials: the upstream's response code in lower case
+// ("limit", "unavailable", "privacyrequired", …), "bad" (the upstream did
+// not accept the command), "cancelled" (the client cancelled
+// AUTHENTICATE), or imapgate's own "banned" (this user is banned from this
+// address after failed logins). Courier has no such line. It is shaped
+// like courier's LOGIN FAILED (user= or method=, then ip=[…], port=[…]) but
+// says REFUSED, so that fail2ban's courier-auth filter, which matches
+// "LOGIN FAILED, " only, does not ban an address for it.
+func (l *Logger) LoginRefused(user, method, reason string, client netip.AddrPort) {
+	if !l.session() {
+		return
+	}
+	l.emit(Info, func(b []byte) []byte {
+		b = append(b, "LOGIN REFUSED, "...)
+		b = appendWho(b, user, method)
+		b = appendIPPort(b, client)
+		b = append(b, ", reason="...)
+		return AppendUser(b, reason)
+	})
+}
+
+// LoginFailedAgain: a failed login that repeats the credentials of one
+// that failed from the same address shortly before (a device retrying a
+// stale password). Courier would write LOGIN FAILED again; imapgate counts
+// such a retry once toward its penalty and words the repeat so that
+// fail2ban's courier-auth filter does not count it either: one stale phone
+// must not get its whole office banned.
+func (l *Logger) LoginFailedAgain(user, method string, client netip.AddrPort) {
+	if !l.session() {
+		return
+	}
+	l.emit(Info, func(b []byte) []byte {
+		b = append(b, "LOGIN FAILED AGAIN, "...)
+		b = appendWho(b, user, method)
+		return appendIPPort(b, client)
+	})
+}
+
+// appendWho writes "user=U, " or, for an AUTHENTICATE whose mechanism
+// names no user, courier's "method=M, ".
+func appendWho(b []byte, user, method string) []byte {
+	if user != "" || method == "" {
+		b = append(b, "user="...)
+		b = AppendUser(b, user)
+	} else {
+		b = append(b, "method="...)
+		b = AppendUser(b, method)
+	}
+	return append(b, ", "...)
+}
+
 // End says how an authenticated session ended, as courier's bye_msg words it.
 type End string
 

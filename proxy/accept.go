@@ -94,7 +94,11 @@ func (s *Server) serveRaw(ln *net.TCPListener) error {
 			a.ticket.Release()
 			continue
 		}
-		s.sessions.Add(1)
+		if !s.startSession() {
+			conn.Close()
+			a.ticket.Release()
+			return ErrServerClosed
+		}
 		go s.serveConn(conn, a)
 	}
 }

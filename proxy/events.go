@@ -16,12 +16,15 @@ type Events interface {
 	// WouldRefuse: a limit in dry-run mode would have refused.
 	WouldRefuse(reason string)
 	Handshake(d time.Duration, err error)
-	Login(ok bool)
+	// Login: the result of a LOGIN or AUTHENTICATE, one of LoginResults.
+	Login(result string)
 	Ban()
 	UpstreamDial(d time.Duration, err error)
 	// Closed: a session that reached TLS ended. (Bytes relayed are in the
 	// connection table's totals, live sessions included.)
 	Closed()
+	// Panic: a bug ended one session (it was logged with the session's id).
+	Panic()
 }
 
 type nopEvents struct{}
@@ -30,10 +33,17 @@ func (nopEvents) Accepted()                         {}
 func (nopEvents) Refused(string, bool)              {}
 func (nopEvents) WouldRefuse(string)                {}
 func (nopEvents) Handshake(time.Duration, error)    {}
-func (nopEvents) Login(bool)                        {}
+func (nopEvents) Login(string)                      {}
 func (nopEvents) Ban()                              {}
 func (nopEvents) UpstreamDial(time.Duration, error) {}
 func (nopEvents) Closed()                           {}
+func (nopEvents) Panic()                            {}
+
+// LoginResults lists every value Events.Login reports: "ok", "failed"
+// (wrong user or password), "bad", "cancelled", and the upstream's
+// response codes that refuse a login for another reason, in lower case
+// ("limit", "unavailable", "privacyrequired", …).
+func LoginResults() []string { return loginReasons() }
 
 // Tracker learns which addresses are refused or fail to log in, for the
 // admin endpoint's top lists. It is kept apart from Events so that no

@@ -48,7 +48,7 @@ func (ss *session) loginPhase() outcome {
 			res = -1
 		case "ID":
 			if ss.upID {
-				res, ok = ss.forward(tag)
+				res, ok = ss.clientID(tag)
 			} else {
 				res, ok = ss.answerID(tag)
 			}
@@ -206,8 +206,11 @@ func (ss *session) login(tag string) (outcome, bool) {
 	if err != nil {
 		return -1, ss.invalid(tag, "Invalid LOGIN command.")
 	}
-	if refused, ok := ss.reserveUser(tag, user); refused {
+	if refused, ok := ss.admitUser(tag, user, ""); refused {
 		return -1, ok
+	}
+	if !ss.sendOwnID() {
+		return closed, false
 	}
 	ss.out = append(ss.out[:0], tag...)
 	ss.out = append(ss.out, " LOGIN "...)
@@ -224,7 +227,7 @@ func (ss *session) login(tag string) (outcome, bool) {
 	if err != nil {
 		return closed, false
 	}
-	return ss.loginResult(tag, user, "")
+	return ss.loginResult(tag, credentials{user: user, secret: args[1].val})
 }
 
 // sendAString appends s to the pending output as a quoted string, or, if
@@ -283,9 +286,10 @@ func quotable(s []byte) bool {
 	return len(s) < 1024
 }
 
-// reserveUser applies max_per_user_ip before a login is forwarded. It
-// reports whether the login was refused, and whether the session may go on.
-func (ss *session) reserveUser(tag, user string) (refused, ok bool) {
+// admitUser applies max_per_user_ip before a login of user (with SASL
+// mechanism mech, or LOGIN) is forwarded. It reports whether the login was
+// refused, and whether the session may go on.
+func (ss *session) admitUser(tag, user, mech string) (refused, ok bool) {
 	d := ss.ticket.ReserveUser(user)
 	ss.noteDryRun(d, user)
 	if !d.Refused {
@@ -296,28 +300,35 @@ func (ss *session) reserveUser(tag, user string) (refused, ok bool) {
 	return true, ss.writeClientf("%s NO [LIMIT] Too many sessions for this user from your address.\r\n", tag) == nil
 }
 
-// authenticate handles AUTHENTICATE. PLAIN's user name is read from the
-// initial response (SASL-IR) or the first continuation answer; other
-// mechanisms pass through with the user unknown.
+// authenticate handles AUTHENTICATE (RFC 9051 §6.2.2). The user name is
+// learnt from the initial response (SASL-IR, RFC 4959) or the first
+// continuation answer of the mechanisms that carry one (see saslUser);
+// others pass through with the user unknown.
 func (ss *session) authenticate(tag string) (outcome, bool) {
 	_, _, args, err := parseArgs(ss.cmd)
 	if err != nil || len(args) < 1 || len(args) > 2 || args[0].kind != tokAtom {
 		return -1, ss.invalid(tag, "Invalid AUTHENTICATE command.")
 	}
-	mech := strings.ToUpper(string(args[0].val))
-	plain := mech == "PLAIN"
-	var user string
-	if plain && len(args) == 2 && string(args[1].val) != "=" {
-		if user, err = plainUser(args[1].val); err == nil {
-			if refused, ok := ss.reserveUser(tag, user); refused {
+	x := &saslExchange{mech: strings.ToUpper(string(args[0].val))}
+	defer x.wipe()
+	if len(args) == 2 {
+		x.response(args[1].val)
+		if x.user != "" {
+			if refused, ok := ss.admitUser(tag, x.user, x.mech); refused {
+				clear(ss.cmd)
 				return -1, ok
 			}
 		}
 	}
-	if _, err := ss.up.Write(ss.cmd); err != nil {
+	if !ss.sendOwnID() {
+		clear(ss.cmd)
 		return closed, false
 	}
+	_, err = ss.up.Write(ss.cmd)
 	clear(ss.cmd)
+	if err != nil {
+		return closed, false
+	}
 	for {
 		kind, last, err := ss.relayResponses(tag, true)
 		if err != nil {
@@ -325,23 +336,27 @@ func (ss *session) authenticate(tag string) (outcome, bool) {
 		}
 		if kind == respTagged {
 			ss.pendingTagged = last
-			return ss.loginResult(tag, user, mech)
+			return ss.loginResult(tag, credentials{user: x.user, mech: x.mech, secret: x.secret, cancelled: x.cancelled})
 		}
 		// A continuation: the client answers with one line.
 		line, err := readLine(ss.cr, ss.set.login.MaxLine)
 		if err != nil {
 			return closed, false
 		}
-		if plain && user == "" && !bytes.Equal(trimCRLF(line), []byte("*")) {
-			if u, err := plainUser(line); err == nil {
-				user = u
-				if refused, _ := ss.reserveUser(tag, user); refused {
+		if bytes.Equal(trimCRLF(line), []byte("*")) {
+			x.cancelled = true
+		} else if hadUser := x.user != ""; !hadUser {
+			if x.response(line); x.user != "" {
+				if refused, _ := ss.admitUser(tag, x.user, x.mech); refused {
+					clear(line)
 					// Cancel the exchange upstream and swallow its answer.
 					ss.up.Write([]byte("*\r\n"))
 					_, _, err := ss.relayResponses(tag, false)
 					return -1, err == nil
 				}
 			}
+		} else {
+			x.response(line)
 		}
 		_, err = ss.up.Write(line)
 		clear(line) // SASL payload
@@ -351,10 +366,21 @@ func (ss *session) authenticate(tag string) (outcome, bool) {
 	}
 }
 
+// credentials are what a LOGIN or AUTHENTICATE presented: the user name
+// (empty if the mechanism names none), the mechanism (empty for LOGIN),
+// the secret (password or SASL responses, only to recognise a retry of
+// the same credentials; never logged), and whether the client cancelled.
+type credentials struct {
+	user, mech string
+	secret     []byte
+	cancelled  bool
+}
+
 // loginResult reads the tagged result of LOGIN or AUTHENTICATE (unless
-// authenticate already has it), logs it as courier does, applies the
-// auth-failure penalty and relays it.
-func (ss *session) loginResult(tag, user, mech string) (outcome, bool) {
+// authenticate already has it), classifies it, logs it as courier does,
+// applies the auth-failure penalty to authentication failures only, and
+// relays it.
+func (ss *session) loginResult(tag string, cr credentials) (outcome, bool) {
 	last := ss.pendingTagged
 	ss.pendingTagged = nil
 	if last == nil {
@@ -364,41 +390,61 @@ func (ss *session) loginResult(tag, user, mech string) (outcome, bool) {
 			return closed, false
 		}
 	}
-	_, ok := classify(trimCRLF(last), tag)
+	res := classifyLogin(trimCRLF(last), tag, cr.cancelled)
 	s := ss.srv
-	s.events.Login(ok)
-	if ok {
+	s.events.Login(res.reason)
+	switch res.class {
+	case loginOK:
 		ss.ticket.CommitUser(true)
 		ss.ticket.LoggedIn()
-		ss.entry.SetUser(user)
+		ss.entry.SetUser(cr.user)
 		ss.entry.SetState(conntable.Established)
-		s.log.Login(user, ss.client.Remote)
+		s.log.Login(cr.user, ss.client.Remote)
 		if ss.writeClient(last) != nil {
 			return closed, false
 		}
 		return loggedIn, true
+	case loginAuthFailed:
+		ss.ticket.CommitUser(false)
+		if !ss.authFailed(cr) {
+			return closed, false
+		}
+	default:
+		ss.ticket.CommitUser(false)
+		if res.reason == "privacyrequired" {
+			s.upstreamProblem(problemPrivacyRequired)
+		}
+		s.log.LoginRefused(cr.user, cr.mech, res.reason, ss.client.Remote)
 	}
+	return -1, ss.writeClient(last) == nil
+}
+
+// authFailed logs an authentication failure in courier's words and applies
+// the penalty: a ban, and a delay before the NO goes out. It reports
+// whether the session may go on.
+func (ss *session) authFailed(cr credentials) bool {
+	s := ss.srv
 	s.tracker.LoginFailedFrom(ss.client.Remote.Addr())
-	if mech != "" {
-		s.log.LoginFailedMethod(mech, ss.client.Remote)
+	if cr.mech != "" {
+		s.log.LoginFailedMethod(cr.mech, ss.client.Remote)
 	} else {
-		s.log.LoginFailed(user, ss.client.Remote)
+		s.log.LoginFailed(cr.user, ss.client.Remote)
 	}
-	ss.ticket.CommitUser(false)
 	delay, ban := ss.ticket.LoginFailed(time.Now())
 	if ban != nil {
 		ss.logBan(ban)
 	}
-	if delay > 0 {
-		t := time.NewTimer(delay)
-		select {
-		case <-t.C:
-		case <-ss.ctx.Done():
-			t.Stop()
-			return closed, false
-		}
+	if delay <= 0 {
+		return true
 	}
-	return -1, ss.writeClient(last) == nil
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ss.ctx.Done():
+		return false
+	}
 }
 
 // relayResponses relays upstream responses to the client until the tagged
@@ -415,9 +461,7 @@ func (ss *session) relayResponses(tag string, stopAtContinuation bool) (respKind
 				return kind, nil, nil
 			}
 			out, caps := rewriteCaps(nil, trimCRLF(line))
-			if caps != nil {
-				ss.upID = hasCap(caps, "ID")
-			}
+			ss.sawCaps(trimCRLF(line), caps)
 			return kind, append(out, '\r', '\n'), nil
 		}
 		if kind == respContinue && !stopAtContinuation {
@@ -453,6 +497,17 @@ const maxResponseLiteral = 64 << 10
 // returned as nil; otherwise the line is returned (with CRLF, aliasing a
 // reused buffer) for the caller to relay.
 func (ss *session) readUpstreamResponse(tag string) (respKind, []byte, error) {
+	return ss.readResponse(tag, ss.writeClient)
+}
+
+// readUpstreamResponseQuiet reads one response as readUpstreamResponse
+// does, but drops a response with literals instead of relaying it: for
+// the answers to commands imapgate sent on its own.
+func (ss *session) readUpstreamResponseQuiet(tag string) (respKind, []byte, error) {
+	return ss.readResponse(tag, func([]byte) error { return nil })
+}
+
+func (ss *session) readResponse(tag string, relay func([]byte) error) (respKind, []byte, error) {
 	line, err := readLine(ss.ur, upstreamMaxLine)
 	if err != nil {
 		return respUntagged, nil, err
@@ -467,10 +522,10 @@ func (ss *session) readUpstreamResponse(tag string) (respKind, []byte, error) {
 		if lit.size > maxResponseLiteral {
 			return kind, nil, errLiteralTooLong
 		}
-		if err := ss.writeClient(line); err != nil {
+		if err := relay(line); err != nil {
 			return kind, nil, err
 		}
-		if _, err := io.CopyN(writerFunc(ss.writeClient), ss.ur, lit.size); err != nil {
+		if _, err := io.CopyN(writerFunc(relay), ss.ur, lit.size); err != nil {
 			return kind, nil, err
 		}
 		if line, err = readLine(ss.ur, upstreamMaxLine); err != nil {
@@ -480,7 +535,7 @@ func (ss *session) readUpstreamResponse(tag string) (respKind, []byte, error) {
 			return kind, nil, err
 		}
 	}
-	return kind, nil, ss.writeClient(line)
+	return kind, nil, relay(line)
 }
 
 type writerFunc func([]byte) error

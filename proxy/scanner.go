@@ -3,7 +3,6 @@ package proxy
 import (
 	"bufio"
 	"bytes"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"strconv"
@@ -271,28 +270,6 @@ func loginUser(args []token) (string, error) {
 	return u, nil
 }
 
-// plainUser decodes a SASL PLAIN response (base64 of
-// authzid NUL authcid NUL passwd) and returns the identity that logs in:
-// the authorization identity if given, else the authentication identity.
-// The password never leaves this function.
-func plainUser(b64 []byte) (string, error) {
-	b64 = trimCRLF(b64)
-	raw := make([]byte, base64.StdEncoding.DecodedLen(len(b64)))
-	n, err := base64.StdEncoding.Decode(raw, b64)
-	if err != nil {
-		return "", fmt.Errorf("SASL PLAIN: bad base64: %w", errBadSyntax)
-	}
-	defer clear(raw) // the password is in there
-	parts := bytes.SplitN(raw[:n], []byte{0}, 3)
-	if len(parts) != 3 {
-		return "", fmt.Errorf("SASL PLAIN: want 3 fields: %w", errBadSyntax)
-	}
-	if len(parts[0]) > 0 {
-		return string(parts[0]), nil
-	}
-	return string(parts[1]), nil
-}
-
 // response classification of an upstream line (without CRLF).
 type respKind uint8
 
@@ -352,7 +329,7 @@ func capRange(line []byte) (int, int) {
 	if len(line) > 2 && line[0] == '*' && line[1] == ' ' && hasPrefixFold(line[2:], word) {
 		return 2 + len(word), len(line)
 	}
-	i := bytes.Index(bytes.ToUpper(line), []byte("["+word))
+	i := indexFold(line, "["+word)
 	if i < 0 {
 		return -1, -1
 	}
@@ -362,6 +339,19 @@ func capRange(line []byte) (int, int) {
 		return -1, -1
 	}
 	return start, start + j
+}
+
+// indexFold is bytes.Index ignoring ASCII case. It indexes b itself:
+// upper-casing b first would change lengths wherever b is not valid UTF-8
+// (bytes.ToUpper maps an invalid byte to the 3-byte U+FFFD), and an index
+// into the copy would slice b wrongly.
+func indexFold(b []byte, sub string) int {
+	for i := 0; i+len(sub) <= len(b); i++ {
+		if hasPrefixFold(b[i:], sub) {
+			return i
+		}
+	}
+	return -1
 }
 
 func hasPrefixFold(b []byte, prefix string) bool {
@@ -375,6 +365,16 @@ func isDropped(c []byte) bool {
 		}
 	}
 	return false
+}
+
+// capFields copies the capability names of list (a capRange), so they
+// outlive the reader's buffer.
+func capFields(list []byte) [][]byte {
+	var out [][]byte
+	for _, c := range bytes.Fields(list) {
+		out = append(out, bytes.Clone(c))
+	}
+	return out
 }
 
 func hasCap(caps [][]byte, name string) bool {

@@ -46,9 +46,11 @@ func BenchmarkLoginPhaseScan(b *testing.B) {
 					b.Fatalf("LOGIN user %q, %v", u, err)
 				}
 			case "AUTHENTICATE":
-				if u, err := plainUser(args[1].val); err != nil || u != "alice@example.org" {
-					b.Fatalf("PLAIN user %q, %v", u, err)
+				x := saslExchange{mech: "PLAIN"}
+				if x.response(args[1].val); x.user != "alice@example.org" {
+					b.Fatalf("PLAIN user %q", x.user)
 				}
+				x.wipe()
 			}
 		}
 	}

@@ -105,24 +105,47 @@ func TestParseArgsLists(t *testing.T) {
 	}
 }
 
-func TestPlainUser(t *testing.T) {
+func TestSASLUser(t *testing.T) {
 	enc := func(s string) []byte { return []byte(base64.StdEncoding.EncodeToString([]byte(s))) }
 	tests := []struct {
+		mech string
 		in   []byte
-		user string
-		ok   bool
+		user string // "" means none learnt
 	}{
-		{enc("\x00bob\x00secret"), "bob", true},
-		{enc("admin\x00bob\x00secret"), "admin", true},
-		{append(enc("\x00bob\x00secret"), "\r\n"...), "bob", true},
-		{enc("bob\x00secret"), "", false},
-		{[]byte("!!!"), "", false},
+		{"PLAIN", enc("\x00bob\x00secret"), "bob"},
+		{"PLAIN", enc("admin\x00bob\x00secret"), "bob"}, // the authcid, whose password is tried
+		{"PLAIN", append(enc("\x00bob\x00secret"), "\r\n"...), "bob"},
+		{"PLAIN", enc("bob\x00secret"), ""},
+		{"PLAIN", enc("\x00\x00secret"), ""},
+		{"PLAIN", []byte("!!!"), ""},
+		{"PLAIN", []byte("="), ""},
+		{"LOGIN", enc("alice@example.org"), "alice@example.org"},
+		{"LOGIN", enc(""), ""},
+		{"XOAUTH2", enc("user=carol@example.org\x01auth=Bearer ya29.token\x01\x01"), "carol@example.org"},
+		{"XOAUTH2", enc("auth=Bearer ya29.token\x01\x01"), ""},
+		{"OAUTHBEARER", enc("n,a=dave@example.org,\x01host=imap.example.org\x01port=993\x01auth=Bearer tok\x01\x01"), "dave@example.org"},
+		{"OAUTHBEARER", enc("n,a=we=2Cird=3Dname,\x01auth=Bearer tok\x01\x01"), "we,ird=name"},
+		{"OAUTHBEARER", enc("n,a=bad=41,\x01auth=Bearer tok\x01\x01"), ""},
+		{"OAUTHBEARER", enc("n,,\x01auth=Bearer tok\x01\x01"), ""},
+		{"CRAM-MD5", enc("bob 0123456789abcdef"), ""},
 	}
 	for _, tt := range tests {
-		u, err := plainUser(tt.in)
-		if (err == nil) != tt.ok || u != tt.user {
-			t.Errorf("plainUser(%q) = %q, %v", tt.in, u, err)
+		x := saslExchange{mech: tt.mech}
+		x.response(tt.in)
+		if x.user != tt.user {
+			t.Errorf("%s %q: user %q, want %q", tt.mech, tt.in, x.user, tt.user)
 		}
+		if len(x.secret) == 0 {
+			t.Errorf("%s %q: response not kept for the retry fingerprint", tt.mech, tt.in)
+		}
+		x.wipe()
+	}
+	// LOGIN's password (the second response) never becomes the user.
+	x := saslExchange{mech: "LOGIN"}
+	x.response(enc("alice"))
+	x.response(enc("hunter2"))
+	if x.user != "alice" {
+		t.Errorf("LOGIN user %q after two responses", x.user)
 	}
 }
 
@@ -208,6 +231,9 @@ func FuzzLoginPhaseParse(f *testing.F) {
 		"* OK [CAPABILITY IMAP4rev1 STARTTLS] hi\r\n",
 		"a LOGIN {99999999999}\r\n",
 		"a LOGIN ((((((((((x))))))))))\r\n",
+		"\xb5[CAPABILITY ",                      // found by this fuzzer: ToUpper changed lengths
+		"* OK \xde[CAPABILITY IMAP4rev1 ID] hi", // the same, in a greeting
+		"* OK [CAPABILITY 0STARTTLS]",           // a name that only contains STARTTLS stays
 	} {
 		f.Add([]byte(s))
 	}
@@ -222,14 +248,45 @@ func FuzzLoginPhaseParse(f *testing.F) {
 			}
 		}
 		trailingLiteral(b)
-		plainUser(b)
-		out, _ := rewriteCaps(nil, b)
-		if bytes.Contains(bytes.ToUpper(out), []byte("[CAPABILITY")) && bytes.Contains(bytes.ToUpper(b), []byte("]")) {
-			if start, end := capRange(out); start >= 0 && bytes.Contains(bytes.ToUpper(out[start:end]), []byte("STARTTLS")) {
-				t.Fatalf("STARTTLS survived in %q", out)
-			}
+		for _, mech := range []string{"PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER"} {
+			x := saslExchange{mech: mech}
+			x.response(b)
+			x.response(b)
 		}
+		taggedStatus(b, "a")
+		checkRewriteCaps(t, b)
 		var tr cmdTracker
 		tr.scan(b)
 	})
+}
+
+// checkRewriteCaps: after rewriteCaps, no whole capability name STARTTLS or
+// LOGINDISABLED is left in the list it found, every other name survives in
+// order, and the text around the list is unchanged.
+func checkRewriteCaps(t *testing.T, b []byte) {
+	t.Helper()
+	out, caps := rewriteCaps(nil, b)
+	start, end := capRange(b)
+	if start < 0 {
+		if !bytes.Equal(out, b) || caps != nil {
+			t.Fatalf("rewriteCaps changed %q without a capability list: %q", b, out)
+		}
+		return
+	}
+	var want [][]byte
+	for _, c := range bytes.Fields(b[start:end]) {
+		if !isDropped(c) {
+			want = append(want, c)
+		}
+	}
+	got := out[start : len(out)-(len(b)-end)]
+	if !bytes.Equal(out[:start], b[:start]) || !bytes.Equal(out[len(out)-(len(b)-end):], b[end:]) {
+		t.Fatalf("rewriteCaps(%q) changed text outside the list: %q", b, out)
+	}
+	if !bytes.Equal(got, bytes.Join(want, []byte(" "))) {
+		t.Fatalf("rewriteCaps(%q) list = %q, want %q", b, got, bytes.Join(want, []byte(" ")))
+	}
+	if len(caps) != len(want) {
+		t.Fatalf("rewriteCaps(%q) reported %d capabilities, want %d", b, len(caps), len(want))
+	}
 }

@@ -32,6 +32,10 @@ type Login struct {
 	MaxErrors   int // malformed commands before the client is cut off (3)
 	// GreetingTimeout bounds waiting for the upstream's greeting (10 s).
 	GreetingTimeout time.Duration
+	// NoUpstreamID stops imapgate from sending its own ID with the
+	// client's address before LOGIN (upstream.send_id = false). A client's
+	// x-* ID fields are dropped either way.
+	NoUpstreamID bool
 }
 
 func (l Login) withDefaults() Login {
@@ -104,6 +108,8 @@ type Server struct {
 	// refusalLog throttles refusal lines per limit, as the kernel throttles
 	// "table full": a flood must not become a disk flood.
 	refusalLog [limiter.NumReasons]*courierlog.RateLimit
+	// problems are upstream misconfigurations seen (upstreamcheck.go).
+	problems [numProblems]atomic.Pointer[upstreamReport]
 }
 
 // New checks opts and returns a Server.
@@ -159,6 +165,7 @@ func (s *Server) SetUpstream(u Upstream) {
 	cur := *s.cur.Load()
 	cur.upstream = u
 	s.cur.Store(&cur)
+	s.clearProblems()
 }
 
 // SetLogin swaps the login-phase bounds for new sessions (reload).
@@ -210,9 +217,26 @@ func (s *Server) Serve(ln net.Listener) error {
 			return fmt.Errorf("accept: %w", err)
 		}
 		backoff = 0
-		s.sessions.Add(1)
+		if !s.startSession() {
+			conn.Close()
+			return ErrServerClosed
+		}
 		go s.serveConn(conn, nil)
 	}
+}
+
+// startSession counts a new session for Shutdown and Close to wait for,
+// unless they have begun: then the caller closes the connection. Under
+// s.mu, so no session can start after closeListeners has returned (a
+// WaitGroup must not be added to while it is waited on from zero).
+func (s *Server) startSession() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shutdown {
+		return false
+	}
+	s.sessions.Add(1)
+	return true
 }
 
 // admission is a limiter decision made before the session's goroutine.

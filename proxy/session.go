@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -42,8 +43,9 @@ type session struct {
 	stopped  [2]bool     // a direction told to end
 	park     [2]parkSlot // poller registrations, fixed before the relay starts
 
-	pre  *admission // decided in the accept loop, if it was
-	upID bool       // upstream advertises ID
+	pre    *admission // decided in the accept loop, if it was
+	upID   bool       // upstream advertises ID
+	idSent bool       // imapgate's own ID went upstream (id.go)
 	// handedOff: the relay goroutines own the session now (see relay).
 	handedOff bool
 	commands  int
@@ -219,6 +221,10 @@ func (ss *session) handshake() bool {
 	// deadline, which costs no goroutine per connection.
 	err := ss.tc.Handshake()
 	ss.srv.events.Handshake(time.Since(start), err)
+	if err == nil {
+		cs := ss.tc.ConnectionState()
+		ss.client.TLSVersion, ss.client.CipherSuite, ss.client.ServerName = cs.Version, cs.CipherSuite, cs.ServerName
+	}
 	if err != nil {
 		if ss.entry.Killed() == conntable.Timeout {
 			ss.srv.log.Message(courierlog.Debug, fmt.Sprintf("ip=[%s], TLS handshake timed out.", courierlog.Addr(ss.client.Remote.Addr())))
@@ -387,11 +393,22 @@ func (ss *session) unavailable(err error) {
 // capabilities rewritten for a client already on TLS.
 func (ss *session) relayLine(text []byte) error {
 	out, caps := rewriteCaps(ss.out[:0], text)
-	if caps != nil {
-		ss.upID = hasCap(caps, "ID")
-	}
+	ss.sawCaps(text, caps)
 	ss.out = append(out, '\r', '\n')
 	return ss.writeClient(ss.out)
+}
+
+// sawCaps learns from a capability list the upstream sent (text is the
+// line before rewriting, caps what rewriteCaps kept; nil if the line had
+// none): whether it speaks ID, and whether it refuses plaintext logins.
+func (ss *session) sawCaps(text []byte, caps [][]byte) {
+	if caps == nil {
+		return
+	}
+	ss.upID = hasCap(caps, "ID")
+	if start, end := capRange(text); start >= 0 && hasCap(bytes.Fields(text[start:end]), "LOGINDISABLED") {
+		ss.srv.upstreamProblem(problemLoginDisabled)
+	}
 }
 
 // endPreauth closes a session that ended before login.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
+	"github.com/pires/go-proxyproto/tlvparse"
 )
 
 // Client identifies the client a session is for, as the proxy saw it
@@ -16,6 +17,11 @@ import (
 type Client struct {
 	Remote netip.AddrPort
 	Local  netip.AddrPort
+	// The client's TLS session, once its handshake is done (zero before):
+	// what a PROXY v2 header's SSL TLV reports to the upstream.
+	TLSVersion  uint16 // tls.VersionTLS12, tls.VersionTLS13
+	CipherSuite uint16
+	ServerName  string // SNI, if the client sent one
 }
 
 // Upstream is the seam to the IMAP server. Dial returns a connection on
@@ -85,9 +91,54 @@ func (u *TCPUpstream) Dial(ctx context.Context, c Client) (net.Conn, error) {
 	return tc, nil
 }
 
-// ProxyHeader builds the PROXY header (version 1 or 2) announcing c.
+// ProxyHeader builds the PROXY header (version 1 or 2) announcing c. A
+// version 2 header for a TLS client carries what HAProxy's
+// send-proxy-v2-ssl sends: PP2_TYPE_SSL (client flag PP2_CLIENT_SSL,
+// verify 0 as HAProxy writes it when no client certificate was asked for,
+// the TLS version as OpenSSL names it and the cipher suite) and
+// PP2_TYPE_AUTHORITY (the SNI, if any). Dovecot trusts a client announced
+// with PP2_CLIENT_SSL as secured and then allows plaintext LOGIN under its
+// default disable_plaintext_auth = yes; without it, every login through a
+// haproxy listener gets NO [PRIVACYREQUIRED].
 func ProxyHeader(version int, c Client) *proxyproto.Header {
 	src := net.TCPAddrFromAddrPort(c.Remote)
 	dst := net.TCPAddrFromAddrPort(c.Local)
-	return proxyproto.HeaderProxyFromAddrs(byte(version), src, dst)
+	h := proxyproto.HeaderProxyFromAddrs(byte(version), src, dst)
+	if version == 2 && c.TLSVersion != 0 {
+		// SetTLVs fails only for a value over 64 KiB; an SNI is at most 255 bytes.
+		h.SetTLVs(clientTLVs(c))
+	}
+	return h
+}
+
+func clientTLVs(c Client) []proxyproto.TLV {
+	sub := []proxyproto.TLV{{Type: proxyproto.PP2_SUBTYPE_SSL_VERSION, Value: []byte(tlsVersionName(c.TLSVersion))}}
+	if c.CipherSuite != 0 {
+		sub = append(sub, proxyproto.TLV{Type: proxyproto.PP2_SUBTYPE_SSL_CIPHER, Value: []byte(tls.CipherSuiteName(c.CipherSuite))})
+	}
+	ssl, err := tlvparse.PP2SSL{Client: tlvparse.PP2_BITFIELD_CLIENT_SSL, Verify: 0, TLV: sub}.Marshal()
+	if err != nil {
+		return nil
+	}
+	tlvs := []proxyproto.TLV{ssl}
+	if c.ServerName != "" && len(c.ServerName) <= 255 {
+		tlvs = append(tlvs, proxyproto.TLV{Type: proxyproto.PP2_TYPE_AUTHORITY, Value: []byte(c.ServerName)})
+	}
+	return tlvs
+}
+
+// tlsVersionName names a TLS version as OpenSSL's SSL_get_version does,
+// which is what HAProxy puts in PP2_SUBTYPE_SSL_VERSION.
+func tlsVersionName(v uint16) string {
+	switch v {
+	case tls.VersionTLS10:
+		return "TLSv1"
+	case tls.VersionTLS11:
+		return "TLSv1.1"
+	case tls.VersionTLS12:
+		return "TLSv1.2"
+	case tls.VersionTLS13:
+		return "TLSv1.3"
+	}
+	return fmt.Sprintf("unknown (0x%04x)", v)
 }
