@@ -67,6 +67,9 @@ func NewExecUpstream(argv []string, vars map[string]string, log *courierlog.Logg
 
 func hasKey(m map[string]string, k string) bool { _, ok := m[k]; return ok }
 
+// fileConn is net.FileConn; tests make it fail (as EMFILE would).
+var fileConn = net.FileConn
+
 func (u *ExecUpstream) String() string { return "exec " + u.argv[0] }
 
 // Dial implements Upstream.
@@ -75,13 +78,16 @@ func (u *ExecUpstream) Dial(ctx context.Context, c Client) (net.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("exec upstream: socketpair: %w", err)
 	}
+	// Each descriptor has exactly one owner from here on: the *os.Files,
+	// whose Close is the only close. (Closing a number twice can close
+	// an unrelated client's socket that a concurrent accept was just given
+	// the same number.)
 	ours := os.NewFile(uintptr(fds[0]), "imapgate-session")
 	theirs := os.NewFile(uintptr(fds[1]), "courier-session")
-	defer theirs.Close()
-	conn, err := net.FileConn(ours)
+	defer theirs.Close() // the child has its own copy once started
+	conn, err := fileConn(ours) // dups: ours is closed either way
 	ours.Close()
 	if err != nil {
-		syscall.Close(fds[1])
 		return nil, fmt.Errorf("exec upstream: %w", err)
 	}
 	// ulimit -v and umask as /usr/lib/courier/imapd does, then exec.

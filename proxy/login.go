@@ -34,6 +34,9 @@ func (ss *session) loginPhase() outcome {
 			return closed
 		}
 		tag, name, err := commandHead(ss.cmd)
+		if testHookCommand != nil {
+			testHookCommand(name)
+		}
 		if err != nil {
 			if !ss.invalid(tag, "Invalid command.") {
 				return closed

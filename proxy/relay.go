@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -42,7 +41,7 @@ func (ss *session) relay() {
 	// anything the upstream sent after its OK goes to the client.
 	if n := ss.cr.Buffered(); n > 0 {
 		b, _ := ss.cr.Peek(n)
-		ss.tracker.scan(b)
+		ss.tracker.scanClient(b)
 		if _, err := ss.up.Write(b); err != nil {
 			ss.endEstablished()
 			return
@@ -50,6 +49,7 @@ func (ss *session) relay() {
 	}
 	if n := ss.ur.Buffered(); n > 0 {
 		b, _ := ss.ur.Peek(n)
+		ss.tracker.scanServer(b)
 		if ss.writeClient(b) != nil {
 			ss.endEstablished()
 			return
@@ -118,7 +118,10 @@ type parkSlot struct {
 func (ss *session) runDir(d int) {
 	parked := false
 	defer func() {
-		ss.recoverPanic()
+		if r := recover(); r != nil {
+			ss.panicked(r)
+			parked = false
+		}
 		if !parked {
 			ss.dirDone(d)
 		}
@@ -224,6 +227,10 @@ func isTimeout(err error) bool {
 // dirDone records that d ended; the second to end closes the session.
 func (ss *session) dirDone(d int) {
 	ss.mu.Lock()
+	if ss.dirState[d] == dirDone { // a panic recovered after the direction had ended
+		ss.mu.Unlock()
+		return
+	}
 	ss.dirState[d] = dirDone
 	last := ss.dirState[toUpstream] == dirDone && ss.dirState[toClient] == dirDone
 	ss.mu.Unlock()
@@ -270,7 +277,10 @@ func (ss *session) copyToUpstream() (parked bool) {
 		}
 		if n > 0 {
 			ss.entry.Received(n)
-			ss.tracker.scan(buf[:n])
+			if testHookRelay != nil {
+				testHookRelay(buf[:n])
+			}
+			ss.tracker.scanClient(buf[:n])
 			if _, werr := ss.up.Write(buf[:n]); werr != nil {
 				break
 			}
@@ -345,6 +355,7 @@ func (ss *session) copyToClient() (parked bool) {
 		n, err := ss.up.Read(*bp)
 		streaming = n == len(*bp)
 		if n > 0 {
+			ss.tracker.scanServer((*bp)[:n])
 			if werr := ss.writeClient((*bp)[:n]); werr != nil {
 				pool.Put(bp)
 				break
@@ -353,9 +364,11 @@ func (ss *session) copyToClient() (parked bool) {
 		pool.Put(bp)
 		if err != nil {
 			if errors.Is(err, io.EOF) {
-				ss.entry.SetState(conntable.Closing)
-				ss.tc.CloseWrite()
-				return false
+				// The upstream ended the session (after LOGOUT's OK, RFC
+				// 9051 §6.1.3, or because it died): so does imapgate, at
+				// once. The client-side direction stops; the session's
+				// end sends close_notify and FIN and writes the line.
+				break
 			}
 			if isTimeout(err) && !ss.halted(toClient) {
 				// The idle detector fired mid-stream: not an error.
@@ -412,7 +425,7 @@ func (ss *session) endEstablished() {
 	case conntable.Deleted:
 		ss.finalWrite("* BYE Connection closed by the administrator.\r\n")
 	default:
-		if ss.tracker.logout {
+		if ss.tracker.loggedOut() {
 			how = courierlog.EndLogout
 		}
 	}
@@ -421,64 +434,4 @@ func (ss *session) endEstablished() {
 		Rcvd: rx, Sent: tx, Elapsed: time.Since(ss.start),
 	})
 	ss.closed()
-}
-
-// cmdTracker follows the client's command stream after login just enough
-// to notice LOGOUT: it splits lines, skips literal data without looking at
-// it, and checks each command's name.
-type cmdTracker struct {
-	skip   int64    // literal bytes still to pass over
-	line   []byte   // start of the current line, at most trackHead bytes
-	tail   [24]byte // enough for "{4294967295+}\r\n"
-	nTail  int
-	logout bool
-}
-
-const trackHead = 64
-
-func (t *cmdTracker) scan(b []byte) {
-	for len(b) > 0 {
-		if t.skip > 0 {
-			n := min(int64(len(b)), t.skip)
-			t.skip -= n
-			b = b[n:]
-			continue
-		}
-		i := bytes.IndexByte(b, '\n')
-		chunk := b
-		if i >= 0 {
-			chunk = b[:i+1]
-		}
-		if room := trackHead - len(t.line); room > 0 {
-			t.line = append(t.line, chunk[:min(room, len(chunk))]...)
-		}
-		t.keepTail(chunk)
-		b = b[len(chunk):]
-		if i >= 0 {
-			t.endLine()
-		}
-	}
-}
-
-func (t *cmdTracker) keepTail(chunk []byte) {
-	if len(chunk) >= len(t.tail) {
-		copy(t.tail[:], chunk[len(chunk)-len(t.tail):])
-		t.nTail = len(t.tail)
-		return
-	}
-	keep := min(t.nTail, len(t.tail)-len(chunk))
-	copy(t.tail[:], t.tail[t.nTail-keep:t.nTail])
-	copy(t.tail[keep:], chunk)
-	t.nTail = keep + len(chunk)
-}
-
-func (t *cmdTracker) endLine() {
-	if _, name, err := commandHead(t.line); err == nil && name == "LOGOUT" {
-		t.logout = true
-	}
-	if lit, ok, err := trailingLiteral(t.tail[:t.nTail]); ok && err == nil {
-		t.skip = lit.size
-	}
-	t.line = t.line[:0]
-	t.nTail = 0
 }

@@ -200,19 +200,51 @@ func TestReadLineBound(t *testing.T) {
 }
 
 func TestCmdTracker(t *testing.T) {
-	var tr cmdTracker
-	// A literal whose content looks like LOGOUT must not count, even when
-	// split across reads.
-	stream := "a APPEND INBOX {20}\r\nb LOGOUT\r\nxxxxxxxxxx\r\nc NOOP\r\n"
-	for i := 0; i < len(stream); i += 7 {
-		tr.scan([]byte(stream[i:min(i+7, len(stream))]))
+	// Each step is "C:" (client to upstream) or "S:" (upstream to client),
+	// fed in 7-byte pieces; logout is whether LOGOUT was seen at the end.
+	tests := []struct {
+		name   string
+		steps  []string
+		logout bool
+	}{
+		{"literal content is not a command", []string{
+			"C:a APPEND INBOX {20}\r\n", "S:+ Ready for literal data\r\n",
+			"C:b LOGOUT\r\nxxxxxxxxxx\r\n", "C:c NOOP\r\n", "S:a OK APPEND completed\r\n"}, false},
+		{"LOGOUT after a literal", []string{
+			"C:a APPEND INBOX {4}\r\n", "S:+ go ahead\r\n", "C:abcd\r\n", "S:a OK\r\n", "C:d logout\r\n"}, true},
+		{"refused synchronising literal: its data never comes", []string{
+			"C:a2 APPEND INBOX {157286400}\r\n", "S:a2 NO [TOOBIG] Message too large.\r\n", "C:a3 LOGOUT\r\n"}, true},
+		{"small refused literal", []string{
+			"C:a2 APPEND INBOX {5}\r\n", "S:a2 NO [TRYCREATE] No such mailbox\r\n", "C:a3 LOGOUT\r\n"}, true},
+		{"another command's answer does not refuse the literal", []string{
+			"C:a1 NOOP\r\na2 APPEND INBOX {11}\r\n", "S:a1 OK NOOP\r\n", "S:+ Ready\r\n",
+			"C:a3 LOGOUT\r\n", "S:a2 OK APPEND\r\n"}, false},
+		{"a tag that only begins with the pending one", []string{
+			"C:a2 APPEND INBOX {11}\r\n", "S:a22 OK x\r\n", "S:+ Ready\r\n", "C:a3 LOGOUT\r\n"}, false},
+		{"non-synchronising literal follows at once", []string{
+			"C:a APPEND INBOX {10+}\r\nb LOGOUT\r\n", "C:c NOOP\r\n"}, false},
+		{"response literal that looks like a continuation", []string{
+			"C:a1 FETCH 1 BODY[]\r\n", "S:* 1 FETCH (BODY[] {13}\r\n+ Ready\r\nxx)\r\n", "S:a1 OK\r\n",
+			"C:a2 APPEND INBOX {8}\r\n", "S:a2 NO [OVERQUOTA]\r\n", "C:a3 LOGOUT\r\n"}, true},
+		{"multi-literal command", []string{
+			"C:a LOGIN {3}\r\n", "S:+ \r\n", "C:bob {6}\r\n", "S:+ \r\n", "C:LOGOUT\r\n", "S:a OK\r\n"}, false},
 	}
-	if tr.logout {
-		t.Fatal("LOGOUT inside a literal was taken for a command")
-	}
-	tr.scan([]byte("d logout\r\n"))
-	if !tr.logout {
-		t.Fatal("LOGOUT not noticed")
+	for _, tt := range tests {
+		var tr cmdTracker
+		for _, step := range tt.steps {
+			data := step[2:]
+			for i := 0; i < len(data); i += 7 {
+				piece := []byte(data[i:min(i+7, len(data))])
+				if step[0] == 'C' {
+					tr.scanClient(piece)
+				} else {
+					tr.scanServer(piece)
+				}
+			}
+		}
+		if tr.loggedOut() != tt.logout {
+			t.Errorf("%s: logout = %v, want %v", tt.name, tr.loggedOut(), tt.logout)
+		}
 	}
 }
 
@@ -256,7 +288,9 @@ func FuzzLoginPhaseParse(f *testing.F) {
 		taggedStatus(b, "a")
 		checkRewriteCaps(t, b)
 		var tr cmdTracker
-		tr.scan(b)
+		tr.scanClient(b)
+		tr.scanServer(b)
+		tr.scanClient(b)
 	})
 }
 

@@ -72,7 +72,10 @@ func (s *Server) serveConn(raw net.Conn, pre *admission) {
 	ss := &session{srv: s, set: s.cur.Load(), raw: raw, start: time.Now(), pre: pre}
 	ss.ctx, ss.cancel = context.WithCancel(context.Background())
 	defer func() {
-		ss.recoverPanic()
+		// recover works only when called by the deferred function itself.
+		if r := recover(); r != nil {
+			ss.panicked(r)
+		}
 		if !ss.handedOff {
 			ss.cleanup()
 		}
@@ -99,12 +102,28 @@ const stackPad = 14 << 10
 //go:noinline
 func keepStack([]byte) {}
 
-// recoverPanic logs a panic: a bug in one session must not take the daemon
-// down. Deferred by every goroutine of a session.
-func (ss *session) recoverPanic() {
-	if r := recover(); r != nil {
-		ss.srv.log.Message(courierlog.Crit, fmt.Sprintf("panic in session: %v: %s", r, debug.Stack()))
+// Test hooks, nil outside tests: called with each command name before
+// login and with each chunk the client sends after login, so a test can
+// make a session panic on purpose.
+var (
+	testHookCommand func(name string)
+	testHookRelay   func(b []byte)
+)
+
+// panicked handles a panic recovered in one of the session's goroutines,
+// as net/http does for a handler: a bug costs this session, never the
+// process and the other sessions. It logs the panic with the connection's
+// id and stack, counts it, and kills the session so that its other
+// goroutine (if any) ends too; the caller then cleans up as usual.
+func (ss *session) panicked(r any) {
+	id := uint64(0)
+	if ss.entry != nil {
+		id = ss.entry.ID()
 	}
+	ss.srv.log.Message(courierlog.Crit, fmt.Sprintf("panic in session id=%d, ip=[%s]: %v\n%s",
+		id, courierlog.Addr(ss.client.Remote.Addr()), r, debug.Stack()))
+	ss.srv.events.Panic()
+	ss.kill(conntable.NotKilled)
 }
 
 // cleanup releases everything the session holds, once: by serveConn, or,
@@ -430,7 +449,51 @@ func (ss *session) endPreauth() {
 	ss.closed()
 }
 
+// closed ends a session that reached TLS: close_notify, then FIN, then a
+// short drain of what the client still sends, before cleanup closes the
+// socket. Closing a socket with unread input makes the kernel send RST,
+// and a client's kernel discards what it had not yet read when the RST
+// arrives: the last "* BYE" that says why would be lost. A killed
+// session (timeout, early drop, shutdown, administrator) is not drained.
 func (ss *session) closed() {
 	ss.srv.events.Closed()
-	ss.tc.Close() // close_notify; cleanup closes the sockets
+	ss.raw.SetWriteDeadline(time.Now().Add(lingerTime))
+	ss.tc.CloseWrite() // close_notify
+	if cw, ok := ss.raw.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	} else if pc, ok := ss.raw.(interface{ Raw() net.Conn }); ok { // a PROXY-protocol conn
+		closeWrite(pc.Raw())
+	}
+	if ss.entry.Killed() == conntable.NotKilled {
+		ss.drain()
+	}
+}
+
+// lingerTime and lingerBytes bound the drain of a closing session: a
+// client that read our last line closes at once; one that keeps sending
+// is cut off with a reset after this.
+const (
+	lingerTime  = time.Second
+	lingerBytes = 1 << 20
+)
+
+// drain reads and discards the client's input until it closes, for at most
+// lingerTime and lingerBytes.
+func (ss *session) drain() {
+	ss.mu.Lock()
+	if ss.killed {
+		ss.mu.Unlock()
+		return
+	}
+	ss.raw.SetReadDeadline(time.Now().Add(lingerTime))
+	ss.mu.Unlock()
+	bp := bigPool.Get().(*[]byte)
+	defer bigPool.Put(bp)
+	for total := 0; total < lingerBytes; {
+		n, err := ss.raw.Read(*bp)
+		total += n
+		if err != nil {
+			return
+		}
+	}
 }

@@ -1,0 +1,67 @@
+package proxy_test
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	"imapgate/proxy"
+)
+
+// A bug costs one session, never the process: a panic in the login phase
+// and one in a relay direction each end their own session (logged with
+// its id, counted), while another session goes on.
+func TestPanicCostsOneSession(t *testing.T) {
+	restore := proxy.SetTestHooks(
+		func(name string) {
+			if name == "XPANIC" {
+				panic("deliberate panic in the login phase")
+			}
+		},
+		func(b []byte) {
+			if bytes.Contains(b, []byte("XPANIC")) {
+				panic("deliberate panic in the relay")
+			}
+		})
+	defer restore()
+	up := fakeUpstream(t, simpleServer)
+	p := startProxy(t, up.upstream(), proxyConfig{})
+
+	bystander := dial(t, p.addr)
+	bystander.expect("* OK")
+	bystander.send("b1 LOGIN bob secret\r\n")
+	bystander.expect("b1 OK")
+
+	pre := dial(t, p.addr)
+	pre.expect("* OK")
+	pre.send("p1 XPANIC\r\n")
+	pre.expectEOF()
+	waitLog(t, p, "panic in session id=")
+
+	post := dial(t, p.addr)
+	post.expect("* OK")
+	post.send("r1 LOGIN bob secret\r\n")
+	post.expect("r1 OK")
+	post.send("r2 XPANIC\r\n")
+	post.expectEOF()
+
+	bystander.send("b2 NOOP\r\n")
+	bystander.expect("b2 OK")
+	n := 0
+	for _, l := range p.log.Lines() {
+		if strings.Contains(l, "panic in session id=") && strings.Contains(l, "deliberate panic") {
+			n++
+		}
+	}
+	if n != 2 {
+		t.Errorf("%d panic lines, want 2: %q", n, p.log.Lines())
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for p.srv.Table().Count() != 1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := p.srv.Table().Count(); got != 1 {
+		t.Errorf("table holds %d entries after two panicked sessions, want 1 (the bystander)", got)
+	}
+}
