@@ -84,7 +84,7 @@ func (u *ExecUpstream) Dial(ctx context.Context, c Client) (net.Conn, error) {
 	// the same number.)
 	ours := os.NewFile(uintptr(fds[0]), "imapgate-session")
 	theirs := os.NewFile(uintptr(fds[1]), "courier-session")
-	defer theirs.Close() // the child has its own copy once started
+	defer theirs.Close()        // the child has its own copy once started
 	conn, err := fileConn(ours) // dups: ours is closed either way
 	ours.Close()
 	if err != nil {
