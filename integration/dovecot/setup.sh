@@ -84,7 +84,7 @@ install_packages() {
         apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 $missing >&2
     fi
     if [ -n "$guard" ]; then rm -f /usr/sbin/policy-rc.d; fi
-    rm -rf "$ROOT"
+    rm -rf "$ROOT"; mkdir -p "$ROOT"
     for f in "$DEBS"/dovecot-core_*.deb "$DEBS"/dovecot-imapd_*.deb; do dpkg-deb -x "$f" "$ROOT"; done
     [ -x "$ROOT/usr/sbin/dovecot" ] && [ -x "$ROOT/usr/lib/dovecot/imap" ] || die "unpacking Dovecot into $ROOT failed"
     say "Dovecot $want unpacked into $ROOT"
