@@ -153,7 +153,7 @@ func (a *app) startAdmin(cfg *config.Config, reg *prometheus.Registry, top *admi
 	a.adminLn = ln
 	h := admin.New(admin.Options{
 		Table: a.table, Limiter: a.limiter, Top: top, Gatherer: reg, Token: cfg.Admin.Token,
-		Reload: a.reload, Ready: a.ready.Load,
+		Reload: a.reload, ReopenLogs: a.reopenLogs, Ready: a.ready.Load,
 		Info: func() map[string]any {
 			c := a.cfg.Load()
 			addrs := make([]string, len(a.listeners))
