@@ -417,3 +417,45 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 	t.Fatalf("timed out waiting for %s", what)
 }
+
+// The shipped logrotate snippet, run by the real logrotate over a running
+// imapgate's log file: the file is moved, imapgate reopens (here through
+// ctl reopen-logs: there is no systemd to send SIGUSR1), the moved file
+// keeps the earlier lines, the new one gets the later ones, and the next
+// rotation compresses the moved one.
+func TestRealLogrotateSnippet(t *testing.T) {
+	prog := need(t, "logrotate", "logrotate")
+	snippet, err := os.ReadFile("../../dist/logrotate/imapgate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, "", nil, nil)
+	conf := strings.NewReplacer("/var/log/imapgate/", d.dir+"/", "/usr/local/sbin/imapgate", binary,
+		"/etc/imapgate/imapgate.toml", filepath.Join(d.dir, "imapgate.toml")).Replace(string(snippet))
+	confFile, state := filepath.Join(d.dir, "logrotate.conf"), filepath.Join(d.dir, "logrotate.state")
+	os.WriteFile(confFile, []byte(conf), 0o644)
+	rotate := func() {
+		t.Helper()
+		if out, err := exec.Command(prog, "-f", "-s", state, confFile).CombinedOutput(); err != nil {
+			t.Fatalf("logrotate: %v\n%s", err, out)
+		}
+	}
+
+	d.failLogin("127.0.27.1", "demo")
+	d.waitLine("ip=[::ffff:127.0.27.1]")
+	rotate()
+	d.waitLine("imapgate: log file " + d.log + " reopened")
+	d.failLogin("127.0.27.2", "demo")
+	d.waitLine("ip=[::ffff:127.0.27.2]")
+	if old := readFile(d.log + ".1"); !strings.Contains(old, "ip=[::ffff:127.0.27.1]") || strings.Contains(old, "127.0.27.2") {
+		t.Errorf("moved file:\n%s", old)
+	}
+	if strings.Contains(d.logText(), "127.0.27.1") {
+		t.Errorf("new file has an earlier line:\n%s", d.logText())
+	}
+	rotate()
+	d.waitLine("reopened")
+	if _, err := os.Stat(d.log + ".2.gz"); err != nil {
+		t.Errorf("second rotation did not compress the first moved file: %v", err)
+	}
+}
