@@ -189,7 +189,11 @@ func (s *LineSink) Reopen() error {
 
 // Close flushes and closes a file sink.
 func (s *LineSink) Close() error {
-	s.Flush()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for len(s.q.lines) > 0 { // twice at most: a flush may add the line saying what was missed
+		s.flushLocked()
+	}
 	if c, ok := s.w.(io.Closer); ok && s.path != "" {
 		return c.Close()
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -231,8 +232,9 @@ func TestSyslogDaemonRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	now := testTime
-	s.SetClock(func() time.Time { return now })
+	var now atomic.Int64 // the timer's flush may read it
+	now.Store(testTime.UnixNano())
+	s.SetClock(func() time.Time { return time.Unix(0, now.Load()) })
 	fb := &Memory{}
 	s.SetFallback(fb)
 
@@ -258,7 +260,7 @@ func TestSyslogDaemonRestart(t *testing.T) {
 	if s.Dropped() != 3 {
 		t.Fatalf("dropped %d, want 3: no connect before SyslogRetry", s.Dropped())
 	}
-	now = now.Add(SyslogRetry)
+	now.Add(int64(SyslogRetry))
 	s.Write(Info, []byte("after"))
 	s.Flush()
 	s.Flush() // the line saying what was missed

@@ -223,7 +223,9 @@ func (s *SyslogSink) Reopen() error {
 func (s *SyslogSink) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.flushLocked()
+	for len(s.q.lines) > 0 { // twice at most: a flush may add the line saying what was missed
+		s.flushLocked()
+	}
 	if s.conn != nil {
 		s.conn.Close()
 		s.conn = nil
