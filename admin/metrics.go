@@ -24,6 +24,9 @@ type Sources struct {
 	Certs   *certs.Store
 	// Parked counts relay directions waiting without a goroutine.
 	Parked func() int
+	// LogDropped reads, per log output ("stderr", "syslog", "file"), the
+	// lines it could not take.
+	LogDropped map[string]func() uint64
 }
 
 // Metrics counts proxy events (it implements proxy.Events) and exposes the
@@ -183,11 +186,12 @@ var (
 	descOpenFiles    = prometheus.NewDesc("imapgate_open_files", "Open file descriptors.", nil, nil)
 	descOpenMax      = prometheus.NewDesc("imapgate_open_files_limit", "Soft limit on open file descriptors.", nil, nil)
 	descParked       = prometheus.NewDesc("imapgate_relay_parked_directions", "Relay directions idle in the poller, holding no goroutine (two per idle session).", nil, nil)
+	descLogDropped   = prometheus.NewDesc("imapgate_log_lines_dropped_total", "Log lines the output could not take (syslog down, disk full); syslog and file lines go to stderr instead.", []string{"output"}, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConns, descCount, descMax, descEarlyDrop, descInsertFailed, descTimeouts,
-		descReaped, descBytes, descBansActive, descTracked, descCertExpiry, descOpenFiles, descOpenMax, descParked} {
+		descReaped, descBytes, descBansActive, descTracked, descCertExpiry, descOpenFiles, descOpenMax, descParked, descLogDropped} {
 		ch <- d
 	}
 }
@@ -218,6 +222,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if c.src.Parked != nil {
 		ch <- prometheus.MustNewConstMetric(descParked, prometheus.GaugeValue, float64(c.src.Parked()))
+	}
+	for output, n := range c.src.LogDropped {
+		ch <- prometheus.MustNewConstMetric(descLogDropped, prometheus.CounterValue, float64(n()), output)
 	}
 	if n, limit, ok := openFiles(); ok {
 		ch <- prometheus.MustNewConstMetric(descOpenFiles, prometheus.GaugeValue, float64(n))

@@ -26,6 +26,9 @@ type Options struct {
 	Gatherer prometheus.Gatherer
 	// Reload re-reads the configuration (as SIGHUP does).
 	Reload func() error
+	// ReopenLogs reopens the log file or reconnects to syslog (as
+	// SIGUSR1 does).
+	ReopenLogs func() error
 	// Ready reports whether the proxy is serving (not starting, not
 	// shutting down).
 	Ready func() bool
@@ -56,7 +59,8 @@ func New(o Options) *Server {
 	s.mux.HandleFunc("GET /bans", s.bans)
 	s.mux.HandleFunc("POST /kill", s.local(s.kill))
 	s.mux.HandleFunc("POST /unban", s.local(s.unban))
-	s.mux.HandleFunc("POST /reload", s.local(s.reload))
+	s.mux.HandleFunc("POST /reload", s.local(call(o.Reload, "reloaded")))
+	s.mux.HandleFunc("POST /reopen-logs", s.local(call(o.ReopenLogs, "reopened")))
 	// Profiles for diagnosing CPU and memory; the admin listener is local
 	// unless configured otherwise.
 	s.mux.HandleFunc("GET /debug/pprof/", s.local(pprof.Index))
@@ -312,16 +316,20 @@ func (s *Server) unban(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, map[string]bool{"lifted": lifted})
 }
 
-func (s *Server) reload(w http.ResponseWriter, _ *http.Request) {
-	if s.o.Reload == nil {
-		http.Error(w, "reload not available", http.StatusNotImplemented)
-		return
+// call answers a request by calling f: {done: true}, or the error with
+// 422 Unprocessable Entity.
+func call(f func() error, done string) http.HandlerFunc {
+	return func(w http.ResponseWriter, _ *http.Request) {
+		if f == nil {
+			http.Error(w, "not available", http.StatusNotImplemented)
+			return
+		}
+		if err := f(); err != nil {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusUnprocessableEntity)
+			json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
+			return
+		}
+		writeJSON(w, map[string]bool{done: true})
 	}
-	if err := s.o.Reload(); err != nil {
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusUnprocessableEntity)
-		json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
-		return
-	}
-	writeJSON(w, map[string]bool{"reloaded": true})
 }

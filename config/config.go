@@ -256,7 +256,7 @@ type Override struct {
 
 // Log is [log].
 type Log struct {
-	// Output: "stderr", "syslog" or "file:/path".
+	// Output: "stderr", "syslog" (/dev/log), "syslog:/socket" or "file:/path".
 	Output        string `toml:"output"`
 	Tag           string `toml:"tag"`
 	Hostname      string `toml:"hostname"`

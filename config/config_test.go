@@ -89,6 +89,7 @@ func TestErrorsNameFileLineAndKey(t *testing.T) {
 		{"short idle timeout", "[timeouts]\nestablished = \"10s\"\n", 2, "timeouts.established", "IDLE"},
 		{"syntax", "[limits\n", 2, "", ""},
 		{"log output", "[log]\noutput = \"file:relative.log\"\n", 2, "log.output", "absolute"},
+		{"syslog socket", "[log]\noutput = \"syslog:dev/log\"\n", 2, "log.output", "absolute"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

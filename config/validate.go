@@ -191,12 +191,13 @@ func (c *Config) validateLog() []problem {
 	o := c.Log.Output
 	switch {
 	case o == "stderr", o == "syslog":
-	case strings.HasPrefix(o, "file:"):
-		if !strings.HasPrefix(strings.TrimPrefix(o, "file:"), "/") {
-			return []problem{{"log.output", 0, fmt.Sprintf("file: needs an absolute path, got %q", o)}}
+	case strings.HasPrefix(o, "file:"), strings.HasPrefix(o, "syslog:"):
+		kind, path, _ := strings.Cut(o, ":")
+		if !strings.HasPrefix(path, "/") {
+			return []problem{{"log.output", 0, fmt.Sprintf("%s: needs an absolute path, got %q", kind, o)}}
 		}
 	default:
-		return []problem{{"log.output", 0, fmt.Sprintf("must be \"stderr\", \"syslog\" or \"file:/path\", got %q", o)}}
+		return []problem{{"log.output", 0, fmt.Sprintf("must be \"stderr\", \"syslog\", \"syslog:/socket\" or \"file:/path\", got %q", o)}}
 	}
 	if c.Log.Tag == "" {
 		return []problem{{"log.tag", 0, "must not be empty"}}

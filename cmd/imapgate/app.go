@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -36,7 +35,7 @@ type app struct {
 	flags     flags
 	cfg       atomic.Pointer[config.Config]
 	log       *courierlog.Logger
-	sink      courierlog.Sink
+	logs      *logSinks
 	store     *certs.Store
 	table     *conntable.Table
 	limiter   *limiter.Limiter
@@ -56,10 +55,10 @@ type app struct {
 func newApp(cfg *config.Config, f flags) (*app, error) {
 	a := &app{flags: f}
 	var err error
-	if a.sink, err = openSink(cfg.Log); err != nil {
+	if a.logs, err = openLog(cfg.Log); err != nil {
 		return nil, err
 	}
-	a.log = courierlog.New(a.sink, courierlog.Options{TLS: true, LoginStartTLS: cfg.Log.LoginStartTLS})
+	a.log = courierlog.New(a.logs.main, courierlog.Options{TLS: true, LoginStartTLS: cfg.Log.LoginStartTLS})
 	if a.files, err = checkOpenFiles(cfg, f.demo); err != nil {
 		return nil, err
 	}
@@ -80,7 +79,7 @@ func newApp(cfg *config.Config, f flags) (*app, error) {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	top := admin.NewTop(1024)
 	a.metrics = admin.NewMetrics(reg, admin.Sources{Table: a.table, Limiter: a.limiter, Certs: a.store,
-		Parked: func() int { return a.srv.Parked() }}, top)
+		Parked: func() int { return a.srv.Parked() }, LogDropped: a.logs.Dropped()}, top)
 	minVersion, _ := certs.TLSVersion(cfg.TLS.MinVersion)
 	sessionLog := a.log
 	if cfg.Upstream.Mode == "exec" {
@@ -154,7 +153,7 @@ func (a *app) startAdmin(cfg *config.Config, reg *prometheus.Registry, top *admi
 	a.adminLn = ln
 	h := admin.New(admin.Options{
 		Table: a.table, Limiter: a.limiter, Top: top, Gatherer: reg, Token: cfg.Admin.Token,
-		Reload: a.reload, Ready: a.ready.Load,
+		Reload: a.reload, ReopenLogs: a.reopenLogs, Ready: a.ready.Load,
 		Info: func() map[string]any {
 			c := a.cfg.Load()
 			addrs := make([]string, len(a.listeners))
@@ -176,22 +175,6 @@ func prefixesOf(ps []config.Prefix) []netip.Prefix {
 		out[i] = p.Prefix
 	}
 	return out
-}
-
-func openSink(l config.Log) (courierlog.Sink, error) {
-	host := l.Hostname
-	if host == "" {
-		host, _ = os.Hostname()
-		host, _, _ = strings.Cut(host, ".")
-	}
-	switch {
-	case l.Output == "syslog":
-		return courierlog.DialSyslog(l.Tag)
-	case strings.HasPrefix(l.Output, "file:"):
-		return courierlog.OpenFile(strings.TrimPrefix(l.Output, "file:"), host, l.Tag)
-	default:
-		return courierlog.NewLineSink(os.Stderr, host, l.Tag), nil
-	}
 }
 
 func buildStore(cfg *config.Config, demo bool) (*certs.Store, error) {
@@ -284,7 +267,8 @@ func (a *app) wrapProxyProtocol(cfg *config.Config, ln net.Listener) net.Listene
 // reload re-reads the configuration and certificates, checks everything,
 // and swaps it all, or changes nothing and says why. Live sessions and
 // limit counters are untouched; new limits apply to new connections.
-// SIGHUP and the admin endpoint both come here, one at a time.
+// SIGHUP and the admin endpoint both come here, one at a time. Log files
+// are not reopened here (reopenLogs is).
 func (a *app) reload() error {
 	a.reloadMu.Lock()
 	defer a.reloadMu.Unlock()
@@ -301,11 +285,6 @@ func (a *app) reload() error {
 }
 
 func (a *app) tryReload() error {
-	if r, ok := a.sink.(interface{ Reopen() error }); ok {
-		if err := r.Reopen(); err != nil {
-			return err
-		}
-	}
 	cfg, err := loadConfig(a.flags)
 	if err != nil {
 		return err
@@ -351,6 +330,21 @@ func (a *app) tryReload() error {
 	return nil
 }
 
+// reopenLogs reopens the log file after logrotate moved it, or reconnects
+// to syslog; nothing else changes. SIGUSR1, SIGHUP (before its reload, and
+// whatever the reload's outcome) and the admin endpoint come here.
+func (a *app) reopenLogs() error {
+	ok, err := a.logs.Reopen()
+	if err != nil {
+		a.logf("imapgate: %v", err)
+		return err
+	}
+	if ok {
+		a.logf("imapgate: %s reopened", a.logs.where)
+	}
+	return nil
+}
+
 func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", "; ") }
 
 func (a *app) logf(format string, args ...any) {
@@ -367,9 +361,7 @@ func (a *app) close() {
 	if a.emb != nil {
 		a.emb.Close()
 	}
-	if c, ok := a.sink.(io.Closer); ok {
-		c.Close() // flushes buffered lines
-	}
+	a.logs.Close() // flushes buffered lines
 }
 
 // startupReport is one line with what is in force.

@@ -26,7 +26,8 @@ const ctlUsage = `usage: imapgate ctl [-admin ADDR | -config FILE] [-json] [-tok
                             live connections (like conntrack -L)
   kill ID|ADDR              close one connection, or all of an address (like conntrack -D)
   unban ADDR|CIDR           lift a ban from failed logins
-  reload                    re-read the configuration and certificates (like SIGHUP)
+  reload                    re-read the configuration and certificates
+  reopen-logs               reopen the log file after rotation, or reconnect to syslog (like SIGUSR1)
 `
 
 // ctl talks to a running imapgate's admin endpoint.
@@ -77,6 +78,8 @@ func ctl(args []string, stdout, stderr io.Writer) int {
 		err = c.post(stdout, "/unban", url.Values{"addr": {rest[0]}}, *asJSON)
 	case "reload":
 		err = c.post(stdout, "/reload", nil, *asJSON)
+	case "reopen-logs":
+		err = c.post(stdout, "/reopen-logs", nil, *asJSON)
 	default:
 		fs.Usage()
 		return 2

@@ -68,6 +68,10 @@ func run(args []string) int {
 		printSettings(os.Stdout, cfg)
 		return 0
 	}
+	// Queue SIGHUP and SIGUSR1 from here on: logrotate's SIGUSR1 during
+	// the start must not kill the process (the default action) or be lost.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGUSR1)
 	a, err := newApp(cfg, f)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "imapgate:", err)
@@ -82,7 +86,7 @@ func run(args []string) int {
 		pprof.StartCPUProfile(pf)
 		defer func() { pprof.StopCPUProfile(); pf.Close() }()
 	}
-	return a.serve()
+	return a.serve(sigs)
 }
 
 func describe(f flags) string {
@@ -129,8 +133,10 @@ func loadConfig(f flags) (*config.Config, error) {
 	return cfg, nil
 }
 
-// serve runs until SIGTERM/SIGINT; SIGHUP reloads.
-func (a *app) serve() int {
+// serve runs until SIGTERM/SIGINT. SIGUSR1 reopens the log file (after
+// logrotate moved it) or reconnects to syslog; SIGHUP does that too and
+// reloads the configuration, each whatever the other's outcome.
+func (a *app) serve(sigs chan os.Signal) int {
 	errc := make(chan error, len(a.listeners))
 	for _, ln := range a.listeners {
 		go func() { errc <- a.srv.Serve(ln) }()
@@ -146,8 +152,7 @@ func (a *app) serve() int {
 	if a.flags.demo {
 		printDemo(os.Stdout, a.listeners[0].Addr().String())
 	}
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	for {
 		select {
 		case err := <-errc:
@@ -159,7 +164,12 @@ func (a *app) serve() int {
 			a.close()
 			return 1
 		case sig := <-sigs:
-			if sig == syscall.SIGHUP {
+			switch sig {
+			case syscall.SIGUSR1:
+				a.reopenLogs()
+				continue
+			case syscall.SIGHUP:
+				a.reopenLogs()
 				a.reload()
 				continue
 			}

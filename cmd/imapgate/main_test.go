@@ -51,6 +51,8 @@ type daemon struct {
 	admin string // unix socket path
 	addr  string // client listener
 	exit  chan error
+	// text reads the log; nil: the file at log.
+	text func() string
 }
 
 // writeCert writes a self-signed certificate for name in courier's one-file
@@ -71,9 +73,24 @@ func writeCert(t *testing.T, path, name string) {
 // an admin socket; the embedded server is the upstream.
 func startDaemon(t *testing.T, extra string, args []string, setup func(*exec.Cmd)) *daemon {
 	t.Helper()
+	d := newDaemon(t)
+	d.start(fmt.Sprintf("[log]\noutput = \"file:%s\"\n", d.log)+extra, args, setup)
+	return d
+}
+
+// newDaemon prepares a directory with a certificate; start runs it.
+func newDaemon(t *testing.T) *daemon {
 	dir := t.TempDir()
 	d := &daemon{t: t, dir: dir, log: filepath.Join(dir, "mail.log"), admin: filepath.Join(dir, "admin.sock"), exit: make(chan error, 1)}
 	writeCert(t, filepath.Join(dir, "imapd.pem"), "first.example")
+	return d
+}
+
+// start runs imapgate with a config made of extra (which has the [log]
+// section) and waits for its startup line in the log.
+func (d *daemon) start(extra string, args []string, setup func(*exec.Cmd)) {
+	t := d.t
+	t.Helper()
 	cfg := fmt.Sprintf(`
 [listen]
 address = "127.0.0.1:0"
@@ -81,13 +98,11 @@ address = "127.0.0.1:0"
 cert = %q
 [upstream]
 address = "embedded"
-[log]
-output = "file:%s"
 [admin]
 address = "unix:%s"
-`, filepath.Join(dir, "imapd.pem"), d.log, d.admin) + extra
-	os.WriteFile(filepath.Join(dir, "imapgate.toml"), []byte(cfg), 0o644)
-	d.cmd = exec.Command(binary, append([]string{"-config", filepath.Join(dir, "imapgate.toml")}, args...)...)
+`, filepath.Join(d.dir, "imapd.pem"), d.admin) + extra
+	os.WriteFile(filepath.Join(d.dir, "imapgate.toml"), []byte(cfg), 0o644)
+	d.cmd = exec.Command(binary, append([]string{"-config", filepath.Join(d.dir, "imapgate.toml")}, args...)...)
 	d.cmd.Stderr = os.Stderr
 	if setup != nil {
 		setup(d.cmd)
@@ -105,10 +120,12 @@ address = "unix:%s"
 		}
 		return false
 	})
-	return d
 }
 
 func (d *daemon) logText() string {
+	if d.text != nil {
+		return d.text()
+	}
 	b, _ := os.ReadFile(d.log)
 	return string(b)
 }
