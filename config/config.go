@@ -265,7 +265,8 @@ type Admin struct {
 	Address     string `toml:"address"`
 	AllowPublic bool   `toml:"allow_public"`
 	// Token lets other hosts change state with "Authorization: Bearer".
-	Token string `toml:"token"`
+	// Never printed: -check shows "(set)".
+	Token string `toml:"token" secret:"true"`
 }
 
 // Error is a problem in a config file at a line and key.

@@ -421,6 +421,34 @@ func TestCheckFlag(t *testing.T) {
 	}
 }
 
+// -check lists every setting, empty lists included, and never a secret.
+func TestCheckListsEverySettingAndHidesSecrets(t *testing.T) {
+	dir := t.TempDir()
+	writeCert(t, filepath.Join(dir, "imapd.pem"), "check.example")
+	cfg := filepath.Join(dir, "imapgate.toml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("[tls]\ncert = %q\n[admin]\naddress = \"\"\ntoken = \"hunter2-token\"\n",
+		filepath.Join(dir, "imapd.pem"))), 0o644)
+	out, err := exec.Command(binary, "-check", "-config", cfg).CombinedOutput()
+	if err != nil {
+		t.Fatalf("-check: %v\n%s", err, out)
+	}
+	if bytes.Contains(out, []byte("hunter2")) {
+		t.Errorf("-check prints the admin token:\n%s", out)
+	}
+	for _, re := range []string{
+		`admin\.token +=\s+\(set\) +\(file\)`,
+		`limits\.deny +=\s+\[\] +\(default\)`,
+		`limits\.override +=\s+\[\] +\(default\)`,
+		`tls\.sni +=\s+\[\] +\(default\)`,
+		`listen\.proxy_protocol_from +=\s+\[\] +\(default\)`,
+		`limits\.action\.max_per_ip +=\s+"bye" +\(default\)`,
+	} {
+		if !regexp.MustCompile(re).Match(out) {
+			t.Errorf("-check output lacks %s:\n%s", re, out)
+		}
+	}
+}
+
 // The systemd unit's command lines use flags this binary accepts.
 func TestSystemdUnitCommandLines(t *testing.T) {
 	unit, err := os.ReadFile("../../dist/systemd/imapgate.service")
