@@ -63,6 +63,9 @@ func newApp(cfg *config.Config, f flags) (*app, error) {
 	if a.files, err = checkOpenFiles(cfg, f.demo); err != nil {
 		return nil, err
 	}
+	if a.files.short != "" {
+		a.log.Message(courierlog.Warning, "imapgate: warning: "+a.files.short)
+	}
 	if a.store, err = buildStore(cfg, f.demo); err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"os"
 
 	"imapgate/config"
 )
@@ -13,7 +14,10 @@ func checkRuntime(cfg *config.Config, f flags) error {
 	if _, err := buildStore(cfg, f.demo); err != nil {
 		return err
 	}
-	_, err := checkOpenFiles(cfg, f.demo)
+	of, err := checkOpenFiles(cfg, f.demo)
+	if of.short != "" {
+		fmt.Fprintln(os.Stderr, "imapgate: warning:", of.short)
+	}
 	return err
 }
 
