@@ -99,7 +99,9 @@ getent passwd imapgate | grep -q ':/usr/sbin/nologin$' || die "user imapgate mis
 [ "$(stat -c '%U:%G %a' /etc/imapgate/imapd.pem)" = "root:imapgate 640" ] || die "imapd.pem: $(stat -c '%U:%G %a' /etc/imapgate/imapd.pem)"
 [ "$(stat -c '%U:%G' /var/log/imapgate)" = "imapgate:imapgate" ] || die "/var/log/imapgate: $(stat -c '%U:%G' /var/log/imapgate)"
 if [ -f /etc/courier/imapd.pem ]; then say "certificate: courier's /etc/courier/imapd.pem"; else say "certificate: generated with openssl"; fi
-MANWIDTH=80 man -l /usr/local/share/man/man8/imapgate.8 2>/dev/null | grep -q 'open_files_check' || die "the manual page lacks the configuration"
+if command -v man >/dev/null; then
+    MANWIDTH=80 man -l /usr/local/share/man/man8/imapgate.8 2>/dev/null | grep -q 'open_files_check' || die "the manual page lacks the configuration"
+fi
 
 if command -v systemd-analyze >/dev/null; then
     out=$(systemd-analyze verify dist/systemd/imapgate.service dist/systemd/imapgate.socket 2>&1) || die "systemd-analyze verify: $out"

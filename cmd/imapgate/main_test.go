@@ -476,6 +476,36 @@ func TestSystemdUnitCommandLines(t *testing.T) {
 	}
 }
 
+// README's block for running without systemd is the unit's ExecStart
+// behind setpriv, as the unit's User= and AmbientCapabilities= say.
+func TestReadmeRunBlockIsTheUnitsExecStart(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit, err := os.ReadFile("../../dist/systemd/imapgate.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, after, ok := strings.Cut(string(readme), "<!-- install-check: run -->\n```sh\n")
+	block, _, ok2 := strings.Cut(after, "```\n")
+	if !ok || !ok2 {
+		t.Fatal("README.md has no block marked <!-- install-check: run -->")
+	}
+	run := strings.Join(strings.Fields(strings.ReplaceAll(block, "\\\n", " ")), " ")
+	execStart := regexp.MustCompile(`(?m)^ExecStart=(.*)$`).FindStringSubmatch(string(unit))[1]
+	want := "setpriv --reuid=imapgate --regid=imapgate --init-groups --no-new-privs " +
+		"--inh-caps=+net_bind_service --ambient-caps=+net_bind_service " + execStart
+	if run != want {
+		t.Errorf("README's run block:\n %s\nthe unit runs:\n %s", run, want)
+	}
+	for _, l := range []string{"User=imapgate", "AmbientCapabilities=CAP_NET_BIND_SERVICE", "NoNewPrivileges=yes"} {
+		if !strings.Contains(string(unit), "\n"+l+"\n") {
+			t.Errorf("the unit lacks %s, which the README's run block mirrors", l)
+		}
+	}
+}
+
 func TestGCMemoryLimit(t *testing.T) {
 	for _, c := range []struct {
 		live uint64
