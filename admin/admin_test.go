@@ -1,6 +1,9 @@
 package admin
 
 import (
+	"go/ast"
+	"go/parser"
+	gotoken "go/token"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -35,6 +38,12 @@ func TestStateChangesNeedLocalOrToken(t *testing.T) {
 		{"192.0.2.7:5000", "", 403},
 		{"192.0.2.7:5000", "Bearer wrong", 403},
 		{"192.0.2.7:5000", "Bearer s3cret", 200},
+		{"192.0.2.7:5000", "bearer s3cret", 200}, // the scheme is case-insensitive
+		{"192.0.2.7:5000", "Bearer s3cre", 403},
+		{"192.0.2.7:5000", "Bearer s3crett", 403},
+		{"192.0.2.7:5000", "Bearer ", 403},
+		{"192.0.2.7:5000", "Basic s3cret", 403},
+		{"192.0.2.7:5000", "s3cret", 403},
 	} {
 		r := httptest.NewRequest("POST", "/reload", nil)
 		r.RemoteAddr = tt.remote
@@ -47,8 +56,8 @@ func TestStateChangesNeedLocalOrToken(t *testing.T) {
 			t.Errorf("POST /reload from %s (%q): %d, want %d", tt.remote, tt.auth, w.Code, tt.want)
 		}
 	}
-	if *reloads != 4 {
-		t.Errorf("%d reloads ran, want 4", *reloads)
+	if *reloads != 5 {
+		t.Errorf("%d reloads ran, want 5", *reloads)
 	}
 	// Reading is allowed from anywhere the listener accepts.
 	r := httptest.NewRequest("GET", "/status", nil)
@@ -58,6 +67,72 @@ func TestStateChangesNeedLocalOrToken(t *testing.T) {
 	if w.Code != http.StatusOK || !strings.Contains(w.Body.String(), `"max": 8`) {
 		t.Errorf("GET /status: %d %s", w.Code, w.Body)
 	}
+}
+
+// Without a token configured, no Authorization header opens the door.
+func TestNoTokenNoRemoteChanges(t *testing.T) {
+	s, reloads := newTestServer(t, "")
+	for _, auth := range []string{"", "Bearer ", "Bearer", "bearer  "} {
+		r := httptest.NewRequest("POST", "/reload", nil)
+		r.RemoteAddr = "192.0.2.7:5000"
+		r.Header.Set("Authorization", auth)
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, r)
+		if w.Code != http.StatusForbidden {
+			t.Errorf("no token, %q: %d", auth, w.Code)
+		}
+	}
+	if *reloads != 0 {
+		t.Errorf("%d reloads ran", *reloads)
+	}
+}
+
+// The token is compared in constant time: the comparison goes through
+// crypto/subtle, and no == or != touches the token (a timing test would
+// be flaky; this guards the property).
+func TestTokenComparedInConstantTime(t *testing.T) {
+	f, err := parser.ParseFile(gotoken.NewFileSet(), "server.go", nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subtleCalls := 0
+	ast.Inspect(f, func(n ast.Node) bool {
+		switch n := n.(type) {
+		case *ast.SelectorExpr:
+			if x, ok := n.X.(*ast.Ident); ok && x.Name == "subtle" && n.Sel.Name == "ConstantTimeCompare" {
+				subtleCalls++
+			}
+		case *ast.BinaryExpr:
+			if n.Op != gotoken.EQL && n.Op != gotoken.NEQ {
+				break
+			}
+			for _, side := range []ast.Expr{n.X, n.Y} {
+				if mentionsToken(side) && !isEmptyString(n.X) && !isEmptyString(n.Y) {
+					t.Errorf("server.go compares the token with %s", n.Op)
+				}
+			}
+		}
+		return true
+	})
+	if subtleCalls == 0 {
+		t.Error("server.go does not use subtle.ConstantTimeCompare")
+	}
+}
+
+func mentionsToken(e ast.Expr) bool {
+	found := false
+	ast.Inspect(e, func(n ast.Node) bool {
+		if sel, ok := n.(*ast.SelectorExpr); ok && sel.Sel.Name == "Token" {
+			found = true
+		}
+		return true
+	})
+	return found
+}
+
+func isEmptyString(e ast.Expr) bool {
+	lit, ok := e.(*ast.BasicLit)
+	return ok && lit.Value == `""`
 }
 
 func TestTopIsBoundedAndOrdered(t *testing.T) {

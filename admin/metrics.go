@@ -102,6 +102,21 @@ func NewMetrics(reg prometheus.Registerer, src Sources, top *Top) *Metrics {
 	return m
 }
 
+// BuildInfo names the running build.
+type BuildInfo struct {
+	Version, GoVersion, Revision string
+}
+
+// RegisterBuildInfo registers imapgate_build_info{version,goversion,revision} 1
+// on reg.
+func RegisterBuildInfo(reg prometheus.Registerer, b BuildInfo) {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "imapgate_build_info",
+		Help:        "Always 1; the labels name the running build.",
+		ConstLabels: prometheus.Labels{"version": b.Version, "goversion": b.GoVersion, "revision": b.Revision}})
+	g.Set(1)
+	reg.MustRegister(g)
+}
+
 // Reloaded records a reload's result.
 func (m *Metrics) Reloaded(err error) {
 	if err != nil {

@@ -1,6 +1,8 @@
 package admin
 
 import (
+	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -45,11 +47,17 @@ type Server struct {
 	o     Options
 	start time.Time
 	mux   *http.ServeMux
+	// tokenSum is Options.Token's SHA-256, compared in constant time with
+	// the presented token's (hashing first hides the token's length too).
+	tokenSum [sha256.Size]byte
 }
 
 // New returns the admin handler.
 func New(o Options) *Server {
 	s := &Server{o: o, start: time.Now(), mux: http.NewServeMux()}
+	if o.Token != "" {
+		s.tokenSum = sha256.Sum256([]byte(o.Token))
+	}
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}))
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	s.mux.HandleFunc("GET /readyz", s.readyz)
@@ -73,16 +81,27 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.Serve
 // local guards a state-changing handler: local requests, or the token.
 func (s *Server) local(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if s.o.Token != "" && r.Header.Get("Authorization") == "Bearer "+s.o.Token {
-			h(w, r)
-			return
-		}
-		if isLocal(r) {
+		if s.bearerOK(r) || isLocal(r) {
 			h(w, r)
 			return
 		}
 		http.Error(w, "changes are allowed from this host only (or with the admin token)", http.StatusForbidden)
 	}
+}
+
+// bearerOK reports whether r carries "Authorization: Bearer <token>" with
+// the configured token. The scheme is case-insensitive (RFC 9110 11.1); the
+// token is compared in constant time.
+func (s *Server) bearerOK(r *http.Request) bool {
+	if s.o.Token == "" {
+		return false
+	}
+	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return false
+	}
+	sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
+	return subtle.ConstantTimeCompare(sum[:], s.tokenSum[:]) == 1
 }
 
 func isLocal(r *http.Request) bool {

@@ -269,7 +269,8 @@ type Admin struct {
 	Address     string `toml:"address"`
 	AllowPublic bool   `toml:"allow_public"`
 	// Token lets other hosts change state with "Authorization: Bearer".
-	Token string `toml:"token"`
+	// Never printed: -check shows "(set)".
+	Token string `toml:"token" secret:"true"`
 }
 
 // Error is a problem in a config file at a line and key.
@@ -323,6 +324,17 @@ func (c *Config) Validate(name string) error {
 
 var typeErrRE = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]*)"\): (.*)$`)
 
+// syntaxErrorLine is the line of a syntax error's offending byte. The
+// parser's Position.Line counts a newline it has already consumed, so an
+// error about a line's end ("[limits" with no "]") would name the next line;
+// Position.Start, the byte offset, does not.
+func syntaxErrorLine(text string, pe toml.ParseError) int {
+	if s := pe.Position.Start; s >= 0 && s <= len(text) && (s > 0 || pe.Position.Line <= 1) {
+		return 1 + strings.Count(text[:s], "\n")
+	}
+	return pe.Position.Line
+}
+
 // Load reads and validates path.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
@@ -340,7 +352,7 @@ func Parse(name, text string) (*Config, error) {
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
-			return nil, Errors{{File: name, Line: pe.Position.Line, Key: pe.LastKey, Msg: pe.Message}}
+			return nil, Errors{{File: name, Line: syntaxErrorLine(text, pe), Key: pe.LastKey, Msg: pe.Message}}
 		}
 		// Type errors come as text: toml: line N (last key "K"): message.
 		if m := typeErrRE.FindStringSubmatch(err.Error()); m != nil {

@@ -87,7 +87,17 @@ func TestErrorsNameFileLineAndKey(t *testing.T) {
 		{"bad cidr", "[limits]\nexempt = [\"192.0.2.300\"]\n", 2, "", "not an address"},
 		{"override without cidr", "[[limits.override]]\nmax_per_ip = 3\n", 1, "limits.override.cidr", "required"},
 		{"short idle timeout", "[timeouts]\nestablished = \"10s\"\n", 2, "timeouts.established", "IDLE"},
-		{"syntax", "[limits\n", 2, "", ""},
+		// Syntax errors name the line the mistake is on, also when the
+		// parser noticed it at the newline.
+		{"table header without ]", "[limits\n", 1, "", "end table name"},
+		{"table header without ] later", "[listen]\naddress = \":993\"\n\n[limits\nmax_per_ip = 3\n", 4, "", "end table name"},
+		{"array table header without ]]", "[[limits.override\ncidr = \"192.0.2.1\"\n", 1, "", "end table name"},
+		{"missing closing quote", "[log]\noutput = \"stderr\ntag = \"x\"\n", 2, "log.output", "newlines"},
+		{"missing closing quote, comment before", "[log]\n# the output\noutput = \"stderr\n", 3, "log.output", "newlines"},
+		{"duplicate key", "[limits]\nmax_per_ip = 3\nmax_per_ip = 4\n", 3, "limits.max_per_ip", "already been defined"},
+		{"duplicate table", "[limits]\nmax_per_ip = 3\n[admin]\n[limits]\n", 4, "", "already been defined"},
+		{"key without value", "[limits]\nmax_per_ip\n", 2, "", "expected '.' or '='"},
+		{"bad table header", "[limits]]\nmax_per_ip = 3\n", 1, "", ""},
 		{"log output", "[log]\noutput = \"file:relative.log\"\n", 2, "log.output", "absolute"},
 		{"syslog socket", "[log]\noutput = \"syslog:dev/log\"\n", 2, "log.output", "absolute"},
 	}

@@ -62,6 +62,9 @@ func newApp(cfg *config.Config, f flags) (*app, error) {
 	if a.files, err = checkOpenFiles(cfg, f.demo); err != nil {
 		return nil, err
 	}
+	if a.files.short != "" {
+		a.log.Message(courierlog.Warning, "imapgate: warning: "+a.files.short)
+	}
 	if a.store, err = buildStore(cfg, f.demo); err != nil {
 		return nil, err
 	}
@@ -77,6 +80,8 @@ func newApp(cfg *config.Config, f flags) (*app, error) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	bi := readBuildInfo()
+	admin.RegisterBuildInfo(reg, admin.BuildInfo{Version: bi.Version, GoVersion: bi.GoVersion, Revision: bi.Revision})
 	top := admin.NewTop(1024)
 	a.metrics = admin.NewMetrics(reg, admin.Sources{Table: a.table, Limiter: a.limiter, Certs: a.store,
 		Parked: func() int { return a.srv.Parked() }, LogDropped: a.logs.Dropped()}, top)

@@ -3,9 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
-	"sort"
-
-	"github.com/BurntSushi/toml"
+	"os"
 
 	"imapgate/config"
 )
@@ -16,34 +14,17 @@ func checkRuntime(cfg *config.Config, f flags) error {
 	if _, err := buildStore(cfg, f.demo); err != nil {
 		return err
 	}
-	_, err := checkOpenFiles(cfg, f.demo)
+	of, err := checkOpenFiles(cfg, f.demo)
+	if of.short != "" {
+		fmt.Fprintln(os.Stderr, "imapgate: warning:", of.short)
+	}
 	return err
 }
 
-// printSettings prints the effective settings, marking those the file set.
+// printSettings prints every effective setting and where it came from;
+// secrets show "(set)".
 func printSettings(w io.Writer, cfg *config.Config) {
-	var flat map[string]any
-	b, _ := toml.Marshal(cfg)
-	toml.Unmarshal(b, &flat)
-	lines := map[string]string{}
-	var walk func(prefix string, m map[string]any)
-	walk = func(prefix string, m map[string]any) {
-		for k, v := range m {
-			key := prefix + k
-			if sub, ok := v.(map[string]any); ok && k != "action" {
-				walk(key+".", sub)
-				continue
-			}
-			lines[key] = fmt.Sprintf("%v", v)
-		}
-	}
-	walk("", flat)
-	keys := make([]string, 0, len(lines))
-	for k := range lines {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		fmt.Fprintf(w, "  %-36s = %-28s (%s)\n", k, lines[k], cfg.Origin(k))
+	for _, s := range cfg.Settings() {
+		fmt.Fprintf(w, "  %-36s = %-28s (%s)\n", s.Key, s.Value, s.Origin)
 	}
 }

@@ -30,14 +30,20 @@ const ctlUsage = `usage: imapgate ctl [-admin ADDR | -config FILE] [-json] [-tok
   reopen-logs               reopen the log file after rotation, or reconnect to syslog (like SIGUSR1)
 `
 
+// ctlFlagSet defines ctl's flags; the manual page lists the same.
+func ctlFlagSet() (fs *flag.FlagSet, addr, cfgFile *string, asJSON *bool, token *string) {
+	fs = flag.NewFlagSet("imapgate ctl", flag.ContinueOnError)
+	addr = fs.String("admin", "", "admin endpoint: host:port or unix:/path (default: from -config, else 127.0.0.1:9100)")
+	cfgFile = fs.String("config", "", "read the admin address from this configuration `file`")
+	asJSON = fs.Bool("json", false, "print the endpoint's JSON, for scripts")
+	token = fs.String("token", "", "admin token, for a remote endpoint")
+	return fs, addr, cfgFile, asJSON, token
+}
+
 // ctl talks to a running imapgate's admin endpoint.
 func ctl(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("imapgate ctl", flag.ContinueOnError)
+	fs, addr, cfgFile, asJSON, token := ctlFlagSet()
 	fs.SetOutput(stderr)
-	addr := fs.String("admin", "", "admin endpoint: host:port or unix:/path (default: from -config, else 127.0.0.1:9100)")
-	cfgFile := fs.String("config", "", "read the admin address from this configuration `file`")
-	asJSON := fs.Bool("json", false, "print the endpoint's JSON, for scripts")
-	token := fs.String("token", "", "admin token, for a remote endpoint")
 	fs.Usage = func() { fmt.Fprint(stderr, ctlUsage) }
 	if err := fs.Parse(args); err != nil || fs.NArg() == 0 {
 		fs.Usage()

@@ -5,6 +5,7 @@
 //	imapgate -demo                    zero-setup demo on 127.0.0.1:9993
 //	imapgate -config /etc/imapgate.toml
 //	imapgate -check -config FILE      validate and exit (like nginx -t)
+//	imapgate -version                 version, VCS revision, Go version
 package main
 
 import (
@@ -31,6 +32,8 @@ type flags struct {
 	courier    string
 	demo       bool
 	check      bool
+	version    bool
+	manpage    bool
 	grace      time.Duration
 	cpuprofile string
 }
@@ -40,15 +43,17 @@ func run(args []string) int {
 		return ctl(args[1:], os.Stdout, os.Stderr)
 	}
 	var f flags
-	fs := flag.NewFlagSet("imapgate", flag.ContinueOnError)
-	fs.StringVar(&f.configFile, "config", "", "configuration `file` (TOML; see imapgate.example.toml)")
-	fs.StringVar(&f.courier, "courier-config", "", "courier's `file` (/etc/courier/imapd-ssl or imapd) to take MAXDAEMONS, MAXPERIP, SSLPORT, TLS_CERTFILE and the access file from; -config overrides it")
-	fs.BoolVar(&f.demo, "demo", false, "zero-setup demo: 127.0.0.1:9993, a generated certificate and an in-memory mailbox (demo/demo)")
-	fs.BoolVar(&f.check, "check", false, "check the configuration, print the result and exit")
-	fs.StringVar(&f.cpuprofile, "cpuprofile", "", "write a CPU profile to `file` until shutdown (diagnostics)")
-	fs.DurationVar(&f.grace, "grace", 30*time.Second, "on SIGTERM, how long logged-in sessions may drain before they are closed")
+	fs := f.flagSet()
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if f.version {
+		printVersion(os.Stdout, readBuildInfo())
+		return 0
+	}
+	if f.manpage {
+		writeManPage(os.Stdout, readBuildInfo())
+		return 0
 	}
 	if f.configFile == "" && f.courier == "" && !f.demo {
 		fmt.Fprintln(os.Stderr, "imapgate: give -config FILE and/or -courier-config /etc/courier/imapd-ssl, or -demo to try it out")
@@ -87,6 +92,20 @@ func run(args []string) int {
 		defer func() { pprof.StopCPUProfile(); pf.Close() }()
 	}
 	return a.serve(sigs)
+}
+
+// flagSet defines the command line; the manual page lists the same flags.
+func (f *flags) flagSet() *flag.FlagSet {
+	fs := flag.NewFlagSet("imapgate", flag.ContinueOnError)
+	fs.StringVar(&f.configFile, "config", "", "configuration `file` (TOML; see imapgate.example.toml)")
+	fs.StringVar(&f.courier, "courier-config", "", "courier's `file` (/etc/courier/imapd-ssl or imapd) to take MAXDAEMONS, MAXPERIP, SSLPORT, TLS_CERTFILE and the access file from; -config overrides it")
+	fs.BoolVar(&f.demo, "demo", false, "zero-setup demo: 127.0.0.1:9993, a generated certificate and an in-memory mailbox (demo/demo)")
+	fs.BoolVar(&f.check, "check", false, "check the configuration, print every setting and where it came from, and exit")
+	fs.BoolVar(&f.version, "version", false, "print the version, VCS revision and Go version, and exit")
+	fs.BoolVar(&f.manpage, "manpage", false, "print the manual page imapgate(8), in troff, and exit")
+	fs.StringVar(&f.cpuprofile, "cpuprofile", "", "write a CPU profile to `file` until shutdown (diagnostics)")
+	fs.DurationVar(&f.grace, "grace", 30*time.Second, "on SIGTERM, how long logged-in sessions may drain before they are closed")
+	return fs
 }
 
 func describe(f flags) string {

@@ -438,6 +438,34 @@ func TestCheckFlag(t *testing.T) {
 	}
 }
 
+// -check lists every setting, empty lists included, and never a secret.
+func TestCheckListsEverySettingAndHidesSecrets(t *testing.T) {
+	dir := t.TempDir()
+	writeCert(t, filepath.Join(dir, "imapd.pem"), "check.example")
+	cfg := filepath.Join(dir, "imapgate.toml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("[tls]\ncert = %q\n[admin]\naddress = \"\"\ntoken = \"hunter2-token\"\n",
+		filepath.Join(dir, "imapd.pem"))), 0o644)
+	out, err := exec.Command(binary, "-check", "-config", cfg).CombinedOutput()
+	if err != nil {
+		t.Fatalf("-check: %v\n%s", err, out)
+	}
+	if bytes.Contains(out, []byte("hunter2")) {
+		t.Errorf("-check prints the admin token:\n%s", out)
+	}
+	for _, re := range []string{
+		`admin\.token +=\s+\(set\) +\(file\)`,
+		`limits\.deny +=\s+\[\] +\(default\)`,
+		`limits\.override +=\s+\[\] +\(default\)`,
+		`tls\.sni +=\s+\[\] +\(default\)`,
+		`listen\.proxy_protocol_from +=\s+\[\] +\(default\)`,
+		`limits\.action\.max_per_ip +=\s+"bye" +\(default\)`,
+	} {
+		if !regexp.MustCompile(re).Match(out) {
+			t.Errorf("-check output lacks %s:\n%s", re, out)
+		}
+	}
+}
+
 // The systemd unit's command lines use flags this binary accepts.
 func TestSystemdUnitCommandLines(t *testing.T) {
 	unit, err := os.ReadFile("../../dist/systemd/imapgate.service")
@@ -461,6 +489,36 @@ func TestSystemdUnitCommandLines(t *testing.T) {
 		}
 		if out, err := exec.Command(binary, args...).CombinedOutput(); err != nil {
 			t.Errorf("%s%s: %v\n%s", key, line, err, out)
+		}
+	}
+}
+
+// README's block for running without systemd is the unit's ExecStart
+// behind setpriv, as the unit's User= and AmbientCapabilities= say.
+func TestReadmeRunBlockIsTheUnitsExecStart(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit, err := os.ReadFile("../../dist/systemd/imapgate.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, after, ok := strings.Cut(string(readme), "<!-- install-check: run -->\n```sh\n")
+	block, _, ok2 := strings.Cut(after, "```\n")
+	if !ok || !ok2 {
+		t.Fatal("README.md has no block marked <!-- install-check: run -->")
+	}
+	run := strings.Join(strings.Fields(strings.ReplaceAll(block, "\\\n", " ")), " ")
+	execStart := regexp.MustCompile(`(?m)^ExecStart=(.*)$`).FindStringSubmatch(string(unit))[1]
+	want := "setpriv --reuid=imapgate --regid=imapgate --init-groups --no-new-privs " +
+		"--inh-caps=+net_bind_service --ambient-caps=+net_bind_service " + execStart
+	if run != want {
+		t.Errorf("README's run block:\n %s\nthe unit runs:\n %s", run, want)
+	}
+	for _, l := range []string{"User=imapgate", "AmbientCapabilities=CAP_NET_BIND_SERVICE", "NoNewPrivileges=yes"} {
+		if !strings.Contains(string(unit), "\n"+l+"\n") {
+			t.Errorf("the unit lacks %s, which the README's run block mirrors", l)
 		}
 	}
 }

@@ -4,14 +4,29 @@
 # syslog daemon are needed: courier logs to a private rsyslogd through a
 # private /dev/log inside a mount namespace.
 #
+# The host's courier configuration is never changed: every courier process
+# (authdaemond, couriertcpd, imaplogin, imapd, and the userdb tools) runs in
+# a mount namespace where /etc/courier is $DIR/courier-etc (a copy of the
+# host's, switched to authuserdb with the test users), /run/courier is
+# $DIR/courier-run (so the test authdaemond's socket is not the host's) and
+# /dev is $DIR/dev. For exec mode the tests start $DIR/run/imaplogin, which
+# enters that namespace. What start does change on the host, stop restores:
+# the system user $MAILUSER is created if missing and removed again.
+# Earlier versions of this script edited /etc/courier itself; `restore-host`
+# puts back what they left (authdaemonrc.imapgate-orig, the test users in
+# /etc/courier/userdb, the user $MAILUSER).
+#
 #   setup.sh install   apt-get the packages (courier-imap is unpacked into
 #                      $DIR/pkg instead if installing it would remove another
 #                      package, e.g. dovecot-imapd: they conflict)
 #   setup.sh start     private rsyslogd, authdaemond with userdb, imapd on
 #                      127.0.0.1:$PLAIN_PORT and imapd-ssl on 127.0.0.1:$TLS_PORT
 #   setup.sh restart   stop and start imapd (plain) only
-#   setup.sh stop      stop everything this script started
+#   setup.sh stop      stop everything this script started, remove the
+#                      user it created
 #   setup.sh env       print the file the tests read
+#   setup.sh restore-host
+#                      undo what earlier versions left in /etc/courier
 #
 # The tests find courier through IMAPGATE_COURIER=$DIR/env (see
 # integration/courier_test.go); .ci/run sets it.
@@ -20,7 +35,7 @@ set -euo pipefail
 DIR=${IMAPGATE_COURIER_DIR:-/tmp/imapgate-courier}   # must be traversable by the mail user
 PLAIN_PORT=${IMAPGATE_COURIER_PORT:-10143}
 TLS_PORT=${IMAPGATE_COURIER_TLS_PORT:-10993}
-MAILUSER=imapgateit          # system user owning the test Maildirs
+MAILUSER=${IMAPGATE_COURIER_MAILUSER:-imapgateit}   # system user owning the test Maildirs
 USERS="testuser testuser2"   # IMAP logins, password testpass
 PASS=testpass
 
@@ -84,7 +99,8 @@ EOF
     [ -S "$DIR/dev/log" ] || die "rsyslogd did not create $DIR/dev/log"
     cat >"$DIR/run/in-ns" <<'EOF'
 #!/bin/sh
-# in-ns DIR CMD...: run CMD where /dev is DIR/dev (real device nodes bound in).
+# in-ns DIR CMD...: run CMD where /dev is DIR/dev (real device nodes bound
+# in), /etc/courier is DIR/courier-etc and /run/courier is DIR/courier-run.
 D=$1; shift
 exec unshare -m /bin/sh -c '
     D=$1; shift
@@ -94,6 +110,8 @@ exec unshare -m /bin/sh -c '
         mount --bind "/dev/$n" "$D/dev/$n" || exit 1
     done
     mount --rbind "$D/dev" /dev || exit 1
+    mount --bind "$D/courier-etc" /etc/courier || exit 1
+    mount --bind "$D/courier-run" /run/courier || exit 1
     exec "$@"' sh "$D" "$@"
 EOF
     chmod 755 "$DIR/run/in-ns"
@@ -102,14 +120,29 @@ EOF
 
 in_ns() { "$DIR/run/in-ns" "$DIR" "$@"; }
 
+# private_courier: $DIR/courier-etc, a fresh copy of the host's
+# /etc/courier with authuserdb, and $DIR/courier-run for authdaemond's
+# socket; both stand in for the host's inside the namespace.
+private_courier() {
+    [ -d /etc/courier ] || die "/etc/courier missing (courier-base)"
+    # A mount point for the private /run/courier; created empty if the host
+    # has none (stop removes it again).
+    if [ ! -d /run/courier ]; then mkdir -p /run/courier; touch "$DIR/run/run-courier.ours"; fi
+    rm -rf "$DIR/courier-etc"
+    cp -a /etc/courier "$DIR/courier-etc"
+    rm -f "$DIR"/courier-etc/userdb*
+    sed -i 's/^authmodulelist=.*/authmodulelist="authuserdb"/' "$DIR/courier-etc/authdaemonrc"
+    mkdir -p "$DIR/courier-run/authdaemon"
+    chown courier:courier "$DIR/courier-run/authdaemon"; chmod 750 "$DIR/courier-run/authdaemon"
+}
+
 setup_users() {
-    local rc=/etc/courier/authdaemonrc
-    [ -f "$rc.imapgate-orig" ] || cp -p "$rc" "$rc.imapgate-orig"
-    sed -i 's/^authmodulelist=.*/authmodulelist="authuserdb"/' "$rc"
-    id -u "$MAILUSER" >/dev/null 2>&1 ||
+    if ! id -u "$MAILUSER" >/dev/null 2>&1; then
         useradd --system --user-group --no-create-home --home-dir "$DIR/home" --shell /usr/sbin/nologin "$MAILUSER"
+        touch "$DIR/run/mailuser.ours"
+    fi
     local uid gid; uid=$(id -u "$MAILUSER"); gid=$(id -g "$MAILUSER")
-    touch /etc/courier/userdb; chmod 600 /etc/courier/userdb
+    in_ns sh -c 'touch /etc/courier/userdb && chmod 600 /etc/courier/userdb'
     for u in $USERS; do
         local home=$DIR/home/$u
         if [ ! -d "$home/Maildir/cur" ]; then
@@ -121,23 +154,31 @@ setup_users() {
               head -c 786432 /dev/urandom | base64 -w 76 | sed 's/$/\r/'; } >"$home/Maildir/cur/1000000002.M2P1.it:2,S"
         fi
         chown -R "$uid:$gid" "$home"; chmod 700 "$home"
-        userdb "$u" set uid="$uid" gid="$gid" home="$home" mail="$home/Maildir"
-        printf '%s\n' "$PASS" | userdbpw -md5 | userdb "$u" set systempw
+        in_ns userdb "$u" set uid="$uid" gid="$gid" home="$home" mail="$home/Maildir"
+        printf '%s\n' "$PASS" | userdbpw -md5 | in_ns userdb "$u" set systempw
     done
     chmod 755 "$DIR" "$DIR/home"
-    makeuserdb
+    in_ns makeuserdb
 }
 
 start_authdaemon() {
-    mkdir -p /run/courier/authdaemon
-    chown courier:courier /run/courier/authdaemon; chmod 750 /run/courier/authdaemon
-    if [ -s /run/courier/authdaemon/pid ] && kill -0 "$(cat /run/courier/authdaemon/pid)" 2>/dev/null; then
-        /usr/sbin/authdaemond stop >&2 || true; sleep 1   # reload authdaemonrc
+    # Ours only: the host's authdaemond (if any) has its own /run/courier.
+    if [ -s "$DIR/courier-run/authdaemon/pid" ] && kill -0 "$(cat "$DIR/courier-run/authdaemon/pid")" 2>/dev/null; then
+        in_ns /usr/sbin/authdaemond stop >&2 || true; sleep 1   # reload authdaemonrc
     fi
     in_ns /usr/sbin/authdaemond start
-    for _ in $(seq 50); do [ -S /run/courier/authdaemon/socket ] && break; sleep 0.1; done
-    [ -S /run/courier/authdaemon/socket ] || die "authdaemond did not start"
+    for _ in $(seq 50); do [ -S "$DIR/courier-run/authdaemon/socket" ] && break; sleep 0.1; done
+    [ -S "$DIR/courier-run/authdaemon/socket" ] || die "authdaemond did not start"
     touch "$DIR/run/authdaemond.ours"
+}
+
+# The imaplogin the exec-mode tests start: courier's, in the namespace.
+write_imaplogin_wrapper() {
+    cat >"$DIR/run/imaplogin" <<EOF
+#!/bin/sh
+exec "$DIR/run/in-ns" "$DIR" "$IMAPLOGIN" "\$@"
+EOF
+    chmod 755 "$DIR/run/imaplogin"
 }
 
 write_configs() {
@@ -218,7 +259,7 @@ COURIER_TLS=127.0.0.1:$TLS_PORT
 COURIER_USERS=$USERS
 COURIER_PASS=$PASS
 COURIER_LOG=$DIR/log/mail.log
-COURIER_IMAPLOGIN=$IMAPLOGIN
+COURIER_IMAPLOGIN=$DIR/run/imaplogin
 COURIER_IMAPD=$IMAPD
 COURIER_ETC=$DIR/etc
 COURIER_SETUP=$(readlink -f "$0")
@@ -228,10 +269,12 @@ EOF
 do_start() {
     locate
     mkdir -p "$DIR/etc" "$DIR/run"; chmod 755 "$DIR"
+    private_courier
     start_syslog
     setup_users
     write_configs
     start_authdaemon
+    write_imaplogin_wrapper
     start_imapd plain
     start_imapd ssl
     write_env
@@ -244,8 +287,35 @@ do_stop() {
     if id -u "$MAILUSER" >/dev/null 2>&1; then
         for p in $(ps -o pid= -u "$MAILUSER" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
     fi
-    if [ -f "$DIR/run/authdaemond.ours" ]; then /usr/sbin/authdaemond stop >&2 || true; rm -f "$DIR/run/authdaemond.ours"; fi
+    if [ -f "$DIR/run/authdaemond.ours" ]; then in_ns /usr/sbin/authdaemond stop >&2 || true; rm -f "$DIR/run/authdaemond.ours"; fi
     if [ -s "$DIR/run/rsyslogd.pid" ]; then kill "$(cat "$DIR/run/rsyslogd.pid")" 2>/dev/null || true; rm -f "$DIR/run/rsyslogd.pid"; fi
+    if [ -f "$DIR/run/mailuser.ours" ]; then
+        for _ in $(seq 20); do [ -z "$(ps -o pid= -u "$MAILUSER" 2>/dev/null)" ] && break; sleep 0.1; done
+        userdel "$MAILUSER" && rm -f "$DIR/run/mailuser.ours"
+    fi
+    if [ -f "$DIR/run/run-courier.ours" ]; then rmdir /run/courier 2>/dev/null || true; rm -f "$DIR/run/run-courier.ours"; fi
+}
+
+# restore_host undoes what versions of this script before the private
+# namespace left on the host: authuserdb in /etc/courier/authdaemonrc (the
+# original kept as authdaemonrc.imapgate-orig), the test users in
+# /etc/courier/userdb and the user $MAILUSER.
+restore_host() {
+    local rc=/etc/courier/authdaemonrc
+    if [ -f "$rc.imapgate-orig" ]; then
+        mv "$rc.imapgate-orig" "$rc"; say "restored $rc"
+        for u in $USERS; do
+            if [ -f /etc/courier/userdb ] && grep -q "^$u	" /etc/courier/userdb; then userdb "$u" del; say "removed $u from /etc/courier/userdb"; fi
+        done
+        if [ -f /etc/courier/userdb ] && [ ! -s /etc/courier/userdb ]; then
+            rm -f /etc/courier/userdb /etc/courier/userdb.dat /etc/courier/userdbshadow.dat /etc/courier/userdb.lock /etc/courier/.lock.userdb
+        elif [ -f /etc/courier/userdb ]; then
+            makeuserdb
+        fi
+    fi
+    if id -u "$MAILUSER" >/dev/null 2>&1 && [ -z "$(ps -o pid= -u "$MAILUSER" 2>/dev/null)" ]; then
+        userdel "$MAILUSER"; say "removed user $MAILUSER"
+    fi
 }
 
 case ${1:-} in
@@ -254,5 +324,6 @@ case ${1:-} in
     restart) locate; stop_imapd "$DIR/run/imapd.pid"; sleep 0.5; start_imapd plain ;;
     stop) do_stop ;;
     env) cat "$DIR/env" ;;
-    *) echo "usage: $0 install|start|restart|stop|env" >&2; exit 2 ;;
+    restore-host) restore_host ;;
+    *) echo "usage: $0 install|start|restart|stop|env|restore-host" >&2; exit 2 ;;
 esac
