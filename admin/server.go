@@ -34,6 +34,9 @@ type Options struct {
 	// Ready reports whether the proxy is serving (not starting, not
 	// shutting down).
 	Ready func() bool
+	// UpstreamProblems lists upstream misconfigurations seen, each with
+	// its fix (proxy.Server.UpstreamProblems).
+	UpstreamProblems func() []string
 	// Info adds fields to /status (listeners, upstream, config file…).
 	Info func() map[string]any
 	// Token, if set, lets requests from other hosts change state with
@@ -141,6 +144,9 @@ type Status struct {
 	Stats       conntable.Stats   `json:"stats"`
 	Bans        int               `json:"bans"`
 	WouldRefuse map[string]uint64 `json:"dry_run_would_refuse,omitempty"`
+	// UpstreamProblems are misconfigurations of the upstream seen since
+	// start or the last reload (LOGINDISABLED, PRIVACYREQUIRED), with fixes.
+	UpstreamProblems []string `json:"upstream_problems,omitempty"`
 	Info        map[string]any    `json:"info,omitempty"`
 }
 
@@ -149,6 +155,9 @@ func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
 	st := Status{
 		Uptime: time.Since(s.start).Round(time.Second).String(), Count: t.Count(), Max: t.Max(),
 		Buckets: t.Config().Buckets, States: map[string]int{}, Stats: t.Stats(),
+	}
+	if s.o.UpstreamProblems != nil {
+		st.UpstreamProblems = s.o.UpstreamProblems()
 	}
 	by := t.CountByState()
 	for _, state := range conntable.States() {

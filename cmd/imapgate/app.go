@@ -158,7 +158,7 @@ func (a *app) startAdmin(cfg *config.Config, reg *prometheus.Registry, top *admi
 	a.adminLn = ln
 	h := admin.New(admin.Options{
 		Table: a.table, Limiter: a.limiter, Top: top, Gatherer: reg, Token: cfg.Admin.Token,
-		Reload: a.reload, ReopenLogs: a.reopenLogs, Ready: a.ready.Load,
+		Reload: a.reload, ReopenLogs: a.reopenLogs, Ready: a.ready.Load, UpstreamProblems: a.srv.UpstreamProblems,
 		Info: func() map[string]any {
 			c := a.cfg.Load()
 			addrs := make([]string, len(a.listeners))
@@ -348,6 +348,17 @@ func (a *app) reopenLogs() error {
 		a.logf("imapgate: %s reopened", a.logs.where)
 	}
 	return nil
+}
+
+// probeUpstream connects to the upstream once at start, so that an
+// unreachable or misconfigured upstream (LOGINDISABLED to imapgate) is
+// named in the log before the first client meets it.
+func (a *app) probeUpstream() {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := a.srv.ProbeUpstream(ctx); err != nil {
+		a.log.Message(courierlog.Warning, fmt.Sprintf("imapgate: warning: upstream probe: %v", err))
+	}
 }
 
 func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", "; ") }

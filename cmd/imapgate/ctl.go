@@ -176,6 +176,9 @@ func (c *ctlClient) status(w io.Writer, raw bool) error {
 		st.Insert, st.InsertFailed, st.EarlyDrop, st.Timeout, st.Reaped)
 	fmt.Fprintf(w, "relayed      %s from clients, %s to clients\n", bytesString(st.RxBytes), bytesString(st.TxBytes))
 	fmt.Fprintf(w, "bans         %d\n", s.Bans)
+	for _, p := range s.UpstreamProblems {
+		fmt.Fprintf(w, "UPSTREAM     %s\n", p)
+	}
 	if len(s.WouldRefuse) > 0 {
 		fmt.Fprintf(w, "dry run      %s\n", mapString(s.WouldRefuse))
 	}
