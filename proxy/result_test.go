@@ -23,8 +23,8 @@ func TestClassifyLogin(t *testing.T) {
 		{"a BAD Error in IMAP command received by server.", false, loginBad, "bad"},
 		{"a BAD AUTHENTICATE aborted.", true, loginCancelled, "cancelled"},
 		{"a NO Authentication cancelled", true, loginCancelled, "cancelled"},
-		{"a NO [LIMIT", false, loginAuthFailed, "failed"},                // no closing bracket: no code
-		{"a NO [\xde\xadLIMIT] x", false, loginAuthFailed, "failed"},     // not an atom
+		{"a NO [LIMIT", false, loginAuthFailed, "failed"},            // no closing bracket: no code
+		{"a NO [\xde\xadLIMIT] x", false, loginAuthFailed, "failed"}, // not an atom
 		{"a NO [" + string(make([]byte, 40)) + "]", false, loginAuthFailed, "failed"},
 		{"a NOPE", false, loginAuthFailed, "failed"},
 	}
