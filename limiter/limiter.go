@@ -132,16 +132,19 @@ type Decision struct {
 // Ticket is what one admitted connection holds. Release it exactly once.
 // The zero Ticket holds nothing.
 type Ticket struct {
-	l        *Limiter
-	addr     netip.Addr
-	k        key // addr in 16-byte form
-	prefix   netip.Prefix
-	pk       prefixKey
-	counted  uint8 // bits: countedTotal, countedIP, countedPrefix, countedPreauth
-	exempt   bool
-	user     userKey
-	hasUser  bool
-	released bool
+	l       *Limiter
+	addr    netip.Addr
+	k       key // addr in 16-byte form
+	prefix  netip.Prefix
+	pk      prefixKey
+	counted uint8 // bits: countedTotal, countedIP, countedPrefix, countedPreauth
+	exempt  bool
+	// spentIP and spentPrefix: the rate tokens admission took, in
+	// nanoseconds of refill, which a successful login gives back.
+	spentIP, spentPrefix int64
+	user                 userKey
+	hasUser              bool
+	released             bool
 }
 
 const (
@@ -187,11 +190,7 @@ func (l *Limiter) Admit(client netip.Addr, now time.Time) (Ticket, Decision) {
 		if l.fails.banned(a, t.prefix, now) && d.refuse(p, Banned, 0) {
 			return Ticket{}, d
 		}
-		if lim.RatePerIP.enabled() && !l.rateIP.allow(t.k, lim.RatePerIP, now) && d.refuse(p, RatePerIP, lim.RatePerIP.Burst) {
-			return Ticket{}, d
-		}
-		if lim.RatePerPrefix.enabled() && !l.ratePrefix.allow(t.pk.addr, lim.RatePerPrefix, now) &&
-			d.refuse(p, RatePerPrefix, lim.RatePerPrefix.Burst) {
+		if !l.spendRates(&t, p, lim, now, &d) {
 			return Ticket{}, d
 		}
 	}
@@ -200,6 +199,26 @@ func (l *Limiter) Admit(client netip.Addr, now time.Time) (Ticket, Decision) {
 		return Ticket{}, d
 	}
 	return t, d
+}
+
+// spendRates takes a token from the address's and the prefix's rate
+// buckets, and notes in t what a login will give back.
+func (l *Limiter) spendRates(t *Ticket, p *Policy, lim *Limits, now time.Time, d *Decision) bool {
+	if r := lim.RatePerIP; r.enabled() {
+		if l.rateIP.allow(t.k, r, now) {
+			t.spentIP = r.interval()
+		} else if d.refuse(p, RatePerIP, r.Burst) {
+			return false
+		}
+	}
+	if r := lim.RatePerPrefix; r.enabled() {
+		if l.ratePrefix.allow(t.pk.addr, r, now) {
+			t.spentPrefix = r.interval()
+		} else if d.refuse(p, RatePerPrefix, r.Burst) {
+			return false
+		}
+	}
+	return true
 }
 
 // count takes the connection's places in the concurrency counters. On a

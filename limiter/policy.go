@@ -90,6 +90,9 @@ type Rate struct {
 
 func (r Rate) enabled() bool { return r.Burst > 0 && r.Per > 0 }
 
+// interval is the time one token takes to refill, in nanoseconds.
+func (r Rate) interval() int64 { return int64(r.Per) / int64(r.Burst) }
+
 // Limits are the numeric limits; 0 means unlimited.
 type Limits struct {
 	MaxConnections  int

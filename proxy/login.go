@@ -370,6 +370,7 @@ func (ss *session) loginResult(tag, user, mech string) (outcome, bool) {
 	if ok {
 		ss.ticket.CommitUser(true)
 		ss.ticket.LoggedIn()
+		ss.ticket.LoginSucceeded(time.Now(), user)
 		ss.entry.SetUser(user)
 		ss.entry.SetState(conntable.Established)
 		s.log.Login(user, ss.client.Remote)
