@@ -24,6 +24,7 @@ type Limiter struct {
 	users    [numShards]countShard[userKey]
 
 	rateIP, ratePrefix *rateTable
+	goodIP, goodPrefix *goodTable
 	fails              *failTable
 	wouldRefuse        [NumReasons]atomic.Uint64
 }
@@ -71,6 +72,11 @@ type Options struct {
 	// FailEntries bounds addresses and prefixes with failed logins
 	// remembered (least recently failed forgotten first). 0 means 262,144.
 	FailEntries int
+	// KnownGoodEntries bounds the addresses (and, separately, prefixes)
+	// whose successful logins are remembered for the known-good tier and
+	// for narrowing bans, at 88 bytes each; about a quarter of it is held
+	// without loss, see goodTable. 0 means RateEntries/16, at least 4,096.
+	KnownGoodEntries int
 }
 
 // New returns a limiter enforcing p.
@@ -81,10 +87,15 @@ func New(p Policy, opts Options) (*Limiter, error) {
 	if opts.FailEntries <= 0 {
 		opts.FailEntries = 1 << 18
 	}
+	if opts.KnownGoodEntries <= 0 {
+		opts.KnownGoodEntries = max(opts.RateEntries/16, 4096)
+	}
 	l := &Limiter{
 		seed:       maphash.MakeSeed(),
 		rateIP:     newRateTable(opts.RateEntries),
 		ratePrefix: newRateTable(opts.RateEntries),
+		goodIP:     newGoodTable(opts.KnownGoodEntries),
+		goodPrefix: newGoodTable(opts.KnownGoodEntries),
 		fails:      newFailTable(opts.FailEntries),
 	}
 	for i := range l.ips {
@@ -99,8 +110,9 @@ func New(p Policy, opts Options) (*Limiter, error) {
 	return l, nil
 }
 
-// SetPolicy swaps the policy. Counters and rate state are kept: lowering a
-// limit refuses new connections only, and never closes existing ones.
+// SetPolicy swaps the policy. Counters, rate state, failures, bans and the
+// known-good memory are kept: lowering a limit refuses new connections
+// only, and never closes existing ones.
 func (l *Limiter) SetPolicy(p Policy) error {
 	if err := p.Validate(); err != nil {
 		return err
@@ -139,6 +151,9 @@ type Ticket struct {
 	pk      prefixKey
 	counted uint8 // bits: countedTotal, countedIP, countedPrefix, countedPreauth
 	exempt  bool
+	// goodIP and goodPrefix: the address and prefix were known-good at
+	// admission; the connection keeps that tier's limits for its life.
+	goodIP, goodPrefix bool
 	// spentIP and spentPrefix: the rate tokens admission took, in
 	// nanoseconds of refill, which a successful login gives back.
 	spentIP, spentPrefix int64
@@ -185,10 +200,19 @@ func (l *Limiter) Admit(client netip.Addr, now time.Time) (Ticket, Decision) {
 	}
 	t := Ticket{l: l, addr: a, k: addrKey(a), prefix: p.PrefixOf(a), exempt: contains(p.Exempt, a)}
 	t.pk = prefixKeyOf(t.prefix)
-	lim := p.limitsFor(a)
+	lim, overridden := p.limitsFor(a)
+	var tier Limits
 	if !t.exempt {
 		if l.fails.banned(a, t.prefix, now) && d.refuse(p, Banned, 0) {
 			return Ticket{}, d
+		}
+		if !overridden && p.KnownGood.MinUsers > 0 {
+			n := now.UnixNano()
+			t.goodIP, t.goodPrefix = l.goodIP.good(t.k, n), l.goodPrefix.good(t.pk.addr, n)
+			if t.goodIP || t.goodPrefix {
+				tier = p.tiered(lim, t.goodIP, t.goodPrefix)
+				lim = &tier
+			}
 		}
 		if !l.spendRates(&t, p, lim, now, &d) {
 			return Ticket{}, d
@@ -280,9 +304,21 @@ func (l *Limiter) count(t *Ticket, p *Policy, lim *Limits, d *Decision) bool {
 	return true
 }
 
-// LimitsFor returns the limits that apply to a (its override, if any).
+// LimitsFor returns the ordinary limits that apply to a (its override, if
+// any), without the known-good tier.
 func (l *Limiter) LimitsFor(a netip.Addr) Limits {
-	return *l.policy.Load().limitsFor(a.Unmap())
+	lim, _ := l.policy.Load().limitsFor(a.Unmap())
+	return *lim
+}
+
+// limits returns the limits that apply to the ticket's connection: its
+// override, or the ordinary limits in the tier it was admitted in.
+func (t *Ticket) limits(p *Policy) Limits {
+	lim, overridden := p.limitsFor(t.addr)
+	if overridden || p.KnownGood.MinUsers <= 0 || !(t.goodIP || t.goodPrefix) {
+		return *lim
+	}
+	return p.tiered(lim, t.goodIP, t.goodPrefix)
 }
 
 // NeedsWait reports whether the ticket must WaitPreauth before going on.
@@ -296,7 +332,7 @@ func (t *Ticket) WaitPreauth(ctx context.Context) error {
 	l := t.l
 	s := &l.ips[l.shardOf(t.k)]
 	for {
-		lim := l.policy.Load().limitsFor(t.addr)
+		lim := t.limits(l.policy.Load())
 		s.Lock()
 		c := s.m[t.k]
 		if lim.MaxPreauthPerIP <= 0 || int(c.preauth) < lim.MaxPreauthPerIP {
@@ -356,7 +392,7 @@ func (t *Ticket) ReserveUser(user string) Decision {
 		return d
 	}
 	p := t.l.policy.Load()
-	lim := p.limitsFor(t.addr)
+	lim, _ := p.limitsFor(t.addr)
 	k := userKey{strings.ToLower(user), t.addr}
 	s := &t.l.users[t.l.shardOf(t.k)]
 	s.Lock()

@@ -18,6 +18,7 @@ func unlimited() Policy {
 	p := DefaultPolicy()
 	p.Limits = Limits{}
 	p.Penalty = Penalty{}
+	p.KnownGood = KnownGood{}
 	for r := range p.Action {
 		p.Action[r] = Close
 	}

@@ -124,6 +124,29 @@ type Penalty struct {
 	MaxDelay       time.Duration
 }
 
+// KnownGood is the tier for addresses that are shared by honest users: an
+// office or campus behind one NAT address. An address from which MinUsers
+// distinct users logged in successfully within one Window is known-good
+// until Window after the last login that kept it so; its connections get
+// MaxPerIP, MaxPreauthPerIP and RatePerIP. A prefix is known-good by the
+// same rule over the logins of all its addresses, and its connections get
+// MaxPerPrefix and RatePerPrefix. Each tier limit is used only where it is
+// looser than the ordinary one (0 is unlimited). Addresses with an Override
+// keep the override. MinUsers 0 turns the tier off.
+type KnownGood struct {
+	MinUsers        int
+	Window          time.Duration
+	MaxPerIP        int
+	MaxPreauthPerIP int
+	MaxPerPrefix    int
+	RatePerIP       Rate
+	RatePerPrefix   Rate
+}
+
+// MaxKnownGoodUsers bounds KnownGood.MinUsers: the distinct users of an
+// address are remembered up to this many.
+const MaxKnownGoodUsers = 8
+
 // Policy is everything a reload can change. Treat it as immutable once
 // handed to a Limiter.
 type Policy struct {
@@ -137,6 +160,9 @@ type Policy struct {
 	Action     [NumReasons]Action
 	DryRun     [NumReasons]bool
 	Penalty    Penalty
+	KnownGood  KnownGood
+
+	good Limits // Limits loosened by the known-good tier (prepare)
 }
 
 // DefaultPolicy returns the documented defaults: generous per-address
@@ -158,6 +184,12 @@ func DefaultPolicy() Policy {
 		Penalty: Penalty{
 			Failures: 10, Window: 10 * time.Minute, BanTime: 10 * time.Minute,
 			Delay: time.Second, MaxDelay: 10 * time.Second,
+		},
+		KnownGood: KnownGood{
+			MinUsers: 3, Window: 24 * time.Hour,
+			MaxPerIP: 2000, MaxPreauthPerIP: 100, MaxPerPrefix: 2000,
+			RatePerIP:     Rate{Burst: 1000, Per: time.Minute},
+			RatePerPrefix: Rate{Burst: 2000, Per: time.Minute},
 		},
 	}
 	for r := range p.Action {
@@ -186,6 +218,14 @@ func (p *Policy) Validate() error {
 	if p.Penalty.Failures > 0 && (p.Penalty.Window <= 0 || p.Penalty.BanTime <= 0) {
 		return fmt.Errorf("auth-failure penalty needs a positive window and ban time")
 	}
+	if kg := &p.KnownGood; kg.MinUsers != 0 {
+		if kg.MinUsers < 0 || kg.MinUsers > MaxKnownGoodUsers {
+			return fmt.Errorf("known-good min_users must be 0 (off) or 1..%d, got %d", MaxKnownGoodUsers, kg.MinUsers)
+		}
+		if kg.Window <= 0 {
+			return fmt.Errorf("known-good tier needs a positive window")
+		}
+	}
 	for _, o := range p.Overrides {
 		if !o.Prefix.IsValid() {
 			return fmt.Errorf("override without a valid cidr")
@@ -208,6 +248,33 @@ func (p *Policy) prepare() {
 		p.Overrides[i].Prefix = unmapPrefix(p.Overrides[i].Prefix)
 	}
 	slices.SortStableFunc(p.Overrides, func(a, b Override) int { return b.Prefix.Bits() - a.Prefix.Bits() })
+	p.good = p.Limits
+	if kg := &p.KnownGood; kg.MinUsers > 0 {
+		p.good.MaxPerIP = looser(p.good.MaxPerIP, kg.MaxPerIP)
+		p.good.MaxPreauthPerIP = looser(p.good.MaxPreauthPerIP, kg.MaxPreauthPerIP)
+		p.good.MaxPerPrefix = looser(p.good.MaxPerPrefix, kg.MaxPerPrefix)
+		p.good.RatePerIP = looserRate(p.good.RatePerIP, kg.RatePerIP)
+		p.good.RatePerPrefix = looserRate(p.good.RatePerPrefix, kg.RatePerPrefix)
+	}
+}
+
+// looser returns the looser of two limits, 0 being unlimited.
+func looser(a, b int) int {
+	if a == 0 || b == 0 {
+		return 0
+	}
+	return max(a, b)
+}
+
+// looserRate returns a rate with the larger burst and the faster refill of
+// a and b; a zero Rate is unlimited.
+func looserRate(a, b Rate) Rate {
+	if !a.enabled() || !b.enabled() {
+		return Rate{}
+	}
+	burst := max(a.Burst, b.Burst)
+	interval := min(a.interval(), b.interval())
+	return Rate{Burst: burst, Per: time.Duration(interval * int64(burst))}
 }
 
 // unmapPrefix turns ::ffff:a.b.c.d/n into a.b.c.d/(n-96), so IPv4-mapped
@@ -229,14 +296,28 @@ func contains(ps []netip.Prefix, a netip.Addr) bool {
 	return false
 }
 
-// limitsFor returns the limits for a (already unmapped).
-func (p *Policy) limitsFor(a netip.Addr) *Limits {
+// limitsFor returns the limits for a (already unmapped), and whether they
+// are an override's (which the known-good tier leaves alone).
+func (p *Policy) limitsFor(a netip.Addr) (*Limits, bool) {
 	for i := range p.Overrides {
 		if p.Overrides[i].Prefix.Contains(a) {
-			return &p.Overrides[i].Limits
+			return &p.Overrides[i].Limits, true
 		}
 	}
-	return &p.Limits
+	return &p.Limits, false
+}
+
+// tiered returns base with the known-good tier's limits for a known-good
+// address (goodIP) and prefix (goodPrefix).
+func (p *Policy) tiered(base *Limits, goodIP, goodPrefix bool) Limits {
+	lim := *base
+	if goodIP {
+		lim.MaxPerIP, lim.MaxPreauthPerIP, lim.RatePerIP = p.good.MaxPerIP, p.good.MaxPreauthPerIP, p.good.RatePerIP
+	}
+	if goodPrefix {
+		lim.MaxPerPrefix, lim.RatePerPrefix = p.good.MaxPerPrefix, p.good.RatePerPrefix
+	}
+	return lim
 }
 
 // PrefixOf returns the aggregation prefix of a (/24 and /64 by default).
