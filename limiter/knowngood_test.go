@@ -1,6 +1,8 @@
 package limiter
 
 import (
+	"context"
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -13,6 +15,9 @@ func loginAs(t *testing.T, l *Limiter, a netip.Addr, user string, now time.Time)
 	tk, d := l.Admit(a, now)
 	if d.Refused {
 		t.Fatalf("%s from %s refused: %v", user, a, d.Reason)
+	}
+	if tk.UserBanned(now, user) {
+		t.Fatalf("%s from %s refused by a user ban", user, a)
 	}
 	tk.LoginSucceeded(now, user)
 	tk.LoggedIn()
@@ -148,6 +153,34 @@ func TestKnownGoodTierIsNeverStricter(t *testing.T) {
 	}
 }
 
+// A reload keeps what the limiter remembers: known-good addresses, bans,
+// failures.
+func TestReloadKeepsKnownGoodAndBans(t *testing.T) {
+	p := tierPolicy()
+	p.Penalty = DefaultPolicy().Penalty
+	l := newLimiter(t, p)
+	a, b := addr("192.0.2.95"), addr("198.51.100.95")
+	for _, u := range []string{"ann", "bea", "cid"} {
+		loginAs(t, l, a, u, t0)
+	}
+	tk, _ := l.Admit(b, t0)
+	for i := 0; i < 9; i++ {
+		tk.LoginFailed(t0, fmt.Sprint("u", i), 0)
+	}
+	tk.Release()
+	p.Limits.MaxPerIP = 1
+	if err := l.SetPolicy(p); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := held(l, a, t0); n != 5 {
+		t.Fatalf("after reload the known-good address holds %d", n)
+	}
+	tk, _ = l.Admit(b, t0)
+	if _, ban := tk.LoginFailed(t0, "u9", 0); ban == nil || ban.User != "" {
+		t.Fatalf("failures forgotten by the reload: %+v", ban)
+	}
+}
+
 // A refund is what admission spent, in the tier the connection was
 // admitted in, even if the address became known-good (with a faster rate)
 // in between.
@@ -174,5 +207,104 @@ func TestRefundIsWhatWasSpent(t *testing.T) {
 	second.LoginSucceeded(t0, "eve")
 	if n, r := held(l, a, t0); n != 8 || r != RatePerIP {
 		t.Fatalf("after the refunds %d admitted (then %v), want 8", n, r)
+	}
+}
+
+// A few hundred honest users behind one address, with the default limits
+// and the clock stepped. 9 a.m. is cold (nothing is known about the
+// address): 60 connections arrive at the same instant, the rest of the
+// office 20 at a time. Then, for an hour, every minute, every user opens a
+// session at the same instant, twice a second apart, and the sessions of
+// the minute before last end, so each user holds up to four. Meanwhile ten
+// phones reconnect every ten seconds to retry a stale password. Nothing is
+// refused and nothing is banned.
+func TestHundredsOfUsersBehindOneAddress(t *testing.T) {
+	const users, phones = 300, 10
+	l, err := New(DefaultPolicy(), Options{RateEntries: 1 << 12})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nat := addr("203.0.113.7")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	refusals := 0
+	refused := func(now time.Time, what string, d Decision) {
+		if refusals++; refusals <= 5 {
+			t.Errorf("%s at 9:00+%s refused by %v", what, now.Sub(t0), d.Reason)
+		}
+	}
+	var live [][]*Ticket // sessions opened per burst, oldest first
+	burst := func(now time.Time, who []int) {
+		var batch []*Ticket
+		for range who {
+			tk, d := l.Admit(nat, now)
+			if d.Refused {
+				refused(now, "a session", d)
+				continue
+			}
+			batch = append(batch, &tk)
+		}
+		// Those with a pre-login slot log in, freeing slots for those
+		// that wait for one (the proxy's WaitPreauth).
+		for i, tk := range batch {
+			if tk.NeedsWait() {
+				if err := tk.WaitPreauth(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			user := fmt.Sprint("user", who[i])
+			if tk.UserBanned(now, user) {
+				refused(now, user, Decision{Reason: Banned})
+			}
+			tk.LoginSucceeded(now, user)
+			tk.LoggedIn()
+		}
+		live = append(live, batch)
+	}
+	stale := func(now time.Time) {
+		for p := 0; p < phones; p++ {
+			tk, d := l.Admit(nat, now)
+			if d.Refused {
+				refused(now, "a phone", d)
+				continue
+			}
+			u := fmt.Sprint("phone", p)
+			tk.LoginFailed(now, u, AttemptKey(u, []byte("last year's password")))
+			tk.Release()
+		}
+	}
+	all := make([]int, users)
+	for i := range all {
+		all[i] = i
+	}
+	burst(t0, all[:60])
+	for i := 60; i < users; i += 20 {
+		burst(t0.Add(time.Duration(i)*time.Second), all[i:i+20])
+	}
+	peak := 0
+	for m := 10; m < 70; m++ {
+		now := t0.Add(time.Duration(m) * time.Minute)
+		burst(now, all)
+		burst(now.Add(time.Second), all)
+		for s := 2; s < 60; s += 10 {
+			stale(now.Add(time.Duration(s) * time.Second))
+		}
+		total, _ := l.PerIP(nat)
+		peak = max(peak, total)
+		for len(live) > 2 {
+			for _, tk := range live[0] {
+				tk.Release()
+			}
+			live = live[1:]
+		}
+	}
+	if peak < 4*users {
+		t.Errorf("peak %d sessions, want %d", peak, 4*users)
+	}
+	if refusals > 0 {
+		t.Fatalf("%d refusals", refusals)
+	}
+	for _, b := range l.Bans(t0.Add(70 * time.Minute)) {
+		t.Errorf("ban %+v", b)
 	}
 }

@@ -69,9 +69,14 @@ type Options struct {
 	// (usually one already full again, so nothing is lost); see rateTable.
 	// 0 means 1,048,576.
 	RateEntries int
-	// FailEntries bounds addresses and prefixes with failed logins
-	// remembered (least recently failed forgotten first). 0 means 262,144.
+	// FailEntries bounds the failure records: addresses, prefixes and
+	// users on an address with failed logins remembered (least recently
+	// failed forgotten first), about 200 bytes each. 0 means 262,144.
 	FailEntries int
+	// BanEntries bounds the bans in force, separately for address and
+	// prefix bans and for user+address bans; when full, expired bans go
+	// first, then the one that expires soonest. 0 means 65,536.
+	BanEntries int
 	// KnownGoodEntries bounds the addresses (and, separately, prefixes)
 	// whose successful logins are remembered for the known-good tier and
 	// for narrowing bans, at 88 bytes each; about a quarter of it is held
@@ -87,6 +92,9 @@ func New(p Policy, opts Options) (*Limiter, error) {
 	if opts.FailEntries <= 0 {
 		opts.FailEntries = 1 << 18
 	}
+	if opts.BanEntries <= 0 {
+		opts.BanEntries = 1 << 16
+	}
 	if opts.KnownGoodEntries <= 0 {
 		opts.KnownGoodEntries = max(opts.RateEntries/16, 4096)
 	}
@@ -96,7 +104,7 @@ func New(p Policy, opts Options) (*Limiter, error) {
 		ratePrefix: newRateTable(opts.RateEntries),
 		goodIP:     newGoodTable(opts.KnownGoodEntries),
 		goodPrefix: newGoodTable(opts.KnownGoodEntries),
-		fails:      newFailTable(opts.FailEntries),
+		fails:      newFailTable(opts.FailEntries, opts.BanEntries),
 	}
 	for i := range l.ips {
 		l.ips[i].m = make(map[key]ipCount)

@@ -329,7 +329,7 @@ func TestDryRun(t *testing.T) {
 
 func TestAuthFailurePenalty(t *testing.T) {
 	p := unlimited()
-	p.Penalty = Penalty{Failures: 3, Window: 10 * time.Minute, BanTime: 10 * time.Minute, Delay: time.Second, MaxDelay: 2 * time.Second}
+	p.Penalty = Penalty{Failures: 3, MinUsers: 1, Window: 10 * time.Minute, BanTime: 10 * time.Minute, Delay: time.Second, MaxDelay: 2 * time.Second}
 	l := newLimiter(t, p)
 	a := addr("192.0.2.40")
 	t0 := time.Unix(1_800_000_000, 0)
@@ -337,7 +337,7 @@ func TestAuthFailurePenalty(t *testing.T) {
 	var delays []time.Duration
 	var ban *Ban
 	for i := 0; i < 3; i++ {
-		d, b := tk.LoginFailed(t0.Add(time.Duration(i) * time.Second))
+		d, b := tk.LoginFailed(t0.Add(time.Duration(i)*time.Second), "u", 0)
 		delays = append(delays, d)
 		if b != nil {
 			ban = b
@@ -360,15 +360,15 @@ func TestAuthFailurePenalty(t *testing.T) {
 	}
 	// Failures outside the window do not add up.
 	tk2, _ := l.Admit(addr("192.0.2.42"), t0)
-	tk2.LoginFailed(t0)
-	tk2.LoginFailed(t0.Add(time.Second))
-	if _, b := tk2.LoginFailed(t0.Add(11 * time.Minute)); b != nil {
+	tk2.LoginFailed(t0, "u", 0)
+	tk2.LoginFailed(t0.Add(time.Second), "u", 0)
+	if _, b := tk2.LoginFailed(t0.Add(11*time.Minute), "u", 0); b != nil {
 		t.Fatal("failures from an old window banned")
 	}
 	// Unban.
 	tk3, _ := l.Admit(addr("192.0.2.43"), t0)
 	for i := 0; i < 3; i++ {
-		tk3.LoginFailed(t0)
+		tk3.LoginFailed(t0, "u", 0)
 	}
 	if len(l.Bans(t0)) != 1 || !l.Unban(netip.MustParsePrefix("192.0.2.43/32")) {
 		t.Fatalf("bans %v", l.Bans(t0))

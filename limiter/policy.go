@@ -111,18 +111,47 @@ type Override struct {
 	Limits Limits
 }
 
-// Penalty configures the auth-failure penalty: after Failures failed logins
-// from an address (or PrefixFailures from its prefix) within Window, later
-// logins are answered Delay later per failure (at most MaxDelay), and new
-// connections from it are refused for BanTime. Accounts are never locked.
+// Penalty configures what failed logins cost. Accounts are never locked:
+// only a user from one address, an address, or a prefix is penalised.
+//
+// A failure counts once per attempt: a retry of the same user and password
+// (the same AttemptKey) within Window is not counted again, so a phone
+// retrying an old password counts once however often it retries. Within
+// Window, counting from the first counted failure:
+//   - UserFailures failures of one user from one address ban that user
+//     from that address (a user+address ban) for BanTime;
+//   - Failures failures from one address that span at least MinUsers
+//     distinct users (0 counts as 1) ban the address for BanTime, unless
+//     the address is shared (another user logged in from it within Window,
+//     or it is known-good): then the ban is narrowed to the failing user,
+//     if that user has failed at least 3 times in the window;
+//   - SprayFailures failures from one address ban it, shared or not;
+//   - PrefixFailures failures from a prefix that span at least MinUsers
+//     users ban the prefix, unless the prefix is known-good.
+//
+// A failed login's NO answer is held Delay per earlier counted failure, at
+// most MaxDelay; the failures are the user's own on a shared address, the
+// address's otherwise. A zero count turns its rule off.
 type Penalty struct {
 	Failures       int
+	MinUsers       int
+	UserFailures   int
+	SprayFailures  int
 	PrefixFailures int
 	Window         time.Duration
 	BanTime        time.Duration
 	Delay          time.Duration
 	MaxDelay       time.Duration
 }
+
+// on reports whether failures are counted at all.
+func (pen *Penalty) on() bool {
+	return pen.Failures > 0 || pen.UserFailures > 0 || pen.SprayFailures > 0 || pen.PrefixFailures > 0
+}
+
+// MaxMinUsers bounds Penalty.MinUsers: the distinct users of an address's
+// failures are remembered up to this many.
+const MaxMinUsers = recentSlots
 
 // KnownGood is the tier for addresses that are shared by honest users: an
 // office or campus behind one NAT address. An address from which MinUsers
@@ -182,7 +211,8 @@ func DefaultPolicy() Policy {
 		IPv4Prefix: 24,
 		IPv6Prefix: 64,
 		Penalty: Penalty{
-			Failures: 10, Window: 10 * time.Minute, BanTime: 10 * time.Minute,
+			Failures: 10, MinUsers: 3, UserFailures: 10, SprayFailures: 100,
+			Window: 10 * time.Minute, BanTime: 10 * time.Minute,
 			Delay: time.Second, MaxDelay: 10 * time.Second,
 		},
 		KnownGood: KnownGood{
@@ -215,8 +245,13 @@ func (p *Policy) Validate() error {
 			return fmt.Errorf("action \"wait\" applies only to max_preauth_per_ip, not %s", Reason(r))
 		}
 	}
-	if p.Penalty.Failures > 0 && (p.Penalty.Window <= 0 || p.Penalty.BanTime <= 0) {
-		return fmt.Errorf("auth-failure penalty needs a positive window and ban time")
+	if pen := &p.Penalty; pen.on() {
+		if pen.Window <= 0 || pen.BanTime <= 0 {
+			return fmt.Errorf("auth-failure penalty needs a positive window and ban time")
+		}
+		if pen.MinUsers < 0 || pen.MinUsers > MaxMinUsers {
+			return fmt.Errorf("auth-failure min_users must be 1..%d, got %d", MaxMinUsers, pen.MinUsers)
+		}
 	}
 	if kg := &p.KnownGood; kg.MinUsers != 0 {
 		if kg.MinUsers < 0 || kg.MinUsers > MaxKnownGoodUsers {

@@ -386,7 +386,7 @@ func (ss *session) loginResult(tag, user, mech string) (outcome, bool) {
 		s.log.LoginFailed(user, ss.client.Remote)
 	}
 	ss.ticket.CommitUser(false)
-	delay, ban := ss.ticket.LoginFailed(time.Now())
+	delay, ban := ss.ticket.LoginFailed(time.Now(), user, 0)
 	if ban != nil {
 		ss.logBan(ban)
 	}
