@@ -308,3 +308,38 @@ func TestHundredsOfUsersBehindOneAddress(t *testing.T) {
 		t.Errorf("ban %+v", b)
 	}
 }
+
+// The seed story: courier's MAXPERIP=4 (imported as max_per_ip, which
+// lowers max_preauth_per_ip with it) and one PC whose mail client opens
+// thirty mailboxes, each session kept open. The first four connect; once
+// three of them have logged in the address is known-good and the other
+// twenty-six are admitted too.
+func TestManyMailboxesOnOnePCWithMaxPerIPFour(t *testing.T) {
+	p := DefaultPolicy()
+	p.Limits.MaxPerIP, p.Limits.MaxPreauthPerIP = 4, 4
+	l := newLimiter(t, p)
+	pc := addr("192.0.2.120")
+	var open []*Ticket
+	for i := 0; i < 30; i++ {
+		tk, d := l.Admit(pc, t0.Add(time.Duration(i)*time.Second))
+		if d.Refused {
+			t.Fatalf("mailbox %d refused by %v", i+1, d.Reason)
+		}
+		tk.LoginSucceeded(t0.Add(time.Duration(i)*time.Second), fmt.Sprint("mailbox", i))
+		tk.LoggedIn()
+		open = append(open, &tk)
+	}
+	if total, _ := l.PerIP(pc); total != 30 {
+		t.Fatalf("%d sessions", total)
+	}
+	// Another PC, four sessions of one user: the ordinary limit holds.
+	other := addr("192.0.2.121")
+	for i := 0; i < 4; i++ {
+		tk, _ := l.Admit(other, t0)
+		tk.LoginSucceeded(t0, "solo")
+		tk.LoggedIn()
+	}
+	if _, d := l.Admit(other, t0); !d.Refused || d.Reason != MaxPerIP {
+		t.Fatalf("fifth session of one user: %+v", d)
+	}
+}

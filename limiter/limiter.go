@@ -71,7 +71,7 @@ type Options struct {
 	RateEntries int
 	// FailEntries bounds the failure records: addresses, prefixes and
 	// users on an address with failed logins remembered (least recently
-	// failed forgotten first), about 200 bytes each. 0 means 262,144.
+	// failed forgotten first), about 240 bytes each. 0 means 262,144.
 	FailEntries int
 	// BanEntries bounds the bans in force, separately for address and
 	// prefix bans and for user+address bans; when full, expired bans go
@@ -79,8 +79,9 @@ type Options struct {
 	BanEntries int
 	// KnownGoodEntries bounds the addresses (and, separately, prefixes)
 	// whose successful logins are remembered for the known-good tier and
-	// for narrowing bans, at 88 bytes each; about a quarter of it is held
-	// without loss, see goodTable. 0 means RateEntries/16, at least 4,096.
+	// for narrowing bans: ways of 88 bytes, of which about a quarter hold
+	// addresses before any is forgotten (see goodTable), so about 350 bytes
+	// per address. 0 means RateEntries/16, at least 4,096.
 	KnownGoodEntries int
 }
 
