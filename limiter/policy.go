@@ -1,10 +1,12 @@
 // Package limiter decides whether a new connection or login may proceed:
 // courier-style concurrency limits (MAXDAEMONS, MAXPERIP), a stricter limit
 // on not-yet-logged-in connections per address, per-prefix limits that
-// aggregate IPv6 properly, per user+address limits, new-connection rates,
-// auth-failure penalties and allow/deny/exempt lists. Limits are read from a
-// Policy that a reload swaps whole; the live counters belong to the Limiter
-// and survive every reload.
+// aggregate IPv6 properly, per user+address limits, new-connection rates
+// that logins give back, auth-failure penalties and bans that spare shared
+// addresses, a known-good tier for addresses many users log in from, and
+// allow/deny/exempt lists. Limits are read from a Policy that a reload
+// swaps whole; the live counters, the rate state, failures, bans and the
+// known-good memory belong to the Limiter and survive every reload.
 package limiter
 
 import (
@@ -250,7 +252,7 @@ func (p *Policy) Validate() error {
 			return fmt.Errorf("auth-failure penalty needs a positive window and ban time")
 		}
 		if pen.MinUsers < 0 || pen.MinUsers > MaxMinUsers {
-			return fmt.Errorf("auth-failure min_users must be 1..%d, got %d", MaxMinUsers, pen.MinUsers)
+			return fmt.Errorf("auth-failure min_users must be 0..%d, got %d", MaxMinUsers, pen.MinUsers)
 		}
 	}
 	if kg := &p.KnownGood; kg.MinUsers != 0 {
