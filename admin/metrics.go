@@ -89,7 +89,7 @@ func NewMetrics(reg prometheus.Registerer, src Sources, top *Top) *Metrics {
 		m.reloads.WithLabelValues(r)
 	}
 	m.refusedBy = map[string][2]prometheus.Counter{}
-	for _, reason := range append(reasonNames(), "table_full") {
+	for _, reason := range append(reasonNames(), "table_full", "banned_user") {
 		m.refusedBy[reason] = [2]prometheus.Counter{
 			m.refused.WithLabelValues(reason, "before_tls"), m.refused.WithLabelValues(reason, "after_tls")}
 	}
@@ -195,7 +195,7 @@ var (
 	descTimeouts     = prometheus.NewDesc("imapgate_table_timeouts_total", "Entries closed by their state's timeout.", nil, nil)
 	descReaped       = prometheus.NewDesc("imapgate_table_reaped_total", "Closing entries reaped early because the table was 95% full.", nil, nil)
 	descBytes        = prometheus.NewDesc("imapgate_bytes_total", "Bytes relayed, by direction.", []string{"direction"}, nil)
-	descBansActive   = prometheus.NewDesc("imapgate_bans_active", "Addresses and networks currently banned after failed logins.", nil, nil)
+	descBansActive   = prometheus.NewDesc("imapgate_bans_active", "Bans in force after failed logins: addresses, networks, and users on one address.", nil, nil)
 	descTracked      = prometheus.NewDesc("imapgate_limiter_connections", "Connections counted by the limiter.", nil, nil)
 	descCertExpiry   = prometheus.NewDesc("imapgate_certificate_expiry_timestamp_seconds", "NotAfter of each served certificate, by its first name.", []string{"name"}, nil)
 	descOpenFiles    = prometheus.NewDesc("imapgate_open_files", "Open file descriptors.", nil, nil)

@@ -285,7 +285,10 @@ func fromMap(m map[string]uint64, n int) []Count {
 
 // BanInfo is one entry of /bans.
 type BanInfo struct {
-	Key   string    `json:"key"`
+	Key string `json:"key"`
+	// User is set for a user+address ban: only this user's logins from
+	// Key are refused.
+	User  string    `json:"user,omitempty"`
 	Until time.Time `json:"until"`
 }
 
@@ -293,7 +296,7 @@ func (s *Server) bans(w http.ResponseWriter, _ *http.Request) {
 	out := []BanInfo{}
 	if s.o.Limiter != nil {
 		for _, b := range s.o.Limiter.Bans(time.Now()) {
-			out = append(out, BanInfo{b.Key.String(), b.Until})
+			out = append(out, BanInfo{Key: b.Key.String(), User: b.User, Until: b.Until})
 		}
 	}
 	writeJSON(w, out)
@@ -340,7 +343,18 @@ func (s *Server) unban(w http.ResponseWriter, r *http.Request) {
 		a = a.Unmap()
 		p = netip.PrefixFrom(a, a.BitLen())
 	}
-	lifted := s.o.Limiter != nil && s.o.Limiter.Unban(p)
+	var lifted bool
+	switch user := r.URL.Query().Get("user"); {
+	case s.o.Limiter == nil:
+	case user != "":
+		if !p.IsSingleIP() {
+			http.Error(w, "user: a user ban is on one address, not a CIDR", http.StatusBadRequest)
+			return
+		}
+		lifted = s.o.Limiter.UnbanUser(p.Addr(), user)
+	default:
+		lifted = s.o.Limiter.Unban(p)
+	}
 	writeJSON(w, map[string]bool{"lifted": lifted})
 }
 

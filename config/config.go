@@ -225,20 +225,36 @@ type Limits struct {
 	// DryRun lists limits that only log and count.
 	DryRun       []string     `toml:"dry_run"`
 	AuthFailures AuthFailures `toml:"auth_failures"`
+	KnownGood    KnownGood    `toml:"known_good"`
 	Override     []Override   `toml:"override"`
 	// OpenFilesCheck refuses to start when the open-file limit cannot hold
 	// the table; false only warns.
 	OpenFilesCheck bool `toml:"open_files_check"`
 }
 
-// AuthFailures is the auth-failure penalty.
+// AuthFailures is the auth-failure penalty (limiter.Penalty).
 type AuthFailures struct {
 	Failures       int      `toml:"failures"`
+	MinUsers       int      `toml:"min_users"`
+	UserFailures   int      `toml:"user_failures"`
+	SprayFailures  int      `toml:"spray_failures"`
 	PrefixFailures int      `toml:"prefix_failures"`
 	Window         Duration `toml:"window"`
 	BanTime        Duration `toml:"ban_time"`
 	Delay          Duration `toml:"delay"`
 	MaxDelay       Duration `toml:"max_delay"`
+}
+
+// KnownGood is [limits.known_good], the tier for addresses shared by
+// honest users (limiter.KnownGood).
+type KnownGood struct {
+	MinUsers        int      `toml:"min_users"`
+	Window          Duration `toml:"window"`
+	MaxPerIP        int      `toml:"max_per_ip"`
+	MaxPreauthPerIP int      `toml:"max_preauth_per_ip"`
+	MaxPerPrefix    int      `toml:"max_per_prefix"`
+	RatePerIP       Rate     `toml:"rate_per_ip"`
+	RatePerPrefix   Rate     `toml:"rate_per_prefix"`
 }
 
 // Override is one [[limits.override]]: limits for a CIDR. Unset fields

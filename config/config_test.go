@@ -100,6 +100,10 @@ func TestErrorsNameFileLineAndKey(t *testing.T) {
 		{"bad table header", "[limits]]\nmax_per_ip = 3\n", 1, "", ""},
 		{"log output", "[log]\noutput = \"file:relative.log\"\n", 2, "log.output", "absolute"},
 		{"syslog socket", "[log]\noutput = \"syslog:dev/log\"\n", 2, "log.output", "absolute"},
+		{"auth min_users", "[limits.auth_failures]\nfailures = 5\nmin_users = 9\n", 3, "limits.auth_failures.min_users", "1..8"},
+		{"negative spray", "[limits.auth_failures]\nspray_failures = -1\n", 2, "limits.auth_failures.spray_failures", "negative"},
+		{"known_good window", "[limits.known_good]\n\nwindow = \"0s\"\n", 3, "limits.known_good.window", "positive"},
+		{"known_good min_users", "[limits.known_good]\nmin_users = 20\n", 2, "limits.known_good.min_users", "0 (off)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -150,5 +154,34 @@ established = "45m"
 	}
 	if !c.IsSet("limits.max_per_ip") || c.IsSet("limits.max_per_prefix") {
 		t.Error("IsSet wrong")
+	}
+}
+
+func TestBanPolicyAndKnownGoodConverted(t *testing.T) {
+	c, err := Parse("t", `
+[limits.auth_failures]
+user_failures = 5
+min_users = 2
+spray_failures = 0
+[limits.known_good]
+min_users = 4
+window = "2h"
+max_per_ip = 500
+rate_per_prefix = "0"
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := c.Policy()
+	if pen := p.Penalty; pen.UserFailures != 5 || pen.MinUsers != 2 || pen.SprayFailures != 0 || pen.Failures != 10 {
+		t.Errorf("penalty %+v", pen)
+	}
+	kg := p.KnownGood
+	if kg.MinUsers != 4 || kg.Window != 2*time.Hour || kg.MaxPerIP != 500 || kg.MaxPreauthPerIP != 100 ||
+		kg.RatePerPrefix.Burst != 0 || kg.RatePerIP.Burst != 1000 {
+		t.Errorf("known_good %+v", kg)
+	}
+	if err := p.Validate(); err != nil {
+		t.Error(err)
 	}
 }

@@ -159,11 +159,29 @@ func (c *Config) validateLimits() []problem {
 		}
 	}
 	a := l.AuthFailures
-	if a.Failures < 0 || a.PrefixFailures < 0 {
-		add("limits.auth_failures", 0, "failure counts must not be negative")
+	for key, v := range map[string]int{"failures": a.Failures, "user_failures": a.UserFailures,
+		"spray_failures": a.SprayFailures, "prefix_failures": a.PrefixFailures} {
+		if v < 0 {
+			add("limits.auth_failures."+key, 0, "must not be negative (0 turns it off), got %d", v)
+		}
 	}
-	if (a.Failures > 0 || a.PrefixFailures > 0) && (a.Window <= 0 || a.BanTime <= 0) {
-		add("limits.auth_failures", 0, "window and ban_time must be positive when failures is set")
+	if (a.Failures > 0 || a.UserFailures > 0 || a.SprayFailures > 0 || a.PrefixFailures > 0) && (a.Window <= 0 || a.BanTime <= 0) {
+		add("limits.auth_failures", 0, "window and ban_time must be positive when a failure count is set")
+	}
+	if a.MinUsers < 1 || a.MinUsers > limiter.MaxMinUsers {
+		add("limits.auth_failures.min_users", 0, "must be 1..%d, got %d", limiter.MaxMinUsers, a.MinUsers)
+	}
+	k := l.KnownGood
+	if k.MinUsers < 0 || k.MinUsers > limiter.MaxKnownGoodUsers {
+		add("limits.known_good.min_users", 0, "must be 0 (off) or 1..%d, got %d", limiter.MaxKnownGoodUsers, k.MinUsers)
+	}
+	if k.MinUsers > 0 && k.Window <= 0 {
+		add("limits.known_good.window", 0, "must be positive when min_users is set")
+	}
+	for key, v := range map[string]int{"max_per_ip": k.MaxPerIP, "max_preauth_per_ip": k.MaxPreauthPerIP, "max_per_prefix": k.MaxPerPrefix} {
+		if v < 0 {
+			add("limits.known_good."+key, 0, "must not be negative (0 means unlimited), got %d", v)
+		}
 	}
 	for i, o := range l.Override {
 		if !o.CIDR.IsValid() {
@@ -230,8 +248,13 @@ func (c *Config) Policy() limiter.Policy {
 		}
 	}
 	a := l.AuthFailures
-	p.Penalty = limiter.Penalty{Failures: a.Failures, PrefixFailures: a.PrefixFailures, Window: a.Window.D(),
+	p.Penalty = limiter.Penalty{Failures: a.Failures, MinUsers: a.MinUsers, UserFailures: a.UserFailures,
+		SprayFailures: a.SprayFailures, PrefixFailures: a.PrefixFailures, Window: a.Window.D(),
 		BanTime: a.BanTime.D(), Delay: a.Delay.D(), MaxDelay: a.MaxDelay.D()}
+	k := l.KnownGood
+	p.KnownGood = limiter.KnownGood{MinUsers: k.MinUsers, Window: k.Window.D(),
+		MaxPerIP: k.MaxPerIP, MaxPreauthPerIP: k.MaxPreauthPerIP, MaxPerPrefix: k.MaxPerPrefix,
+		RatePerIP: limiter.Rate(k.RatePerIP), RatePerPrefix: limiter.Rate(k.RatePerPrefix)}
 	for _, o := range l.Override {
 		lim := base
 		set := func(dst *int, v *int) {

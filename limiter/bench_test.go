@@ -27,7 +27,15 @@ func addrN(n uint32) netip.Addr {
 // address and prefix, ban check, per-address, per-prefix, pre-login and
 // global counts) plus its release, with 1 M addresses tracked in the rate
 // tables. Run: go test -bench Admit1M -benchmem ./limiter/
-func BenchmarkAdmit1M(b *testing.B) {
+func BenchmarkAdmit1M(b *testing.B) { benchmarkAdmit(b, 0) }
+
+// BenchmarkAdmit1MKnownGood: the same with the known-good tier in use, so
+// every admission looks up its address and prefix: 16,384 of the 1 M
+// addresses (and their prefixes) are known-good.
+// Run: go test -bench Admit1M -benchmem ./limiter/
+func BenchmarkAdmit1MKnownGood(b *testing.B) { benchmarkAdmit(b, 1<<14) }
+
+func benchmarkAdmit(b *testing.B, good uint32) {
 	const tracked = 1 << 20
 	p := DefaultPolicy()
 	p.Limits.MaxConnections = 1 << 30
@@ -37,7 +45,15 @@ func BenchmarkAdmit1M(b *testing.B) {
 	now := time.Now()
 	for i := uint32(0); i < tracked; i++ {
 		t, _ := l.Admit(addrN(i), now)
+		if i%(tracked/max(good, 1)) == 0 && good > 0 {
+			for _, u := range []string{"ann", "bea", "cid"} {
+				t.LoginSucceeded(now, u)
+			}
+		}
 		t.Release()
+	}
+	if n := l.goodIP.Len(); good > 0 && n < int(good)*9/10 {
+		b.Fatalf("%d addresses remembered, want %d", n, good)
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -78,4 +94,30 @@ func TestMemoryPerTrackedAddress(t *testing.T) {
 		t.Errorf("%.0f bytes per tracked address, budget 150", per)
 	}
 	runtime.KeepAlive(rt)
+}
+
+// BenchmarkKnownGoodLookup: the lookup Admit adds for the known-good tier,
+// one address, in a table holding 16,384 addresses.
+// Run: go test -bench KnownGoodLookup -benchmem ./limiter/
+func BenchmarkKnownGoodLookup(b *testing.B) {
+	g := newGoodTable(1 << 16)
+	kg := DefaultPolicy().KnownGood
+	n := time.Now().UnixNano()
+	for i := uint32(0); i < 1<<14; i++ {
+		for _, u := range []uint64{1, 2, 3} {
+			g.login(addrKey(addrN(i)), u<<32, n, &kg)
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	i, hits := uint32(0), 0
+	for b.Loop() {
+		i = i*1664525 + 1013904223
+		if g.good(addrKey(addrN(i%(1<<15))), n) {
+			hits++
+		}
+	}
+	if hits == 0 {
+		b.Fatal("no hits")
+	}
 }

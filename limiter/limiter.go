@@ -24,6 +24,7 @@ type Limiter struct {
 	users    [numShards]countShard[userKey]
 
 	rateIP, ratePrefix *rateTable
+	goodIP, goodPrefix *goodTable
 	fails              *failTable
 	wouldRefuse        [NumReasons]atomic.Uint64
 }
@@ -68,9 +69,20 @@ type Options struct {
 	// (usually one already full again, so nothing is lost); see rateTable.
 	// 0 means 1,048,576.
 	RateEntries int
-	// FailEntries bounds addresses and prefixes with failed logins
-	// remembered (least recently failed forgotten first). 0 means 262,144.
+	// FailEntries bounds the failure records: addresses, prefixes and
+	// users on an address with failed logins remembered (least recently
+	// failed forgotten first), about 240 bytes each. 0 means 262,144.
 	FailEntries int
+	// BanEntries bounds the bans in force, separately for address and
+	// prefix bans and for user+address bans; when full, expired bans go
+	// first, then the one that expires soonest. 0 means 65,536.
+	BanEntries int
+	// KnownGoodEntries bounds the addresses (and, separately, prefixes)
+	// whose successful logins are remembered for the known-good tier and
+	// for narrowing bans: ways of 88 bytes, of which about a quarter hold
+	// addresses before any is forgotten (see goodTable), so about 350 bytes
+	// per address. 0 means RateEntries/16, at least 4,096.
+	KnownGoodEntries int
 }
 
 // New returns a limiter enforcing p.
@@ -81,11 +93,19 @@ func New(p Policy, opts Options) (*Limiter, error) {
 	if opts.FailEntries <= 0 {
 		opts.FailEntries = 1 << 18
 	}
+	if opts.BanEntries <= 0 {
+		opts.BanEntries = 1 << 16
+	}
+	if opts.KnownGoodEntries <= 0 {
+		opts.KnownGoodEntries = max(opts.RateEntries/16, 4096)
+	}
 	l := &Limiter{
 		seed:       maphash.MakeSeed(),
 		rateIP:     newRateTable(opts.RateEntries),
 		ratePrefix: newRateTable(opts.RateEntries),
-		fails:      newFailTable(opts.FailEntries),
+		goodIP:     newGoodTable(opts.KnownGoodEntries),
+		goodPrefix: newGoodTable(opts.KnownGoodEntries),
+		fails:      newFailTable(opts.FailEntries, opts.BanEntries),
 	}
 	for i := range l.ips {
 		l.ips[i].m = make(map[key]ipCount)
@@ -99,8 +119,9 @@ func New(p Policy, opts Options) (*Limiter, error) {
 	return l, nil
 }
 
-// SetPolicy swaps the policy. Counters and rate state are kept: lowering a
-// limit refuses new connections only, and never closes existing ones.
+// SetPolicy swaps the policy. Counters, rate state, failures, bans and the
+// known-good memory are kept: lowering a limit refuses new connections
+// only, and never closes existing ones.
 func (l *Limiter) SetPolicy(p Policy) error {
 	if err := p.Validate(); err != nil {
 		return err
@@ -132,16 +153,22 @@ type Decision struct {
 // Ticket is what one admitted connection holds. Release it exactly once.
 // The zero Ticket holds nothing.
 type Ticket struct {
-	l        *Limiter
-	addr     netip.Addr
-	k        key // addr in 16-byte form
-	prefix   netip.Prefix
-	pk       prefixKey
-	counted  uint8 // bits: countedTotal, countedIP, countedPrefix, countedPreauth
-	exempt   bool
-	user     userKey
-	hasUser  bool
-	released bool
+	l       *Limiter
+	addr    netip.Addr
+	k       key // addr in 16-byte form
+	prefix  netip.Prefix
+	pk      prefixKey
+	counted uint8 // bits: countedTotal, countedIP, countedPrefix, countedPreauth
+	exempt  bool
+	// goodIP and goodPrefix: the address and prefix were known-good at
+	// admission; the connection keeps that tier's limits for its life.
+	goodIP, goodPrefix bool
+	// spentIP and spentPrefix: the rate tokens admission took, in
+	// nanoseconds of refill, which a successful login gives back.
+	spentIP, spentPrefix int64
+	user                 userKey
+	hasUser              bool
+	released             bool
 }
 
 const (
@@ -182,16 +209,21 @@ func (l *Limiter) Admit(client netip.Addr, now time.Time) (Ticket, Decision) {
 	}
 	t := Ticket{l: l, addr: a, k: addrKey(a), prefix: p.PrefixOf(a), exempt: contains(p.Exempt, a)}
 	t.pk = prefixKeyOf(t.prefix)
-	lim := p.limitsFor(a)
+	lim, overridden := p.limitsFor(a)
+	var tier Limits
 	if !t.exempt {
 		if l.fails.banned(a, t.prefix, now) && d.refuse(p, Banned, 0) {
 			return Ticket{}, d
 		}
-		if lim.RatePerIP.enabled() && !l.rateIP.allow(t.k, lim.RatePerIP, now) && d.refuse(p, RatePerIP, lim.RatePerIP.Burst) {
-			return Ticket{}, d
+		if !overridden && p.KnownGood.MinUsers > 0 {
+			n := now.UnixNano()
+			t.goodIP, t.goodPrefix = l.goodIP.good(t.k, n), l.goodPrefix.good(t.pk.addr, n)
+			if t.goodIP || t.goodPrefix {
+				tier = p.tiered(lim, t.goodIP, t.goodPrefix)
+				lim = &tier
+			}
 		}
-		if lim.RatePerPrefix.enabled() && !l.ratePrefix.allow(t.pk.addr, lim.RatePerPrefix, now) &&
-			d.refuse(p, RatePerPrefix, lim.RatePerPrefix.Burst) {
+		if !l.spendRates(&t, p, lim, now, &d) {
 			return Ticket{}, d
 		}
 	}
@@ -200,6 +232,26 @@ func (l *Limiter) Admit(client netip.Addr, now time.Time) (Ticket, Decision) {
 		return Ticket{}, d
 	}
 	return t, d
+}
+
+// spendRates takes a token from the address's and the prefix's rate
+// buckets, and notes in t what a login will give back.
+func (l *Limiter) spendRates(t *Ticket, p *Policy, lim *Limits, now time.Time, d *Decision) bool {
+	if r := lim.RatePerIP; r.enabled() {
+		if l.rateIP.allow(t.k, r, now) {
+			t.spentIP = r.interval()
+		} else if d.refuse(p, RatePerIP, r.Burst) {
+			return false
+		}
+	}
+	if r := lim.RatePerPrefix; r.enabled() {
+		if l.ratePrefix.allow(t.pk.addr, r, now) {
+			t.spentPrefix = r.interval()
+		} else if d.refuse(p, RatePerPrefix, r.Burst) {
+			return false
+		}
+	}
+	return true
 }
 
 // count takes the connection's places in the concurrency counters. On a
@@ -261,9 +313,21 @@ func (l *Limiter) count(t *Ticket, p *Policy, lim *Limits, d *Decision) bool {
 	return true
 }
 
-// LimitsFor returns the limits that apply to a (its override, if any).
+// LimitsFor returns the ordinary limits that apply to a (its override, if
+// any), without the known-good tier.
 func (l *Limiter) LimitsFor(a netip.Addr) Limits {
-	return *l.policy.Load().limitsFor(a.Unmap())
+	lim, _ := l.policy.Load().limitsFor(a.Unmap())
+	return *lim
+}
+
+// limits returns the limits that apply to the ticket's connection: its
+// override, or the ordinary limits in the tier it was admitted in.
+func (t *Ticket) limits(p *Policy) Limits {
+	lim, overridden := p.limitsFor(t.addr)
+	if overridden || p.KnownGood.MinUsers <= 0 || !(t.goodIP || t.goodPrefix) {
+		return *lim
+	}
+	return p.tiered(lim, t.goodIP, t.goodPrefix)
 }
 
 // NeedsWait reports whether the ticket must WaitPreauth before going on.
@@ -277,7 +341,7 @@ func (t *Ticket) WaitPreauth(ctx context.Context) error {
 	l := t.l
 	s := &l.ips[l.shardOf(t.k)]
 	for {
-		lim := l.policy.Load().limitsFor(t.addr)
+		lim := t.limits(l.policy.Load())
 		s.Lock()
 		c := s.m[t.k]
 		if lim.MaxPreauthPerIP <= 0 || int(c.preauth) < lim.MaxPreauthPerIP {
@@ -337,7 +401,7 @@ func (t *Ticket) ReserveUser(user string) Decision {
 		return d
 	}
 	p := t.l.policy.Load()
-	lim := p.limitsFor(t.addr)
+	lim, _ := p.limitsFor(t.addr)
 	k := userKey{strings.ToLower(user), t.addr}
 	s := &t.l.users[t.l.shardOf(t.k)]
 	s.Lock()

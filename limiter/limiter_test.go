@@ -10,11 +10,15 @@ import (
 
 func addr(s string) netip.Addr { return netip.MustParseAddr(s) }
 
+// t0 is the clock tests start from.
+var t0 = time.Unix(1_800_000_000, 0)
+
 // unlimited is a policy with every limit off, for tests to switch one on.
 func unlimited() Policy {
 	p := DefaultPolicy()
 	p.Limits = Limits{}
 	p.Penalty = Penalty{}
+	p.KnownGood = KnownGood{}
 	for r := range p.Action {
 		p.Action[r] = Close
 	}
@@ -325,7 +329,7 @@ func TestDryRun(t *testing.T) {
 
 func TestAuthFailurePenalty(t *testing.T) {
 	p := unlimited()
-	p.Penalty = Penalty{Failures: 3, Window: 10 * time.Minute, BanTime: 10 * time.Minute, Delay: time.Second, MaxDelay: 2 * time.Second}
+	p.Penalty = Penalty{Failures: 3, MinUsers: 1, Window: 10 * time.Minute, BanTime: 10 * time.Minute, Delay: time.Second, MaxDelay: 2 * time.Second}
 	l := newLimiter(t, p)
 	a := addr("192.0.2.40")
 	t0 := time.Unix(1_800_000_000, 0)
@@ -333,7 +337,7 @@ func TestAuthFailurePenalty(t *testing.T) {
 	var delays []time.Duration
 	var ban *Ban
 	for i := 0; i < 3; i++ {
-		d, b := tk.LoginFailed(t0.Add(time.Duration(i) * time.Second))
+		d, b := tk.LoginFailed(t0.Add(time.Duration(i)*time.Second), "u", 0)
 		delays = append(delays, d)
 		if b != nil {
 			ban = b
@@ -356,15 +360,15 @@ func TestAuthFailurePenalty(t *testing.T) {
 	}
 	// Failures outside the window do not add up.
 	tk2, _ := l.Admit(addr("192.0.2.42"), t0)
-	tk2.LoginFailed(t0)
-	tk2.LoginFailed(t0.Add(time.Second))
-	if _, b := tk2.LoginFailed(t0.Add(11 * time.Minute)); b != nil {
+	tk2.LoginFailed(t0, "u", 0)
+	tk2.LoginFailed(t0.Add(time.Second), "u", 0)
+	if _, b := tk2.LoginFailed(t0.Add(11*time.Minute), "u", 0); b != nil {
 		t.Fatal("failures from an old window banned")
 	}
 	// Unban.
 	tk3, _ := l.Admit(addr("192.0.2.43"), t0)
 	for i := 0; i < 3; i++ {
-		tk3.LoginFailed(t0)
+		tk3.LoginFailed(t0, "u", 0)
 	}
 	if len(l.Bans(t0)) != 1 || !l.Unban(netip.MustParsePrefix("192.0.2.43/32")) {
 		t.Fatalf("bans %v", l.Bans(t0))
@@ -400,5 +404,46 @@ func TestReloadKeepsCountersAndNeverCloses(t *testing.T) {
 	bad.IPv4Prefix = 40
 	if l.SetPolicy(bad) == nil || l.Policy().Limits.MaxPerIP != 2 {
 		t.Fatal("bad policy accepted or replaced the good one")
+	}
+}
+
+// A successful login gives back the rate tokens its connection spent,
+// once; a connection that never logs in keeps them spent.
+func TestLoginRefundsRateTokens(t *testing.T) {
+	for _, perPrefix := range []bool{false, true} {
+		p := unlimited()
+		r := Rate{Burst: 3, Per: time.Minute}
+		reason := RatePerIP
+		if perPrefix {
+			p.Limits.RatePerPrefix, reason = r, RatePerPrefix
+		} else {
+			p.Limits.RatePerIP = r
+		}
+		l := newLimiter(t, p)
+		// Each address of the /24 in turn, so the prefix case spreads.
+		from := func(i int) netip.Addr {
+			if perPrefix {
+				return addr(fmt.Sprintf("192.0.2.%d", 100+i))
+			}
+			return addr("192.0.2.100")
+		}
+		for i := 0; i < 30; i++ { // 30 sessions in a second, each logged in
+			tk, d := l.Admit(from(i), t0)
+			if d.Refused {
+				t.Fatalf("prefix=%v: session %d refused by %v", perPrefix, i, d.Reason)
+			}
+			tk.LoginSucceeded(t0, fmt.Sprint("u", i))
+			tk.LoginSucceeded(t0, fmt.Sprint("u", i)) // a second call refunds nothing
+			tk.Release()
+		}
+		// Three connections that do not log in spend the burst.
+		for i := 0; i < 3; i++ {
+			if _, d := l.Admit(from(i), t0); d.Refused {
+				t.Fatalf("prefix=%v: silent connection %d refused", perPrefix, i)
+			}
+		}
+		if _, d := l.Admit(from(3), t0); !d.Refused || d.Reason != reason {
+			t.Fatalf("prefix=%v: 4th silent connection: %+v", perPrefix, d)
+		}
 	}
 }

@@ -10,24 +10,103 @@ import (
 	"github.com/hashicorp/golang-lru/v2/simplelru"
 )
 
+// failKey names a failure record: an address or a prefix (user 0), or a
+// user on an address. It holds no pointers.
+type failKey struct {
+	addr key
+	bits uint8
+	user uint64 // the user's hash; 0 for an address or prefix
+}
+
+func prefixFailKey(p netip.Prefix) failKey {
+	return failKey{addr: addrKey(p.Addr()), bits: uint8(p.Bits())}
+}
+
+func userFailKey(a netip.Addr, uh uint64) failKey {
+	return failKey{addr: addrKey(a), bits: uint8(a.BitLen()), user: uh}
+}
+
+// recentSlots is how many attempt keys a user's record, or distinct users
+// an address's or prefix's record, remembers.
+const recentSlots = 8
+
+// failRecord counts the failures of one key within a window.
 type failRecord struct {
-	count       int
-	windowStart int64
+	start  int64 // window start, unix nanoseconds
+	count  int32 // failures counted in the window
+	n      uint8 // slots of recent in use
+	next   uint8 // the slot the next attempt key overwrites once all are used
+	recent [recentSlots]uint32
 }
 
-// failTable remembers failed logins per address and per prefix (LRU
-// bounded), and the bans they caused (a plain map: bans are few and every
-// Admit consults them).
+// seenAttempt reports whether the attempt key a is one of the record's
+// recent ones, and remembers it if not (oldest forgotten first).
+func (r *failRecord) seenAttempt(a uint64) bool {
+	if r.hasAttempt(a) {
+		return true
+	}
+	v := uint32(a)
+	if r.n < recentSlots {
+		r.recent[r.n] = v
+		r.n++
+		return false
+	}
+	r.recent[r.next] = v
+	r.next = (r.next + 1) % recentSlots
+	return false
+}
+
+// hasAttempt reports whether a is one of the record's recent attempt keys,
+// without remembering it.
+func (r *failRecord) hasAttempt(a uint64) bool {
+	v := uint32(a)
+	for _, x := range r.recent[:r.n] {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// addUser remembers a failing user's hash (up to recentSlots users) and
+// returns how many distinct users failed.
+func (r *failRecord) addUser(uh uint64) int {
+	v := uint32(uh)
+	for _, x := range r.recent[:r.n] {
+		if x == v {
+			return int(r.n)
+		}
+	}
+	if r.n < recentSlots {
+		r.recent[r.n] = v
+		r.n++
+	}
+	return int(r.n)
+}
+
+// failTable remembers failed logins per user and address, per address and
+// per prefix (LRU bounded), and the bans they caused: address and prefix
+// bans in one map, which every Admit consults, user+address bans in
+// another, which logins consult. Each map is bounded by maxBans.
 type failTable struct {
-	nbans atomic.Int32 // len(bans), read without the lock on every Admit
-	mu    sync.Mutex
-	lru   *simplelru.LRU[netip.Prefix, failRecord]
-	bans  map[netip.Prefix]int64 // key -> banned until, unix nanoseconds
+	nbans     atomic.Int32 // len(bans), read without the lock on every Admit
+	nuserBans atomic.Int32 // len(userBans)
+	mu        sync.Mutex
+	lru       *simplelru.LRU[failKey, failRecord]
+	bans      map[netip.Prefix]int64 // key -> banned until, unix nanoseconds
+	userBans  map[failKey]userBan
+	maxBans   int
 }
 
-func newFailTable(size int) *failTable {
-	lru, _ := simplelru.NewLRU[netip.Prefix, failRecord](size, nil)
-	return &failTable{lru: lru, bans: make(map[netip.Prefix]int64)}
+type userBan struct {
+	until int64
+	addr  netip.Addr
+	user  string
+}
+
+func newFailTable(size, maxBans int) *failTable {
+	lru, _ := simplelru.NewLRU[failKey, failRecord](size, nil)
+	return &failTable{lru: lru, bans: make(map[netip.Prefix]int64), userBans: make(map[failKey]userBan), maxBans: maxBans}
 }
 
 func hostPrefix(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, a.BitLen()) }
@@ -51,72 +130,127 @@ func (f *failTable) banned(a netip.Addr, prefix netip.Prefix, now time.Time) boo
 	return false
 }
 
-// Ban describes a ban that a failed login started.
-type Ban struct {
-	Key      netip.Prefix // an address (/32, /128) or a prefix
-	Until    time.Time
-	Failures int
+// record returns k's record at n, restarted if its window has passed. The
+// lock is held.
+func (f *failTable) record(k failKey, n int64, window time.Duration) failRecord {
+	r, ok := f.lru.Get(k)
+	if !ok || n-r.start > int64(window) {
+		r = failRecord{start: n}
+	}
+	return r
 }
 
-// LoginFailed records a failed login from the ticket's address. It returns
-// how long to hold the NO answer, and a ban if this failure started one.
-// The account is never locked: only the source is penalised.
-func (t *Ticket) LoginFailed(now time.Time) (delay time.Duration, ban *Ban) {
-	if t.l == nil || t.exempt {
-		return 0, nil
+// Ban describes a ban that failed logins started, or one in force.
+type Ban struct {
+	Key netip.Prefix // an address (/32, /128) or a prefix
+	// User is set for a user+address ban: only this user's logins from Key
+	// are refused (Ticket.UserBanned). It is empty for an address or prefix
+	// ban, which refuses every new connection from Key.
+	User  string
+	Until time.Time
+	// Failures counted when the ban started (0 in Limiter.Bans).
+	Failures int
+	// Narrowed: the address's failures spanned enough users for an address
+	// ban, but other users log in from it, so only User is banned.
+	Narrowed bool
+}
+
+// banKey bans an address or prefix until n+banTime unless a ban on it is
+// already in force. The lock is held.
+func (f *failTable) banKey(k netip.Prefix, n int64, banTime time.Duration, failures int) *Ban {
+	if until, ok := f.bans[k]; ok && n < until {
+		return nil
 	}
-	pen := t.l.policy.Load().Penalty
-	if pen.Failures <= 0 && pen.PrefixFailures <= 0 {
-		return 0, nil
+	makeRoom(f.bans, f.maxBans, n, func(until int64) int64 { return until })
+	until := n + int64(banTime)
+	f.bans[k] = until
+	f.nbans.Store(int32(len(f.bans)))
+	return &Ban{Key: k, Until: time.Unix(0, until), Failures: failures}
+}
+
+// banUser bans user (hash uh) on a unless such a ban is in force. The lock
+// is held.
+func (f *failTable) banUser(a netip.Addr, user string, uh uint64, n int64, banTime time.Duration, failures int) *Ban {
+	k := userFailKey(a, uh)
+	if b, ok := f.userBans[k]; ok && n < b.until {
+		return nil
 	}
-	f := t.l.fails
-	n := now.UnixNano()
+	makeRoom(f.userBans, f.maxBans, n, func(b userBan) int64 { return b.until })
+	until := n + int64(banTime)
+	f.userBans[k] = userBan{until: until, addr: a, user: user}
+	f.nuserBans.Store(int32(len(f.userBans)))
+	return &Ban{Key: hostPrefix(a), User: user, Until: time.Unix(0, until), Failures: failures}
+}
+
+// makeRoom keeps m below limit entries before an insertion: it drops
+// expired entries, then, if none had expired, the one that expires soonest.
+// The scan runs only when limit bans are in force.
+func makeRoom[K comparable, V any](m map[K]V, limit int, n int64, until func(V) int64) {
+	if len(m) < limit {
+		return
+	}
+	var soonest K
+	first := int64(-1)
+	for k, v := range m {
+		u := until(v)
+		if u <= n {
+			delete(m, k)
+			continue
+		}
+		if first < 0 || u < first {
+			soonest, first = k, u
+		}
+	}
+	if len(m) >= limit && first >= 0 {
+		delete(m, soonest)
+	}
+}
+
+// userBanned reports whether the user with hash uh is banned on a at n.
+func (f *failTable) userBanned(a netip.Addr, uh uint64, n int64) bool {
+	if f.nuserBans.Load() == 0 {
+		return false
+	}
+	k := userFailKey(a, uh)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	bump := func(k netip.Prefix, limit int) int {
-		r, _ := f.lru.Get(k)
-		if n-r.windowStart > int64(pen.Window) {
-			r = failRecord{windowStart: n}
-		}
-		r.count++
-		f.lru.Add(k, r)
-		if limit > 0 && r.count >= limit && ban == nil {
-			until := n + int64(pen.BanTime)
-			if cur, ok := f.bans[k]; !ok || cur < n {
-				f.bans[k] = until
-				f.nbans.Store(int32(len(f.bans)))
-				ban = &Ban{Key: k, Until: time.Unix(0, until), Failures: r.count}
-			}
-		}
-		return r.count
+	b, ok := f.userBans[k]
+	if !ok {
+		return false
 	}
-	count := bump(hostPrefix(t.addr), pen.Failures)
-	if pen.PrefixFailures > 0 {
-		bump(t.prefix, pen.PrefixFailures)
+	if n < b.until {
+		return true
 	}
-	if pen.Delay > 0 && count > 1 {
-		delay = min(time.Duration(count-1)*pen.Delay, pen.MaxDelay)
-	}
-	return delay, ban
+	delete(f.userBans, k)
+	f.nuserBans.Store(int32(len(f.userBans)))
+	return false
 }
 
-// Bans lists the bans in force at now, soonest to expire first.
+// Bans lists the bans in force at now, address, prefix and user+address
+// bans alike, soonest to expire first.
 func (l *Limiter) Bans(now time.Time) []Ban {
 	f := l.fails
+	n := now.UnixNano()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var out []Ban
 	for k, until := range f.bans {
-		if until > now.UnixNano() {
+		if until > n {
 			out = append(out, Ban{Key: k, Until: time.Unix(0, until)})
+		}
+	}
+	for _, b := range f.userBans {
+		if b.until > n {
+			out = append(out, Ban{Key: hostPrefix(b.addr), User: b.user, Until: time.Unix(0, b.until)})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Until.Before(out[j].Until) })
 	return out
 }
 
-// Unban lifts the ban on an address or prefix and forgets its failures. It
-// reports whether there was a ban.
+// Unban lifts the ban on an address or prefix, and the user+address bans on
+// the addresses it contains, and forgets their failures. It reports whether
+// there was a ban.
 func (l *Limiter) Unban(k netip.Prefix) bool {
 	k = unmapPrefix(k)
 	f := l.fails
@@ -125,6 +259,28 @@ func (l *Limiter) Unban(k netip.Prefix) bool {
 	_, ok := f.bans[k]
 	delete(f.bans, k)
 	f.nbans.Store(int32(len(f.bans)))
+	f.lru.Remove(prefixFailKey(k))
+	for uk, b := range f.userBans {
+		if k.Contains(b.addr) {
+			delete(f.userBans, uk)
+			f.lru.Remove(uk)
+			ok = true
+		}
+	}
+	f.nuserBans.Store(int32(len(f.userBans)))
+	return ok
+}
+
+// UnbanUser lifts the ban of user on addr and forgets the user's failures
+// there. It reports whether there was a ban.
+func (l *Limiter) UnbanUser(addr netip.Addr, user string) bool {
+	k := userFailKey(addr.Unmap().WithZone(""), l.userHash(user))
+	f := l.fails
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, ok := f.userBans[k]
+	delete(f.userBans, k)
+	f.nuserBans.Store(int32(len(f.userBans)))
 	f.lru.Remove(k)
 	return ok
 }

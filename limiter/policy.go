@@ -1,10 +1,12 @@
 // Package limiter decides whether a new connection or login may proceed:
 // courier-style concurrency limits (MAXDAEMONS, MAXPERIP), a stricter limit
 // on not-yet-logged-in connections per address, per-prefix limits that
-// aggregate IPv6 properly, per user+address limits, new-connection rates,
-// auth-failure penalties and allow/deny/exempt lists. Limits are read from a
-// Policy that a reload swaps whole; the live counters belong to the Limiter
-// and survive every reload.
+// aggregate IPv6 properly, per user+address limits, new-connection rates
+// that logins give back, auth-failure penalties and bans that spare shared
+// addresses, a known-good tier for addresses many users log in from, and
+// allow/deny/exempt lists. Limits are read from a Policy that a reload
+// swaps whole; the live counters, the rate state, failures, bans and the
+// known-good memory belong to the Limiter and survive every reload.
 package limiter
 
 import (
@@ -90,6 +92,9 @@ type Rate struct {
 
 func (r Rate) enabled() bool { return r.Burst > 0 && r.Per > 0 }
 
+// interval is the time one token takes to refill, in nanoseconds.
+func (r Rate) interval() int64 { return int64(r.Per) / int64(r.Burst) }
+
 // Limits are the numeric limits; 0 means unlimited.
 type Limits struct {
 	MaxConnections  int
@@ -108,18 +113,70 @@ type Override struct {
 	Limits Limits
 }
 
-// Penalty configures the auth-failure penalty: after Failures failed logins
-// from an address (or PrefixFailures from its prefix) within Window, later
-// logins are answered Delay later per failure (at most MaxDelay), and new
-// connections from it are refused for BanTime. Accounts are never locked.
+// Penalty configures what failed logins cost. Accounts are never locked:
+// only a user from one address, an address, or a prefix is penalised.
+//
+// A failure counts once per attempt: a retry of the same user and password
+// (the same AttemptKey) within Window is not counted again, so a phone
+// retrying an old password counts once however often it retries. Within
+// Window, counting from the first counted failure:
+//   - UserFailures failures of one user from one address ban that user
+//     from that address (a user+address ban) for BanTime;
+//   - Failures failures from one address that span at least MinUsers
+//     distinct users (0 counts as 1) ban the address for BanTime, unless
+//     the address is shared (another user logged in from it within Window,
+//     or it is known-good): then the ban is narrowed to the failing user,
+//     if that user has failed at least 3 times in the window;
+//   - SprayFailures failures from one address ban it, shared or not;
+//   - PrefixFailures failures from a prefix that span at least MinUsers
+//     users ban the prefix, unless the prefix is known-good.
+//
+// A failed login's NO answer is held Delay per earlier counted failure, at
+// most MaxDelay; the failures are the user's own on a shared address, the
+// address's otherwise. A zero count turns its rule off.
 type Penalty struct {
 	Failures       int
+	MinUsers       int
+	UserFailures   int
+	SprayFailures  int
 	PrefixFailures int
 	Window         time.Duration
 	BanTime        time.Duration
 	Delay          time.Duration
 	MaxDelay       time.Duration
 }
+
+// on reports whether failures are counted at all.
+func (pen *Penalty) on() bool {
+	return pen.Failures > 0 || pen.UserFailures > 0 || pen.SprayFailures > 0 || pen.PrefixFailures > 0
+}
+
+// MaxMinUsers bounds Penalty.MinUsers: the distinct users of an address's
+// failures are remembered up to this many.
+const MaxMinUsers = recentSlots
+
+// KnownGood is the tier for addresses that are shared by honest users: an
+// office or campus behind one NAT address. An address from which MinUsers
+// distinct users logged in successfully within one Window is known-good
+// until Window after the last login that kept it so; its connections get
+// MaxPerIP, MaxPreauthPerIP and RatePerIP. A prefix is known-good by the
+// same rule over the logins of all its addresses, and its connections get
+// MaxPerPrefix and RatePerPrefix. Each tier limit is used only where it is
+// looser than the ordinary one (0 is unlimited). Addresses with an Override
+// keep the override. MinUsers 0 turns the tier off.
+type KnownGood struct {
+	MinUsers        int
+	Window          time.Duration
+	MaxPerIP        int
+	MaxPreauthPerIP int
+	MaxPerPrefix    int
+	RatePerIP       Rate
+	RatePerPrefix   Rate
+}
+
+// MaxKnownGoodUsers bounds KnownGood.MinUsers: the distinct users of an
+// address are remembered up to this many.
+const MaxKnownGoodUsers = 8
 
 // Policy is everything a reload can change. Treat it as immutable once
 // handed to a Limiter.
@@ -134,6 +191,9 @@ type Policy struct {
 	Action     [NumReasons]Action
 	DryRun     [NumReasons]bool
 	Penalty    Penalty
+	KnownGood  KnownGood
+
+	good Limits // Limits loosened by the known-good tier (prepare)
 }
 
 // DefaultPolicy returns the documented defaults: generous per-address
@@ -153,8 +213,15 @@ func DefaultPolicy() Policy {
 		IPv4Prefix: 24,
 		IPv6Prefix: 64,
 		Penalty: Penalty{
-			Failures: 10, Window: 10 * time.Minute, BanTime: 10 * time.Minute,
+			Failures: 10, MinUsers: 3, UserFailures: 10, SprayFailures: 100,
+			Window: 10 * time.Minute, BanTime: 10 * time.Minute,
 			Delay: time.Second, MaxDelay: 10 * time.Second,
+		},
+		KnownGood: KnownGood{
+			MinUsers: 3, Window: 24 * time.Hour,
+			MaxPerIP: 2000, MaxPreauthPerIP: 100, MaxPerPrefix: 2000,
+			RatePerIP:     Rate{Burst: 1000, Per: time.Minute},
+			RatePerPrefix: Rate{Burst: 2000, Per: time.Minute},
 		},
 	}
 	for r := range p.Action {
@@ -180,8 +247,21 @@ func (p *Policy) Validate() error {
 			return fmt.Errorf("action \"wait\" applies only to max_preauth_per_ip, not %s", Reason(r))
 		}
 	}
-	if p.Penalty.Failures > 0 && (p.Penalty.Window <= 0 || p.Penalty.BanTime <= 0) {
-		return fmt.Errorf("auth-failure penalty needs a positive window and ban time")
+	if pen := &p.Penalty; pen.on() {
+		if pen.Window <= 0 || pen.BanTime <= 0 {
+			return fmt.Errorf("auth-failure penalty needs a positive window and ban time")
+		}
+		if pen.MinUsers < 0 || pen.MinUsers > MaxMinUsers {
+			return fmt.Errorf("auth-failure min_users must be 0..%d, got %d", MaxMinUsers, pen.MinUsers)
+		}
+	}
+	if kg := &p.KnownGood; kg.MinUsers != 0 {
+		if kg.MinUsers < 0 || kg.MinUsers > MaxKnownGoodUsers {
+			return fmt.Errorf("known-good min_users must be 0 (off) or 1..%d, got %d", MaxKnownGoodUsers, kg.MinUsers)
+		}
+		if kg.Window <= 0 {
+			return fmt.Errorf("known-good tier needs a positive window")
+		}
 	}
 	for _, o := range p.Overrides {
 		if !o.Prefix.IsValid() {
@@ -205,6 +285,33 @@ func (p *Policy) prepare() {
 		p.Overrides[i].Prefix = unmapPrefix(p.Overrides[i].Prefix)
 	}
 	slices.SortStableFunc(p.Overrides, func(a, b Override) int { return b.Prefix.Bits() - a.Prefix.Bits() })
+	p.good = p.Limits
+	if kg := &p.KnownGood; kg.MinUsers > 0 {
+		p.good.MaxPerIP = looser(p.good.MaxPerIP, kg.MaxPerIP)
+		p.good.MaxPreauthPerIP = looser(p.good.MaxPreauthPerIP, kg.MaxPreauthPerIP)
+		p.good.MaxPerPrefix = looser(p.good.MaxPerPrefix, kg.MaxPerPrefix)
+		p.good.RatePerIP = looserRate(p.good.RatePerIP, kg.RatePerIP)
+		p.good.RatePerPrefix = looserRate(p.good.RatePerPrefix, kg.RatePerPrefix)
+	}
+}
+
+// looser returns the looser of two limits, 0 being unlimited.
+func looser(a, b int) int {
+	if a == 0 || b == 0 {
+		return 0
+	}
+	return max(a, b)
+}
+
+// looserRate returns a rate with the larger burst and the faster refill of
+// a and b; a zero Rate is unlimited.
+func looserRate(a, b Rate) Rate {
+	if !a.enabled() || !b.enabled() {
+		return Rate{}
+	}
+	burst := max(a.Burst, b.Burst)
+	interval := min(a.interval(), b.interval())
+	return Rate{Burst: burst, Per: time.Duration(interval * int64(burst))}
 }
 
 // unmapPrefix turns ::ffff:a.b.c.d/n into a.b.c.d/(n-96), so IPv4-mapped
@@ -226,14 +333,28 @@ func contains(ps []netip.Prefix, a netip.Addr) bool {
 	return false
 }
 
-// limitsFor returns the limits for a (already unmapped).
-func (p *Policy) limitsFor(a netip.Addr) *Limits {
+// limitsFor returns the limits for a (already unmapped), and whether they
+// are an override's (which the known-good tier leaves alone).
+func (p *Policy) limitsFor(a netip.Addr) (*Limits, bool) {
 	for i := range p.Overrides {
 		if p.Overrides[i].Prefix.Contains(a) {
-			return &p.Overrides[i].Limits
+			return &p.Overrides[i].Limits, true
 		}
 	}
-	return &p.Limits
+	return &p.Limits, false
+}
+
+// tiered returns base with the known-good tier's limits for a known-good
+// address (goodIP) and prefix (goodPrefix).
+func (p *Policy) tiered(base *Limits, goodIP, goodPrefix bool) Limits {
+	lim := *base
+	if goodIP {
+		lim.MaxPerIP, lim.MaxPreauthPerIP, lim.RatePerIP = p.good.MaxPerIP, p.good.MaxPreauthPerIP, p.good.RatePerIP
+	}
+	if goodPrefix {
+		lim.MaxPerPrefix, lim.RatePerPrefix = p.good.MaxPerPrefix, p.good.RatePerPrefix
+	}
+	return lim
 }
 
 // PrefixOf returns the aggregation prefix of a (/24 and /64 by default).

@@ -66,8 +66,8 @@ func newRateTable(size int) *rateTable {
 
 // allow consumes one token for k at now if the bucket has one.
 func (t *rateTable) allow(k key, r Rate, now time.Time) bool {
-	interval := int64(r.Per) / int64(r.Burst) // one token per interval
-	tolerance := interval * int64(r.Burst-1)  // burst beyond the first
+	interval := r.interval()                 // one token per interval
+	tolerance := interval * int64(r.Burst-1) // burst beyond the first
 	n := now.UnixNano()
 	h := maphash.Bytes(t.seed, k[:])
 	s := &t.shards[h%numShards]
@@ -106,6 +106,26 @@ func (t *rateTable) allow(k key, r Rate, now time.Time) bool {
 	}
 	set[w].tat = tat + interval
 	return true
+}
+
+// refund gives back a token worth interval that k spent, unless k has been
+// forgotten since or its bucket is full again.
+func (t *rateTable) refund(k key, interval int64, now time.Time) {
+	n := now.UnixNano()
+	h := maphash.Bytes(t.seed, k[:])
+	s := &t.shards[h%numShards]
+	h |= 1
+	s.Lock()
+	set := &s.sets[(h>>24)&uint64(len(s.sets)-1)]
+	for i := range set {
+		if set[i].hash == h {
+			if set[i].tat > n {
+				set[i].tat = max(set[i].tat-interval, n)
+			}
+			break
+		}
+	}
+	s.Unlock()
 }
 
 // grow doubles the shard's sets, dropping buckets that are full again.

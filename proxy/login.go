@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"imapgate/conntable"
+	"imapgate/limiter"
 )
 
 // loginPhase runs the exchange before login, one command at a time: a
@@ -293,6 +294,13 @@ func quotable(s []byte) bool {
 // mechanism mech, or LOGIN) is forwarded. It reports whether the login was
 // refused, and whether the session may go on.
 func (ss *session) admitUser(tag, user, mech string) (refused, ok bool) {
+	if ss.ticket.UserBanned(time.Now(), user) {
+		// A user+address ban: the upstream is not asked. The line is not
+		// LOGIN FAILED, so fail2ban does not escalate it to the address.
+		ss.srv.log.LoginRefused(user, mech, "banned", ss.client.Remote)
+		ss.srv.events.Refused("banned_user", true)
+		return true, ss.writeClientf("%s NO [AUTHENTICATIONFAILED] Too many failed logins for this user from your address; try again later.\r\n", tag) == nil
+	}
 	d := ss.ticket.ReserveUser(user)
 	ss.noteDryRun(d, user)
 	if !d.Refused {
@@ -400,6 +408,7 @@ func (ss *session) loginResult(tag string, cr credentials) (outcome, bool) {
 	case loginOK:
 		ss.ticket.CommitUser(true)
 		ss.ticket.LoggedIn()
+		ss.ticket.LoginSucceeded(time.Now(), cr.user)
 		ss.entry.SetUser(cr.user)
 		ss.entry.SetState(conntable.Established)
 		s.log.Login(cr.user, ss.client.Remote)
@@ -427,13 +436,22 @@ func (ss *session) loginResult(tag string, cr credentials) (outcome, bool) {
 // whether the session may go on.
 func (ss *session) authFailed(cr credentials) bool {
 	s := ss.srv
-	s.tracker.LoginFailedFrom(ss.client.Remote.Addr())
-	if cr.mech != "" {
+	now := time.Now()
+	var attempt uint64 // 0: unknown, every one counts
+	if len(cr.secret) > 0 {
+		attempt = limiter.AttemptKey(cr.user, cr.secret)
+	}
+	switch {
+	case ss.ticket.Retried(now, cr.user, attempt):
+		s.log.LoginFailedAgain(cr.user, cr.mech, ss.client.Remote)
+	case cr.mech != "":
+		s.tracker.LoginFailedFrom(ss.client.Remote.Addr())
 		s.log.LoginFailedMethod(cr.mech, ss.client.Remote)
-	} else {
+	default:
+		s.tracker.LoginFailedFrom(ss.client.Remote.Addr())
 		s.log.LoginFailed(cr.user, ss.client.Remote)
 	}
-	delay, ban := ss.ticket.LoginFailed(time.Now())
+	delay, ban := ss.ticket.LoginFailed(now, cr.user, attempt)
 	if ban != nil {
 		ss.logBan(ban)
 	}

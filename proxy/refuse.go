@@ -139,7 +139,13 @@ func (s *Server) logLimit(a netip.Addr, r limiter.Reason, limit int, user, suffi
 func (ss *session) logBan(b *limiter.Ban) {
 	ss.srv.events.Ban()
 	what := "address"
-	if b.Key.Bits() < b.Key.Addr().BitLen() {
+	switch {
+	case b.User != "" && b.Narrowed:
+		// Logged with AppendUser's escaping: the name is the client's.
+		what = "user " + string(courierlog.AppendUser(nil, b.User)) + " (others log in from this address)"
+	case b.User != "":
+		what = "user " + string(courierlog.AppendUser(nil, b.User))
+	case b.Key.Bits() < b.Key.Addr().BitLen():
 		what = "network " + b.Key.String()
 	}
 	ss.srv.log.Refused(courierlog.Warning, fmt.Sprintf("Too many failed logins (%d), %s banned until %s",

@@ -7,6 +7,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -264,4 +265,77 @@ func dialSNI(t *testing.T, addr, name string) *client {
 	conn.SetDeadline(time.Now().Add(10 * time.Second))
 	t.Cleanup(func() { conn.Close() })
 	return &client{t: t, conn: conn, r: bufio.NewReader(conn)}
+}
+
+// A device retrying a stale password is one failure, not ten: only the
+// first is the LOGIN FAILED line fail2ban counts. Ten different wrong
+// passwords for one user ban that user on that address: the upstream is
+// no longer asked for it, and another user from the same address still
+// logs in.
+func TestStalePasswordAndUserBan(t *testing.T) {
+	var asked atomic.Int32
+	script := func(u *upstreamConn) {
+		u.send(courierGreeting)
+		for {
+			l := u.read()
+			if l == "" {
+				return
+			}
+			tag, rest, _ := strings.Cut(l, " ")
+			asked.Add(1)
+			if rest == `LOGIN "bob" "secret"` {
+				u.send(tag + " OK LOGIN Ok.\r\n")
+			} else {
+				u.send(tag + " NO Login failed.\r\n")
+			}
+		}
+	}
+	up := fakeUpstream(t, script)
+	pol := limiter.DefaultPolicy()
+	pol.Penalty.Delay = 0
+	lim, err := limiter.New(pol, limiter.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startProxy(t, up.upstream(), proxyConfig{limiter: lim})
+	c := dial(t, p.addr)
+	c.expect("* OK")
+	for i := range 12 {
+		c.send("s" + strconv.Itoa(i) + " LOGIN phone oldpassword\r\n")
+		c.expect("s" + strconv.Itoa(i) + " NO")
+	}
+	var failed, again int
+	for _, l := range p.log.Lines() {
+		switch {
+		case strings.Contains(l, "LOGIN FAILED, user=phone"):
+			failed++
+		case strings.Contains(l, "LOGIN FAILED AGAIN, user=phone"):
+			again++
+		}
+	}
+	if failed != 1 || again != 11 {
+		t.Errorf("LOGIN FAILED %d times and AGAIN %d times, want 1 and 11: %q", failed, again, p.log.Lines())
+	}
+	if bans := lim.Bans(time.Now()); len(bans) != 0 {
+		t.Errorf("a stale password started bans: %+v", bans)
+	}
+
+	for i := range 10 {
+		c.send("g" + strconv.Itoa(i) + " LOGIN alice guess" + strconv.Itoa(i) + "\r\n")
+		c.expect("g" + strconv.Itoa(i) + " NO")
+	}
+	waitLog(t, p, "user alice banned until")
+	before := asked.Load()
+	c.send("h LOGIN alice right\r\n")
+	c.expect("h NO [AUTHENTICATIONFAILED] Too many failed logins")
+	if asked.Load() != before {
+		t.Error("the upstream was asked for a banned user")
+	}
+	waitLog(t, p, "LOGIN REFUSED, user=alice, ip=[::ffff:127.0.0.1], port=[")
+	c.send("b LOGIN bob secret\r\n")
+	c.expect("b OK")
+	bans := lim.Bans(time.Now())
+	if len(bans) != 1 || bans[0].User != "alice" {
+		t.Errorf("bans = %+v, want alice's only", bans)
+	}
 }

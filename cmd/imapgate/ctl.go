@@ -25,7 +25,8 @@ const ctlUsage = `usage: imapgate ctl [-admin ADDR | -config FILE] [-json] [-tok
   conns [addr=A] [prefix=P] [user=U] [state=S]
                             live connections (like conntrack -L)
   kill ID|ADDR              close one connection, or all of an address (like conntrack -D)
-  unban ADDR|CIDR           lift a ban from failed logins
+  bans                      bans in force: address or network, user (for a user+address ban), until
+  unban ADDR|CIDR [USER]    lift a ban from failed logins (with USER: that user's ban on ADDR only)
   reload                    re-read the configuration and certificates
   reopen-logs               reopen the log file after rotation, or reconnect to syslog (like SIGUSR1)
 `
@@ -76,12 +77,18 @@ func ctl(args []string, stdout, stderr io.Writer) int {
 		err = c.conns(stdout, rest, *asJSON)
 	case "kill":
 		err = c.post(stdout, "/kill", killQuery(rest), *asJSON)
+	case "bans":
+		err = c.bans(stdout, *asJSON)
 	case "unban":
-		if len(rest) != 1 {
-			err = fmt.Errorf("unban needs an address or CIDR")
+		if len(rest) != 1 && len(rest) != 2 {
+			err = fmt.Errorf("unban needs an address or CIDR, and optionally a user")
 			break
 		}
-		err = c.post(stdout, "/unban", url.Values{"addr": {rest[0]}}, *asJSON)
+		q := url.Values{"addr": {rest[0]}}
+		if len(rest) == 2 {
+			q.Set("user", rest[1])
+		}
+		err = c.post(stdout, "/unban", q, *asJSON)
 	case "reload":
 		err = c.post(stdout, "/reload", nil, *asJSON)
 	case "reopen-logs":
@@ -231,6 +238,23 @@ func (c *ctlClient) top(w io.Writer, n string, raw bool) error {
 		for _, c := range sec.list {
 			fmt.Fprintf(tw, "  %s\t%d\n", c.Addr, c.Count)
 		}
+	}
+	return tw.Flush()
+}
+
+func (c *ctlClient) bans(w io.Writer, raw bool) error {
+	var bans []admin.BanInfo
+	if done, err := c.get(w, "/bans", nil, raw, &bans); done || err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "BANNED\tUSER\tUNTIL\n")
+	for _, b := range bans {
+		user := b.User
+		if user == "" {
+			user = "(all)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", b.Key, user, b.Until.Local().Format(time.DateTime))
 	}
 	return tw.Flush()
 }

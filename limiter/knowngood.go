@@ -1,0 +1,253 @@
+package limiter
+
+import (
+	"hash/maphash"
+	"slices"
+	"sync"
+	"sync/atomic"
+)
+
+// goodTable remembers who logged in successfully from an address (or, in
+// a second table, a prefix): enough to tell a known-good address (KnownGood)
+// and whether a user other than a given one logged in from it recently
+// (Penalty's shared address).
+//
+// Like rateTable it is set-associative (4 ways per set) and sharded, and a
+// shard grows with use: it doubles when three quarters full or when a new
+// key's set is full, up to the bound (size ways, 16 + 72 bytes each). At
+// the bound a new key whose set is full takes the way that matters least:
+// the one that is not known-good and logged in longest ago. With 4 ways,
+// sets start to fill at about a quarter of the bound, so that is the
+// number of addresses remembered without loss.
+//
+// Admit reads only the hot half, a set of 4 (hash, known-good-until) pairs
+// in one cache line, without a lock: the words are atomics, and a writer
+// that reuses a way clears its hash before changing its time, so a reader
+// that sees the same hash before and after reading the time has a time
+// that belongs to that hash. Writers (successful logins) take the shard's
+// lock and also keep the cold half: the distinct users of the current
+// count and the last logins.
+type goodTable struct {
+	seed   maphash.Seed
+	any    atomic.Bool // some key has been known-good: until then lookups are skipped
+	shards [numShards]goodShard
+}
+
+type goodShard struct {
+	sync.Mutex
+	tab     atomic.Pointer[goodTab] // replaced whole when the shard grows
+	used    int                     // ways holding a key
+	maxSets int
+	_       [32]byte // keep shards' locks on separate cache lines
+}
+
+type goodTab struct {
+	sets []goodSet
+	info []goodInfo // way w of set s is info[s*ways+w]; under the shard's lock
+}
+
+type goodSet [ways]struct {
+	hash  atomic.Uint64 // 0: empty
+	until atomic.Int64  // known-good until, unix nanoseconds; 0: never was
+}
+
+// goodInfo is what writers keep about a key, 72 bytes.
+type goodInfo struct {
+	since int64    // start of the current count, unix nanoseconds
+	last  [2]int64 // the latest login, and the latest of another user than last[0]'s
+	tag   [2]uint32
+	users [MaxKnownGoodUsers]uint32 // the distinct users (tags) who logged in since `since`
+	n     uint8                     // users in use
+}
+
+func newGoodTable(size int) *goodTable {
+	per := uint64(1)
+	for per*ways*numShards < uint64(size) && per < 1<<30 {
+		per <<= 1
+	}
+	t := &goodTable{seed: maphash.MakeSeed()}
+	for i := range t.shards {
+		s := &t.shards[i]
+		s.maxSets = int(per)
+		n := min(4, int(per))
+		s.tab.Store(&goodTab{sets: make([]goodSet, n), info: make([]goodInfo, n*ways)})
+	}
+	return t
+}
+
+// userTag names a user in goodInfo by 32 bits of its hash: two users
+// share a tag with a chance of one in four billion.
+func userTag(uh uint64) uint32 { return uint32(uh >> 32) }
+
+// good reports whether k is known-good at n: one cache line, no lock, no
+// allocation.
+func (t *goodTable) good(k key, n int64) bool {
+	if !t.any.Load() {
+		return false
+	}
+	h := maphash.Bytes(t.seed, k[:])
+	tab := t.shards[h%numShards].tab.Load()
+	h |= 1
+	set := &tab.sets[(h>>24)&uint64(len(tab.sets)-1)]
+	for i := range set {
+		if set[i].hash.Load() == h {
+			until := set[i].until.Load()
+			return set[i].hash.Load() == h && n < until
+		}
+	}
+	return false
+}
+
+// login records at n a successful login of the user with hash uh from k.
+// With the tier on (kg.MinUsers > 0), k becomes or stays known-good until
+// n+kg.Window if kg.MinUsers distinct users logged in within the current
+// count, which restarts kg.Window after it began.
+func (t *goodTable) login(k key, uh uint64, n int64, kg *KnownGood) {
+	h := maphash.Bytes(t.seed, k[:])
+	s := &t.shards[h%numShards]
+	h |= 1
+	s.Lock()
+	defer s.Unlock()
+	tab := s.tab.Load()
+	i := tab.find(h)
+	if i < 0 {
+		// Grow rather than forget a key: at three quarters full, or when
+		// h's set is full.
+		for len(tab.sets) < s.maxSets && (s.used >= len(tab.sets)*ways*3/4 || tab.full(h)) {
+			tab = s.grow(tab)
+		}
+		i = s.take(tab, h, n)
+	}
+	in := &tab.info[i]
+	tag := userTag(uh)
+	if in.last[0] == 0 || in.tag[0] == tag {
+		in.last[0], in.tag[0] = n, tag
+	} else {
+		in.last[1], in.tag[1] = in.last[0], in.tag[0]
+		in.last[0], in.tag[0] = n, tag
+	}
+	if kg.MinUsers <= 0 {
+		return
+	}
+	if n-in.since > int64(kg.Window) {
+		in.n, in.since = 0, n
+	}
+	if !slices.Contains(in.users[:in.n], tag) && int(in.n) < len(in.users) {
+		in.users[in.n] = tag
+		in.n++
+	}
+	if int(in.n) >= kg.MinUsers {
+		tab.sets[i/ways][i%ways].until.Store(n + int64(kg.Window))
+		t.any.Store(true)
+	}
+}
+
+// shared reports whether, at n, a user other than the one with hash uh
+// logged in from k within window, or k is known-good (if tier).
+func (t *goodTable) shared(k key, uh uint64, n, window int64, tier bool) bool {
+	h := maphash.Bytes(t.seed, k[:])
+	s := &t.shards[h%numShards]
+	h |= 1
+	s.Lock()
+	defer s.Unlock()
+	tab := s.tab.Load()
+	i := tab.find(h)
+	if i < 0 {
+		return false
+	}
+	if tier && n < tab.sets[i/ways][i%ways].until.Load() {
+		return true
+	}
+	in := &tab.info[i]
+	other := in.last[0]
+	if in.tag[0] == userTag(uh) {
+		other = in.last[1]
+	}
+	return other != 0 && n-other <= window
+}
+
+// find returns the index of h's way, or -1.
+func (tab *goodTab) find(h uint64) int {
+	si := int((h >> 24) & uint64(len(tab.sets)-1))
+	set := &tab.sets[si]
+	for w := range set {
+		if set[w].hash.Load() == h {
+			return si*ways + w
+		}
+	}
+	return -1
+}
+
+// full reports whether every way of h's set holds a key.
+func (tab *goodTab) full(h uint64) bool {
+	set := &tab.sets[(h>>24)&uint64(len(tab.sets)-1)]
+	for w := range set {
+		if set[w].hash.Load() == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// take gives h a way of its set: an empty one, else the one whose
+// known-good time and last login are oldest. The shard's lock is held.
+func (s *goodShard) take(tab *goodTab, h uint64, n int64) int {
+	si := int((h >> 24) & uint64(len(tab.sets)-1))
+	set := &tab.sets[si]
+	best, bestScore := 0, int64(0)
+	for w := range set {
+		if set[w].hash.Load() == 0 {
+			best = w
+			s.used++
+			break
+		}
+		score := max(set[w].until.Load(), tab.info[si*ways+w].last[0])
+		if w == 0 || score < bestScore {
+			best, bestScore = w, score
+		}
+	}
+	way := &set[best]
+	way.hash.Store(0) // readers holding the old hash now miss
+	way.until.Store(0)
+	tab.info[si*ways+best] = goodInfo{since: n}
+	way.hash.Store(h)
+	return si*ways + best
+}
+
+// grow doubles the shard's sets and publishes the new table; readers of
+// the old one see what it held. The shard's lock is held.
+func (s *goodShard) grow(old *goodTab) *goodTab {
+	n := 2 * len(old.sets)
+	tab := &goodTab{sets: make([]goodSet, n), info: make([]goodInfo, n*ways)}
+	mask := uint64(n - 1)
+	for si := range old.sets {
+		for w := range old.sets[si] {
+			h := old.sets[si][w].hash.Load()
+			if h == 0 {
+				continue
+			}
+			di := int((h >> 24) & mask)
+			for dw := range tab.sets[di] {
+				if tab.sets[di][dw].hash.Load() == 0 {
+					tab.sets[di][dw].until.Store(old.sets[si][w].until.Load())
+					tab.sets[di][dw].hash.Store(h)
+					tab.info[di*ways+dw] = old.info[si*ways+w]
+					break
+				}
+			}
+		}
+	}
+	s.tab.Store(tab)
+	return tab
+}
+
+// Len is the number of keys remembered.
+func (t *goodTable) Len() int {
+	n := 0
+	for i := range t.shards {
+		t.shards[i].Lock()
+		n += t.shards[i].used
+		t.shards[i].Unlock()
+	}
+	return n
+}
