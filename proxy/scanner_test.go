@@ -258,6 +258,8 @@ func FuzzLoginPhaseParse(f *testing.F) {
 		"a LOGIN {3+}\r\nbob \"x\\\"y\"\r\n",
 		"a AUTHENTICATE PLAIN AGJvYgBzZWNyZXQ=\r\n",
 		"a ID (\"name\" {4}\r\nmutt)\r\n",
+		"i ID (\"name\" \"x\" \"x-originating-ip\" \"203.0.113.9\" \"X-Session-Id\" {2}\r\ns1)\r\n",
+		"i ID NIL\r\n",
 		"a STARTTLS\r\n",
 		"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",
 		"* OK [CAPABILITY IMAP4rev1 STARTTLS] hi\r\n",
@@ -277,6 +279,23 @@ func FuzzLoginPhaseParse(f *testing.F) {
 			}
 			if name == "LOGIN" {
 				loginUser(args)
+			}
+			if pairs, ok := parseIDParams(args); ok {
+				out := appendIDCommand(nil, "t", sanitizeID(pairs, 5))
+				// What goes upstream must itself parse, and carry no x-* field.
+				_, _, again, err := parseArgs(out)
+				if err != nil {
+					t.Fatalf("sanitized ID %q does not parse: %v", out, err)
+				}
+				if back, ok := parseIDParams(again); !ok || len(back) > maxIDPairs {
+					t.Fatalf("sanitized ID %q: %d pairs, ok %v", out, len(back), ok)
+				} else {
+					for _, p := range back {
+						if isForwardField(p.field) {
+							t.Fatalf("client's %q survived in %q", p.field, out)
+						}
+					}
+				}
 			}
 		}
 		trailingLiteral(b)
