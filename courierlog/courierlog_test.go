@@ -102,3 +102,39 @@ func TestRateLimit(t *testing.T) {
 		t.Fatalf("next window: ok=%v suppressed=%d, want true 3", ok, sup)
 	}
 }
+
+// Golden lines for the login results courier has no line of its own for.
+// Each keeps courier's shape (who, then ip=[…], port=[…]) and none begins
+// "LOGIN FAILED, ", the prefix fail2ban's courier-auth filter matches: only
+// courier's own LOGIN FAILED lines (TestLinesInSyslogFileFormat) may.
+func TestLoginResultGoldenLines(t *testing.T) {
+	mem := &Memory{}
+	l := New(mem, Options{TLS: true})
+	c := netip.MustParseAddrPort("192.0.2.7:43894")
+	l.LoginRefused("testuser", "", "limit", c)
+	l.LoginRefused("testuser", "PLAIN", "privacyrequired", c)
+	l.LoginRefused("", "PLAIN", "cancelled", c)
+	l.LoginRefused("bob], ip=[10.9.9.9", "", "banned", c)
+	l.LoginFailedAgain("phone", "", c)
+	l.LoginFailedAgain("", "PLAIN", c)
+	l.LoginFailedMethod("PLAIN", c)
+	want := []string{
+		"info LOGIN REFUSED, user=testuser, ip=[::ffff:192.0.2.7], port=[43894], reason=limit",
+		"info LOGIN REFUSED, user=testuser, ip=[::ffff:192.0.2.7], port=[43894], reason=privacyrequired",
+		"info LOGIN REFUSED, method=PLAIN, ip=[::ffff:192.0.2.7], port=[43894], reason=cancelled",
+		"info LOGIN REFUSED, user=bob.. ip=.10.9.9.9, ip=[::ffff:192.0.2.7], port=[43894], reason=banned",
+		"info LOGIN FAILED AGAIN, user=phone, ip=[::ffff:192.0.2.7], port=[43894]",
+		"info LOGIN FAILED AGAIN, method=PLAIN, ip=[::ffff:192.0.2.7], port=[43894]",
+		// courier's own, for comparison (shared/reference/courier.md row 5)
+		"info LOGIN FAILED, method=PLAIN, ip=[::ffff:192.0.2.7], port=[43894]",
+	}
+	got := mem.Lines()
+	if len(got) != len(want) {
+		t.Fatalf("got %d lines %q", len(got), got)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("line %d:\n got %s\nwant %s", i, got[i], want[i])
+		}
+	}
+}
