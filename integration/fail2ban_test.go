@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bufio"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -32,6 +33,32 @@ func TestRealFail2banCourierAuthFilter(t *testing.T) {
 	fail("127.0.6.2", "nobody@example.com")
 	fail("127.0.6.3", "x], ip=[10.9.9.9")
 	fail("127.0.6.3", "y, ip=[10.9.9.8], port=[1]")
+	// A phone retrying its stale password: one failure for imapgate, and
+	// one match for fail2ban (the retries are LOGIN FAILED AGAIN).
+	conn, err := dialFrom("127.0.6.5", g.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	phone := newClient(conn)
+	for range 4 {
+		if err := phone.Login("demo", "last year's password").Wait(); err == nil {
+			t.Fatal("stale password accepted")
+		}
+	}
+	phone.Close()
+	// A cancelled AUTHENTICATE is no failure at all.
+	if conn, err = dialFrom("127.0.6.6", g.addr); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(conn)
+	r.ReadString('\n')
+	conn.Write([]byte("a AUTHENTICATE PLAIN\r\n"))
+	r.ReadString('\n')
+	conn.Write([]byte("*\r\n"))
+	r.ReadString('\n')
+	conn.Close()
+	waitLog(t, g, "LOGIN REFUSED, method=PLAIN, ip=[::ffff:127.0.6.6]")
+	waitLog(t, g, "LOGIN FAILED AGAIN, user=demo, ip=[::ffff:127.0.6.5]")
 	ok, err := login("127.0.6.4", g.addr, "demo", "demo")
 	if err != nil {
 		t.Fatal(err)
@@ -50,7 +77,7 @@ func TestRealFail2banCourierAuthFilter(t *testing.T) {
 			ips = append(ips, l)
 		}
 	}
-	want := []string{"127.0.6.1", "127.0.6.2", "127.0.6.3", "127.0.6.3"}
+	want := []string{"127.0.6.1", "127.0.6.2", "127.0.6.3", "127.0.6.3", "127.0.6.5"}
 	if strings.Join(ips, " ") != strings.Join(want, " ") {
 		t.Fatalf("fail2ban matched %q, want %q\nlog:\n%s", ips, want, strings.Join(g.log.Lines(), "\n"))
 	}
