@@ -64,7 +64,7 @@ func heldPrefix(l *Limiter, a netip.Addr, now time.Time) int {
 			if d.Refused {
 				return len(ts)
 			}
-			ts = append(ts, &tk)
+			ts = append(ts, tk)
 		}
 	}
 	return len(ts)
@@ -242,7 +242,7 @@ func TestHundredsOfUsersBehindOneAddress(t *testing.T) {
 				refused(now, "a session", d)
 				continue
 			}
-			batch = append(batch, &tk)
+			batch = append(batch, tk)
 		}
 		// Those with a pre-login slot log in, freeing slots for those
 		// that wait for one (the proxy's WaitPreauth).
@@ -327,7 +327,7 @@ func TestManyMailboxesOnOnePCWithMaxPerIPFour(t *testing.T) {
 		}
 		tk.LoginSucceeded(t0.Add(time.Duration(i)*time.Second), fmt.Sprint("mailbox", i))
 		tk.LoggedIn()
-		open = append(open, &tk)
+		open = append(open, tk)
 	}
 	if total, _ := l.PerIP(pc); total != 30 {
 		t.Fatalf("%d sessions", total)

@@ -150,8 +150,10 @@ type Decision struct {
 	Limit       int // the limit value that was hit, for the log line
 }
 
-// Ticket is what one admitted connection holds. Release it exactly once.
-// The zero Ticket holds nothing.
+// Ticket is what one admitted connection holds; Release gives it back. It
+// is handled by pointer, so that there is one of it to release: a copy
+// would release again. Every method is safe on a nil *Ticket (no limiter,
+// or a refused connection), which holds nothing.
 type Ticket struct {
 	l       *Limiter
 	addr    netip.Addr
@@ -179,10 +181,20 @@ const (
 )
 
 // Addr returns the connection's address (IPv4-mapped addresses unmapped).
-func (t *Ticket) Addr() netip.Addr { return t.addr }
+func (t *Ticket) Addr() netip.Addr {
+	if t == nil {
+		return netip.Addr{}
+	}
+	return t.addr
+}
 
 // Prefix returns the aggregation prefix the connection was counted in.
-func (t *Ticket) Prefix() netip.Prefix { return t.prefix }
+func (t *Ticket) Prefix() netip.Prefix {
+	if t == nil {
+		return netip.Prefix{}
+	}
+	return t.prefix
+}
 
 // refuse decides between refusing and, in dry-run, recording.
 func (d *Decision) refuse(p *Policy, r Reason, limit int) bool {
@@ -196,24 +208,26 @@ func (d *Decision) refuse(p *Policy, r Reason, limit int) bool {
 
 // Admit decides on a new connection from client at now. Unless refused,
 // the returned ticket holds the connection's places in the counters (and
-// may need WaitPreauth); a refused decision comes with the zero Ticket.
-func (l *Limiter) Admit(client netip.Addr, now time.Time) (Ticket, Decision) {
+// may need WaitPreauth); a refused decision comes with a nil Ticket.
+func (l *Limiter) Admit(client netip.Addr, now time.Time) (*Ticket, Decision) {
 	p := l.policy.Load()
 	a := client.Unmap().WithZone("")
 	var d Decision
 	if contains(p.Deny, a) && d.refuse(p, Deny, 0) {
-		return Ticket{}, d
+		return nil, d
 	}
 	if len(p.Allow) > 0 && !contains(p.Allow, a) && d.refuse(p, NotAllowed, 0) {
-		return Ticket{}, d
+		return nil, d
 	}
-	t := Ticket{l: l, addr: a, k: addrKey(a), prefix: p.PrefixOf(a), exempt: contains(p.Exempt, a)}
+	// Built on the stack; only an admitted connection's is copied to the
+	// heap, so a flood's refusals allocate nothing.
+	t := &Ticket{l: l, addr: a, k: addrKey(a), prefix: p.PrefixOf(a), exempt: contains(p.Exempt, a)}
 	t.pk = prefixKeyOf(t.prefix)
 	lim, overridden := p.limitsFor(a)
 	var tier Limits
 	if !t.exempt {
 		if l.fails.banned(a, t.prefix, now) && d.refuse(p, Banned, 0) {
-			return Ticket{}, d
+			return nil, d
 		}
 		if !overridden && p.KnownGood.MinUsers > 0 {
 			n := now.UnixNano()
@@ -223,15 +237,17 @@ func (l *Limiter) Admit(client netip.Addr, now time.Time) (Ticket, Decision) {
 				lim = &tier
 			}
 		}
-		if !l.spendRates(&t, p, lim, now, &d) {
-			return Ticket{}, d
+		if !l.spendRates(t, p, lim, now, &d) {
+			return nil, d
 		}
 	}
-	if !l.count(&t, p, lim, &d) {
+	if !l.count(t, p, lim, &d) {
 		t.Release()
-		return Ticket{}, d
+		return nil, d
 	}
-	return t, d
+	held := new(Ticket)
+	*held = *t
+	return held, d
 }
 
 // spendRates takes a token from the address's and the prefix's rate
@@ -332,7 +348,7 @@ func (t *Ticket) limits(p *Policy) Limits {
 
 // NeedsWait reports whether the ticket must WaitPreauth before going on.
 func (t *Ticket) NeedsWait() bool {
-	return !t.exempt && t.counted&countedIP != 0 && t.counted&countedPreauth == 0
+	return t != nil && !t.exempt && t.counted&countedIP != 0 && t.counted&countedPreauth == 0
 }
 
 // WaitPreauth blocks until the address has a free not-logged-in slot, or
@@ -381,7 +397,7 @@ func (t *Ticket) releasePreauth(s *ipShard, c *ipCount) {
 
 // LoggedIn moves the connection out of the not-logged-in count.
 func (t *Ticket) LoggedIn() {
-	if t.exempt || t.counted&countedIP == 0 {
+	if t == nil || t.exempt || t.counted&countedIP == 0 {
 		return
 	}
 	s := &t.l.ips[t.l.shardOf(t.k)]
@@ -397,7 +413,7 @@ func (t *Ticket) LoggedIn() {
 // fails. User names are compared case-insensitively.
 func (t *Ticket) ReserveUser(user string) Decision {
 	var d Decision
-	if t.l == nil || t.exempt || t.hasUser {
+	if t == nil || t.exempt || t.hasUser {
 		return d
 	}
 	p := t.l.policy.Load()
@@ -416,7 +432,7 @@ func (t *Ticket) ReserveUser(user string) Decision {
 
 // CommitUser keeps the reserved place if ok, else gives it back.
 func (t *Ticket) CommitUser(ok bool) {
-	if !ok {
+	if t != nil && !ok {
 		t.releaseUser()
 	}
 }
@@ -436,7 +452,7 @@ func (t *Ticket) releaseUser() {
 
 // Release gives back everything the ticket holds. Idempotent.
 func (t *Ticket) Release() {
-	if t == nil || t.l == nil || t.released {
+	if t == nil || t.released {
 		return
 	}
 	t.released = true

@@ -43,7 +43,7 @@ func admitN(l *Limiter, a netip.Addr, n int, now time.Time) ([]*Ticket, *Decisio
 		if d.Refused {
 			return ts, &d
 		}
-		ts = append(ts, &t)
+		ts = append(ts, t)
 	}
 	return ts, nil
 }
@@ -72,7 +72,7 @@ func TestConcurrencyLimitsAtNAndNPlus1(t *testing.T) {
 				if d.Refused {
 					t.Fatalf("connection %d of 4 refused: %v", i+1, d.Reason)
 				}
-				tickets = append(tickets, &tk)
+				tickets = append(tickets, tk)
 			}
 			if _, d := l.Admit(tt.addrs(4), now); !d.Refused || d.Reason != tt.reason {
 				t.Fatalf("5th: %+v, want refusal by %v", d, tt.reason)
@@ -193,7 +193,7 @@ func TestPerUserIP(t *testing.T) {
 	var ts []*Ticket
 	for i := 0; i < 3; i++ {
 		tk, _ := l.Admit(a, time.Now())
-		ts = append(ts, &tk)
+		ts = append(ts, tk)
 	}
 	for i, user := range []string{"bob", "BOB"} {
 		if d := ts[i].ReserveUser(user); d.Refused {

@@ -47,7 +47,7 @@ func (l *Limiter) userHash(user string) uint64 {
 // the NO answer, and the ban it started, if any; see Penalty for the rules.
 // The account is never locked, and exempt addresses are never penalised.
 func (t *Ticket) LoginFailed(now time.Time, user string, attempt uint64) (delay time.Duration, ban *Ban) {
-	if t.l == nil || t.exempt {
+	if t == nil || t.exempt {
 		return 0, nil
 	}
 	l := t.l
@@ -102,7 +102,7 @@ func (t *Ticket) LoginFailed(now time.Time, user string, attempt uint64) (delay 
 // count such a retry again; the caller words its log line so that fail2ban
 // does not count it either. It changes nothing.
 func (t *Ticket) Retried(now time.Time, user string, attempt uint64) bool {
-	if t.l == nil || attempt == 0 {
+	if t == nil || attempt == 0 {
 		return false
 	}
 	pen := &t.l.policy.Load().Penalty
@@ -149,7 +149,7 @@ func (f *failTable) decide(t *Ticket, pen *Penalty, user string, uh uint64, n in
 // address being shared (which narrows its bans), and forgets the user's
 // failures from this address.
 func (t *Ticket) LoginSucceeded(now time.Time, user string) {
-	if t.l == nil || t.exempt {
+	if t == nil || t.exempt {
 		return
 	}
 	l := t.l
@@ -175,7 +175,7 @@ func (t *Ticket) LoginSucceeded(now time.Time, user string) {
 // UserBanned reports whether logins of user from the ticket's address are
 // refused by a user+address ban.
 func (t *Ticket) UserBanned(now time.Time, user string) bool {
-	if t.l == nil || t.exempt {
+	if t == nil || t.exempt {
 		return false
 	}
 	return t.l.fails.userBanned(t.addr, t.l.userHash(user), now.UnixNano())

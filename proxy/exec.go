@@ -9,9 +9,9 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
-	"syscall"
 
 	"imapgate/courierlog"
+	"imapgate/internal/sock"
 )
 
 // ExecUpstream starts courier's login program for each session, as
@@ -74,16 +74,14 @@ func (u *ExecUpstream) String() string { return "exec " + u.argv[0] }
 
 // Dial implements Upstream.
 func (u *ExecUpstream) Dial(ctx context.Context, c Client) (net.Conn, error) {
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	// Each descriptor has exactly one owner: its *os.File, whose Close is
+	// the only close. (Closing a number twice can close an unrelated
+	// client's socket that a concurrent accept was just given the same
+	// number.)
+	ours, theirs, err := sock.Pair()
 	if err != nil {
 		return nil, fmt.Errorf("exec upstream: socketpair: %w", err)
 	}
-	// Each descriptor has exactly one owner from here on: the *os.Files,
-	// whose Close is the only close. (Closing a number twice can close
-	// an unrelated client's socket that a concurrent accept was just given
-	// the same number.)
-	ours := os.NewFile(uintptr(fds[0]), "imapgate-session")
-	theirs := os.NewFile(uintptr(fds[1]), "courier-session")
 	defer theirs.Close()        // the child has its own copy once started
 	conn, err := fileConn(ours) // dups: ours is closed either way
 	ours.Close()

@@ -5,12 +5,11 @@ import (
 	"io"
 	"net"
 	"sync"
-	"syscall"
 	"time"
-	"unsafe"
 
 	"imapgate/conntable"
 	"imapgate/courierlog"
+	"imapgate/internal/sock"
 )
 
 // After login the proxy only copies bytes, and an idle session costs
@@ -94,15 +93,11 @@ func (ss *session) setupParking() {
 		return
 	}
 	try := func(d int, c net.Conn) {
-		rc := rawConn(c)
-		if rc == nil {
-			return
+		if fd := sock.FD(c); fd >= 0 {
+			ss.park[d] = parkSlot{fd: fd, key: p.NewKey(), ok: true}
 		}
-		fd := -1
-		rc.Control(func(f uintptr) { fd = int(f) })
-		ss.park[d] = parkSlot{fd: fd, key: p.newKey(), ok: true}
 	}
-	try(toUpstream, ss.raw) // rawConn is nil for a PROXY-wrapped conn
+	try(toUpstream, ss.raw) // no FD for a PROXY-wrapped conn
 	try(toClient, ss.up)
 }
 
@@ -146,7 +141,7 @@ func (ss *session) parkDir(d int) bool {
 	ss.dirConn(d).SetReadDeadline(time.Time{}) // the idle deadline did its work
 	ss.dirState[d] = dirParked
 	slot := &ss.park[d]
-	if err := ss.srv.poller.arm(slot.fd, slot.key, slot.added, func() { ss.wake(d) }); err != nil {
+	if err := ss.srv.poller.Arm(slot.fd, slot.key, slot.added, func() { ss.wake(d) }); err != nil {
 		ss.dirState[d] = dirRunning
 		slot.ok = false
 		return false
@@ -172,7 +167,7 @@ func (ss *session) wake(d int) {
 // unparkLocked restarts a parked direction so it sees a kill or a stop;
 // ss.mu must be held.
 func (ss *session) unparkLocked(d int) {
-	if ss.dirState[d] == dirParked && ss.srv.poller.disarm(ss.park[d].key) {
+	if ss.dirState[d] == dirParked && ss.srv.poller.Disarm(ss.park[d].key) {
 		ss.dirState[d] = dirRunning
 		ss.srv.parked.Add(-1)
 		go ss.runDir(d)
@@ -239,7 +234,7 @@ func (ss *session) dirDone(d int) {
 	}
 	for _, slot := range ss.park {
 		if slot.added {
-			ss.srv.poller.unregister(slot.fd, slot.key)
+			ss.srv.poller.Unregister(slot.fd, slot.key)
 		}
 	}
 	ss.endEstablished()
@@ -318,26 +313,17 @@ func (ss *session) copyToUpstream() (parked bool) {
 // short it parks until the upstream has more. It holds no buffer while it
 // waits. On the upstream's EOF it sends close_notify to the client.
 func (ss *session) copyToClient() (parked bool) {
-	rc := rawConn(ss.up)
-	var peek [1]byte
-	// readable reports whether a read would not block: data, EOF or an
-	// error. Returning false makes RawConn.Read wait on Go's poller.
-	readable := func(fd uintptr) bool {
-		// Raw, as sockConn's reads are: MSG_DONTWAIT never blocks.
-		_, _, err := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&peek[0])), 1,
-			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
-		return err != syscall.EAGAIN && err != syscall.EINTR
-	}
+	readable := sock.Readable(ss.up) // nil: TLS, or no way on this platform
 	streaming := false
 	for {
-		if rc != nil && !streaming {
+		if readable != nil && !streaming {
 			// Wait for data without holding a buffer; after parkAfter of
 			// quiet, give up the goroutine and wait in the poller.
 			canPark := ss.park[toClient].ok
 			if canPark {
 				ss.idleDeadline(toClient)
 			}
-			if err := rc.Read(readable); err != nil && isTimeout(err) {
+			if err := readable(); err != nil && isTimeout(err) {
 				if canPark && ss.parkDir(toClient) {
 					return true
 				}
@@ -381,28 +367,6 @@ func (ss *session) copyToClient() (parked bool) {
 	ss.entry.SetState(conntable.Closing)
 	ss.stopDir(toUpstream)
 	return false
-}
-
-// rawConn returns the syscall.RawConn of a plain socket upstream, whose
-// readability can be awaited without a buffer; nil for anything else (TLS
-// may hold decrypted bytes the socket no longer shows).
-func rawConn(c net.Conn) syscall.RawConn {
-	var sc syscall.Conn
-	switch c := c.(type) {
-	case *net.TCPConn:
-		sc = c
-	case *sockConn:
-		return c.rc
-	case *net.UnixConn: // the exec upstream's socketpair
-		sc = c
-	default:
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	return rc
 }
 
 func closeWrite(c net.Conn) {

@@ -14,13 +14,13 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"imapgate/conntable"
 	"imapgate/courierlog"
+	"imapgate/internal/sock"
 	"imapgate/limiter"
 )
 
@@ -96,13 +96,13 @@ type Server struct {
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
-	rawFiles  []*os.File // serveRaw's duplicates of listeners
+	acceptors []*sock.Acceptor // serveRaw's, closed with the listeners
 	shutdown  bool
 	sessions  sync.WaitGroup
 	reaper    sync.Once
 	stop      chan struct{}
 	// poller parks idle relay directions; nil where unavailable.
-	poller     *poller
+	poller     *sock.Poller
 	parked     atomic.Int64 // relay directions waiting in the poller
 	pollerStop sync.Once
 	// refusalLog throttles refusal lines per limit, as the kernel throttles
@@ -143,7 +143,7 @@ func New(opts Options) (*Server, error) {
 		listeners: make(map[net.Listener]struct{}),
 		stop:      make(chan struct{}),
 	}
-	if p, err := newPoller(); err == nil {
+	if p, err := sock.NewPoller(); err == nil {
 		s.poller = p
 	}
 	for i := range s.refusalLog {
@@ -242,7 +242,7 @@ func (s *Server) startSession() bool {
 // admission is a limiter decision made before the session's goroutine.
 type admission struct {
 	client   Client
-	ticket   limiter.Ticket
+	ticket   *limiter.Ticket
 	decision limiter.Decision
 }
 
@@ -276,10 +276,10 @@ func (s *Server) closeListeners() {
 	for ln := range s.listeners {
 		ln.Close()
 	}
-	for _, f := range s.rawFiles {
-		f.Close()
+	for _, a := range s.acceptors {
+		a.Close()
 	}
-	s.rawFiles = nil
+	s.acceptors = nil
 }
 
 // Shutdown stops accepting, ends sessions still in the login phase with
@@ -307,7 +307,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) stopPoller() {
 	s.pollerStop.Do(func() {
 		if s.poller != nil {
-			s.poller.close()
+			s.poller.Close()
 		}
 	})
 }

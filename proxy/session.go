@@ -9,13 +9,13 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"runtime/debug"
 	"sync"
 	"time"
 
 	"imapgate/conntable"
 	"imapgate/courierlog"
+	"imapgate/internal/sock"
 	"imapgate/limiter"
 )
 
@@ -29,7 +29,7 @@ type session struct {
 	cr     *bufio.Reader // client, login phase only
 	ur     *bufio.Reader // upstream, login phase only
 	entry  *conntable.Entry
-	ticket limiter.Ticket // zero (holds nothing) without a limiter
+	ticket *limiter.Ticket // nil (holds nothing) without a limiter
 	client Client
 	start  time.Time
 
@@ -146,15 +146,6 @@ func (ss *session) cleanup() {
 	ss.srv.sessions.Done()
 }
 
-func addrPortOf(a net.Addr) netip.AddrPort {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		ap := ta.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	}
-	ap, _ := netip.ParseAddrPort(a.String())
-	return ap
-}
-
 func (ss *session) run() {
 	s := ss.srv
 	var admitted limiter.Decision // carries the limits that apply to this address
@@ -163,14 +154,14 @@ func (ss *session) run() {
 	} else {
 		// With a proxyproto listener this reads the PROXY header, bounded
 		// by its ReadHeaderTimeout, here in the session's goroutine.
-		ss.client = Client{Remote: addrPortOf(ss.raw.RemoteAddr()), Local: addrPortOf(ss.raw.LocalAddr())}
+		ss.client = Client{Remote: sock.AddrPort(ss.raw.RemoteAddr()), Local: sock.AddrPort(ss.raw.LocalAddr())}
 		if !ss.client.Remote.IsValid() {
 			return
 		}
 		s.events.Accepted()
 	}
 	if s.limiter != nil {
-		var t limiter.Ticket
+		var t *limiter.Ticket
 		if ss.pre != nil {
 			t, admitted = ss.pre.ticket, ss.pre.decision
 		} else {

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
+
+	"imapgate/internal/sock"
 	"github.com/pires/go-proxyproto/tlvparse"
 )
 
@@ -64,15 +66,15 @@ func (u *TCPUpstream) Dial(ctx context.Context, c Client) (net.Conn, error) {
 		return nil, fmt.Errorf("connect %s: %w", u.Address, err)
 	}
 	if tc, ok := conn.(*net.TCPConn); ok {
-		sc, err := newSockConn(tc)
-		if err != nil {
-			conn.Close()
+		if conn, err = sock.Dialed(tc); err != nil {
+			tc.Close()
 			return nil, fmt.Errorf("connect %s: %w", u.Address, err)
 		}
-		if !sc.remote.Addr().IsLoopback() {
-			sc.SetKeepAliveConfig(keepAlive)
+		if !sock.AddrPort(tc.RemoteAddr()).Addr().IsLoopback() {
+			conn.(interface {
+				SetKeepAliveConfig(net.KeepAliveConfig) error
+			}).SetKeepAliveConfig(keepAlive)
 		}
-		conn = sc
 	}
 	if u.ProxyHeader != 0 {
 		if _, err := ProxyHeader(u.ProxyHeader, c).WriteTo(conn); err != nil {

@@ -1,4 +1,6 @@
-package proxy
+//go:build linux && !imapgate_portable && !imapgate_tcpconn
+
+package sock
 
 import (
 	"errors"
@@ -11,10 +13,10 @@ import (
 	"time"
 )
 
-// sockPair returns a sockConn and the plain TCP connection at its other
+// sockPair returns a Conn and the plain TCP connection at its other
 // end: accepted (owned through an *os.File, as serveRaw makes them) or, with
 // dialled, wrapping a *net.TCPConn (as the upstream's are).
-func sockPair(t *testing.T, dialled bool) (*sockConn, net.Conn) {
+func sockPair(t *testing.T, dialled bool) (*Conn, net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -25,15 +27,17 @@ func sockPair(t *testing.T, dialled bool) (*sockConn, net.Conn) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var sc *sockConn
+	var sc *Conn
 	if dialled {
 		c, err := ln.Accept()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if sc, err = newSockConn(c.(*net.TCPConn)); err != nil {
+		dc, err := Dialed(c.(*net.TCPConn))
+		if err != nil {
 			t.Fatal(err)
 		}
+		sc = dc.(*Conn)
 	} else {
 		// As serveRaw does: a listener's own RawConn cannot wait.
 		lf, err := dupNonblocking(ln.(*net.TCPListener))
@@ -54,23 +58,25 @@ func sockPair(t *testing.T, dialled bool) (*sockConn, net.Conn) {
 		if aerr != nil {
 			t.Fatal(aerr)
 		}
-		if remote != addrPortOf(peer.LocalAddr()) {
+		if remote != AddrPort(peer.LocalAddr()) {
 			t.Fatalf("accept4Raw peer %v, want %v", remote, peer.LocalAddr())
 		}
 		local := localAddrRaw(nfd, netip.AddrPort{})
-		if local != addrPortOf(ln.Addr()) {
+		if local != AddrPort(ln.Addr()) {
 			t.Fatalf("localAddrRaw = %v, want %v", local, ln.Addr())
 		}
-		if sc, err = newAcceptedConn(nfd, local, remote); err != nil {
+		ac, err := newAcceptedConn(nfd, local, remote)
+		if err != nil {
 			t.Fatal(err)
 		}
+		sc = ac.(*Conn)
 	}
 	t.Cleanup(func() { sc.Close(); peer.Close() })
 	return sc, peer
 }
 
-// bothOwners runs f for an accepted and a dialled sockConn.
-func bothOwners(t *testing.T, f func(t *testing.T, sc *sockConn, peer net.Conn)) {
+// bothOwners runs f for an accepted and a dialled Conn.
+func bothOwners(t *testing.T, f func(t *testing.T, sc *Conn, peer net.Conn)) {
 	for _, dialled := range []bool{false, true} {
 		name := "accepted"
 		if dialled {
@@ -85,7 +91,7 @@ func bothOwners(t *testing.T, f func(t *testing.T, sc *sockConn, peer net.Conn))
 
 func TestSockConnReadWriteEOF(t *testing.T) { bothOwners(t, testReadWriteEOF) }
 
-func testReadWriteEOF(t *testing.T, sc *sockConn, peer net.Conn) {
+func testReadWriteEOF(t *testing.T, sc *Conn, peer net.Conn) {
 	// Larger than the socket buffers, so Write must wait for the reader.
 	big := make([]byte, 8<<20)
 	for i := range big {
@@ -124,7 +130,7 @@ func testReadWriteEOF(t *testing.T, sc *sockConn, peer net.Conn) {
 // relay's idle detector relies on both.
 func TestSockConnDeadlineIsTemporaryTimeout(t *testing.T) { bothOwners(t, testDeadline) }
 
-func testDeadline(t *testing.T, sc *sockConn, peer net.Conn) {
+func testDeadline(t *testing.T, sc *Conn, peer net.Conn) {
 	sc.SetReadDeadline(time.Now().Add(30 * time.Millisecond))
 	_, err := sc.Read(make([]byte, 4))
 	var ne net.Error
@@ -146,7 +152,7 @@ func testDeadline(t *testing.T, sc *sockConn, peer net.Conn) {
 
 func TestSockConnClosedAndReset(t *testing.T) { bothOwners(t, testClosedAndReset) }
 
-func testClosedAndReset(t *testing.T, sc *sockConn, peer net.Conn) {
+func testClosedAndReset(t *testing.T, sc *Conn, peer net.Conn) {
 	// A reset from the peer is an error naming ECONNRESET or EPIPE.
 	peer.(*net.TCPConn).SetLinger(0)
 	peer.Close()
@@ -169,7 +175,9 @@ func testClosedAndReset(t *testing.T, sc *sockConn, peer net.Conn) {
 
 func TestSockConnOptions(t *testing.T) { bothOwners(t, testOptions) }
 
-func testOptions(t *testing.T, sc *sockConn, _ net.Conn) {
+var keepAlive = net.KeepAliveConfig{Enable: true, Idle: 5 * time.Minute, Interval: 30 * time.Second, Count: 4}
+
+func testOptions(t *testing.T, sc *Conn, _ net.Conn) {
 	if err := sc.SetKeepAliveConfig(keepAlive); err != nil {
 		t.Fatal(err)
 	}
@@ -198,7 +206,7 @@ func TestLocalAddrOnWildcardListener(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	port := addrPortOf(ln.Addr()).Port()
+	port := AddrPort(ln.Addr()).Port()
 	peer, err := net.Dial("tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), port).String())
 	if err != nil {
 		t.Fatal(err)

@@ -1,6 +1,6 @@
-//go:build linux
+//go:build linux && !imapgate_portable
 
-package proxy
+package sock
 
 import (
 	"fmt"
@@ -11,12 +11,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// poller lets idle relay directions wait without a goroutine each: a
+// Poller lets idle relay directions wait without a goroutine each: a
 // direction with nothing to copy arms its socket here (EPOLLONESHOT) and its
 // goroutine ends; when the socket becomes readable the poller's one
 // goroutine starts a new one. Ten thousand idle IDLE sessions then cost ten
 // thousand registrations instead of twenty thousand stacks.
-type poller struct {
+type Poller struct {
 	epfd   int
 	wakefd int      // eventfd: wakes the loop to stop
 	file   *os.File // epfd as a pollable file: the loop waits in Go's netpoller
@@ -27,7 +27,8 @@ type poller struct {
 	done    chan struct{}
 }
 
-func newPoller() (*poller, error) {
+// NewPoller starts a Poller and its goroutine.
+func NewPoller() (*Poller, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("epoll: %w", err)
@@ -52,24 +53,24 @@ func newPoller() (*poller, error) {
 		unix.Close(wakefd)
 		return nil, err
 	}
-	p := &poller{epfd: epfd, wakefd: wakefd, file: os.NewFile(uintptr(epfd), "epoll"),
+	p := &Poller{epfd: epfd, wakefd: wakefd, file: os.NewFile(uintptr(epfd), "epoll"),
 		waiting: make(map[uint64]func()), next: 1, done: make(chan struct{})}
 	go p.loop()
 	return p, nil
 }
 
-// newKey names a registration; fds are added lazily by the first arm.
-func (p *poller) newKey() uint64 {
+// NewKey names a registration; fds are added lazily by the first arm.
+func (p *Poller) NewKey() uint64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.next++
 	return p.next
 }
 
-// arm waits (once) for fd to become readable or hung up, then runs ready on
+// Arm waits (once) for fd to become readable or hung up, then runs ready on
 // a new goroutine; added says whether fd is in the epoll set yet. Arming
 // checks readiness at once, so data that arrived before arm is not missed.
-func (p *poller) arm(fd int, key uint64, added bool, ready func()) error {
+func (p *Poller) Arm(fd int, key uint64, added bool, ready func()) error {
 	p.mu.Lock()
 	p.waiting[key] = ready
 	p.mu.Unlock()
@@ -88,9 +89,9 @@ func (p *poller) arm(fd int, key uint64, added bool, ready func()) error {
 	return nil
 }
 
-// disarm cancels a wait; it reports whether one was pending (and so will
+// Disarm cancels a wait; it reports whether one was pending (and so will
 // not run).
-func (p *poller) disarm(key uint64) bool {
+func (p *Poller) Disarm(key uint64) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	_, ok := p.waiting[key]
@@ -98,13 +99,13 @@ func (p *poller) disarm(key uint64) bool {
 	return ok
 }
 
-// unregister removes fd before its owner closes it.
-func (p *poller) unregister(fd int, key uint64) {
-	p.disarm(key)
+// Unregister removes fd before its owner closes it.
+func (p *Poller) Unregister(fd int, key uint64) {
+	p.Disarm(key)
 	unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 }
 
-func (p *poller) loop() {
+func (p *Poller) loop() {
 	defer close(p.done)
 	rc, err := p.file.SyscallConn()
 	if err != nil {
@@ -140,8 +141,8 @@ func (p *poller) loop() {
 	}
 }
 
-// close stops the loop; registrations must be gone by then.
-func (p *poller) close() {
+// Close stops the loop; registrations must be gone by then.
+func (p *Poller) Close() {
 	unix.Write(p.wakefd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
 	<-p.done
 	p.file.Close() // closes epfd

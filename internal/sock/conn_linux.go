@@ -1,4 +1,6 @@
-package proxy
+//go:build linux && !imapgate_portable
+
+package sock
 
 import (
 	"io"
@@ -12,7 +14,7 @@ import (
 	"unsafe"
 )
 
-// sockConn is a TCP connection whose reads and writes are made with
+// Conn is a TCP connection whose reads and writes are made with
 // RawSyscall through the socket's own poller registration, so they still
 // wait on Go's netpoller and honour deadlines.
 //
@@ -26,8 +28,8 @@ import (
 // An accepted socket is owned through an *os.File (newAcceptedConn): that
 // registers it with the poller in two system calls, where net.FileConn
 // takes fifteen (a dup, address lookups, keepalive defaults we override).
-// A dialled one keeps its *net.TCPConn (newSockConn).
-type sockConn struct {
+// A dialled one keeps its *net.TCPConn (Dialed).
+type Conn struct {
 	owner         socketOwner
 	rc            syscall.RawConn
 	local, remote netip.AddrPort // net.Addrs are made on demand: they are rarely asked for
@@ -35,7 +37,7 @@ type sockConn struct {
 	rd, wr        ioOp
 }
 
-func (c *sockConn) init() *sockConn {
+func (c *Conn) init() *Conn {
 	c.rd.call = c.rd.readOnce
 	c.wr.call = c.wr.writeAll
 	return c
@@ -50,26 +52,32 @@ type socketOwner interface {
 	SyscallConn() (syscall.RawConn, error)
 }
 
-// newSockConn wraps a dialled tc.
-func newSockConn(tc *net.TCPConn) (*sockConn, error) {
+// Dialed returns the conn to use for a dialled tc: a Conn that owns it.
+func Dialed(tc *net.TCPConn) (net.Conn, error) {
+	if !rawConns {
+		return tc, nil
+	}
 	rc, err := tc.SyscallConn()
 	if err != nil {
 		return nil, err
 	}
-	return (&sockConn{owner: tc, rc: rc, local: addrPortOf(tc.LocalAddr()), remote: addrPortOf(tc.RemoteAddr())}).init(), nil
+	return (&Conn{owner: tc, rc: rc, local: AddrPort(tc.LocalAddr()), remote: AddrPort(tc.RemoteAddr())}).init(), nil
 }
 
 // newAcceptedConn takes ownership of fd, a non-blocking socket just
 // accepted from remote on local, and sets TCP_NODELAY: IMAP is small
 // writes that must not wait for acknowledgements.
-func newAcceptedConn(fd int, local, remote netip.AddrPort) (*sockConn, error) {
+func newAcceptedConn(fd int, local, remote netip.AddrPort) (net.Conn, error) {
 	f := os.NewFile(uintptr(fd), "tcp")
+	if !rawConns {
+		return fileConn(f)
+	}
 	rc, err := f.SyscallConn()
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
-	c := (&sockConn{owner: f, rc: rc, local: local, remote: remote}).init()
+	c := (&Conn{owner: f, rc: rc, local: local, remote: remote}).init()
 	if err := c.setInt(syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1); err != nil {
 		f.Close()
 		return nil, err
@@ -77,16 +85,16 @@ func newAcceptedConn(fd int, local, remote netip.AddrPort) (*sockConn, error) {
 	return c, nil
 }
 
-func (c *sockConn) LocalAddr() net.Addr                { return net.TCPAddrFromAddrPort(c.local) }
-func (c *sockConn) RemoteAddr() net.Addr               { return net.TCPAddrFromAddrPort(c.remote) }
-func (c *sockConn) SetDeadline(t time.Time) error      { return c.owner.SetDeadline(t) }
-func (c *sockConn) SetReadDeadline(t time.Time) error  { return c.owner.SetReadDeadline(t) }
-func (c *sockConn) SetWriteDeadline(t time.Time) error { return c.owner.SetWriteDeadline(t) }
-func (c *sockConn) SyscallConn() (syscall.RawConn, error) {
+func (c *Conn) LocalAddr() net.Addr                { return net.TCPAddrFromAddrPort(c.local) }
+func (c *Conn) RemoteAddr() net.Addr               { return net.TCPAddrFromAddrPort(c.remote) }
+func (c *Conn) SetDeadline(t time.Time) error      { return c.owner.SetDeadline(t) }
+func (c *Conn) SetReadDeadline(t time.Time) error  { return c.owner.SetReadDeadline(t) }
+func (c *Conn) SetWriteDeadline(t time.Time) error { return c.owner.SetWriteDeadline(t) }
+func (c *Conn) SyscallConn() (syscall.RawConn, error) {
 	return c.rc, nil
 }
 
-func (c *sockConn) Close() error {
+func (c *Conn) Close() error {
 	c.closed.Store(true)
 	if err := c.owner.Close(); err != nil {
 		return c.opError("close", err)
@@ -106,7 +114,7 @@ type ioOp struct {
 	call  func(fd uintptr) bool
 }
 
-func (c *sockConn) Read(p []byte) (int, error) {
+func (c *Conn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
@@ -153,7 +161,7 @@ func (op *ioOp) readOnce(fd uintptr) bool {
 	}
 }
 
-func (c *sockConn) Write(p []byte) (int, error) {
+func (c *Conn) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
@@ -188,7 +196,7 @@ func (op *ioOp) writeAll(fd uintptr) bool {
 }
 
 // CloseWrite shuts down the sending side (raw, like Read and Write).
-func (c *sockConn) CloseWrite() error {
+func (c *Conn) CloseWrite() error {
 	var errno syscall.Errno
 	if err := c.rc.Control(func(fd uintptr) {
 		_, _, errno = syscall.RawSyscall(syscall.SYS_SHUTDOWN, fd, syscall.SHUT_WR, 0)
@@ -203,7 +211,7 @@ func (c *sockConn) CloseWrite() error {
 
 // SetKeepAliveConfig sets keepalive with raw setsockopt calls; a zero
 // field keeps the kernel's default.
-func (c *sockConn) SetKeepAliveConfig(k net.KeepAliveConfig) error {
+func (c *Conn) SetKeepAliveConfig(k net.KeepAliveConfig) error {
 	if !k.Enable {
 		return c.setInt(syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 0)
 	}
@@ -225,7 +233,7 @@ func (c *sockConn) SetKeepAliveConfig(k net.KeepAliveConfig) error {
 	return nil
 }
 
-func (c *sockConn) setInt(level, name, value int) error {
+func (c *Conn) setInt(level, name, value int) error {
 	v := int32(value)
 	var errno syscall.Errno
 	if err := c.rc.Control(func(fd uintptr) {
@@ -243,11 +251,73 @@ func (c *sockConn) setInt(level, name, value int) error {
 // opError wraps err as net.TCPConn would, so that callers (crypto/tls
 // among them) see a net.Error: a timeout stays a temporary error the
 // connection survives.
-func (c *sockConn) opError(op string, err error) error {
+func (c *Conn) opError(op string, err error) error {
 	if c.closed.Load() {
 		// An *os.File owner reports its own "use of closed file";
 		// callers test for net.ErrClosed.
 		err = net.ErrClosed
 	}
 	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+}
+
+// fileConn is what an accepted socket is without Conn (built with the tag
+// imapgate_tcpconn, to measure Conn on its own): a *net.TCPConn made by
+// net.FileConn, which dups the descriptor and closes f.
+func fileConn(f *os.File) (net.Conn, error) {
+	defer f.Close()
+	return net.FileConn(f)
+}
+
+// rawConnOf returns the syscall.RawConn of a plain socket: one whose
+// readiness on Go's poller says whether a read would block. Nil for
+// anything else (TLS may hold decrypted bytes its socket no longer shows;
+// a PROXY-protocol conn may hold bytes of its own).
+func rawConnOf(c net.Conn) syscall.RawConn {
+	var sc syscall.Conn
+	switch c := c.(type) {
+	case *Conn:
+		return c.rc
+	case *net.TCPConn:
+		sc = c
+	case *net.UnixConn: // the exec upstream's socketpair
+		sc = c
+	default:
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
+}
+
+// FD returns the descriptor of a plain socket, for the Poller, or -1.
+func FD(c net.Conn) int {
+	rc := rawConnOf(c)
+	if rc == nil {
+		return -1
+	}
+	fd := -1
+	rc.Control(func(f uintptr) { fd = int(f) })
+	return fd
+}
+
+// Readable returns a function that waits, on Go's poller and within c's
+// read deadline, until a read from c would not block (data, EOF or an
+// error), without reading and so without a buffer. Nil if c is not a
+// plain socket.
+func Readable(c net.Conn) func() error {
+	rc := rawConnOf(c)
+	if rc == nil {
+		return nil
+	}
+	var peek [1]byte
+	// Returning false makes RawConn.Read wait on Go's poller.
+	readable := func(fd uintptr) bool {
+		// Raw, as Conn's reads are: MSG_DONTWAIT never blocks.
+		_, _, err := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&peek[0])), 1,
+			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+		return err != syscall.EAGAIN && err != syscall.EINTR
+	}
+	return func() error { return rc.Read(readable) }
 }

@@ -1,0 +1,167 @@
+//go:build linux && !imapgate_portable
+
+package sock
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+	"unsafe"
+)
+
+// Acceptor accepts through the listener's RawConn, so a new socket is a
+// bare descriptor with its peer address. A connection the caller refuses is
+// closed at once: it is never registered with Go's poller and costs no
+// goroutine, as in HAProxy's tcp-request connection reject.
+type Acceptor struct {
+	file     *os.File // a non-blocking duplicate of the listener's descriptor
+	rc       syscall.RawConn
+	local    netip.AddrPort
+	wildcard bool
+}
+
+// NewAcceptor prepares raw accepts on ln. Close it along with ln.
+func NewAcceptor(ln *net.TCPListener) (*Acceptor, error) {
+	// A listener's own RawConn cannot wait for readability (Go returns
+	// EINVAL), but a non-blocking os.File on a duplicate of its descriptor
+	// can.
+	f, err := dupNonblocking(ln)
+	if err != nil {
+		return nil, err
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	local := AddrPort(ln.Addr())
+	return &Acceptor{file: f, rc: rc, local: local, wildcard: local.Addr().IsUnspecified()}, nil
+}
+
+// Close ends Accept.
+func (a *Acceptor) Close() error { return a.file.Close() }
+
+// Accept returns the next connection admit keeps, with the local address
+// the client reached. admit is called with each new connection's remote
+// address; a connection it refuses is closed here. Every pending
+// connection is taken in one wake-up of Go's poller. An error the caller
+// may survive (back off and accept again) has a Temporary method; an
+// error after admit kept a connection means that connection is gone.
+func (a *Acceptor) Accept(admit func(remote netip.AddrPort) bool) (net.Conn, netip.AddrPort, error) {
+	for {
+		var (
+			nfd    int
+			remote netip.AddrPort
+			aerr   error
+		)
+		accept := func(fd uintptr) bool {
+			for {
+				nfd, remote, aerr = accept4Raw(int(fd))
+				if aerr == syscall.EAGAIN || aerr == syscall.EINTR {
+					return false
+				}
+				if aerr != nil || admit(remote) {
+					return true
+				}
+				closeRaw(nfd)
+			}
+		}
+		if err := a.rc.Read(accept); err != nil {
+			return nil, netip.AddrPort{}, err
+		}
+		if errors.Is(aerr, syscall.ECONNABORTED) {
+			continue
+		}
+		if aerr != nil {
+			return nil, netip.AddrPort{}, temporary{fmt.Errorf("accept4: %w", aerr)}
+		}
+		local := a.local
+		if a.wildcard {
+			local = localAddrRaw(nfd, local) // the address the client reached
+		}
+		c, err := newAcceptedConn(nfd, local, remote)
+		if err != nil {
+			return nil, netip.AddrPort{}, temporary{err}
+		}
+		return c, local, nil
+	}
+}
+
+// accept4Raw and closeRaw make their system calls without telling the Go
+// scheduler (RawSyscall). Both return at once on a non-blocking listener
+// and a socket without SO_LINGER, and the scheduler's bookkeeping costs
+// more than the call: entering a system call from an idle process wakes
+// the runtime's monitor thread, which then polls a few times before it
+// sleeps again. In a flood that was a futex wake, a futex wait and a
+// nanosleep per refused connection, about a third of imapgate's CPU per
+// refusal.
+func accept4Raw(lfd int) (int, netip.AddrPort, error) {
+	var rsa syscall.RawSockaddrAny
+	size := uint32(unsafe.Sizeof(rsa))
+	nfd, _, errno := syscall.RawSyscall6(syscall.SYS_ACCEPT4, uintptr(lfd),
+		uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&size)),
+		syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0, 0)
+	if errno != 0 {
+		return -1, netip.AddrPort{}, errno
+	}
+	return int(nfd), rawSockaddrAddrPort(&rsa), nil
+}
+
+// localAddrRaw returns the socket's local address (getsockname), or
+// fallback if that fails.
+func localAddrRaw(fd int, fallback netip.AddrPort) netip.AddrPort {
+	var rsa syscall.RawSockaddrAny
+	size := uint32(unsafe.Sizeof(rsa))
+	_, _, errno := syscall.RawSyscall(syscall.SYS_GETSOCKNAME, uintptr(fd),
+		uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&size)))
+	if errno != 0 {
+		return fallback
+	}
+	return rawSockaddrAddrPort(&rsa)
+}
+
+func closeRaw(fd int) {
+	syscall.RawSyscall(syscall.SYS_CLOSE, uintptr(fd), 0, 0)
+}
+
+func rawSockaddrAddrPort(rsa *syscall.RawSockaddrAny) netip.AddrPort {
+	switch rsa.Addr.Family {
+	case syscall.AF_INET:
+		sa := (*syscall.RawSockaddrInet4)(unsafe.Pointer(rsa))
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), ntohs(sa.Port))
+	case syscall.AF_INET6:
+		sa := (*syscall.RawSockaddrInet6)(unsafe.Pointer(rsa))
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), ntohs(sa.Port))
+	}
+	return netip.AddrPort{}
+}
+
+// ntohs reads a port as the kernel stores it, in network byte order.
+func ntohs(port uint16) uint16 {
+	b := (*[2]byte)(unsafe.Pointer(&port))
+	return uint16(b[0])<<8 | uint16(b[1])
+}
+
+func dupNonblocking(ln *net.TCPListener) (*os.File, error) {
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var dup int
+	var derr error
+	if err := rc.Control(func(fd uintptr) {
+		if dup, derr = syscall.Dup(int(fd)); derr == nil {
+			syscall.CloseOnExec(dup)
+			derr = syscall.SetNonblock(dup, true)
+		}
+	}); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, fmt.Errorf("listener: %w", derr)
+	}
+	return os.NewFile(uintptr(dup), "listener"), nil
+}

@@ -1,0 +1,37 @@
+//go:build !linux || imapgate_portable
+
+package sock
+
+import (
+	"net"
+	"net/netip"
+)
+
+// Acceptor is the portable accept loop: net.Listener.Accept, then the
+// caller's decision. A refused connection has cost a goroutine-free but
+// otherwise ordinary accept (registration with Go's poller included).
+type Acceptor struct {
+	ln *net.TCPListener
+}
+
+// NewAcceptor prepares accepts on ln.
+func NewAcceptor(ln *net.TCPListener) (*Acceptor, error) { return &Acceptor{ln: ln}, nil }
+
+// Close does nothing here: closing the listener ends Accept.
+func (a *Acceptor) Close() error { return nil }
+
+// Accept returns the next connection admit keeps, with the local address
+// the client reached; see the Linux version.
+func (a *Acceptor) Accept(admit func(remote netip.AddrPort) bool) (net.Conn, netip.AddrPort, error) {
+	for {
+		c, err := a.ln.Accept()
+		if err != nil {
+			return nil, netip.AddrPort{}, err // a *net.OpError says whether it is temporary
+		}
+		if admit(AddrPort(c.RemoteAddr())) {
+			c.(*net.TCPConn).SetNoDelay(true)
+			return c, AddrPort(c.LocalAddr()), nil
+		}
+		c.Close()
+	}
+}

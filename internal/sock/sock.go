@@ -1,0 +1,34 @@
+// Package sock is imapgate's platform seam for sockets: the few places
+// where the proxy goes below the net package for speed (see
+// doc/architecture.md, "System calls on the hot path"). On Linux, accepted
+// and dialled TCP sockets are Conns whose reads and writes are raw system
+// calls, refused connections are closed with raw accept4 and close before
+// Go's poller ever sees them, and idle relay directions wait in an epoll
+// Poller without a goroutine. Elsewhere (and on Linux built with the tag
+// imapgate_portable) the same functions fall back on net.Listener.Accept
+// and *net.TCPConn, and there is no Poller: every idle direction keeps a
+// blocked goroutine. Nothing outside this package imports syscall or
+// unsafe for sockets.
+package sock
+
+import (
+	"net"
+	"net/netip"
+)
+
+// AddrPort returns a's address and port, IPv4-mapped addresses unmapped.
+func AddrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}
+
+// temporary marks an accept error the server survives (out of descriptors
+// and the like): it backs off and accepts again.
+type temporary struct{ error }
+
+func (temporary) Temporary() bool  { return true }
+func (e temporary) Unwrap() error { return e.error }
