@@ -10,8 +10,8 @@ import (
 
 	proxyproto "github.com/pires/go-proxyproto"
 
-	"imapgate/internal/sock"
 	"github.com/pires/go-proxyproto/tlvparse"
+	"imapgate/internal/sock"
 )
 
 // Client identifies the client a session is for, as the proxy saw it

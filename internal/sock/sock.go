@@ -30,5 +30,5 @@ func AddrPort(a net.Addr) netip.AddrPort {
 // and the like): it backs off and accepts again.
 type temporary struct{ error }
 
-func (temporary) Temporary() bool  { return true }
+func (temporary) Temporary() bool { return true }
 func (e temporary) Unwrap() error { return e.error }
