@@ -13,6 +13,7 @@ import (
 
 	"imapgate/certs"
 	"imapgate/conntable"
+	"imapgate/internal/rlimit"
 	"imapgate/limiter"
 	"imapgate/proxy"
 )
@@ -253,5 +254,6 @@ func openFiles() (n int, limit uint64, ok bool) {
 	if err != nil {
 		return 0, 0, false
 	}
-	return len(entries), softNoFile(), true
+	soft, _, _ := rlimit.OpenFiles()
+	return len(entries), soft, true
 }

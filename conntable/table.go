@@ -9,7 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"imapgate/courierlog"
+	"imapgate/internal/throttle"
 )
 
 // Config sizes the table and sets the state timeouts.
@@ -82,7 +82,7 @@ type Table struct {
 	found, insert, insertFailed, drop, earlyDrop, reaped, timeout atomic.Uint64
 	rx, tx                                                        atomic.Uint64 // bytes from/to clients, all entries ever
 
-	full    *courierlog.RateLimit
+	full    *throttle.Throttle
 	logFull func(msg string)
 }
 
@@ -99,7 +99,7 @@ func New(cfg Config, logf func(msg string)) (*Table, error) {
 	t := &Table{
 		buckets: make([]*Entry, c.Buckets),
 		seed:    maphash.MakeSeed(),
-		full:    courierlog.NewRateLimit(5*time.Second, 10),
+		full:    throttle.New(5*time.Second, 10),
 		logFull: logf,
 	}
 	t.cfg.Store(c)

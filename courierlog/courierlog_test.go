@@ -86,23 +86,6 @@ func TestWithoutSessionLines(t *testing.T) {
 	}
 }
 
-func TestRateLimit(t *testing.T) {
-	r := NewRateLimit(5*time.Second, 2)
-	t0 := time.Now()
-	var oks int
-	for i := 0; i < 5; i++ {
-		if ok, _ := r.Allow(t0); ok {
-			oks++
-		}
-	}
-	if oks != 2 {
-		t.Fatalf("%d allowed in the window, want 2", oks)
-	}
-	if ok, sup := r.Allow(t0.Add(5 * time.Second)); !ok || sup != 3 {
-		t.Fatalf("next window: ok=%v suppressed=%d, want true 3", ok, sup)
-	}
-}
-
 // Golden lines for the login results courier has no line of its own for.
 // Each keeps courier's shape (who, then ip=[…], port=[…]) and none begins
 // "LOGIN FAILED, ", the prefix fail2ban's courier-auth filter matches: only

@@ -21,6 +21,7 @@ import (
 	"imapgate/conntable"
 	"imapgate/courierlog"
 	"imapgate/internal/sock"
+	"imapgate/internal/throttle"
 	"imapgate/limiter"
 )
 
@@ -107,7 +108,7 @@ type Server struct {
 	pollerStop sync.Once
 	// refusalLog throttles refusal lines per limit, as the kernel throttles
 	// "table full": a flood must not become a disk flood.
-	refusalLog [limiter.NumReasons]*courierlog.RateLimit
+	refusalLog [limiter.NumReasons]*throttle.Throttle
 	// problems are upstream misconfigurations seen (upstreamcheck.go).
 	problems [numProblems]atomic.Pointer[upstreamReport]
 }
@@ -147,7 +148,7 @@ func New(opts Options) (*Server, error) {
 		s.poller = p
 	}
 	for i := range s.refusalLog {
-		s.refusalLog[i] = courierlog.NewRateLimit(5*time.Second, refusalLogBurst)
+		s.refusalLog[i] = throttle.New(5*time.Second, refusalLogBurst)
 	}
 	s.cur.Store(&settings{upstream: opts.Upstream, login: opts.Login.withDefaults()})
 	return s, nil

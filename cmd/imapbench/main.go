@@ -23,11 +23,11 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"imapgate/certs"
+	"imapgate/internal/rlimit"
 	"imapgate/limiter"
 )
 
@@ -175,14 +175,11 @@ func cpuModel() string {
 // says so: this process holds two descriptors per idle session (the client
 // end and the upstream's end), as does the proxy.
 func fitIdle(n int) int {
-	var r syscall.Rlimit
-	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r)
-	r.Cur = r.Max
-	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &r)
-	fits := int(r.Cur-200) / 2
+	soft, _, _ := rlimit.RaiseOpenFiles()
+	fits := int(soft-200) / 2
 	if n > fits {
 		fmt.Printf("note: the open-file limit is %d, so at most %d idle sessions fit (2 descriptors each here and in the proxy); measuring %d instead of %d\n",
-			r.Cur, fits, fits, n)
+			soft, fits, fits, n)
 		return fits
 	}
 	return n

@@ -3,9 +3,9 @@ package main
 import (
 	"fmt"
 	"math"
-	"syscall"
 
 	"imapgate/config"
+	"imapgate/internal/rlimit"
 )
 
 type openFiles struct {
@@ -48,18 +48,11 @@ func sessionsFitting(n uint64) uint64 {
 // limits.open_files_check is false (then it starts, and of.short says
 // what to warn about) or in demo mode (then it shrinks the table to fit).
 func checkOpenFiles(cfg *config.Config, demo bool) (openFiles, error) {
-	var r syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r); err != nil {
+	soft, hard, err := rlimit.RaiseOpenFiles()
+	if err != nil {
 		return openFiles{}, fmt.Errorf("read open-file limit: %w", err)
 	}
-	if r.Cur < r.Max {
-		raised := r
-		raised.Cur = r.Max
-		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &raised); err == nil {
-			r = raised
-		}
-	}
-	return assessOpenFiles(r.Cur, r.Max, cfg, demo)
+	return assessOpenFiles(soft, hard, cfg, demo)
 }
 
 // assessOpenFiles is checkOpenFiles' decision for a soft and hard limit.

@@ -1,14 +1,16 @@
-package courierlog
+// Package throttle bounds how often something noisy may happen, as the
+// kernel's printk_ratelimit does for log lines.
+package throttle
 
 import (
 	"sync"
 	"time"
 )
 
-// RateLimit is the kernel's ___ratelimit: at most burst messages per
+// Throttle is the kernel's ___ratelimit: at most burst messages per
 // interval; when a new interval starts after messages were dropped, the
 // first message reports how many were ("N callbacks suppressed").
-type RateLimit struct {
+type Throttle struct {
 	mu       sync.Mutex
 	interval time.Duration
 	burst    int
@@ -17,15 +19,15 @@ type RateLimit struct {
 	missed   int
 }
 
-// NewRateLimit allows burst lines per interval; the kernel's net_ratelimit
+// New allows burst messages per interval; the kernel's net_ratelimit
 // uses 10 per 5 s.
-func NewRateLimit(interval time.Duration, burst int) *RateLimit {
-	return &RateLimit{interval: interval, burst: burst}
+func New(interval time.Duration, burst int) *Throttle {
+	return &Throttle{interval: interval, burst: burst}
 }
 
 // Allow reports whether a message may be printed at now, and how many were
 // suppressed in the window that just ended.
-func (r *RateLimit) Allow(now time.Time) (ok bool, suppressed int) {
+func (r *Throttle) Allow(now time.Time) (ok bool, suppressed int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.begin.IsZero() || now.Sub(r.begin) >= r.interval {
