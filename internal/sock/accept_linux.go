@@ -12,6 +12,10 @@ import (
 	"unsafe"
 )
 
+// Raw says the raw paths are in use: raw accept, the Poller, and (unless
+// built with imapgate_tcpconn) Conns.
+const Raw = true
+
 // Acceptor accepts through the listener's RawConn, so a new socket is a
 // bare descriptor with its peer address. A connection the caller refuses is
 // closed at once: it is never registered with Go's poller and costs no

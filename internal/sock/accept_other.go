@@ -7,6 +7,9 @@ import (
 	"net/netip"
 )
 
+// Raw says the raw paths are in use: not here.
+const Raw = false
+
 // Acceptor is the portable accept loop: net.Listener.Accept, then the
 // caller's decision. A refused connection has cost a goroutine-free but
 // otherwise ordinary accept (registration with Go's poller included).
