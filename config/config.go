@@ -166,7 +166,7 @@ type TLS struct {
 // Upstream is the IMAP server.
 type Upstream struct {
 	// Mode is "tcp" (connect to Address) or "exec" (start courier's
-	// imaplogin per session; see proxy.ExecUpstream).
+	// imaplogin per session; see upstream.Exec).
 	Mode            string   `toml:"mode"`
 	Exec            []string `toml:"exec"`
 	CourierConfig   string   `toml:"courier_config"`

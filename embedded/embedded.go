@@ -16,7 +16,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapserver"
 	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
 
-	"imapgate/proxy"
+	"imapgate/upstream"
 )
 
 // Account is a user of the embedded server.
@@ -88,16 +88,16 @@ func Start(accounts []Account) (*Server, error) {
 func (s *Server) Addr() string { return s.ln.Addr().String() }
 
 // Upstream returns the proxy's view of the server.
-func (s *Server) Upstream() proxy.Upstream { return upstream{s} }
+func (s *Server) Upstream() upstream.Dialer { return dialer{s} }
 
 // Close stops the server.
 func (s *Server) Close() error { return s.srv.Close() }
 
-type upstream struct{ s *Server }
+type dialer struct{ s *Server }
 
-func (u upstream) String() string { return "embedded" }
+func (u dialer) String() string { return "embedded" }
 
-func (u upstream) Dial(ctx context.Context, _ proxy.Client) (net.Conn, error) {
+func (u dialer) Dial(ctx context.Context, _ upstream.Client) (net.Conn, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", u.s.Addr())
 	if err != nil {

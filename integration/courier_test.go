@@ -19,7 +19,7 @@ import (
 	"github.com/emersion/go-sasl"
 
 	"imapgate/config"
-	"imapgate/proxy"
+	"imapgate/upstream"
 )
 
 // courier describes the real courier-imap that integration/courier/setup.sh
@@ -66,7 +66,7 @@ func needCourier(t *testing.T) *courier {
 }
 
 func courierGate(t *testing.T, c *courier) *gate {
-	return startGate(t, gateOptions{upstream: &proxy.TCPUpstream{Address: c.plain, ConnectTimeout: 2 * time.Second}})
+	return startGate(t, gateOptions{upstream: &upstream.TCP{Address: c.plain, ConnectTimeout: 2 * time.Second}})
 }
 
 func TestRealCourierLoginAndAuthenticatePlain(t *testing.T) {
@@ -411,7 +411,7 @@ func readTagged(r *bufio.Reader, tag string) {
 func TestRealCourierUpstreamTLS(t *testing.T) {
 	c := needCourier(t)
 	for _, verify := range []bool{false, true} {
-		g := startGate(t, gateOptions{upstream: &proxy.TCPUpstream{Address: c.tls, ConnectTimeout: 2 * time.Second,
+		g := startGate(t, gateOptions{upstream: &upstream.TCP{Address: c.tls, ConnectTimeout: 2 * time.Second,
 			TLS: &tls.Config{ServerName: "localhost", InsecureSkipVerify: !verify}}})
 		cl, err := login("127.0.4.10", g.addr, c.users[0], c.pass)
 		if !verify {

@@ -17,7 +17,7 @@ import (
 
 	"github.com/emersion/go-sasl"
 
-	"imapgate/proxy"
+	"imapgate/upstream"
 )
 
 // Issue 10's cases against the real Dovecot 2.3 that
@@ -76,7 +76,7 @@ func needDovecot(t *testing.T) *dovecot {
 // dovecotGate starts imapgate in front of one of Dovecot's listeners,
 // with a PROXY header of version header (0: none).
 func dovecotGate(t *testing.T, addr string, header int) *gate {
-	return startGate(t, gateOptions{upstream: &proxy.TCPUpstream{Address: addr, ConnectTimeout: 2 * time.Second, ProxyHeader: header}})
+	return startGate(t, gateOptions{upstream: &upstream.TCP{Address: addr, ConnectTimeout: 2 * time.Second, ProxyHeader: header}})
 }
 
 // dovecotLog reads what Dovecot logged after a point. The tests that use

@@ -24,6 +24,7 @@ import (
 	"imapgate/embedded"
 	"imapgate/limiter"
 	"imapgate/proxy"
+	"imapgate/upstream"
 )
 
 type gate struct {
@@ -34,12 +35,12 @@ type gate struct {
 }
 
 type gateOptions struct {
-	cfg      *config.Config // nil: defaults
-	upstream proxy.Upstream // nil: embedded with accounts
+	cfg      *config.Config  // nil: defaults
+	upstream upstream.Dialer // nil: embedded with accounts
 	accounts []embedded.Account
 	trusted  []string // PROXY header sources
 	logFile  string   // also write the log here, in syslog file format
-	// exec starts courier per session (proxy.ExecUpstream) with argv and
+	// exec starts courier per session (upstream.Exec) with argv and
 	// the variables of courier's config files.
 	exec     []string
 	execVars map[string]string
@@ -88,7 +89,7 @@ func startGate(t *testing.T, o gateOptions) *gate {
 	log := courierlog.New(sink, courierlog.Options{TLS: true})
 	sessionLog := log
 	if o.exec != nil {
-		up, err := proxy.NewExecUpstream(o.exec, o.execVars, log)
+		up, err := upstream.NewExec(o.exec, o.execVars, log)
 		if err != nil {
 			t.Fatal(err)
 		}

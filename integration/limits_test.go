@@ -15,7 +15,7 @@ import (
 	proxyproto "github.com/pires/go-proxyproto"
 
 	"imapgate/config"
-	"imapgate/proxy"
+	"imapgate/upstream"
 )
 
 // A household with 30 mailboxes on one PC logs them all in at once under
@@ -173,7 +173,7 @@ func TestProxyProtocolFromTrustedBalancer(t *testing.T) {
 		if err != nil {
 			return nil, nil, err
 		}
-		h := proxy.ProxyHeader(int(version), proxy.Client{
+		h := upstream.ProxyHeader(int(version), upstream.Client{
 			Remote: netip.MustParseAddrPort(src), Local: netip.MustParseAddrPort("[2001:db8::993]:993"),
 		})
 		if _, err := h.WriteTo(raw); err != nil {
@@ -220,7 +220,7 @@ func TestProxyProtocolFromTrustedBalancer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer raw.Close()
-	proxy.ProxyHeader(1, proxy.Client{Remote: netip.MustParseAddrPort("192.0.2.99:1"), Local: netip.MustParseAddrPort("192.0.2.1:993")}).WriteTo(raw)
+	upstream.ProxyHeader(1, upstream.Client{Remote: netip.MustParseAddrPort("192.0.2.99:1"), Local: netip.MustParseAddrPort("192.0.2.1:993")}).WriteTo(raw)
 	raw.SetReadDeadline(time.Now().Add(5 * time.Second))
 	io.Copy(io.Discard, raw)
 	if g.log.Contains("192.0.2.99") {
@@ -255,8 +255,8 @@ func TestUpstreamProxyHeaderBytes(t *testing.T) {
 			io.ReadFull(c, b)
 			got <- string(b)
 		}()
-		up := &proxy.TCPUpstream{Address: ln.Addr().String(), ProxyHeader: tt.version}
-		c, err := up.Dial(ctxTimeout(t, 5*time.Second), proxy.Client{
+		up := &upstream.TCP{Address: ln.Addr().String(), ProxyHeader: tt.version}
+		c, err := up.Dial(ctxTimeout(t, 5*time.Second), upstream.Client{
 			Remote: netip.MustParseAddrPort(tt.client), Local: netip.MustParseAddrPort("198.51.100.1:993")})
 		if err != nil {
 			t.Fatal(err)

@@ -15,6 +15,7 @@ import (
 	"imapgate/courierlog"
 	"imapgate/limiter"
 	"imapgate/proxy"
+	"imapgate/upstream"
 )
 
 // testProxy is a proxy on 127.0.0.1:0 with an in-memory log.
@@ -30,7 +31,7 @@ type proxyConfig struct {
 	login   proxy.Login
 }
 
-func startProxy(t testing.TB, up proxy.Upstream, pc proxyConfig) *testProxy {
+func startProxy(t testing.TB, up upstream.Dialer, pc proxyConfig) *testProxy {
 	t.Helper()
 	cert, err := certs.SelfSigned("localhost", "127.0.0.1")
 	if err != nil {
@@ -151,8 +152,8 @@ func fakeUpstream(t testing.TB, script func(u *upstreamConn)) *upstreamScript {
 	return us
 }
 
-func (us *upstreamScript) upstream() proxy.Upstream {
-	return &proxy.TCPUpstream{Address: us.ln.Addr().String(), ConnectTimeout: time.Second}
+func (us *upstreamScript) upstream() upstream.Dialer {
+	return &upstream.TCP{Address: us.ln.Addr().String(), ConnectTimeout: time.Second}
 }
 
 type upstreamConn struct {

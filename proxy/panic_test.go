@@ -65,3 +65,15 @@ func TestPanicCostsOneSession(t *testing.T) {
 		t.Errorf("table holds %d entries after two panicked sessions, want 1 (the bystander)", got)
 	}
 }
+
+// A connection accepted while Shutdown begins is either waited for or
+// refused: once Shutdown (or Close) has begun, no session starts, so the
+// WaitGroup is never added to while it is waited on.
+func TestNoSessionStartsAfterShutdownBegan(t *testing.T) {
+	up := fakeUpstream(t, simpleServer)
+	p := startProxy(t, up.upstream(), proxyConfig{})
+	p.srv.Close()
+	if p.srv.StartSession() {
+		t.Fatal("a session started after Close")
+	}
+}

@@ -23,6 +23,7 @@ import (
 	"imapgate/internal/sock"
 	"imapgate/internal/throttle"
 	"imapgate/limiter"
+	"imapgate/upstream"
 )
 
 // Login bounds the login phase. Zero fields take the defaults.
@@ -63,7 +64,7 @@ type Options struct {
 	// TLSConfig serves the client side. Required.
 	TLSConfig *tls.Config
 	// Upstream is the IMAP server. Required.
-	Upstream Upstream
+	Upstream upstream.Dialer
 	// Log receives courier-format lines; nil discards them.
 	Log *courierlog.Logger
 	// Table tracks connections. Nil means a table of 4096 entries with
@@ -81,7 +82,7 @@ type Options struct {
 
 // settings are the parts of Options a reload may swap.
 type settings struct {
-	upstream Upstream
+	upstream upstream.Dialer
 	login    Login
 }
 
@@ -162,7 +163,7 @@ func (s *Server) Parked() int { return int(s.parked.Load()) }
 func (s *Server) Table() *conntable.Table { return s.table }
 
 // SetUpstream swaps the upstream for new sessions (reload).
-func (s *Server) SetUpstream(u Upstream) {
+func (s *Server) SetUpstream(u upstream.Dialer) {
 	cur := *s.cur.Load()
 	cur.upstream = u
 	s.cur.Store(&cur)
@@ -242,7 +243,7 @@ func (s *Server) startSession() bool {
 
 // admission is a limiter decision made before the session's goroutine.
 type admission struct {
-	client   Client
+	client   upstream.Client
 	ticket   *limiter.Ticket
 	decision limiter.Decision
 }

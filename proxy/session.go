@@ -17,6 +17,7 @@ import (
 	"imapgate/courierlog"
 	"imapgate/internal/sock"
 	"imapgate/limiter"
+	"imapgate/upstream"
 )
 
 // session is one client connection. Its goroutine owns everything here
@@ -30,7 +31,7 @@ type session struct {
 	ur     *bufio.Reader // upstream, login phase only
 	entry  *conntable.Entry
 	ticket *limiter.Ticket // nil (holds nothing) without a limiter
-	client Client
+	client upstream.Client
 	start  time.Time
 
 	ctx    context.Context
@@ -154,7 +155,7 @@ func (ss *session) run() {
 	} else {
 		// With a proxyproto listener this reads the PROXY header, bounded
 		// by its ReadHeaderTimeout, here in the session's goroutine.
-		ss.client = Client{Remote: sock.AddrPort(ss.raw.RemoteAddr()), Local: sock.AddrPort(ss.raw.LocalAddr())}
+		ss.client = upstream.Client{Remote: sock.AddrPort(ss.raw.RemoteAddr()), Local: sock.AddrPort(ss.raw.LocalAddr())}
 		if !ss.client.Remote.IsValid() {
 			return
 		}
@@ -205,7 +206,7 @@ func (ss *session) run() {
 	if kc, ok := ss.raw.(interface {
 		SetKeepAliveConfig(net.KeepAliveConfig) error
 	}); ok {
-		kc.SetKeepAliveConfig(keepAlive)
+		kc.SetKeepAliveConfig(sock.KeepAlive)
 	}
 	entry.SetState(conntable.Preauth)
 	s.log.Connection(ss.client.Remote)
@@ -343,10 +344,6 @@ func putReader(br *bufio.Reader) {
 		readerPool.Put(br)
 	}
 }
-
-// keepAlive finds dead clients of idle sessions (IDLE can be silent for
-// 29 minutes) long before the established timeout.
-var keepAlive = net.KeepAliveConfig{Enable: true, Idle: 5 * time.Minute, Interval: 30 * time.Second, Count: 4}
 
 // upstreamMaxLine bounds a response line from the upstream before login.
 const upstreamMaxLine = 16 << 10

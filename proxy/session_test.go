@@ -11,6 +11,7 @@ import (
 	"imapgate/conntable"
 	"imapgate/internal/sock"
 	"imapgate/proxy"
+	"imapgate/upstream"
 )
 
 func TestGreetingAndCapabilitiesRewritten(t *testing.T) {
@@ -267,7 +268,7 @@ func TestUpstreamDown(t *testing.T) {
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := ln.Addr().String()
 	ln.Close() // nothing listens there now
-	p := startProxy(t, &proxy.TCPUpstream{Address: addr, ConnectTimeout: time.Second}, proxyConfig{})
+	p := startProxy(t, &upstream.TCP{Address: addr, ConnectTimeout: time.Second}, proxyConfig{})
 	start := time.Now()
 	c := dial(t, p.addr)
 	c.expect("* BYE [UNAVAILABLE]")

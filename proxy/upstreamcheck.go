@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"imapgate/courierlog"
+	"imapgate/upstream"
 )
 
 // An upstream that does not trust imapgate's hop refuses plaintext logins:
@@ -78,7 +79,7 @@ func (s *Server) clearProblems() {
 // probeClient is who a probe connection claims to be: a TLS client on
 // loopback, as every real session is a TLS client, so that an upstream
 // reading the PROXY v2 SSL TLV answers the probe as it will answer clients.
-var probeClient = Client{
+var probeClient = upstream.Client{
 	Remote:      netip.MustParseAddrPort("127.0.0.1:0"),
 	Local:       netip.MustParseAddrPort("127.0.0.1:993"),
 	TLSVersion:  tls.VersionTLS13,

@@ -16,6 +16,7 @@ import (
 
 	"imapgate/limiter"
 	"imapgate/proxy"
+	"imapgate/upstream"
 )
 
 const dovecotGreeting = "* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ AUTH=PLAIN AUTH=LOGIN] Dovecot ready.\r\n"
@@ -128,7 +129,7 @@ func TestProxyV2HeaderCarriesTLS(t *testing.T) {
 		c.Write([]byte("* OK ready\r\n"))
 		r.ReadString('\n')
 	}()
-	up := &proxy.TCPUpstream{Address: ln.Addr().String(), ProxyHeader: 2}
+	up := &upstream.TCP{Address: ln.Addr().String(), ProxyHeader: 2}
 	p := startProxy(t, up, proxyConfig{})
 	c := dialSNI(t, p.addr, "mail.example.org")
 	c.expect("* OK")

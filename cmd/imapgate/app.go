@@ -27,6 +27,7 @@ import (
 	"imapgate/embedded"
 	"imapgate/limiter"
 	"imapgate/proxy"
+	"imapgate/upstream"
 )
 
 // app is the running daemon: what main built from the configuration, and
@@ -197,14 +198,14 @@ func buildStore(cfg *config.Config, demo bool) (*certs.Store, error) {
 	return certs.NewStore(sources)
 }
 
-func (a *app) buildUpstream(cfg *config.Config) (proxy.Upstream, error) {
+func (a *app) buildUpstream(cfg *config.Config) (upstream.Dialer, error) {
 	u := cfg.Upstream
 	if u.Mode == "exec" {
 		vars, _, err := config.ShellVars(config.CourierFiles(u.CourierConfig)...)
 		if err != nil {
 			return nil, fmt.Errorf("upstream.courier_config: %w", err)
 		}
-		return proxy.NewExecUpstream(u.Exec, vars, a.log)
+		return upstream.NewExec(u.Exec, vars, a.log)
 	}
 	if u.Address == "embedded" {
 		if a.emb == nil {
@@ -216,7 +217,7 @@ func (a *app) buildUpstream(cfg *config.Config) (proxy.Upstream, error) {
 		}
 		return a.emb.Upstream(), nil
 	}
-	t := &proxy.TCPUpstream{Address: u.Address, ConnectTimeout: u.ConnectTimeout.D()}
+	t := &upstream.TCP{Address: u.Address, ConnectTimeout: u.ConnectTimeout.D()}
 	switch u.ProxyProtocol {
 	case "v1":
 		t.ProxyHeader = 1

@@ -14,6 +14,7 @@ package sock
 import (
 	"net"
 	"net/netip"
+	"time"
 )
 
 // AddrPort returns a's address and port, IPv4-mapped addresses unmapped.
@@ -32,3 +33,8 @@ type temporary struct{ error }
 
 func (temporary) Temporary() bool { return true }
 func (e temporary) Unwrap() error { return e.error }
+
+// KeepAlive finds dead peers of idle sessions (IDLE can be silent for 29
+// minutes) long before the established timeout. The proxy turns it on for
+// a client once it is admitted, and for a dialled upstream off loopback.
+var KeepAlive = net.KeepAliveConfig{Enable: true, Idle: 5 * time.Minute, Interval: 30 * time.Second, Count: 4}

@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"bufio"
@@ -14,7 +14,7 @@ import (
 	"imapgate/internal/sock"
 )
 
-// ExecUpstream starts courier's login program for each session, as
+// Exec starts courier's login program for each session, as
 // couriertcpd would: `imaplogin /usr/bin/imapd Maildir` with the session on
 // its stdin and stdout (one end of a socketpair) and the environment
 // couriertcpd gives it (TCPREMOTEIP, TCPREMOTEPORT, TCPLOCALIP,
@@ -24,10 +24,10 @@ import (
 // lines go to imapgate's log with courierlogger's priority mapping.
 //
 // imaplogin switches to each mailbox owner's uid after login, so serving
-// several users needs root; NewExecUpstream refuses otherwise. MAXPERIP,
+// several users needs root; NewExec refuses otherwise. MAXPERIP,
 // MAXDAEMONS and the access file are couriertcpd's and are bypassed here:
 // imapgate's limits apply instead.
-type ExecUpstream struct {
+type Exec struct {
 	argv []string
 	env  []string
 	log  *courierlog.Logger
@@ -37,9 +37,9 @@ type ExecUpstream struct {
 	umask   string
 }
 
-// NewExecUpstream checks that argv can run and returns the upstream. vars
+// NewExec checks that argv can run and returns the upstream. vars
 // are courier's configuration variables (config.ShellVars).
-func NewExecUpstream(argv []string, vars map[string]string, log *courierlog.Logger) (*ExecUpstream, error) {
+func NewExec(argv []string, vars map[string]string, log *courierlog.Logger) (*Exec, error) {
 	if len(argv) != 3 {
 		return nil, fmt.Errorf("exec upstream: want [imaplogin, imapd, maildir], got %q", argv)
 	}
@@ -51,7 +51,7 @@ func NewExecUpstream(argv []string, vars map[string]string, log *courierlog.Logg
 	if os.Geteuid() != 0 {
 		return nil, errors.New("exec upstream needs root: imaplogin switches to each mailbox owner's uid after login and reaches authdaemond's socket (mode 0750 courier:courier); run imapgate as root or use a tcp upstream")
 	}
-	u := &ExecUpstream{argv: argv, log: log, ulimitV: vars["IMAP_ULIMITD"], umask: vars["IMAP_UMASK"]}
+	u := &Exec{argv: argv, log: log, ulimitV: vars["IMAP_ULIMITD"], umask: vars["IMAP_UMASK"]}
 	for k, v := range vars {
 		switch k {
 		case "TCPREMOTEIP", "TCPREMOTEPORT", "TCPLOCALIP", "TCPLOCALPORT", "IMAP_TLS", "IMAP_STARTTLS", "IMAP_TLS_REQUIRED":
@@ -70,10 +70,10 @@ func hasKey(m map[string]string, k string) bool { _, ok := m[k]; return ok }
 // fileConn is net.FileConn; tests make it fail (as EMFILE would).
 var fileConn = net.FileConn
 
-func (u *ExecUpstream) String() string { return "exec " + u.argv[0] }
+func (u *Exec) String() string { return "exec " + u.argv[0] }
 
-// Dial implements Upstream.
-func (u *ExecUpstream) Dial(ctx context.Context, c Client) (net.Conn, error) {
+// Dial implements Dialer.
+func (u *Exec) Dial(ctx context.Context, c Client) (net.Conn, error) {
 	// Each descriptor has exactly one owner: its *os.File, whose Close is
 	// the only close. (Closing a number twice can close an unrelated
 	// client's socket that a concurrent accept was just given the same

@@ -1,4 +1,9 @@
-package proxy
+// Package upstream is the seam to the IMAP server behind imapgate: a
+// Dialer returns a connection on which the server's greeting comes next.
+// TCP dials a server (optionally announcing the client with a PROXY header,
+// optionally over TLS); Exec starts courier's login program per session.
+// The caller owns the conn a Dialer returns and closes it.
+package upstream
 
 import (
 	"context"
@@ -26,17 +31,17 @@ type Client struct {
 	ServerName  string // SNI, if the client sent one
 }
 
-// Upstream is the seam to the IMAP server. Dial returns a connection on
-// which the server's greeting comes next. The session owns the returned
-// conn and closes it.
-type Upstream interface {
+// Dialer is the seam to the IMAP server. Dial returns a connection on
+// which the server's greeting comes next; the caller owns it and closes
+// it. String names the upstream in log lines.
+type Dialer interface {
 	Dial(ctx context.Context, c Client) (net.Conn, error)
 	String() string
 }
 
-// TCPUpstream dials an IMAP server over TCP, optionally with TLS, and can
+// TCP dials an IMAP server over TCP, optionally with TLS, and can
 // announce the client with a PROXY header.
-type TCPUpstream struct {
+type TCP struct {
 	Address        string
 	ConnectTimeout time.Duration // 0 means 5 s
 	// TLS, if non-nil, wraps the connection (after any PROXY header).
@@ -48,10 +53,10 @@ type TCPUpstream struct {
 	ProxyHeader int
 }
 
-func (u *TCPUpstream) String() string { return u.Address }
+func (u *TCP) String() string { return u.Address }
 
-// Dial implements Upstream.
-func (u *TCPUpstream) Dial(ctx context.Context, c Client) (net.Conn, error) {
+// Dial implements Dialer.
+func (u *TCP) Dial(ctx context.Context, c Client) (net.Conn, error) {
 	timeout := u.ConnectTimeout
 	if timeout <= 0 {
 		timeout = 5 * time.Second
@@ -73,7 +78,7 @@ func (u *TCPUpstream) Dial(ctx context.Context, c Client) (net.Conn, error) {
 		if !sock.AddrPort(tc.RemoteAddr()).Addr().IsLoopback() {
 			conn.(interface {
 				SetKeepAliveConfig(net.KeepAliveConfig) error
-			}).SetKeepAliveConfig(keepAlive)
+			}).SetKeepAliveConfig(sock.KeepAlive)
 		}
 	}
 	if u.ProxyHeader != 0 {
