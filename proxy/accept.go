@@ -54,7 +54,7 @@ func (s *Server) serveRaw(ln *net.TCPListener) error {
 			pending.ticket.Release()
 			return ErrServerClosed
 		}
-		go s.serveConn(conn, &pending)
+		go s.serveConn(conn, pending)
 	}
 }
 
@@ -62,7 +62,7 @@ func (s *Server) serveRaw(ln *net.TCPListener) error {
 // refusal before TLS is reported here, and the caller closes the socket;
 // otherwise the admission goes with the connection to its goroutine.
 func (s *Server) admitRaw(remote netip.AddrPort) admission {
-	a := admission{client: upstream.Client{Remote: remote}}
+	a := admission{client: upstream.Client{Remote: remote}, decided: true}
 	s.events.Accepted()
 	a.ticket, a.decision = s.limiter.Admit(remote.Addr(), time.Now())
 	if d := a.decision; d.Refused && d.Action != limiter.Bye && d.WouldRefuse == 0 {

@@ -106,14 +106,14 @@ func sanitizeID(pairs []idPair, room int) []idPair {
 // forwardFields are what imapgate itself knows of the client: its address
 // and port, the address and port it connected to, and the connection's id
 // (as `imapgate ctl conns` shows it).
-func (ss *session) forwardFields() []idPair {
-	c := ss.client
+func (lp *loginPhase) forwardFields() []idPair {
+	c := lp.c.client
 	return []idPair{
 		{[]byte("x-originating-ip"), []byte(c.Remote.Addr().Unmap().String())},
 		{[]byte("x-originating-port"), strconv.AppendUint(nil, uint64(c.Remote.Port()), 10)},
 		{[]byte("x-connected-ip"), []byte(c.Local.Addr().Unmap().String())},
 		{[]byte("x-connected-port"), strconv.AppendUint(nil, uint64(c.Local.Port()), 10)},
-		{[]byte("x-session-id"), strconv.AppendUint(nil, ss.entry.ID(), 10)},
+		{[]byte("x-session-id"), strconv.AppendUint(nil, lp.c.entry.ID(), 10)},
 	}
 }
 
@@ -157,37 +157,34 @@ func appendQuoted(b, s []byte) []byte {
 // command is read whole, its x-* fields dropped, imapgate's own added
 // (unless upstream.send_id is off), and the result forwarded; the
 // upstream's answer goes back to the client.
-func (ss *session) clientID(tag string) (outcome, bool) {
-	ok, fits := ss.readCommand()
-	if !ok {
-		return closed, false
+func (lp *loginPhase) clientID(tag string) outcome {
+	if o := lp.readCommand(); o != carryOn {
+		return o
 	}
-	if !fits {
-		return ss.literalTooLarge()
-	}
-	_, _, args, err := parseArgs(ss.cmd)
+	_, _, args, err := parseArgs(lp.cmd)
 	var pairs []idPair
+	ok := false
 	if err == nil {
 		pairs, ok = parseIDParams(args)
 	}
 	if err != nil || !ok {
-		return -1, ss.invalid(tag, "Invalid ID command.")
+		return lp.invalid(tag, "Invalid ID command.")
 	}
 	var own []idPair
-	if !ss.set.login.NoUpstreamID {
-		own = ss.forwardFields()
+	if !lp.set.login.NoUpstreamID {
+		own = lp.forwardFields()
 	}
 	pairs = append(sanitizeID(pairs, len(own)), own...)
-	ss.out = appendIDCommand(ss.out[:0], tag, pairs)
-	if _, err := ss.up.Write(ss.out); err != nil {
-		return closed, false
+	lp.out = appendIDCommand(lp.out[:0], tag, pairs)
+	if _, err := lp.c.up.Write(lp.out); err != nil {
+		return closed
 	}
-	ss.idSent = ss.idSent || own != nil
-	_, last, err := ss.relayResponses(tag, false)
+	lp.idSent = lp.idSent || own != nil
+	_, last, err := lp.relayResponses(tag, false)
 	if err != nil {
-		return closed, false
+		return closed
 	}
-	return -1, ss.writeClient(last) == nil
+	return onlyIf(lp.c.writeClient(last))
 }
 
 // idTag tags the ID imapgate sends on its own; its answers are not the
@@ -198,17 +195,17 @@ const idTag = "imapgate-id"
 // when the upstream speaks ID, the client has not sent one, and
 // upstream.send_id is on. The upstream's answers are read and dropped. It
 // reports whether the session may go on.
-func (ss *session) sendOwnID() bool {
-	if ss.idSent || !ss.upID || ss.set.login.NoUpstreamID {
+func (lp *loginPhase) sendOwnID() bool {
+	if lp.idSent || !lp.upID || lp.set.login.NoUpstreamID {
 		return true
 	}
-	ss.idSent = true
-	ss.out = appendIDCommand(ss.out[:0], idTag, ss.forwardFields())
-	if _, err := ss.up.Write(ss.out); err != nil {
+	lp.idSent = true
+	lp.out = appendIDCommand(lp.out[:0], idTag, lp.forwardFields())
+	if _, err := lp.c.up.Write(lp.out); err != nil {
 		return false
 	}
 	for {
-		kind, _, err := ss.readUpstreamResponseQuiet(idTag)
+		kind, _, err := lp.readUpstreamResponseQuiet(idTag)
 		if err != nil {
 			return false
 		}

@@ -25,21 +25,21 @@ var byeText = [limiter.NumReasons]string{
 
 // refuseWithBye completes the TLS handshake (under the table's handshake
 // timeout) and tells the client why it is refused.
-func (ss *session) refuseWithBye(d limiter.Decision) {
-	ss.logRefusal(d, "")
-	ss.srv.events.Refused(d.Reason.String(), true)
-	if !ss.handshake() {
+func (c *conn) refuseWithBye(d limiter.Decision) {
+	c.logRefusal(d, "")
+	c.srv.events.Refused(d.Reason.String(), true)
+	if !c.handshake() {
 		return
 	}
-	ss.raw.SetWriteDeadline(time.Now().Add(2 * time.Second))
-	ss.writeClientf("* BYE [UNAVAILABLE] %s\r\n", byeText[d.Reason])
-	ss.tc.Close()
+	c.raw.SetWriteDeadline(time.Now().Add(2 * time.Second))
+	c.writeClient(fmt.Appendf(nil, "* BYE [UNAVAILABLE] %s\r\n", byeText[d.Reason]))
+	c.tc.Close()
 }
 
 // logRefusal writes the refusal in courier's format: couriertcpd's exact
 // lines for MAXPERIP and MAXDAEMONS, the same shape for the others.
-func (ss *session) logRefusal(d limiter.Decision, user string) {
-	ss.srv.refuseLog(d, ss.client.Remote.Addr(), user)
+func (c *conn) logRefusal(d limiter.Decision, user string) {
+	c.srv.refuseLog(d, c.client.Remote.Addr(), user)
 }
 
 // refusedBeforeTLS records a refusal that closed the connection before the
@@ -56,16 +56,17 @@ func (s *Server) refuseLog(d limiter.Decision, a netip.Addr, user string) {
 }
 
 // noteDryRun logs and counts each limit that would have refused.
-func (ss *session) noteDryRun(d limiter.Decision, user string) {
+func (c *conn) noteDryRun(d limiter.Decision, user string) {
 	if d.WouldRefuse == 0 {
 		return
 	}
-	ss.srv.limiter.NoteWouldRefuse(d.WouldRefuse)
-	lim := ss.srv.limiter.LimitsFor(ss.client.Remote.Addr())
+	s := c.srv
+	s.limiter.NoteWouldRefuse(d.WouldRefuse)
+	lim := s.limiter.LimitsFor(c.client.Remote.Addr())
 	for r := limiter.Reason(0); r < limiter.NumReasons; r++ {
 		if d.WouldRefuse&(1<<r) != 0 {
-			ss.srv.events.WouldRefuse(r.String())
-			ss.srv.logLimit(ss.client.Remote.Addr(), r, limitValue(lim, r), user, " (dry run: not refused)")
+			s.events.WouldRefuse(r.String())
+			s.logLimit(c.client.Remote.Addr(), r, limitValue(lim, r), user, " (dry run: not refused)")
 		}
 	}
 }
@@ -136,8 +137,8 @@ func (s *Server) logLimit(a netip.Addr, r limiter.Reason, limit int, user, suffi
 }
 
 // logBan records that failed logins started a ban.
-func (ss *session) logBan(b *limiter.Ban) {
-	ss.srv.events.Ban()
+func (c *conn) logBan(b *limiter.Ban) {
+	c.srv.events.Ban()
 	what := "address"
 	switch {
 	case b.User != "" && b.Narrowed:
@@ -148,6 +149,6 @@ func (ss *session) logBan(b *limiter.Ban) {
 	case b.Key.Bits() < b.Key.Addr().BitLen():
 		what = "network " + b.Key.String()
 	}
-	ss.srv.log.Refused(courierlog.Warning, fmt.Sprintf("Too many failed logins (%d), %s banned until %s",
-		b.Failures, what, b.Until.UTC().Format(time.RFC3339)), ss.client.Remote.Addr(), "")
+	c.srv.log.Refused(courierlog.Warning, fmt.Sprintf("Too many failed logins (%d), %s banned until %s",
+		b.Failures, what, b.Until.UTC().Format(time.RFC3339)), c.client.Remote.Addr(), "")
 }

@@ -223,7 +223,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			conn.Close()
 			return ErrServerClosed
 		}
-		go s.serveConn(conn, nil)
+		go s.serveConn(conn, admission{})
 	}
 }
 
@@ -239,13 +239,6 @@ func (s *Server) startSession() bool {
 	}
 	s.sessions.Add(1)
 	return true
-}
-
-// admission is a limiter decision made before the session's goroutine.
-type admission struct {
-	client   upstream.Client
-	ticket   *limiter.Ticket
-	decision limiter.Decision
 }
 
 // acceptBackoff waits after a failed accept that may pass (out of file
