@@ -20,14 +20,14 @@ func (s *Server) serveRaw(ln *net.TCPListener) error {
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	if s.shutdown {
-		s.mu.Unlock()
+	s.life.mu.Lock()
+	if s.life.shutdown {
+		s.life.mu.Unlock()
 		acc.Close()
 		return ErrServerClosed
 	}
-	s.acceptors = append(s.acceptors, acc)
-	s.mu.Unlock()
+	s.life.acceptors = append(s.life.acceptors, acc)
+	s.life.mu.Unlock()
 	defer acc.Close()
 	var backoff time.Duration
 	for {

@@ -88,7 +88,7 @@ func (c *conn) cleanup() {
 	if c.entry != nil {
 		c.srv.table.Remove(c.entry)
 	}
-	c.srv.sessions.Done()
+	c.srv.life.sessions.Done()
 }
 
 // endContext cancels the login phase's context and lets it go. A logged-in

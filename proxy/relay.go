@@ -52,7 +52,7 @@ const (
 // upstream's when it is a plain socket, the client's when it is a plain
 // TCP conn (a PROXY-wrapped one may buffer bytes of its own).
 func (r *relay) setupParking() {
-	p := r.c.srv.poller
+	p := r.c.srv.park.poller
 	if p == nil {
 		return
 	}
@@ -105,13 +105,13 @@ func (r *relay) parkDir(d int) bool {
 	r.dirConn(d).SetReadDeadline(time.Time{}) // the idle deadline did its work
 	r.state[d] = dirParked
 	slot := &r.park[d]
-	if err := r.c.srv.poller.Arm(slot.fd, slot.key, slot.added, func() { r.wake(d) }); err != nil {
+	if err := r.c.srv.park.poller.Arm(slot.fd, slot.key, slot.added, func() { r.wake(d) }); err != nil {
 		r.state[d] = dirRunning
 		slot.ok = false
 		return false
 	}
 	slot.added = true
-	r.c.srv.parked.Add(1)
+	r.c.srv.park.parked.Add(1)
 	return true
 }
 
@@ -124,16 +124,16 @@ func (r *relay) wake(d int) {
 	}
 	r.state[d] = dirRunning
 	r.c.mu.Unlock()
-	r.c.srv.parked.Add(-1)
+	r.c.srv.park.parked.Add(-1)
 	r.runDir(d)
 }
 
 // unparkLocked restarts a parked direction so it sees a kill or a stop;
 // r.c.mu must be held.
 func (r *relay) unparkLocked(d int) {
-	if r.state[d] == dirParked && r.c.srv.poller.Disarm(r.park[d].key) {
+	if r.state[d] == dirParked && r.c.srv.park.poller.Disarm(r.park[d].key) {
 		r.state[d] = dirRunning
-		r.c.srv.parked.Add(-1)
+		r.c.srv.park.parked.Add(-1)
 		go r.runDir(d)
 	}
 }
@@ -193,7 +193,7 @@ func (r *relay) dirDone(d int) {
 	}
 	for _, slot := range r.park {
 		if slot.added {
-			r.c.srv.poller.Unregister(slot.fd, slot.key)
+			r.c.srv.park.poller.Unregister(slot.fd, slot.key)
 		}
 	}
 	r.end()

@@ -95,23 +95,31 @@ type Server struct {
 	events    Events
 	tracker   Tracker
 	cur       atomic.Pointer[settings]
-
-	mu        sync.Mutex
-	listeners map[net.Listener]struct{}
-	acceptors []*sock.Acceptor // serveRaw's, closed with the listeners
-	shutdown  bool
-	sessions  sync.WaitGroup
-	reaper    sync.Once
-	stop      chan struct{}
-	// poller parks idle relay directions; nil where unavailable.
-	poller     *sock.Poller
-	parked     atomic.Int64 // relay directions waiting in the poller
-	pollerStop sync.Once
+	life      lifecycle
+	park      parking
 	// refusalLog throttles refusal lines per limit, as the kernel throttles
 	// "table full": a flood must not become a disk flood.
 	refusalLog [limiter.NumReasons]*throttle.Throttle
 	// problems are upstream misconfigurations seen (upstreamcheck.go).
 	problems [numProblems]atomic.Pointer[upstreamReport]
+}
+
+// lifecycle is what Serve, Shutdown and Close share.
+type lifecycle struct {
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	acceptors []*sock.Acceptor // serveRaw's, closed with the listeners
+	shutdown  bool
+	sessions  sync.WaitGroup // every session that started (startSession)
+	reaper    sync.Once      // the table's expiry goroutine
+	stop      chan struct{}  // closed at shutdown: stops the reaper
+}
+
+// parking is where idle relay directions wait without a goroutine.
+type parking struct {
+	poller *sock.Poller // nil where unavailable
+	parked atomic.Int64 // relay directions waiting in the poller
+	stop   sync.Once
 }
 
 // New checks opts and returns a Server.
@@ -142,11 +150,10 @@ func New(opts Options) (*Server, error) {
 		limiter:   opts.Limiter,
 		events:    opts.Events,
 		tracker:   opts.Tracker,
-		listeners: make(map[net.Listener]struct{}),
-		stop:      make(chan struct{}),
+		life:      lifecycle{listeners: make(map[net.Listener]struct{}), stop: make(chan struct{})},
 	}
 	if p, err := sock.NewPoller(); err == nil {
-		s.poller = p
+		s.park.poller = p
 	}
 	for i := range s.refusalLog {
 		s.refusalLog[i] = throttle.New(5*time.Second, refusalLogBurst)
@@ -157,7 +164,7 @@ func New(opts Options) (*Server, error) {
 
 // Parked is the number of relay directions waiting in the poller without
 // a goroutine (an idle session has two).
-func (s *Server) Parked() int { return int(s.parked.Load()) }
+func (s *Server) Parked() int { return int(s.park.parked.Load()) }
 
 // Table returns the connection table.
 func (s *Server) Table() *conntable.Table { return s.table }
@@ -188,18 +195,18 @@ var ErrServerClosed = errors.New("proxy: server closed")
 // proxyproto listener: the header is read in the connection's goroutine,
 // never in this loop.
 func (s *Server) Serve(ln net.Listener) error {
-	s.mu.Lock()
-	if s.shutdown {
-		s.mu.Unlock()
+	s.life.mu.Lock()
+	if s.life.shutdown {
+		s.life.mu.Unlock()
 		return ErrServerClosed
 	}
-	s.listeners[ln] = struct{}{}
-	s.mu.Unlock()
-	s.reaper.Do(func() { go s.table.Run(s.stop, time.Second) })
+	s.life.listeners[ln] = struct{}{}
+	s.life.mu.Unlock()
+	s.life.reaper.Do(func() { go s.table.Run(s.life.stop, time.Second) })
 	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, ln)
-		s.mu.Unlock()
+		s.life.mu.Lock()
+		delete(s.life.listeners, ln)
+		s.life.mu.Unlock()
 	}()
 	if tl, ok := ln.(*net.TCPListener); ok && s.limiter != nil {
 		return s.serveRaw(tl)
@@ -229,15 +236,15 @@ func (s *Server) Serve(ln net.Listener) error {
 
 // startSession counts a new session for Shutdown and Close to wait for,
 // unless they have begun: then the caller closes the connection. Under
-// s.mu, so no session can start after closeListeners has returned (a
+// s.life.mu, so no session can start after closeListeners has returned (a
 // WaitGroup must not be added to while it is waited on from zero).
 func (s *Server) startSession() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.shutdown {
+	s.life.mu.Lock()
+	defer s.life.mu.Unlock()
+	if s.life.shutdown {
 		return false
 	}
-	s.sessions.Add(1)
+	s.life.sessions.Add(1)
 	return true
 }
 
@@ -256,25 +263,25 @@ func isTemporary(err error) bool {
 }
 
 func (s *Server) closing() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.shutdown
+	s.life.mu.Lock()
+	defer s.life.mu.Unlock()
+	return s.life.shutdown
 }
 
 func (s *Server) closeListeners() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.shutdown {
-		s.shutdown = true
-		close(s.stop)
+	s.life.mu.Lock()
+	defer s.life.mu.Unlock()
+	if !s.life.shutdown {
+		s.life.shutdown = true
+		close(s.life.stop)
 	}
-	for ln := range s.listeners {
+	for ln := range s.life.listeners {
 		ln.Close()
 	}
-	for _, a := range s.acceptors {
+	for _, a := range s.life.acceptors {
 		a.Close()
 	}
-	s.acceptors = nil
+	s.life.acceptors = nil
 }
 
 // Shutdown stops accepting, ends sessions still in the login phase with
@@ -285,7 +292,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeListeners()
 	s.table.KillAll(conntable.Shutdown, func(e *conntable.Entry) bool { return !e.State().Assured() })
 	done := make(chan struct{})
-	go func() { s.sessions.Wait(); close(done) }()
+	go func() { s.life.sessions.Wait(); close(done) }()
 	select {
 	case <-done:
 		s.stopPoller()
@@ -300,9 +307,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // stopPoller ends the poller's goroutine once every session is gone.
 func (s *Server) stopPoller() {
-	s.pollerStop.Do(func() {
-		if s.poller != nil {
-			s.poller.Close()
+	s.park.stop.Do(func() {
+		if s.park.poller != nil {
+			s.park.poller.Close()
 		}
 	})
 }
@@ -311,7 +318,7 @@ func (s *Server) stopPoller() {
 func (s *Server) Close() error {
 	s.closeListeners()
 	s.table.KillAll(conntable.Shutdown, nil)
-	s.sessions.Wait()
+	s.life.sessions.Wait()
 	s.stopPoller()
 	return nil
 }
