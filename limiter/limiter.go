@@ -139,15 +139,22 @@ func (l *Limiter) shardOf(k key) uint32 {
 	return uint32(maphash.Bytes(l.seed, k[:]) % numShards)
 }
 
-// Decision is the outcome of an admission or login check.
+// Decision is the outcome of an admission or login check. It carries all
+// that reporting it needs (the log line, the counter, the dry-run lines,
+// the admin tracker), so that the caller asks the limiter nothing more.
 type Decision struct {
 	Refused bool
 	Reason  Reason // the refusing limit, valid if Refused
 	Action  Action
+	Limit   int // the limit value that was hit, for the log line
 	// WouldRefuse has bit r set for each limit in dry-run mode that would
-	// have refused; the caller logs and counts them.
+	// have refused (the limiter has counted them); WouldLimit[r] is that
+	// limit's value. The caller logs them.
 	WouldRefuse uint16
-	Limit       int // the limit value that was hit, for the log line
+	WouldLimit  [NumReasons]int32
+	Addr        netip.Addr   // the client's address, unmapped
+	Prefix      netip.Prefix // its aggregation prefix, for per-network lines
+	User        string       // the user, for max_per_user_ip
 }
 
 // Ticket is what one admitted connection holds; Release gives it back. It
@@ -196,10 +203,12 @@ func (t *Ticket) Prefix() netip.Prefix {
 	return t.prefix
 }
 
-// refuse decides between refusing and, in dry-run, recording.
-func (d *Decision) refuse(p *Policy, r Reason, limit int) bool {
+// refuse decides between refusing and, in dry-run, recording and counting.
+func (l *Limiter) refuse(d *Decision, p *Policy, r Reason, limit int) bool {
 	if p.DryRun[r] {
 		d.WouldRefuse |= 1 << r
+		d.WouldLimit[r] = int32(limit)
+		l.wouldRefuse[r].Add(1)
 		return false
 	}
 	d.Refused, d.Reason, d.Action, d.Limit = true, r, p.Action[r], limit
@@ -212,21 +221,22 @@ func (d *Decision) refuse(p *Policy, r Reason, limit int) bool {
 func (l *Limiter) Admit(client netip.Addr, now time.Time) (*Ticket, Decision) {
 	p := l.policy.Load()
 	a := client.Unmap().WithZone("")
-	var d Decision
-	if contains(p.Deny, a) && d.refuse(p, Deny, 0) {
+	d := Decision{Addr: a}
+	if contains(p.Deny, a) && l.refuse(&d, p, Deny, 0) {
 		return nil, d
 	}
-	if len(p.Allow) > 0 && !contains(p.Allow, a) && d.refuse(p, NotAllowed, 0) {
+	if len(p.Allow) > 0 && !contains(p.Allow, a) && l.refuse(&d, p, NotAllowed, 0) {
 		return nil, d
 	}
 	// Built on the stack; only an admitted connection's is copied to the
 	// heap, so a flood's refusals allocate nothing.
 	t := &Ticket{l: l, addr: a, k: addrKey(a), prefix: p.PrefixOf(a), exempt: contains(p.Exempt, a)}
 	t.pk = prefixKeyOf(t.prefix)
+	d.Prefix = t.prefix
 	lim, overridden := p.limitsFor(a)
 	var tier Limits
 	if !t.exempt {
-		if l.fails.banned(a, t.prefix, now) && d.refuse(p, Banned, 0) {
+		if l.fails.banned(a, t.prefix, now) && l.refuse(&d, p, Banned, 0) {
 			return nil, d
 		}
 		if !overridden && p.KnownGood.MinUsers > 0 {
@@ -256,14 +266,14 @@ func (l *Limiter) spendRates(t *Ticket, p *Policy, lim *Limits, now time.Time, d
 	if r := lim.RatePerIP; r.enabled() {
 		if l.rateIP.allow(t.k, r, now) {
 			t.spentIP = r.interval()
-		} else if d.refuse(p, RatePerIP, r.Burst) {
+		} else if l.refuse(d, p, RatePerIP, r.Burst) {
 			return false
 		}
 	}
 	if r := lim.RatePerPrefix; r.enabled() {
 		if l.ratePrefix.allow(t.pk.addr, r, now) {
 			t.spentPrefix = r.interval()
-		} else if d.refuse(p, RatePerPrefix, r.Burst) {
+		} else if l.refuse(d, p, RatePerPrefix, r.Burst) {
 			return false
 		}
 	}
@@ -274,7 +284,7 @@ func (l *Limiter) spendRates(t *Ticket, p *Policy, lim *Limits, now time.Time, d
 // refusal it leaves what it took in t.counted for Release to undo, except
 // that a Wait refusal for the preauth limit keeps the other places.
 func (l *Limiter) count(t *Ticket, p *Policy, lim *Limits, d *Decision) bool {
-	if n := l.total.Add(1); lim.MaxConnections > 0 && n > int64(lim.MaxConnections) && d.refuse(p, MaxConnections, lim.MaxConnections) {
+	if n := l.total.Add(1); lim.MaxConnections > 0 && n > int64(lim.MaxConnections) && l.refuse(d, p, MaxConnections, lim.MaxConnections) {
 		l.total.Add(-1)
 		return false
 	}
@@ -285,7 +295,7 @@ func (l *Limiter) count(t *Ticket, p *Policy, lim *Limits, d *Decision) bool {
 	s := &l.ips[l.shardOf(t.k)]
 	s.Lock()
 	c := s.m[t.k]
-	if lim.MaxPerIP > 0 && int(c.total) >= lim.MaxPerIP && d.refuse(p, MaxPerIP, lim.MaxPerIP) {
+	if lim.MaxPerIP > 0 && int(c.total) >= lim.MaxPerIP && l.refuse(d, p, MaxPerIP, lim.MaxPerIP) {
 		s.Unlock()
 		return false
 	}
@@ -301,7 +311,7 @@ func (l *Limiter) count(t *Ticket, p *Policy, lim *Limits, d *Decision) bool {
 
 	ps := &l.prefixes[l.shardOf(t.pk.addr)]
 	ps.Lock()
-	if n := ps.m[t.pk]; lim.MaxPerPrefix > 0 && int(n) >= lim.MaxPerPrefix && d.refuse(p, MaxPerPrefix, lim.MaxPerPrefix) {
+	if n := ps.m[t.pk]; lim.MaxPerPrefix > 0 && int(n) >= lim.MaxPerPrefix && l.refuse(d, p, MaxPerPrefix, lim.MaxPerPrefix) {
 		ps.Unlock()
 		return false
 	}
@@ -312,7 +322,7 @@ func (l *Limiter) count(t *Ticket, p *Policy, lim *Limits, d *Decision) bool {
 	if !preauthFull {
 		return true
 	}
-	if d.refuse(p, MaxPreauthPerIP, lim.MaxPreauthPerIP) {
+	if l.refuse(d, p, MaxPreauthPerIP, lim.MaxPreauthPerIP) {
 		if d.Action == Wait {
 			d.Refused = false // the caller waits (NeedsWait); other places stay taken
 			return true
@@ -327,13 +337,6 @@ func (l *Limiter) count(t *Ticket, p *Policy, lim *Limits, d *Decision) bool {
 	t.counted |= countedPreauth
 	s.Unlock()
 	return true
-}
-
-// LimitsFor returns the ordinary limits that apply to a (its override, if
-// any), without the known-good tier.
-func (l *Limiter) LimitsFor(a netip.Addr) Limits {
-	lim, _ := l.policy.Load().limitsFor(a.Unmap())
-	return *lim
 }
 
 // limits returns the limits that apply to the ticket's connection: its
@@ -352,12 +355,14 @@ func (t *Ticket) NeedsWait() bool {
 }
 
 // WaitPreauth blocks until the address has a free not-logged-in slot, or
-// ctx ends (the caller's handshake deadline or a kill).
-func (t *Ticket) WaitPreauth(ctx context.Context) error {
+// ctx ends (the caller's handshake deadline or a kill): then the decision
+// is a max_preauth_per_ip refusal.
+func (t *Ticket) WaitPreauth(ctx context.Context) Decision {
 	l := t.l
 	s := &l.ips[l.shardOf(t.k)]
+	var lim Limits
 	for {
-		lim := t.limits(l.policy.Load())
+		lim = t.limits(l.policy.Load())
 		s.Lock()
 		c := s.m[t.k]
 		if lim.MaxPreauthPerIP <= 0 || int(c.preauth) < lim.MaxPreauthPerIP {
@@ -365,7 +370,7 @@ func (t *Ticket) WaitPreauth(ctx context.Context) error {
 			s.m[t.k] = c
 			t.counted |= countedPreauth
 			s.Unlock()
-			return nil
+			return Decision{Addr: t.addr, Prefix: t.prefix}
 		}
 		ch := s.freed[t.k]
 		if ch == nil {
@@ -376,7 +381,9 @@ func (t *Ticket) WaitPreauth(ctx context.Context) error {
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return ctx.Err()
+			p := l.policy.Load()
+			return Decision{Refused: true, Reason: MaxPreauthPerIP, Action: p.Action[MaxPreauthPerIP],
+				Limit: lim.MaxPreauthPerIP, Addr: t.addr, Prefix: t.prefix}
 		}
 	}
 }
@@ -412,17 +419,17 @@ func (t *Ticket) LoggedIn() {
 // forwarded (max_per_user_ip); CommitUser(false) gives it back if the login
 // fails. User names are compared case-insensitively.
 func (t *Ticket) ReserveUser(user string) Decision {
-	var d Decision
 	if t == nil || t.exempt || t.hasUser {
-		return d
+		return Decision{}
 	}
+	d := Decision{Addr: t.addr, Prefix: t.prefix, User: user}
 	p := t.l.policy.Load()
 	lim, _ := p.limitsFor(t.addr)
 	k := userKey{strings.ToLower(user), t.addr}
 	s := &t.l.users[t.l.shardOf(t.k)]
 	s.Lock()
 	defer s.Unlock()
-	if n := s.m[k]; lim.MaxPerUserIP > 0 && int(n) >= lim.MaxPerUserIP && d.refuse(p, MaxPerUserIP, lim.MaxPerUserIP) {
+	if n := s.m[k]; lim.MaxPerUserIP > 0 && int(n) >= lim.MaxPerUserIP && t.l.refuse(&d, p, MaxPerUserIP, lim.MaxPerUserIP) {
 		return d
 	}
 	s.m[k]++
@@ -496,15 +503,6 @@ func (l *Limiter) PerIP(a netip.Addr) (total, preauth int) {
 	defer s.Unlock()
 	c := s.m[k]
 	return int(c.total), int(c.preauth)
-}
-
-// NoteWouldRefuse counts dry-run hits (the caller also logs them).
-func (l *Limiter) NoteWouldRefuse(mask uint16) {
-	for r := Reason(0); r < NumReasons; r++ {
-		if mask&(1<<r) != 0 {
-			l.wouldRefuse[r].Add(1)
-		}
-	}
 }
 
 // WouldRefuse returns the dry-run count for r.

@@ -161,7 +161,7 @@ func TestPreauthWait(t *testing.T) {
 	if d.Refused || !second.NeedsWait() {
 		t.Fatalf("second: %+v needsWait=%v", d, second.NeedsWait())
 	}
-	done := make(chan error)
+	done := make(chan Decision)
 	go func() { done <- second.WaitPreauth(context.Background()) }()
 	select {
 	case <-done:
@@ -169,15 +169,15 @@ func TestPreauthWait(t *testing.T) {
 	case <-time.After(20 * time.Millisecond):
 	}
 	first.LoggedIn()
-	if err := <-done; err != nil {
-		t.Fatal(err)
+	if d := <-done; d.Refused {
+		t.Fatalf("wait refused: %+v", d)
 	}
 	// A waiter whose deadline passes gives everything back.
 	third, _ := l.Admit(a, time.Now())
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := third.WaitPreauth(ctx); err == nil {
-		t.Fatal("wait with a done context succeeded")
+	if d := third.WaitPreauth(ctx); !d.Refused || d.Reason != MaxPreauthPerIP || d.Limit != 1 || d.Addr != a {
+		t.Fatalf("wait with a done context: %+v, want a max_preauth_per_ip refusal of limit 1", d)
 	}
 	third.Release()
 	if total, _ := l.PerIP(a); total != 2 {

@@ -33,8 +33,9 @@ func (s *Server) serveRaw(ln *net.TCPListener) error {
 	for {
 		var pending admission // the admitted connection being handed over
 		conn, local, err := acc.Accept(func(remote netip.AddrPort) bool {
-			pending = s.admitRaw(remote)
-			return pending.ticket != nil || pending.decision.Refused
+			var keep bool
+			pending, keep = s.decide(upstream.Client{Remote: remote})
+			return keep
 		})
 		if err != nil {
 			pending.ticket.Release() // admitted, but its socket is gone
@@ -58,16 +59,21 @@ func (s *Server) serveRaw(ln *net.TCPListener) error {
 	}
 }
 
-// admitRaw decides on a freshly accepted connection from remote. A
-// refusal before TLS is reported here, and the caller closes the socket;
-// otherwise the admission goes with the connection to its goroutine.
-func (s *Server) admitRaw(remote netip.AddrPort) admission {
-	a := admission{client: upstream.Client{Remote: remote}, decided: true}
+// decide asks the limiter about a new connection from cl and reports the
+// decision, unless it is a refusal the client is told of after TLS
+// (refuseWithBye reports that). It reports whether the connection goes
+// on; if not, the caller closes it.
+func (s *Server) decide(cl upstream.Client) (a admission, keep bool) {
+	a = admission{client: cl, decided: true}
 	s.events.Accepted()
-	a.ticket, a.decision = s.limiter.Admit(remote.Addr(), time.Now())
-	if d := a.decision; d.Refused && d.Action != limiter.Bye && d.WouldRefuse == 0 {
-		s.refusedBeforeTLS(d, remote.Addr())
-		return admission{}
+	if s.limiter == nil {
+		return a, true
 	}
-	return a
+	a.ticket, a.decision = s.limiter.Admit(cl.Remote.Addr(), time.Now())
+	d := a.decision
+	bye := d.Refused && d.Action == limiter.Bye
+	if !bye {
+		s.report(d, false)
+	}
+	return a, !d.Refused || bye
 }

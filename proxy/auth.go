@@ -118,12 +118,10 @@ func (lp *loginPhase) admitUser(tag, user, mech string) (refused bool, o outcome
 		return true, onlyIf(lp.writeClientf("%s NO [AUTHENTICATIONFAILED] Too many failed logins for this user from your address; try again later.\r\n", tag))
 	}
 	d := c.ticket.ReserveUser(user)
-	c.noteDryRun(d, user)
+	s.report(d, true)
 	if !d.Refused {
 		return false, carryOn
 	}
-	c.logRefusal(d, user)
-	s.events.Refused(d.Reason.String(), true)
 	return true, onlyIf(lp.writeClientf("%s NO [LIMIT] Too many sessions for this user from your address.\r\n", tag))
 }
 

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"fmt"
-	"net/netip"
 	"time"
 
 	"imapgate/courierlog"
@@ -23,11 +22,30 @@ var byeText = [limiter.NumReasons]string{
 	limiter.MaxPerUserIP:    "Too many sessions for this user from your address.",
 }
 
+// report records a limiter decision; it is the one place refusals are
+// reported. Each limit in dry-run mode that would have refused gets its
+// line and its count, and a refusal its line in courier's shape
+// (throttled per limit), its count and the admin tracker's note. afterTLS
+// says whether the client was told inside the protocol.
+func (s *Server) report(d limiter.Decision, afterTLS bool) {
+	for r := limiter.Reason(0); r < limiter.NumReasons; r++ {
+		if d.WouldRefuse&(1<<r) != 0 {
+			s.events.WouldRefuse(r.String())
+			s.logLimit(d, r, int(d.WouldLimit[r]), " (dry run: not refused)")
+		}
+	}
+	if !d.Refused {
+		return
+	}
+	s.tracker.RefusedFrom(d.Addr)
+	s.logLimit(d, d.Reason, d.Limit, "")
+	s.events.Refused(d.Reason.String(), afterTLS)
+}
+
 // refuseWithBye completes the TLS handshake (under the table's handshake
 // timeout) and tells the client why it is refused.
 func (c *conn) refuseWithBye(d limiter.Decision) {
-	c.logRefusal(d, "")
-	c.srv.events.Refused(d.Reason.String(), true)
+	c.srv.report(d, true)
 	if !c.handshake() {
 		return
 	}
@@ -36,59 +54,11 @@ func (c *conn) refuseWithBye(d limiter.Decision) {
 	c.tc.Close()
 }
 
-// logRefusal writes the refusal in courier's format: couriertcpd's exact
-// lines for MAXPERIP and MAXDAEMONS, the same shape for the others.
-func (c *conn) logRefusal(d limiter.Decision, user string) {
-	c.srv.refuseLog(d, c.client.Remote.Addr(), user)
-}
-
-// refusedBeforeTLS records a refusal that closed the connection before the
-// handshake: log line, top-N tracker, counter.
-func (s *Server) refusedBeforeTLS(d limiter.Decision, a netip.Addr) {
-	s.refuseLog(d, a, "")
-	s.events.Refused(d.Reason.String(), false)
-}
-
-// refuseLog records a refusal of a: the top-N tracker and the log line.
-func (s *Server) refuseLog(d limiter.Decision, a netip.Addr, user string) {
-	s.tracker.RefusedFrom(a)
-	s.logLimit(a, d.Reason, d.Limit, user, "")
-}
-
-// noteDryRun logs and counts each limit that would have refused.
-func (c *conn) noteDryRun(d limiter.Decision, user string) {
-	if d.WouldRefuse == 0 {
-		return
-	}
-	s := c.srv
-	s.limiter.NoteWouldRefuse(d.WouldRefuse)
-	lim := s.limiter.LimitsFor(c.client.Remote.Addr())
-	for r := limiter.Reason(0); r < limiter.NumReasons; r++ {
-		if d.WouldRefuse&(1<<r) != 0 {
-			s.events.WouldRefuse(r.String())
-			s.logLimit(c.client.Remote.Addr(), r, limitValue(lim, r), user, " (dry run: not refused)")
-		}
-	}
-}
-
-func limitValue(l limiter.Limits, r limiter.Reason) int {
-	switch r {
-	case limiter.MaxConnections:
-		return l.MaxConnections
-	case limiter.MaxPerIP:
-		return l.MaxPerIP
-	case limiter.MaxPerPrefix:
-		return l.MaxPerPrefix
-	case limiter.MaxPreauthPerIP:
-		return l.MaxPreauthPerIP
-	case limiter.MaxPerUserIP:
-		return l.MaxPerUserIP
-	}
-	return 0
-}
-
-func (s *Server) logLimit(a netip.Addr, r limiter.Reason, limit int, user, suffix string) {
-	log := s.log
+// logLimit writes the line for limit r of decision d, with suffix: the
+// refusal in courier's format (couriertcpd's exact lines for MAXPERIP and
+// MAXDAEMONS, the same shape for the others), or a dry-run line.
+func (s *Server) logLimit(d limiter.Decision, r limiter.Reason, limit int, suffix string) {
+	log, a := s.log, d.Addr
 	ok, suppressed := s.refusalLog[r].Allow(time.Now())
 	if suppressed > 0 {
 		log.Message(courierlog.Warning, fmt.Sprintf("%s: %d callbacks suppressed", r, suppressed))
@@ -96,13 +66,7 @@ func (s *Server) logLimit(a netip.Addr, r limiter.Reason, limit int, user, suffi
 	if !ok {
 		return
 	}
-	// prefix names a's network, for the per-network lines.
-	prefix := func() string {
-		if s.limiter == nil {
-			return ""
-		}
-		return " (" + s.limiter.Policy().PrefixOf(a.Unmap()).String() + ")"
-	}
+	prefix := " (" + d.Prefix.String() + ")" // names a's network, for the per-network lines
 	switch r {
 	case limiter.MaxPerIP:
 		if suffix == "" {
@@ -119,14 +83,14 @@ func (s *Server) logLimit(a netip.Addr, r limiter.Reason, limit int, user, suffi
 	case limiter.MaxPreauthPerIP:
 		log.Refused(courierlog.Alert, "Maximum pre-login connection limit reached", a, suffix)
 	case limiter.MaxPerPrefix:
-		log.Refused(courierlog.Alert, "Maximum network connection limit reached", a, prefix()+suffix)
+		log.Refused(courierlog.Alert, "Maximum network connection limit reached", a, prefix+suffix)
 	case limiter.MaxPerUserIP:
 		log.Refused(courierlog.Alert, "Maximum connection limit per user reached", a,
-			", user="+string(courierlog.AppendUser(nil, user))+suffix)
+			", user="+string(courierlog.AppendUser(nil, d.User))+suffix)
 	case limiter.RatePerIP:
 		log.Refused(courierlog.Warning, "Connection rate limit reached", a, suffix)
 	case limiter.RatePerPrefix:
-		log.Refused(courierlog.Warning, "Network connection rate limit reached", a, prefix()+suffix)
+		log.Refused(courierlog.Warning, "Network connection rate limit reached", a, prefix+suffix)
 	case limiter.Banned:
 		log.Refused(courierlog.Warning, "Connection refused after too many failed logins", a, suffix)
 	case limiter.Deny:

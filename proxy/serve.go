@@ -103,8 +103,8 @@ func (c *conn) serve(ctx context.Context, a admission) (r *relay) {
 	return nil
 }
 
-// admit applies the limiter's decision (made here unless the accept loop
-// made it), takes the connection's table entry, and waits for a pre-login
+// admit takes the limiter's decision (made here unless the accept loop
+// made it) and the connection's table entry, and waits for a pre-login
 // slot if the decision says so. It reports whether the connection may go
 // on to TLS.
 func (c *conn) admit(ctx context.Context, a admission) bool {
@@ -112,26 +112,16 @@ func (c *conn) admit(ctx context.Context, a admission) bool {
 	if !a.decided {
 		// With a proxyproto listener this reads the PROXY header, bounded
 		// by its ReadHeaderTimeout, here in the connection's goroutine.
-		c.client = upstream.Client{Remote: sock.AddrPort(c.raw.RemoteAddr()), Local: sock.AddrPort(c.raw.LocalAddr())}
-		if !c.client.Remote.IsValid() {
+		cl := upstream.Client{Remote: sock.AddrPort(c.raw.RemoteAddr()), Local: sock.AddrPort(c.raw.LocalAddr())}
+		if !cl.Remote.IsValid() {
 			return false
 		}
-		s.events.Accepted()
-		if s.limiter != nil {
-			a.ticket, a.decision = s.limiter.Admit(c.client.Remote.Addr(), time.Now())
-		}
-	} else {
-		c.client = a.client
-	}
-	c.ticket = a.ticket // cleanup releases it
-	admitted := a.decision
-	if s.limiter != nil {
-		c.noteDryRun(admitted, "")
-		if admitted.Refused && admitted.Action != limiter.Bye {
-			s.refusedBeforeTLS(admitted, c.client.Remote.Addr())
+		var keep bool
+		if a, keep = s.decide(cl); !keep {
 			return false
 		}
 	}
+	c.client, c.ticket = a.client, a.ticket // cleanup releases the ticket
 	entry, err := s.table.Insert(c.client.Remote, c.client.Local, c.kill)
 	if err != nil {
 		s.events.Refused("table_full", false)
@@ -139,16 +129,13 @@ func (c *conn) admit(ctx context.Context, a admission) bool {
 		return false
 	}
 	c.entry = entry // cleanup removes it
-	if admitted.Refused {
-		c.refuseWithBye(admitted)
+	if a.decision.Refused {
+		c.refuseWithBye(a.decision)
 		return false
 	}
 	if c.ticket.NeedsWait() {
-		if err := c.ticket.WaitPreauth(ctx); err != nil {
-			// Cut off: the admission decision names this limit and its
-			// value for this address (overrides included).
-			admitted.Refused = true
-			s.refusedBeforeTLS(admitted, c.client.Remote.Addr())
+		if d := c.ticket.WaitPreauth(ctx); d.Refused {
+			s.report(d, false) // cut off: the handshake timeout, or a kill
 			return false
 		}
 		entry.SetState(conntable.Handshake) // the handshake's own clock starts now

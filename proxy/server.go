@@ -156,7 +156,7 @@ func New(opts Options) (*Server, error) {
 		s.park.poller = p
 	}
 	for i := range s.refusalLog {
-		s.refusalLog[i] = throttle.New(5*time.Second, refusalLogBurst)
+		s.refusalLog[i] = newRefusalThrottle()
 	}
 	s.cur.Store(&settings{upstream: opts.Upstream, login: opts.Login.withDefaults()})
 	return s, nil
@@ -184,9 +184,9 @@ func (s *Server) SetLogin(l Login) {
 	s.cur.Store(&cur)
 }
 
-// refusalLogBurst is how many refusal lines per limit may be written in
-// 5 s before the rest are only counted ("N callbacks suppressed").
-const refusalLogBurst = 50
+// newRefusalThrottle lets 50 refusal lines per limit be written in 5 s;
+// the rest are only counted ("N callbacks suppressed").
+func newRefusalThrottle() *throttle.Throttle { return throttle.New(5*time.Second, 50) }
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
 var ErrServerClosed = errors.New("proxy: server closed")
