@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"testing"
-
 )
 
 // When wrapping the socketpair fails (EMFILE at the worst moment), the

@@ -63,23 +63,15 @@ func (u *TCP) Dial(ctx context.Context, c Client) (net.Conn, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	// Keepalive is set below, raw, and not at all on loopback, where the
-	// kernel resets a dead peer's connection.
+	// Keepalive is set below, and not at all on loopback, where the kernel
+	// resets a dead peer's connection.
 	d := net.Dialer{KeepAlive: -1}
 	conn, err := d.DialContext(ctx, "tcp", u.Address)
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", u.Address, err)
 	}
-	if tc, ok := conn.(*net.TCPConn); ok {
-		if conn, err = sock.Dialed(tc); err != nil {
-			tc.Close()
-			return nil, fmt.Errorf("connect %s: %w", u.Address, err)
-		}
-		if !sock.AddrPort(tc.RemoteAddr()).Addr().IsLoopback() {
-			conn.(interface {
-				SetKeepAliveConfig(net.KeepAliveConfig) error
-			}).SetKeepAliveConfig(sock.KeepAlive)
-		}
+	if tc, ok := conn.(*net.TCPConn); ok && !sock.AddrPort(tc.RemoteAddr()).Addr().IsLoopback() {
+		tc.SetKeepAliveConfig(sock.KeepAlive)
 	}
 	if u.ProxyHeader != 0 {
 		if _, err := ProxyHeader(u.ProxyHeader, c).WriteTo(conn); err != nil {

@@ -12,8 +12,7 @@ import (
 	"unsafe"
 )
 
-// Raw says the raw paths are in use: raw accept, the Poller, and (unless
-// built with imapgate_tcpconn) Conns.
+// Raw says the raw paths are in use: raw accept and the Poller.
 const Raw = true
 
 // Acceptor accepts through the listener's RawConn, so a new socket is a
@@ -21,10 +20,8 @@ const Raw = true
 // closed at once: it is never registered with Go's poller and costs no
 // goroutine, as in HAProxy's tcp-request connection reject.
 type Acceptor struct {
-	file     *os.File // a non-blocking duplicate of the listener's descriptor
-	rc       syscall.RawConn
-	local    netip.AddrPort
-	wildcard bool
+	file *os.File // a non-blocking duplicate of the listener's descriptor
+	rc   syscall.RawConn
 }
 
 // NewAcceptor prepares raw accepts on ln. Close it along with ln.
@@ -41,8 +38,7 @@ func NewAcceptor(ln *net.TCPListener) (*Acceptor, error) {
 		f.Close()
 		return nil, err
 	}
-	local := AddrPort(ln.Addr())
-	return &Acceptor{file: f, rc: rc, local: local, wildcard: local.Addr().IsUnspecified()}, nil
+	return &Acceptor{file: f, rc: rc}, nil
 }
 
 // Close ends Accept.
@@ -82,15 +78,11 @@ func (a *Acceptor) Accept(admit func(remote netip.AddrPort) bool) (net.Conn, net
 		if aerr != nil {
 			return nil, netip.AddrPort{}, temporary{fmt.Errorf("accept4: %w", aerr)}
 		}
-		local := a.local
-		if a.wildcard {
-			local = localAddrRaw(nfd, local) // the address the client reached
-		}
-		c, err := newAcceptedConn(nfd, local, remote)
+		c, err := newAcceptedConn(nfd)
 		if err != nil {
 			return nil, netip.AddrPort{}, temporary{err}
 		}
-		return c, local, nil
+		return c, AddrPort(c.LocalAddr()), nil // on a wildcard listener, the address the client reached
 	}
 }
 
@@ -112,19 +104,6 @@ func accept4Raw(lfd int) (int, netip.AddrPort, error) {
 		return -1, netip.AddrPort{}, errno
 	}
 	return int(nfd), rawSockaddrAddrPort(&rsa), nil
-}
-
-// localAddrRaw returns the socket's local address (getsockname), or
-// fallback if that fails.
-func localAddrRaw(fd int, fallback netip.AddrPort) netip.AddrPort {
-	var rsa syscall.RawSockaddrAny
-	size := uint32(unsafe.Sizeof(rsa))
-	_, _, errno := syscall.RawSyscall(syscall.SYS_GETSOCKNAME, uintptr(fd),
-		uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&size)))
-	if errno != 0 {
-		return fallback
-	}
-	return rawSockaddrAddrPort(&rsa)
 }
 
 func closeRaw(fd int) {

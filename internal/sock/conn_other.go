@@ -4,9 +4,6 @@ package sock
 
 import "net"
 
-// Dialed returns the conn to use for a dialled tc: tc itself here.
-func Dialed(tc *net.TCPConn) (net.Conn, error) { return tc, nil }
-
 // FD returns -1: there is no Poller to register with here.
 func FD(net.Conn) int { return -1 }
 

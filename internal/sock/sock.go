@@ -1,14 +1,14 @@
 // Package sock is imapgate's platform seam for sockets: the few places
-// where the proxy goes below the net package for speed (see
-// doc/architecture.md, "System calls on the hot path"). On Linux, accepted
-// and dialled TCP sockets are Conns whose reads and writes are raw system
-// calls, refused connections are closed with raw accept4 and close before
-// Go's poller ever sees them, and idle relay directions wait in an epoll
-// Poller without a goroutine. Elsewhere (and on Linux built with the tag
-// imapgate_portable) the same functions fall back on net.Listener.Accept
-// and *net.TCPConn, and there is no Poller: every idle direction keeps a
-// blocked goroutine. Nothing outside this package imports syscall or
-// unsafe for sockets.
+// where the proxy goes below the net package (see doc/architecture.md,
+// "System calls on the hot path"). On Linux, refused connections are
+// closed with raw accept4 and close before Go's poller ever sees them, a
+// quiet upstream is awaited without a buffer (a raw MSG_PEEK), and idle
+// relay directions wait in an epoll Poller without a goroutine. Elsewhere
+// (and on Linux built with the tag imapgate_portable) the same functions
+// fall back on net.Listener.Accept, and there is no Poller: every idle
+// direction keeps a blocked goroutine. Sessions' sockets are
+// *net.TCPConns everywhere. Nothing outside this package imports syscall
+// or unsafe for sockets.
 package sock
 
 import (
