@@ -146,8 +146,8 @@ type Status struct {
 	WouldRefuse map[string]uint64 `json:"dry_run_would_refuse,omitempty"`
 	// UpstreamProblems are misconfigurations of the upstream seen since
 	// start or the last reload (LOGINDISABLED, PRIVACYREQUIRED), with fixes.
-	UpstreamProblems []string `json:"upstream_problems,omitempty"`
-	Info        map[string]any    `json:"info,omitempty"`
+	UpstreamProblems []string       `json:"upstream_problems,omitempty"`
+	Info             map[string]any `json:"info,omitempty"`
 }
 
 func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
