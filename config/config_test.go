@@ -6,7 +6,6 @@ import (
 	"reflect"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/BurntSushi/toml"
 )
@@ -118,70 +117,5 @@ func TestErrorsNameFileLineAndKey(t *testing.T) {
 				t.Fatalf("got %q (line %d key %q), want line %d key %q msg %q", e.Error(), e.Line, e.Key, tt.line, tt.key, tt.msg)
 			}
 		})
-	}
-}
-
-func TestValuesConverted(t *testing.T) {
-	c, err := Parse("t", `
-[limits]
-max_per_ip = 7
-rate_per_ip = "5/10s"
-exempt = ["192.0.2.10", "2001:db8::/48"]
-dry_run = ["max_per_prefix"]
-[limits.action]
-max_per_ip = "close"
-[[limits.override]]
-cidr = "198.51.100.0/24"
-max_per_ip = 50
-[timeouts]
-established = "45m"
-`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := c.Policy()
-	if p.Limits.MaxPerIP != 7 || p.Limits.RatePerIP.Burst != 5 || p.Limits.RatePerIP.Per != 10*time.Second {
-		t.Errorf("limits %+v", p.Limits)
-	}
-	if len(p.Exempt) != 2 || p.Exempt[0].String() != "192.0.2.10/32" || !p.DryRun[7] {
-		t.Errorf("exempt %v dryrun %v", p.Exempt, p.DryRun)
-	}
-	if len(p.Overrides) != 1 || p.Overrides[0].Limits.MaxPerIP != 50 || p.Overrides[0].Limits.MaxPreauthPerIP != 7 {
-		t.Errorf("override %+v", p.Overrides)
-	}
-	if c.TableConfig().Timeouts[2] != 45*time.Minute {
-		t.Errorf("table %+v", c.TableConfig())
-	}
-	if !c.IsSet("limits.max_per_ip") || c.IsSet("limits.max_per_prefix") {
-		t.Error("IsSet wrong")
-	}
-}
-
-func TestBanPolicyAndKnownGoodConverted(t *testing.T) {
-	c, err := Parse("t", `
-[limits.auth_failures]
-user_failures = 5
-min_users = 2
-spray_failures = 0
-[limits.known_good]
-min_users = 4
-window = "2h"
-max_per_ip = 500
-rate_per_prefix = "0"
-`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := c.Policy()
-	if pen := p.Penalty; pen.UserFailures != 5 || pen.MinUsers != 2 || pen.SprayFailures != 0 || pen.Failures != 10 {
-		t.Errorf("penalty %+v", pen)
-	}
-	kg := p.KnownGood
-	if kg.MinUsers != 4 || kg.Window != 2*time.Hour || kg.MaxPerIP != 500 || kg.MaxPreauthPerIP != 100 ||
-		kg.RatePerPrefix.Burst != 0 || kg.RatePerIP.Burst != 1000 {
-		t.Errorf("known_good %+v", kg)
-	}
-	if err := p.Validate(); err != nil {
-		t.Error(err)
 	}
 }

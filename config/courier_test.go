@@ -79,12 +79,12 @@ func TestApplyCourierWithOverridesAndAccessFile(t *testing.T) {
 	if len(warnings) != 1 || !strings.Contains(warnings[0], "IMAP_TLS_REQUIRED=1") {
 		t.Errorf("warnings %q", warnings)
 	}
-	p := c.Policy()
-	if len(p.Deny) != 2 || p.Deny[0].String() != "192.0.2.0/24" || p.Deny[1].String() != "2001:db8:1::/48" {
-		t.Errorf("deny %v", p.Deny)
+	l := c.Limits
+	if len(l.Deny) != 2 || l.Deny[0].String() != "192.0.2.0/24" || l.Deny[1].String() != "2001:db8:1::/48" {
+		t.Errorf("deny %v", l.Deny)
 	}
-	if len(p.Overrides) != 1 || p.Overrides[0].Prefix.String() != "198.51.100.7/32" || p.Overrides[0].Limits.MaxPerIP != 200 {
-		t.Errorf("overrides %+v", p.Overrides)
+	if len(l.Override) != 1 || l.Override[0].CIDR.String() != "198.51.100.7/32" || l.Override[0].MaxPerIP == nil || *l.Override[0].MaxPerIP != 200 {
+		t.Errorf("overrides %+v", l.Override)
 	}
 }
 

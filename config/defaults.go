@@ -1,20 +1,15 @@
 package config
 
-import (
-	"time"
+import "time"
 
-	"imapgate/conntable"
-	"imapgate/limiter"
-)
-
-// Default returns the configuration used for every key the file leaves out.
-// imapgate.example.toml documents the same values.
+// Default returns the configuration used for every key the file leaves
+// out: imapgate's defaults, in this one place (imapgate.example.toml
+// documents the same values; the packages' zero values are not used by a
+// configured imapgate). Generous per-address limits, so that a household
+// or office with many mailboxes is never refused; a strict limit on
+// connections that have not logged in; refusals that explain themselves
+// where they concern one address; courier's timeouts where it has them.
 func Default() *Config {
-	p := limiter.DefaultPolicy()
-	action := make(map[string]string)
-	for r := limiter.Reason(0); r < limiter.NumReasons; r++ {
-		action[r.String()] = p.Action[r].String()
-	}
 	return &Config{
 		Listen: Listen{Address: ":993", ProxyHeaderTimeout: Duration(5 * time.Second)},
 		TLS:    TLS{MinVersion: "1.2"},
@@ -28,36 +23,41 @@ func Default() *Config {
 		},
 		Login: Login{MaxLine: 8 << 10, MaxLiteral: 8 << 10, MaxCommands: 32},
 		Timeouts: Timeouts{
-			Handshake:   Duration(conntable.DefaultTimeouts[conntable.Handshake]),
-			Preauth:     Duration(conntable.DefaultTimeouts[conntable.Preauth]),
-			Established: Duration(conntable.DefaultTimeouts[conntable.Established]),
-			Closing:     Duration(conntable.DefaultTimeouts[conntable.Closing]),
+			// Courier has no handshake timeout (a silent TCP client holds a
+			// slot forever); 60 s is imaplogin's alarm; 30 min its
+			// autologout (RFC 2177 clients re-issue IDLE every 29 min).
+			Handshake:   Duration(10 * time.Second),
+			Preauth:     Duration(60 * time.Second),
+			Established: Duration(30 * time.Minute),
+			Closing:     Duration(10 * time.Second),
 		},
 		Table: Table{Max: 4096},
 		Limits: Limits{
-			MaxConnections:  p.Limits.MaxConnections,
-			MaxPerIP:        p.Limits.MaxPerIP,
-			MaxPreauthPerIP: p.Limits.MaxPreauthPerIP,
-			MaxPerPrefix:    p.Limits.MaxPerPrefix,
-			MaxPerUserIP:    p.Limits.MaxPerUserIP,
-			IPv4Prefix:      p.IPv4Prefix,
-			IPv6Prefix:      p.IPv6Prefix,
-			RatePerIP:       Rate(p.Limits.RatePerIP),
-			RatePerPrefix:   Rate(p.Limits.RatePerPrefix),
+			MaxPerIP:        100,
+			MaxPreauthPerIP: 10,
+			MaxPerPrefix:    300,
+			MaxPerUserIP:    20,
+			IPv4Prefix:      24,
+			IPv6Prefix:      64,
+			RatePerIP:       Rate{Burst: 60, Per: time.Minute},
+			RatePerPrefix:   Rate{Burst: 300, Per: time.Minute},
 			RateEntries:     1 << 20,
-			Action:          action,
+			Action: map[string]string{
+				"deny": "close", "not_allowed": "close", "banned": "close",
+				"rate_per_ip": "close", "rate_per_prefix": "close", "max_connections": "close",
+				"max_per_ip": "bye", "max_per_prefix": "bye", "max_per_user_ip": "bye",
+				"max_preauth_per_ip": "wait",
+			},
 			AuthFailures: AuthFailures{
-				Failures: p.Penalty.Failures, MinUsers: p.Penalty.MinUsers,
-				UserFailures: p.Penalty.UserFailures, SprayFailures: p.Penalty.SprayFailures,
-				PrefixFailures: p.Penalty.PrefixFailures,
-				Window:         Duration(p.Penalty.Window), BanTime: Duration(p.Penalty.BanTime),
-				Delay: Duration(p.Penalty.Delay), MaxDelay: Duration(p.Penalty.MaxDelay),
+				Failures: 10, MinUsers: 3, UserFailures: 10, SprayFailures: 100,
+				Window: Duration(10 * time.Minute), BanTime: Duration(10 * time.Minute),
+				Delay: Duration(time.Second), MaxDelay: Duration(10 * time.Second),
 			},
 			KnownGood: KnownGood{
-				MinUsers: p.KnownGood.MinUsers, Window: Duration(p.KnownGood.Window),
-				MaxPerIP: p.KnownGood.MaxPerIP, MaxPreauthPerIP: p.KnownGood.MaxPreauthPerIP,
-				MaxPerPrefix: p.KnownGood.MaxPerPrefix,
-				RatePerIP:    Rate(p.KnownGood.RatePerIP), RatePerPrefix: Rate(p.KnownGood.RatePerPrefix),
+				MinUsers: 3, Window: Duration(24 * time.Hour),
+				MaxPerIP: 2000, MaxPreauthPerIP: 100, MaxPerPrefix: 2000,
+				RatePerIP:     Rate{Burst: 1000, Per: time.Minute},
+				RatePerPrefix: Rate{Burst: 2000, Per: time.Minute},
 			},
 			OpenFilesCheck: true,
 		},
@@ -65,3 +65,18 @@ func Default() *Config {
 		Admin: Admin{Address: "127.0.0.1:9100"},
 	}
 }
+
+// LimitNames are the limits [limits.action] and limits.dry_run may name,
+// in the limiter's order (limiter.Reason's names; a test in gateway keeps
+// the two lists equal).
+var LimitNames = []string{
+	"deny", "not_allowed", "banned", "rate_per_ip", "rate_per_prefix",
+	"max_connections", "max_per_ip", "max_per_prefix", "max_preauth_per_ip", "max_per_user_ip",
+}
+
+// Bounds the limiter's tables impose (limiter.MaxMinUsers and
+// limiter.MaxKnownGoodUsers; kept equal by a test in gateway).
+const (
+	MaxMinUsers       = 8
+	MaxKnownGoodUsers = 8
+)

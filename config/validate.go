@@ -4,13 +4,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
-
-	"imapgate/certs"
-	"imapgate/conntable"
-	"imapgate/limiter"
-	"imapgate/proxy"
 )
 
 type problem struct {
@@ -33,8 +29,10 @@ func (c *Config) validate() []problem {
 	if c.TLS.Key != "" && c.TLS.Cert == "" {
 		add("tls.key", "set without tls.cert")
 	}
-	if _, err := certs.TLSVersion(c.TLS.MinVersion); err != nil {
-		add("tls.min_version", "%v", err)
+	switch c.TLS.MinVersion {
+	case "", "1.2", "1.3":
+	default:
+		add("tls.min_version", "TLS version must be \"1.2\" or \"1.3\", got %q", c.TLS.MinVersion)
 	}
 	for i, p := range c.TLS.SNI {
 		if p.Cert == "" {
@@ -138,25 +136,29 @@ func (c *Config) validateLimits() []problem {
 		add("limits.max_preauth_per_ip", 0, "%d is above max_per_ip %d and could never apply", l.MaxPreauthPerIP, l.MaxPerIP)
 	}
 	for name, a := range l.Action {
-		r, ok := limiter.ParseReason(name)
-		if !ok {
-			add("limits.action."+name, 0, "no such limit (known: %s)", reasonList())
+		if !slices.Contains(LimitNames, name) {
+			add("limits.action."+name, 0, "no such limit (known: %s)", strings.Join(LimitNames, ", "))
 			continue
 		}
-		act, ok := limiter.ParseAction(a)
 		switch {
-		case !ok:
+		case a != "close" && a != "bye" && a != "wait":
 			add("limits.action."+name, 0, "must be \"close\", \"bye\" or \"wait\", got %q", a)
-		case act == limiter.Wait && r != limiter.MaxPreauthPerIP:
+		case a == "wait" && name != "max_preauth_per_ip":
 			add("limits.action."+name, 0, "\"wait\" applies only to max_preauth_per_ip")
-		case act == limiter.Close && r == limiter.MaxPerUserIP:
+		case a == "close" && name == "max_per_user_ip":
 			add("limits.action."+name, 0, "max_per_user_ip is checked at login and always answers NO [LIMIT]; use \"bye\"")
 		}
 	}
 	for _, name := range l.DryRun {
-		if _, ok := limiter.ParseReason(name); !ok {
-			add("limits.dry_run", 0, "no such limit %q (known: %s)", name, reasonList())
+		if !slices.Contains(LimitNames, name) {
+			add("limits.dry_run", 0, "no such limit %q (known: %s)", name, strings.Join(LimitNames, ", "))
 		}
+	}
+	if l.IPv4Prefix < 1 || l.IPv4Prefix > 32 {
+		add("limits.ipv4_prefix", 0, "must be 1..32, got %d", l.IPv4Prefix)
+	}
+	if l.IPv6Prefix < 1 || l.IPv6Prefix > 128 {
+		add("limits.ipv6_prefix", 0, "must be 1..128, got %d", l.IPv6Prefix)
 	}
 	a := l.AuthFailures
 	for key, v := range map[string]int{"failures": a.Failures, "user_failures": a.UserFailures,
@@ -168,12 +170,12 @@ func (c *Config) validateLimits() []problem {
 	if (a.Failures > 0 || a.UserFailures > 0 || a.SprayFailures > 0 || a.PrefixFailures > 0) && (a.Window <= 0 || a.BanTime <= 0) {
 		add("limits.auth_failures", 0, "window and ban_time must be positive when a failure count is set")
 	}
-	if a.MinUsers < 1 || a.MinUsers > limiter.MaxMinUsers {
-		add("limits.auth_failures.min_users", 0, "must be 1..%d, got %d", limiter.MaxMinUsers, a.MinUsers)
+	if a.MinUsers < 1 || a.MinUsers > MaxMinUsers {
+		add("limits.auth_failures.min_users", 0, "must be 1..%d, got %d", MaxMinUsers, a.MinUsers)
 	}
 	k := l.KnownGood
-	if k.MinUsers < 0 || k.MinUsers > limiter.MaxKnownGoodUsers {
-		add("limits.known_good.min_users", 0, "must be 0 (off) or 1..%d, got %d", limiter.MaxKnownGoodUsers, k.MinUsers)
+	if k.MinUsers < 0 || k.MinUsers > MaxKnownGoodUsers {
+		add("limits.known_good.min_users", 0, "must be 0 (off) or 1..%d, got %d", MaxKnownGoodUsers, k.MinUsers)
 	}
 	if k.MinUsers > 0 && k.Window <= 0 {
 		add("limits.known_good.window", 0, "must be positive when min_users is set")
@@ -188,21 +190,7 @@ func (c *Config) validateLimits() []problem {
 			add("limits.override.cidr", i, "required in every [[limits.override]]")
 		}
 	}
-	if len(ps) == 0 {
-		p := c.Policy()
-		if err := p.Validate(); err != nil {
-			add("limits", 0, "%v", err)
-		}
-	}
 	return ps
-}
-
-func reasonList() string {
-	var names []string
-	for r := limiter.Reason(0); r < limiter.NumReasons; r++ {
-		names = append(names, r.String())
-	}
-	return strings.Join(names, ", ")
 }
 
 func (c *Config) validateLog() []problem {
@@ -221,103 +209,4 @@ func (c *Config) validateLog() []problem {
 		return []problem{{"log.tag", 0, "must not be empty"}}
 	}
 	return nil
-}
-
-// Policy converts [limits] for the limiter.
-func (c *Config) Policy() limiter.Policy {
-	l := c.Limits
-	base := limiter.Limits{
-		MaxConnections: l.MaxConnections, MaxPerIP: l.MaxPerIP, MaxPreauthPerIP: l.MaxPreauthPerIP,
-		MaxPerPrefix: l.MaxPerPrefix, MaxPerUserIP: l.MaxPerUserIP,
-		RatePerIP: limiter.Rate(l.RatePerIP), RatePerPrefix: limiter.Rate(l.RatePerPrefix),
-	}
-	p := limiter.DefaultPolicy()
-	p.Limits = base
-	p.IPv4Prefix, p.IPv6Prefix = l.IPv4Prefix, l.IPv6Prefix
-	p.Allow, p.Deny, p.Exempt = prefixes(l.Allow), prefixes(l.Deny), prefixes(l.Exempt)
-	for name, a := range l.Action {
-		if r, ok := limiter.ParseReason(name); ok {
-			if act, ok := limiter.ParseAction(a); ok {
-				p.Action[r] = act
-			}
-		}
-	}
-	for _, name := range l.DryRun {
-		if r, ok := limiter.ParseReason(name); ok {
-			p.DryRun[r] = true
-		}
-	}
-	a := l.AuthFailures
-	p.Penalty = limiter.Penalty{Failures: a.Failures, MinUsers: a.MinUsers, UserFailures: a.UserFailures,
-		SprayFailures: a.SprayFailures, PrefixFailures: a.PrefixFailures, Window: a.Window.D(),
-		BanTime: a.BanTime.D(), Delay: a.Delay.D(), MaxDelay: a.MaxDelay.D()}
-	k := l.KnownGood
-	p.KnownGood = limiter.KnownGood{MinUsers: k.MinUsers, Window: k.Window.D(),
-		MaxPerIP: k.MaxPerIP, MaxPreauthPerIP: k.MaxPreauthPerIP, MaxPerPrefix: k.MaxPerPrefix,
-		RatePerIP: limiter.Rate(k.RatePerIP), RatePerPrefix: limiter.Rate(k.RatePerPrefix)}
-	for _, o := range l.Override {
-		lim := base
-		set := func(dst *int, v *int) {
-			if v != nil {
-				*dst = *v
-			}
-		}
-		set(&lim.MaxConnections, o.MaxConnections)
-		set(&lim.MaxPerIP, o.MaxPerIP)
-		set(&lim.MaxPreauthPerIP, o.MaxPreauthPerIP)
-		set(&lim.MaxPerPrefix, o.MaxPerPrefix)
-		set(&lim.MaxPerUserIP, o.MaxPerUserIP)
-		if o.RatePerIP != nil {
-			lim.RatePerIP = limiter.Rate(*o.RatePerIP)
-		}
-		if o.RatePerPrefix != nil {
-			lim.RatePerPrefix = limiter.Rate(*o.RatePerPrefix)
-		}
-		p.Overrides = append(p.Overrides, limiter.Override{Prefix: o.CIDR.Prefix, Limits: lim})
-	}
-	return p
-}
-
-func prefixes(ps []Prefix) []netip.Prefix {
-	out := make([]netip.Prefix, len(ps))
-	for i, p := range ps {
-		out[i] = p.Prefix
-	}
-	return out
-}
-
-// TableConfig converts [table] and [timeouts].
-func (c *Config) TableConfig() conntable.Config {
-	var t conntable.Config
-	t.Max, t.Buckets = c.Table.Max, c.Table.Buckets
-	t.Timeouts[conntable.Handshake] = c.Timeouts.Handshake.D()
-	t.Timeouts[conntable.Preauth] = c.Timeouts.Preauth.D()
-	t.Timeouts[conntable.Established] = c.Timeouts.Established.D()
-	t.Timeouts[conntable.Closing] = c.Timeouts.Closing.D()
-	return t
-}
-
-// LoginBounds converts [login].
-func (c *Config) LoginBounds() proxy.Login {
-	return proxy.Login{MaxLine: c.Login.MaxLine, MaxLiteral: c.Login.MaxLiteral, MaxCommands: c.Login.MaxCommands,
-		GreetingTimeout: c.Upstream.GreetingTimeout.D(), NoUpstreamID: !c.Upstream.SendID}
-}
-
-// CertSources lists the client-side certificates, default first.
-func (c *Config) CertSources() ([]certs.Source, error) {
-	if c.TLS.Cert == "" {
-		return nil, nil
-	}
-	out := []certs.Source{{Cert: c.TLS.Cert, Key: c.TLS.Key}}
-	for _, p := range c.TLS.SNI {
-		out = append(out, certs.Source{Cert: p.Cert, Key: p.Key})
-	}
-	if c.TLS.CourierSNI {
-		more, err := certs.CourierSNI(c.TLS.Cert)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, more...)
-	}
-	return out, nil
 }

@@ -133,19 +133,30 @@ func (cfg Config) normalise() (*Config, error) {
 // a different value is an error. Lowering Max never removes entries: new
 // inserts are refused (or early-drop) until the count falls below it.
 func (t *Table) Reconfigure(cfg Config) error {
-	old := t.cfg.Load()
-	if cfg.Buckets == 0 {
-		cfg.Buckets = old.Buckets
-	}
-	if cfg.Buckets != old.Buckets {
-		return fmt.Errorf("conntable: buckets cannot change without a restart (%d -> %d)", old.Buckets, cfg.Buckets)
-	}
-	c, err := cfg.normalise()
+	c, err := t.check(cfg)
 	if err != nil {
 		return err
 	}
 	t.cfg.Store(c)
 	return nil
+}
+
+// Check reports whether Reconfigure would accept cfg, changing nothing:
+// a reload checks everything before it puts anything in force.
+func (t *Table) Check(cfg Config) error {
+	_, err := t.check(cfg)
+	return err
+}
+
+func (t *Table) check(cfg Config) (*Config, error) {
+	old := t.cfg.Load()
+	if cfg.Buckets == 0 {
+		cfg.Buckets = old.Buckets
+	}
+	if cfg.Buckets != old.Buckets {
+		return nil, fmt.Errorf("conntable: buckets cannot change without a restart (%d -> %d)", old.Buckets, cfg.Buckets)
+	}
+	return cfg.normalise()
 }
 
 // Config returns the configuration in force.

@@ -13,15 +13,13 @@ import (
 	"testing"
 	"time"
 
-	proxyproto "github.com/pires/go-proxyproto"
-
 	"github.com/emersion/go-imap/v2/imapclient"
 
 	"imapgate/certs"
 	"imapgate/config"
-	"imapgate/conntable"
 	"imapgate/courierlog"
 	"imapgate/embedded"
+	"imapgate/gateway"
 	"imapgate/limiter"
 	"imapgate/proxy"
 	"imapgate/upstream"
@@ -54,24 +52,14 @@ func (t tee) Write(p courierlog.Priority, msg []byte) {
 	t[1].Write(p, msg)
 }
 
-// startGate wires a proxy as cmd/imapgate does, from a config.
+// startGate builds imapgate from a config with gateway.New, as
+// cmd/imapgate does, with a generated certificate and an in-memory log.
 func startGate(t *testing.T, o gateOptions) *gate {
 	t.Helper()
-	cfg := o.cfg
-	if cfg == nil {
-		cfg = config.Default()
-	}
-	if o.upstream == nil && o.exec == nil {
-		accounts := o.accounts
-		if accounts == nil {
-			accounts = embedded.DemoAccounts()
-		}
-		emb, err := embedded.Start(accounts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { emb.Close() })
-		o.upstream = emb.Upstream()
+	cfg := config.Default()
+	if o.cfg != nil {
+		c := *o.cfg // changed below
+		cfg = &c
 	}
 	cert, err := certs.SelfSigned("localhost", "127.0.0.1")
 	if err != nil {
@@ -87,45 +75,41 @@ func startGate(t *testing.T, o gateOptions) *gate {
 		sink = tee{mem, f}
 	}
 	log := courierlog.New(sink, courierlog.Options{TLS: true})
-	sessionLog := log
-	if o.exec != nil {
+	switch {
+	case o.exec != nil:
 		up, err := upstream.NewExec(o.exec, o.execVars, log)
 		if err != nil {
 			t.Fatal(err)
 		}
-		o.upstream, sessionLog = up, log.WithoutSessionLines()
+		o.upstream = up
+		cfg.Upstream.Mode = "exec" // courier writes the session lines itself
+	case o.upstream == nil:
+		cfg.Upstream.Address = "embedded"
 	}
-	table, err := conntable.New(cfg.TableConfig(), func(m string) { log.Message(courierlog.Warning, m) })
+	if len(o.trusted) > 0 {
+		cfg.Listen.ProxyProtocolFrom = nil
+		for _, s := range o.trusted {
+			var p config.Prefix
+			if err := p.UnmarshalText([]byte(s)); err != nil {
+				t.Fatal(err)
+			}
+			cfg.Listen.ProxyProtocolFrom = append(cfg.Listen.ProxyProtocolFrom, p)
+		}
+		cfg.Listen.ProxyHeaderTimeout = config.Duration(2 * time.Second)
+	}
+	g, err := gateway.New(cfg, gateway.Options{Log: log, Certs: certs.NewStatic(cert), Upstream: o.upstream, Accounts: o.accounts})
 	if err != nil {
 		t.Fatal(err)
 	}
-	lim, err := limiter.New(cfg.Policy(), limiter.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := proxy.New(proxy.Options{
-		TLSConfig: certs.NewStatic(cert).ServerConfig(0, false),
-		Upstream:  o.upstream, Log: sessionLog, Table: table, Limiter: lim, Login: cfg.LoginBounds(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ln net.Listener
-	ln, err = net.Listen("tcp", "127.0.0.1:0")
+	t.Cleanup(g.Close)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := ln.Addr().String()
-	if len(o.trusted) > 0 {
-		pol, err := proxyproto.PolicyFromRanges(o.trusted, proxyproto.USE, proxyproto.SKIP)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ln = &proxyproto.Listener{Listener: ln, ConnPolicy: pol, ReadHeaderTimeout: 2 * time.Second}
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return &gate{srv: srv, addr: addr, log: mem, limiter: lim}
+	go g.Server.Serve(g.Listener(ln))
+	t.Cleanup(func() { g.Server.Close() })
+	return &gate{srv: g.Server, addr: addr, log: mem, limiter: g.Limiter}
 }
 
 var clientTLS = &tls.Config{InsecureSkipVerify: true}

@@ -196,44 +196,6 @@ type Policy struct {
 	good Limits // Limits loosened by the known-good tier (prepare)
 }
 
-// DefaultPolicy returns the documented defaults: generous per-address
-// limits so a household or office with many mailboxes is never refused,
-// a strict limit on connections that have not logged in, and refusals that
-// explain themselves where they concern one address.
-func DefaultPolicy() Policy {
-	p := Policy{
-		Limits: Limits{
-			MaxPerIP:        100,
-			MaxPreauthPerIP: 10,
-			MaxPerPrefix:    300,
-			MaxPerUserIP:    20,
-			RatePerIP:       Rate{Burst: 60, Per: time.Minute},
-			RatePerPrefix:   Rate{Burst: 300, Per: time.Minute},
-		},
-		IPv4Prefix: 24,
-		IPv6Prefix: 64,
-		Penalty: Penalty{
-			Failures: 10, MinUsers: 3, UserFailures: 10, SprayFailures: 100,
-			Window: 10 * time.Minute, BanTime: 10 * time.Minute,
-			Delay: time.Second, MaxDelay: 10 * time.Second,
-		},
-		KnownGood: KnownGood{
-			MinUsers: 3, Window: 24 * time.Hour,
-			MaxPerIP: 2000, MaxPreauthPerIP: 100, MaxPerPrefix: 2000,
-			RatePerIP:     Rate{Burst: 1000, Per: time.Minute},
-			RatePerPrefix: Rate{Burst: 2000, Per: time.Minute},
-		},
-	}
-	for r := range p.Action {
-		p.Action[r] = Close
-	}
-	p.Action[MaxPerIP] = Bye
-	p.Action[MaxPerPrefix] = Bye
-	p.Action[MaxPerUserIP] = Bye
-	p.Action[MaxPreauthPerIP] = Wait
-	return p
-}
-
 // Validate reports impossible settings.
 func (p *Policy) Validate() error {
 	if p.IPv4Prefix < 1 || p.IPv4Prefix > 32 {

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"imapgate/config"
+	"imapgate/gateway"
 	"imapgate/limiter"
 )
 
@@ -22,7 +24,7 @@ import (
 // the greeting. Each op is a whole loopback connection, client side
 // included. Run: go test -run XXX -bench 'Refused|Handshake' -benchmem ./proxy/
 func BenchmarkRefusedBeforeTLS(b *testing.B) {
-	p := limiter.DefaultPolicy()
+	p := gateway.Policy(config.Default())
 	p.Deny = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
 	l, _ := limiter.New(p, limiter.Options{})
 	up := fakeUpstream(b, simpleServer)

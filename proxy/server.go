@@ -169,19 +169,11 @@ func (s *Server) Parked() int { return int(s.park.parked.Load()) }
 // Table returns the connection table.
 func (s *Server) Table() *conntable.Table { return s.table }
 
-// SetUpstream swaps the upstream for new sessions (reload).
-func (s *Server) SetUpstream(u upstream.Dialer) {
-	cur := *s.cur.Load()
-	cur.upstream = u
-	s.cur.Store(&cur)
+// SetUpstream swaps the upstream and the login-phase bounds for new
+// sessions, in one store (reload), and forgets the upstream problems seen.
+func (s *Server) SetUpstream(u upstream.Dialer, l Login) {
+	s.cur.Store(&settings{upstream: u, login: l.withDefaults()})
 	s.clearProblems()
-}
-
-// SetLogin swaps the login-phase bounds for new sessions (reload).
-func (s *Server) SetLogin(l Login) {
-	cur := *s.cur.Load()
-	cur.login = l.withDefaults()
-	s.cur.Store(&cur)
 }
 
 // newRefusalThrottle lets 50 refusal lines per limit be written in 5 s;

@@ -14,6 +14,8 @@ import (
 	proxyproto "github.com/pires/go-proxyproto"
 	"github.com/pires/go-proxyproto/tlvparse"
 
+	"imapgate/config"
+	"imapgate/gateway"
 	"imapgate/limiter"
 	"imapgate/proxy"
 	"imapgate/upstream"
@@ -187,7 +189,7 @@ func TestUpstreamRefusalsAreNotFailedLogins(t *testing.T) {
 		}
 	}
 	up := fakeUpstream(t, script)
-	pol := limiter.DefaultPolicy()
+	pol := gateway.Policy(config.Default())
 	pol.Penalty.Failures, pol.Penalty.Delay = 2, 0
 	lim, err := limiter.New(pol, limiter.Options{})
 	if err != nil {
@@ -248,7 +250,7 @@ func TestProbeReportsLoginDisabled(t *testing.T) {
 		u.read()
 		u.send("* CAPABILITY IMAP4rev1 ID\r\nimapgate-probe1 OK done\r\n")
 		u.read()
-	}).upstream())
+	}).upstream(), proxy.Login{})
 	if err := p.srv.ProbeUpstream(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -292,7 +294,7 @@ func TestStalePasswordAndUserBan(t *testing.T) {
 		}
 	}
 	up := fakeUpstream(t, script)
-	pol := limiter.DefaultPolicy()
+	pol := gateway.Policy(config.Default())
 	pol.Penalty.Delay = 0
 	lim, err := limiter.New(pol, limiter.Options{})
 	if err != nil {

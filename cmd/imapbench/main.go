@@ -27,6 +27,8 @@ import (
 	"time"
 
 	"imapgate/certs"
+	"imapgate/config"
+	"imapgate/gateway"
 	"imapgate/internal/rlimit"
 	"imapgate/limiter"
 )
@@ -277,7 +279,7 @@ func report(w *os.File, peers []string, results map[string]map[string][]float64)
 // tracked, in this process (the peers have no equivalent figure).
 func admission(w *os.File) {
 	const tracked = 1 << 20
-	p := limiter.DefaultPolicy()
+	p := gateway.Policy(config.Default())
 	p.Limits.RatePerIP = limiter.Rate{Burst: 1 << 20, Per: time.Second}
 	p.Limits.RatePerPrefix = limiter.Rate{Burst: 1 << 20, Per: time.Second}
 	var m0, m1 runtime.MemStats

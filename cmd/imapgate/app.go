@@ -2,54 +2,41 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
-	proxyproto "github.com/pires/go-proxyproto"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"imapgate/admin"
 	"imapgate/certs"
 	"imapgate/config"
-	"imapgate/conntable"
 	"imapgate/courierlog"
-	"imapgate/embedded"
-	"imapgate/limiter"
+	"imapgate/gateway"
 	"imapgate/proxy"
-	"imapgate/upstream"
 )
 
-// app is the running daemon: what main built from the configuration, and
-// what a reload swaps.
+// app is the running daemon: the parts gateway.New built from the
+// configuration, and what only a process has (log outputs, listeners,
+// the admin endpoint).
 type app struct {
 	flags     flags
-	cfg       atomic.Pointer[config.Config]
 	log       *courierlog.Logger
 	logs      *logSinks
-	store     *certs.Store
-	table     *conntable.Table
-	limiter   *limiter.Limiter
-	srv       *proxy.Server
-	emb       *embedded.Server
-	trusted   atomic.Pointer[[]netip.Prefix] // PROXY header sources
+	gate      *gateway.Gate
+	srv       *proxy.Server // gate.Server
 	listeners []net.Listener
 	activated bool // listeners came from systemd
 	files     openFiles
 	metrics   *admin.Metrics
 	adminSrv  *http.Server
 	adminLn   net.Listener
-	reloadMu  sync.Mutex
 	ready     atomic.Bool
 }
 
@@ -66,46 +53,28 @@ func newApp(cfg *config.Config, f flags) (*app, error) {
 	if a.files.short != "" {
 		a.log.Message(courierlog.Warning, "imapgate: warning: "+a.files.short)
 	}
-	if a.store, err = buildStore(cfg, f.demo); err != nil {
-		return nil, err
-	}
-	if a.table, err = conntable.New(cfg.TableConfig(), func(m string) { a.log.Message(courierlog.Warning, m) }); err != nil {
-		return nil, err
-	}
-	if a.limiter, err = limiter.New(cfg.Policy(), limiter.Options{RateEntries: cfg.Limits.RateEntries}); err != nil {
-		return nil, fmt.Errorf("limits: %w", err)
-	}
-	up, err := a.buildUpstream(cfg)
-	if err != nil {
-		return nil, err
+	o := gateway.Options{Log: a.log}
+	if f.demo {
+		c, err := certs.SelfSigned("localhost", "127.0.0.1", "::1")
+		if err != nil {
+			return nil, err
+		}
+		o.Certs = certs.NewStatic(c) // kept across reloads
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	bi := readBuildInfo()
 	admin.RegisterBuildInfo(reg, admin.BuildInfo{Version: bi.Version, GoVersion: bi.GoVersion, Revision: bi.Revision})
 	top := admin.NewTop(1024)
-	a.metrics = admin.NewMetrics(reg, admin.Sources{Table: a.table, Limiter: a.limiter, Certs: a.store,
-		Parked: func() int { return a.srv.Parked() }, LogDropped: a.logs.Dropped()}, top)
-	minVersion, _ := certs.TLSVersion(cfg.TLS.MinVersion)
-	sessionLog := a.log
-	if cfg.Upstream.Mode == "exec" {
-		sessionLog = a.log.WithoutSessionLines() // courier writes them itself
+	o.Instrument = func(g *gateway.Gate) (proxy.Events, proxy.Tracker) {
+		a.metrics = admin.NewMetrics(reg, admin.Sources{Table: g.Table, Limiter: g.Limiter, Certs: g.Certs,
+			Parked: func() int { return g.Server.Parked() }, LogDropped: a.logs.Dropped()}, top)
+		return a.metrics, a.metrics
 	}
-	a.srv, err = proxy.New(proxy.Options{
-		TLSConfig: a.store.ServerConfig(minVersion, cfg.TLS.PostQuantum),
-		Upstream:  up,
-		Log:       sessionLog,
-		Table:     a.table,
-		Limiter:   a.limiter,
-		Login:     cfg.LoginBounds(),
-		Events:    a.metrics,
-		Tracker:   a.metrics,
-	})
-	if err != nil {
+	if a.gate, err = gateway.New(cfg, o); err != nil {
 		return nil, err
 	}
-	trusted := prefixesOf(cfg.Listen.ProxyProtocolFrom)
-	a.trusted.Store(&trusted)
+	a.srv = a.gate.Server
 	raw, err := systemdListeners()
 	if err != nil {
 		return nil, err
@@ -122,9 +91,8 @@ func newApp(cfg *config.Config, f flags) (*app, error) {
 		raw = []net.Listener{ln}
 	}
 	for _, ln := range raw {
-		a.listeners = append(a.listeners, a.wrapProxyProtocol(cfg, ln))
+		a.listeners = append(a.listeners, a.gate.Listener(ln))
 	}
-	a.cfg.Store(cfg)
 	if err := a.startAdmin(cfg, reg, top); err != nil {
 		if !f.demo || cfg.IsSet("admin.address") {
 			a.close()
@@ -158,10 +126,10 @@ func (a *app) startAdmin(cfg *config.Config, reg *prometheus.Registry, top *admi
 	}
 	a.adminLn = ln
 	h := admin.New(admin.Options{
-		Table: a.table, Limiter: a.limiter, Top: top, Gatherer: reg, Token: cfg.Admin.Token,
+		Table: a.gate.Table, Limiter: a.gate.Limiter, Top: top, Gatherer: reg, Token: cfg.Admin.Token,
 		Reload: a.reload, ReopenLogs: a.reopenLogs, Ready: a.ready.Load, UpstreamProblems: a.srv.UpstreamProblems,
 		Info: func() map[string]any {
-			c := a.cfg.Load()
+			c := a.gate.Config()
 			addrs := make([]string, len(a.listeners))
 			for i, l := range a.listeners {
 				addrs[i] = l.Addr().String()
@@ -175,109 +143,13 @@ func (a *app) startAdmin(cfg *config.Config, reg *prometheus.Registry, top *admi
 	return nil
 }
 
-func prefixesOf(ps []config.Prefix) []netip.Prefix {
-	out := make([]netip.Prefix, len(ps))
-	for i, p := range ps {
-		out[i] = p.Prefix
-	}
-	return out
-}
-
-func buildStore(cfg *config.Config, demo bool) (*certs.Store, error) {
-	if demo {
-		c, err := certs.SelfSigned("localhost", "127.0.0.1", "::1")
-		if err != nil {
-			return nil, err
-		}
-		return certs.NewStatic(c), nil
-	}
-	sources, err := cfg.CertSources()
-	if err != nil {
-		return nil, err
-	}
-	return certs.NewStore(sources)
-}
-
-func (a *app) buildUpstream(cfg *config.Config) (upstream.Dialer, error) {
-	u := cfg.Upstream
-	if u.Mode == "exec" {
-		vars, _, err := config.ShellVars(config.CourierFiles(u.CourierConfig)...)
-		if err != nil {
-			return nil, fmt.Errorf("upstream.courier_config: %w", err)
-		}
-		return upstream.NewExec(u.Exec, vars, a.log)
-	}
-	if u.Address == "embedded" {
-		if a.emb == nil {
-			accounts := embedded.DemoAccounts()
-			var err error
-			if a.emb, err = embedded.Start(accounts); err != nil {
-				return nil, err
-			}
-		}
-		return a.emb.Upstream(), nil
-	}
-	t := &upstream.TCP{Address: u.Address, ConnectTimeout: u.ConnectTimeout.D()}
-	switch u.ProxyProtocol {
-	case "v1":
-		t.ProxyHeader = 1
-	case "v2":
-		t.ProxyHeader = 2
-	}
-	if u.TLS {
-		host, _, _ := net.SplitHostPort(u.Address)
-		tc := &tls.Config{ServerName: host, InsecureSkipVerify: !u.TLSVerify, MinVersion: tls.VersionTLS12}
-		if u.TLSServerName != "" {
-			tc.ServerName = u.TLSServerName
-		}
-		if u.TLSCAFile != "" {
-			pem, err := os.ReadFile(u.TLSCAFile)
-			if err != nil {
-				return nil, fmt.Errorf("upstream.tls_ca_file: %w", err)
-			}
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("upstream.tls_ca_file %s: no certificates found", u.TLSCAFile)
-			}
-			tc.RootCAs = pool
-		}
-		t.TLS = tc
-	}
-	return t, nil
-}
-
-// wrapProxyProtocol adds, if load balancers are trusted, PROXY header
-// parsing for their connections only (the header is read lazily in each
-// session's goroutine, never in the accept loop).
-func (a *app) wrapProxyProtocol(cfg *config.Config, ln net.Listener) net.Listener {
-	if len(cfg.Listen.ProxyProtocolFrom) == 0 {
-		return ln
-	}
-	return &proxyproto.Listener{
-		Listener:          ln,
-		ReadHeaderTimeout: cfg.Listen.ProxyHeaderTimeout.D(),
-		ConnPolicy: func(o proxyproto.ConnPolicyOptions) (proxyproto.Policy, error) {
-			if ta, ok := o.Upstream.(*net.TCPAddr); ok {
-				ip := ta.AddrPort().Addr().Unmap()
-				for _, p := range *a.trusted.Load() {
-					if p.Contains(ip) {
-						return proxyproto.USE, nil
-					}
-				}
-			}
-			return proxyproto.SKIP, nil
-		},
-	}
-}
-
-// reload re-reads the configuration and certificates, checks everything,
-// and swaps it all, or changes nothing and says why. Live sessions and
-// limit counters are untouched; new limits apply to new connections.
-// SIGHUP and the admin endpoint both come here, one at a time. Log files
-// are not reopened here (reopenLogs is).
+// reload re-reads the configuration and certificates and puts them in
+// force, or changes nothing and says why (gateway.Gate.Reload checks
+// everything first). Live sessions and limit counters are untouched; new
+// limits apply to new connections. SIGHUP and the admin endpoint both come
+// here; the gate takes them one at a time. Log files are not reopened here
+// (reopenLogs is).
 func (a *app) reload() error {
-	a.reloadMu.Lock()
-	defer a.reloadMu.Unlock()
 	notifyReloading()
 	defer notify("READY=1")
 	err := a.tryReload()
@@ -295,45 +167,11 @@ func (a *app) tryReload() error {
 	if err != nil {
 		return err
 	}
-	old := a.cfg.Load()
-	if (cfg.Listen.Address != old.Listen.Address && !a.activated) || cfg.Log != old.Log ||
-		cfg.Upstream.Mode != old.Upstream.Mode || cfg.Admin != old.Admin ||
-		cfg.TLS.MinVersion != old.TLS.MinVersion || cfg.TLS.PostQuantum != old.TLS.PostQuantum ||
-		(len(old.Listen.ProxyProtocolFrom) == 0) != (len(cfg.Listen.ProxyProtocolFrom) == 0) {
-		return errors.New("listen.address, [log], [admin], upstream.mode, tls.min_version, tls.post_quantum and turning proxy_protocol_from on or off need a restart")
+	old := a.gate.Config()
+	if (cfg.Listen.Address != old.Listen.Address && !a.activated) || cfg.Log != old.Log || cfg.Admin != old.Admin {
+		return errors.New("listen.address, [log] and [admin] need a restart")
 	}
-	// The demo's generated certificate stays; files are read again.
-	var store *certs.Store
-	if !a.flags.demo {
-		if store, err = buildStore(cfg, false); err != nil {
-			return err
-		}
-	}
-	if cfg.Table.Buckets != old.Table.Buckets {
-		return errors.New("table.buckets cannot change without a restart")
-	}
-	policy := cfg.Policy()
-	if err := policy.Validate(); err != nil {
-		return err
-	}
-	up, err := a.buildUpstream(cfg)
-	if err != nil {
-		return err
-	}
-	// Everything is checked: swap.
-	if store != nil {
-		a.store.Adopt(store)
-	}
-	if err := a.table.Reconfigure(cfg.TableConfig()); err != nil {
-		return err
-	}
-	a.limiter.SetPolicy(policy)
-	a.srv.SetUpstream(up)
-	a.srv.SetLogin(cfg.LoginBounds())
-	trusted := prefixesOf(cfg.Listen.ProxyProtocolFrom)
-	a.trusted.Store(&trusted)
-	a.cfg.Store(cfg)
-	return nil
+	return a.gate.Reload(cfg)
 }
 
 // reopenLogs reopens the log file after logrotate moved it, or reconnects
@@ -375,15 +213,15 @@ func (a *app) close() {
 	if a.adminSrv != nil {
 		a.adminSrv.Close()
 	}
-	if a.emb != nil {
-		a.emb.Close()
+	if a.gate != nil {
+		a.gate.Close()
 	}
 	a.logs.Close() // flushes buffered lines
 }
 
 // startupReport is one line with what is in force.
 func (a *app) startupReport() {
-	cfg := a.cfg.Load()
+	cfg := a.gate.Config()
 	l := cfg.Limits
 	addrs := make([]string, len(a.listeners))
 	for i, ln := range a.listeners {
@@ -394,7 +232,7 @@ func (a *app) startupReport() {
 		how = " (socket-activated)"
 	}
 	a.logf("imapgate: listening on %s%s, upstream %s%s; admin %s; table max=%d buckets=%d; limits max_connections=%d max_per_ip=%d max_preauth_per_ip=%d max_per_prefix=%d (/%d, /%d) max_per_user_ip=%d rate_per_ip=%s; open files %d (hard %d) for %d needed",
-		strings.Join(addrs, ","), how, upstreamNote(cfg), proxyNote(cfg), a.adminNote(), a.table.Max(), a.table.Config().Buckets,
+		strings.Join(addrs, ","), how, upstreamNote(cfg), proxyNote(cfg), a.adminNote(), a.gate.Table.Max(), a.gate.Table.Config().Buckets,
 		l.MaxConnections, l.MaxPerIP, l.MaxPreauthPerIP, l.MaxPerPrefix, l.IPv4Prefix, l.IPv6Prefix, l.MaxPerUserIP,
 		rateString(l.RatePerIP), a.files.soft, a.files.hard, a.files.need)
 }

@@ -5,14 +5,22 @@ import (
 	"io"
 	"os"
 
+	"imapgate/certs"
 	"imapgate/config"
+	"imapgate/gateway"
 )
 
 // checkRuntime does what -check can beyond the file's syntax: it loads the
 // certificates and checks the open-file limit, as a start would.
 func checkRuntime(cfg *config.Config, f flags) error {
-	if _, err := buildStore(cfg, f.demo); err != nil {
-		return err
+	if !f.demo {
+		sources, err := gateway.CertSources(cfg)
+		if err != nil {
+			return err
+		}
+		if _, err := certs.NewStore(sources); err != nil {
+			return err
+		}
 	}
 	of, err := checkOpenFiles(cfg, f.demo)
 	if of.short != "" {

@@ -166,7 +166,7 @@ func (a *app) serve(sigs chan os.Signal) int {
 		go runGCHeadroom(stopGC)
 	}
 	a.startupReport()
-	if a.cfg.Load().Upstream.Mode != "exec" { // courier's imaplogin would log a probe as a session
+	if a.gate.Config().Upstream.Mode != "exec" { // courier's imaplogin would log a probe as a session
 		go a.probeUpstream()
 	}
 	a.ready.Store(true)

@@ -1,0 +1,52 @@
+package gateway
+
+import (
+	"testing"
+
+	"imapgate/certs"
+	"imapgate/config"
+	"imapgate/conntable"
+	"imapgate/courierlog"
+)
+
+// A reload puts a whole checked configuration in force, or none of it.
+func TestReloadAllOrNothing(t *testing.T) {
+	cert, err := certs.SelfSigned("localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default()
+	cfg.Upstream.Address = "embedded"
+	g, err := New(cfg, Options{Log: courierlog.New(&courierlog.Memory{}, courierlog.Options{}), Certs: certs.NewStatic(cert)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	defer g.Server.Close()
+
+	next := *cfg
+	next.Limits.MaxPerIP = 5
+	next.Timeouts.Preauth = config.Duration(42e9)
+	if err := g.Reload(&next); err != nil {
+		t.Fatal(err)
+	}
+	if g.Config() != &next || g.Limiter.Policy().Limits.MaxPerIP != 5 || g.Table.Config().Timeouts[conntable.Preauth] != 42e9 {
+		t.Fatalf("reload not in force: max_per_ip %d, timeouts %v", g.Limiter.Policy().Limits.MaxPerIP, g.Table.Config().Timeouts)
+	}
+
+	bad := next
+	bad.Limits.MaxPerIP = 7
+	bad.Timeouts.Preauth = config.Duration(43e9)
+	bad.Limits.IPv4Prefix = 0 // fails the policy check, after the rest was built
+	if err := g.Reload(&bad); err == nil {
+		t.Fatal("a bad policy was accepted")
+	}
+	restart := next
+	restart.Upstream.Mode = "exec"
+	if err := g.Reload(&restart); err == nil {
+		t.Fatal("upstream.mode changed without a restart")
+	}
+	if g.Config() != &next || g.Limiter.Policy().Limits.MaxPerIP != 5 || g.Table.Config().Timeouts[conntable.Preauth] != 42e9 {
+		t.Fatal("a failed reload changed something")
+	}
+}
