@@ -11,7 +11,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"imapgate/certs"
 	"imapgate/conntable"
 	"imapgate/internal/rlimit"
 	"imapgate/limiter"
@@ -22,7 +21,9 @@ import (
 type Sources struct {
 	Table   *conntable.Table
 	Limiter *limiter.Limiter
-	Certs   *certs.Store
+	// Certs reports the certificates in force (a *certs.Store, or what
+	// swaps them on reload).
+	Certs interface{ Expiry() map[string]time.Time }
 	// Parked counts relay directions waiting without a goroutine.
 	Parked func() int
 	// LogDropped reads, per log output ("stderr", "syslog", "file"), the

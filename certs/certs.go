@@ -131,10 +131,9 @@ func (s *set) pick(name string) *tls.Certificate {
 	return s.def
 }
 
-// Store serves certificates to TLS handshakes and swaps them on Reload.
+// Store serves certificates to TLS handshakes; Replace swaps them whole.
 type Store struct {
-	sources atomic.Pointer[[]Source]
-	cur     atomic.Pointer[set]
+	cur atomic.Pointer[set]
 }
 
 // NewStore loads sources; the first is the default for clients without SNI
@@ -156,7 +155,6 @@ func NewStatic(certs ...*tls.Certificate) *Store {
 		}
 	}
 	s := &Store{}
-	s.sources.Store(&[]Source{})
 	s.cur.Store(st)
 	return s
 }
@@ -167,18 +165,8 @@ func (s *Store) Replace(sources []Source) error {
 	if err != nil {
 		return err
 	}
-	cp := append([]Source(nil), sources...)
-	s.sources.Store(&cp)
 	s.cur.Store(st)
 	return nil
-}
-
-// Adopt takes o's certificates and sources: a reload (SIGHUP) loads a new
-// Store first, so nothing changes unless everything loaded. Sessions
-// already established are not touched.
-func (s *Store) Adopt(o *Store) {
-	s.sources.Store(o.sources.Load())
-	s.cur.Store(o.cur.Load())
 }
 
 // GetCertificate is tls.Config.GetCertificate.

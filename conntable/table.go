@@ -68,7 +68,8 @@ type Stats struct {
 
 // Table is the connection table. All methods are safe for concurrent use.
 type Table struct {
-	cfg     atomic.Pointer[Config]
+	own     atomic.Pointer[Config] // New's and Reconfigure's
+	cfg     func() *Config         // own.Load, or what Follow gave
 	buckets []*Entry // chain heads
 	shards  [numShards]struct {
 		sync.Mutex
@@ -102,7 +103,8 @@ func New(cfg Config, logf func(msg string)) (*Table, error) {
 		full:    throttle.New(5*time.Second, 10),
 		logFull: logf,
 	}
-	t.cfg.Store(c)
+	t.own.Store(c)
+	t.cfg = t.own.Load
 	t.clock.Store(time.Now().UnixNano())
 	return t, nil
 }
@@ -133,23 +135,18 @@ func (cfg Config) normalise() (*Config, error) {
 // a different value is an error. Lowering Max never removes entries: new
 // inserts are refused (or early-drop) until the count falls below it.
 func (t *Table) Reconfigure(cfg Config) error {
-	c, err := t.check(cfg)
+	c, err := t.Prepare(cfg)
 	if err != nil {
 		return err
 	}
-	t.cfg.Store(c)
+	t.own.Store(c)
 	return nil
 }
 
-// Check reports whether Reconfigure would accept cfg, changing nothing:
-// a reload checks everything before it puts anything in force.
-func (t *Table) Check(cfg Config) error {
-	_, err := t.check(cfg)
-	return err
-}
-
-func (t *Table) check(cfg Config) (*Config, error) {
-	old := t.cfg.Load()
+// Prepare checks cfg as Reconfigure would and returns it ready for the
+// table to read, changing nothing: for a snapshot that Follow reads.
+func (t *Table) Prepare(cfg Config) (*Config, error) {
+	old := t.cfg()
 	if cfg.Buckets == 0 {
 		cfg.Buckets = old.Buckets
 	}
@@ -159,14 +156,20 @@ func (t *Table) check(cfg Config) (*Config, error) {
 	return cfg.normalise()
 }
 
+// Follow makes the table read its configuration from src from now on,
+// instead of keeping its own: a caller's snapshot of a whole
+// configuration, swapped in one store. src must return what Prepare
+// returned. Call it before the table is used.
+func (t *Table) Follow(src func() *Config) { t.cfg = src }
+
 // Config returns the configuration in force.
-func (t *Table) Config() Config { return *t.cfg.Load() }
+func (t *Table) Config() Config { return *t.cfg() }
 
 // Count is the number of live entries (nf_conntrack_count).
 func (t *Table) Count() int { return int(t.count.Load()) }
 
 // Max is the configured maximum (nf_conntrack_max).
-func (t *Table) Max() int { return t.cfg.Load().Max }
+func (t *Table) Max() int { return t.cfg().Max }
 
 // Stats returns the counters.
 func (t *Table) Stats() Stats {
@@ -200,7 +203,7 @@ func (t *Table) lock(bucket uint32) *sync.Mutex {
 // rate-limited "table full" line.
 func (t *Table) Insert(client, local netip.AddrPort, kill Killer) (*Entry, error) {
 	b := t.bucketOf(client, local)
-	if t.count.Add(1) > int64(t.cfg.Load().Max) && !t.dropNear(b) {
+	if t.count.Add(1) > int64(t.cfg().Max) && !t.dropNear(b) {
 		t.count.Add(-1)
 		t.insertFailed.Add(1)
 		t.drop.Add(1)
@@ -343,7 +346,7 @@ func (t *Table) Range(f func(e *Entry) bool) {
 // at most limit of them (no limit if limit <= 0).
 func (t *Table) List(match func(e *Entry) bool, limit int) []Snapshot {
 	now := t.clock.Load()
-	cfg := t.cfg.Load()
+	cfg := t.cfg()
 	var out []Snapshot
 	t.Range(func(e *Entry) bool {
 		if match != nil && !match(e) {
@@ -378,7 +381,7 @@ func (e *Entry) deadline(cfg *Config) int64 {
 func (t *Table) Expire(now time.Time) int {
 	ns := now.UnixNano()
 	t.clock.Store(ns)
-	cfg := t.cfg.Load()
+	cfg := t.cfg()
 	nearFull := t.count.Load()*100 >= int64(cfg.Max)*nearFullPercent
 	type kill struct {
 		e *Entry

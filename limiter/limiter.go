@@ -15,7 +15,8 @@ const numShards = 64
 // Limiter holds live counters and rate state. All methods are safe for
 // concurrent use; Admit takes no global lock.
 type Limiter struct {
-	policy atomic.Pointer[Policy]
+	own    atomic.Pointer[Policy] // SetPolicy's
+	policy func() *Policy         // own.Load, or what Follow gave
 	seed   maphash.Seed
 	total  atomic.Int64
 
@@ -113,6 +114,7 @@ func New(p Policy, opts Options) (*Limiter, error) {
 		l.prefixes[i].m = make(map[prefixKey]int32)
 		l.users[i].m = make(map[userKey]int32)
 	}
+	l.policy = l.own.Load
 	if err := l.SetPolicy(p); err != nil {
 		return nil, err
 	}
@@ -123,17 +125,33 @@ func New(p Policy, opts Options) (*Limiter, error) {
 // known-good memory are kept: lowering a limit refuses new connections
 // only, and never closes existing ones.
 func (l *Limiter) SetPolicy(p Policy) error {
-	if err := p.Validate(); err != nil {
+	pp, err := Prepare(p)
+	if err != nil {
 		return err
 	}
-	p.Overrides = append([]Override(nil), p.Overrides...)
-	p.prepare()
-	l.policy.Store(&p)
+	l.own.Store(pp)
 	return nil
 }
 
+// Prepare validates p and returns it ready for the limiter to read (for
+// SetPolicy, or for a snapshot that Follow reads).
+func Prepare(p Policy) (*Policy, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	p.Overrides = append([]Override(nil), p.Overrides...)
+	p.prepare()
+	return &p, nil
+}
+
+// Follow makes the limiter read its policy from src from now on, instead
+// of keeping its own: a caller's snapshot of a whole configuration,
+// swapped in one store. src must return what Prepare returned. Call it
+// before the limiter is used.
+func (l *Limiter) Follow(src func() *Policy) { l.policy = src }
+
 // Policy returns the policy in force.
-func (l *Limiter) Policy() *Policy { return l.policy.Load() }
+func (l *Limiter) Policy() *Policy { return l.policy() }
 
 func (l *Limiter) shardOf(k key) uint32 {
 	return uint32(maphash.Bytes(l.seed, k[:]) % numShards)
@@ -219,7 +237,7 @@ func (l *Limiter) refuse(d *Decision, p *Policy, r Reason, limit int) bool {
 // the returned ticket holds the connection's places in the counters (and
 // may need WaitPreauth); a refused decision comes with a nil Ticket.
 func (l *Limiter) Admit(client netip.Addr, now time.Time) (*Ticket, Decision) {
-	p := l.policy.Load()
+	p := l.policy()
 	a := client.Unmap().WithZone("")
 	d := Decision{Addr: a}
 	if contains(p.Deny, a) && l.refuse(&d, p, Deny, 0) {
@@ -362,7 +380,7 @@ func (t *Ticket) WaitPreauth(ctx context.Context) Decision {
 	s := &l.ips[l.shardOf(t.k)]
 	var lim Limits
 	for {
-		lim = t.limits(l.policy.Load())
+		lim = t.limits(l.policy())
 		s.Lock()
 		c := s.m[t.k]
 		if lim.MaxPreauthPerIP <= 0 || int(c.preauth) < lim.MaxPreauthPerIP {
@@ -381,7 +399,7 @@ func (t *Ticket) WaitPreauth(ctx context.Context) Decision {
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			p := l.policy.Load()
+			p := l.policy()
 			return Decision{Refused: true, Reason: MaxPreauthPerIP, Action: p.Action[MaxPreauthPerIP],
 				Limit: lim.MaxPreauthPerIP, Addr: t.addr, Prefix: t.prefix}
 		}
@@ -423,7 +441,7 @@ func (t *Ticket) ReserveUser(user string) Decision {
 		return Decision{}
 	}
 	d := Decision{Addr: t.addr, Prefix: t.prefix, User: user}
-	p := t.l.policy.Load()
+	p := t.l.policy()
 	lim, _ := p.limitsFor(t.addr)
 	k := userKey{strings.ToLower(user), t.addr}
 	s := &t.l.users[t.l.shardOf(t.k)]

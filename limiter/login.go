@@ -51,7 +51,7 @@ func (t *Ticket) LoginFailed(now time.Time, user string, attempt uint64) (delay 
 		return 0, nil
 	}
 	l := t.l
-	p := l.policy.Load()
+	p := l.policy()
 	pen := &p.Penalty
 	if !pen.on() {
 		return 0, nil
@@ -105,7 +105,7 @@ func (t *Ticket) Retried(now time.Time, user string, attempt uint64) bool {
 	if t == nil || attempt == 0 {
 		return false
 	}
-	pen := &t.l.policy.Load().Penalty
+	pen := &t.l.policy().Penalty
 	f := t.l.fails
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -161,7 +161,7 @@ func (t *Ticket) LoginSucceeded(now time.Time, user string) {
 		l.ratePrefix.refund(t.pk.addr, t.spentPrefix, now)
 		t.spentPrefix = 0
 	}
-	p := l.policy.Load()
+	p := l.policy()
 	n := now.UnixNano()
 	uh := l.userHash(user)
 	l.goodIP.login(t.k, uh, n, &p.KnownGood)

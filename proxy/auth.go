@@ -163,7 +163,7 @@ func (lp *loginPhase) authenticate(tag string) outcome {
 			return lp.loginResult(tag, last, credentials{user: x.user, mech: x.mech, secret: x.secret, cancelled: x.cancelled})
 		}
 		// A continuation: the client answers with one line.
-		line, err := readLine(lp.cr, lp.set.login.MaxLine)
+		line, err := readLine(lp.cr, lp.set.Login.MaxLine)
 		if err != nil {
 			return closed
 		}

@@ -14,7 +14,7 @@ func (lp *loginPhase) forward(tag string) outcome {
 		if err != nil {
 			return lp.invalid(tag, "Invalid literal.")
 		}
-		if has && lit.size > int64(lp.set.login.MaxLiteral) {
+		if has && lit.size > int64(lp.set.Login.MaxLiteral) {
 			return lp.literalTooLarge()
 		}
 		if _, err := lp.c.up.Write(seg); err != nil {
@@ -35,7 +35,7 @@ func (lp *loginPhase) forward(tag string) outcome {
 		if _, err := io.CopyN(lp.c.up, lp.cr, lit.size); err != nil {
 			return closed
 		}
-		line, err := readLine(lp.cr, lp.set.login.MaxLine)
+		line, err := readLine(lp.cr, lp.set.Login.MaxLine)
 		if err != nil {
 			return closed
 		}
@@ -60,7 +60,7 @@ func (lp *loginPhase) readCommand() outcome {
 		if !has {
 			return carryOn
 		}
-		if lit.size > int64(lp.set.login.MaxLiteral) {
+		if lit.size > int64(lp.set.Login.MaxLiteral) {
 			return lp.literalTooLarge()
 		}
 		if !lit.nonSync {
@@ -73,7 +73,7 @@ func (lp *loginPhase) readCommand() outcome {
 		if _, err := io.ReadFull(lp.cr, lp.cmd[start:]); err != nil {
 			return closed
 		}
-		line, err := readLine(lp.cr, lp.set.login.MaxLine)
+		line, err := readLine(lp.cr, lp.set.Login.MaxLine)
 		if err != nil {
 			return closed
 		}

@@ -18,7 +18,7 @@ const upstreamMaxLine = 16 << 10
 func (lp *loginPhase) connectUpstream() bool {
 	c, s := lp.c, lp.c.srv
 	start := time.Now()
-	up, err := lp.set.upstream.Dial(lp.ctx, c.client)
+	up, err := lp.set.Upstream.Dial(lp.ctx, c.client)
 	s.events.UpstreamDial(time.Since(start), err)
 	if err != nil {
 		lp.unavailable(err)
@@ -28,13 +28,13 @@ func (lp *loginPhase) connectUpstream() bool {
 		return false
 	}
 	lp.ur = getReader(up, upstreamMaxLine)
-	c.upDeadline(time.Now().Add(lp.set.login.GreetingTimeout))
+	c.upDeadline(time.Now().Add(lp.set.Login.GreetingTimeout))
 	line, err := readLine(lp.ur, upstreamMaxLine)
 	if err != nil {
 		if errors.Is(err, errLineTooLong) {
 			err = errors.New("greeting line too long")
 		}
-		lp.unavailable(fmt.Errorf("no greeting from %s: %w", lp.set.upstream, err))
+		lp.unavailable(fmt.Errorf("no greeting from %s: %w", lp.set.Upstream, err))
 		return false
 	}
 	c.upDeadline(time.Time{})
@@ -45,7 +45,7 @@ func (lp *loginPhase) connectUpstream() bool {
 		c.writeClient(line)
 		return false
 	default:
-		lp.unavailable(fmt.Errorf("unexpected greeting from %s: %.40q", lp.set.upstream, text))
+		lp.unavailable(fmt.Errorf("unexpected greeting from %s: %.40q", lp.set.Upstream, text))
 		return false
 	}
 	return lp.relayLine(text) == nil

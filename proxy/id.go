@@ -171,7 +171,7 @@ func (lp *loginPhase) clientID(tag string) outcome {
 		return lp.invalid(tag, "Invalid ID command.")
 	}
 	var own []idPair
-	if !lp.set.login.NoUpstreamID {
+	if !lp.set.Login.NoUpstreamID {
 		own = lp.forwardFields()
 	}
 	pairs = append(sanitizeID(pairs, len(own)), own...)
@@ -196,7 +196,7 @@ const idTag = "imapgate-id"
 // upstream.send_id is on. The upstream's answers are read and dropped. It
 // reports whether the session may go on.
 func (lp *loginPhase) sendOwnID() bool {
-	if lp.idSent || !lp.upID || lp.set.login.NoUpstreamID {
+	if lp.idSent || !lp.upID || lp.set.Login.NoUpstreamID {
 		return true
 	}
 	lp.idSent = true

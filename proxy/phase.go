@@ -16,7 +16,7 @@ import (
 // its readers still buffer goes to the relay (handOff), the rest with it.
 type loginPhase struct {
 	c        *conn
-	set      *settings
+	set      *Settings
 	ctx      context.Context // cancelled by a kill
 	cr, ur   *bufio.Reader   // client (through TLS) and upstream
 	upID     bool            // the upstream advertises ID
@@ -48,8 +48,8 @@ func onlyIf(err error) outcome {
 }
 
 func newLoginPhase(c *conn, ctx context.Context) *loginPhase {
-	lp := &loginPhase{c: c, set: c.srv.cur.Load(), ctx: ctx}
-	lp.cr = getReader(clientReader{c}, lp.set.login.MaxLine)
+	lp := &loginPhase{c: c, set: c.srv.settings(), ctx: ctx}
+	lp.cr = getReader(clientReader{c}, lp.set.Login.MaxLine)
 	return lp
 }
 
@@ -70,7 +70,7 @@ func (lp *loginPhase) run() outcome {
 		return closed
 	}
 	for {
-		line, err := readLine(lp.cr, lp.set.login.MaxLine)
+		line, err := readLine(lp.cr, lp.set.Login.MaxLine)
 		if err != nil {
 			if errors.Is(err, errLineTooLong) {
 				lp.c.writeClient([]byte("* BYE [LIMIT] Line too long.\r\n"))
@@ -78,7 +78,7 @@ func (lp *loginPhase) run() outcome {
 			return closed
 		}
 		lp.cmd = append(lp.cmd[:0], line...)
-		if lp.commands++; lp.commands > lp.set.login.MaxCommands {
+		if lp.commands++; lp.commands > lp.set.Login.MaxCommands {
 			lp.c.writeClient([]byte("* BYE [LIMIT] Too many commands before login.\r\n"))
 			return closed
 		}
@@ -122,7 +122,7 @@ func (lp *loginPhase) command() outcome {
 // is cut off (garbage, or another protocol talking to the port).
 func (lp *loginPhase) invalid(tag, text string) outcome {
 	lp.errs++
-	if lp.errs >= lp.set.login.MaxErrors {
+	if lp.errs >= lp.set.Login.MaxErrors {
 		lp.c.writeClient([]byte("* BYE Too many invalid commands.\r\n"))
 		return closed
 	}

@@ -26,7 +26,7 @@ func (lp *loginPhase) relayResponses(tag string, stopAtContinuation bool) (respK
 			if err := lp.c.writeClient(line); err != nil {
 				return kind, nil, err
 			}
-			answer, err := readLine(lp.cr, lp.set.login.MaxLine)
+			answer, err := readLine(lp.cr, lp.set.Login.MaxLine)
 			if err != nil {
 				return kind, nil, err
 			}

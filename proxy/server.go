@@ -80,10 +80,16 @@ type Options struct {
 	Tracker Tracker
 }
 
-// settings are the parts of Options a reload may swap.
-type settings struct {
-	upstream upstream.Dialer
-	login    Login
+// Settings are the parts of Options a reload may swap, read by each new
+// session.
+type Settings struct {
+	Upstream upstream.Dialer
+	Login    Login
+}
+
+// NewSettings returns Settings for u and l, l with its defaults filled in.
+func NewSettings(u upstream.Dialer, l Login) *Settings {
+	return &Settings{Upstream: u, Login: l.withDefaults()}
 }
 
 // Server is an IMAPS proxy. Create it with New, then call Serve.
@@ -94,7 +100,8 @@ type Server struct {
 	limiter   *limiter.Limiter
 	events    Events
 	tracker   Tracker
-	cur       atomic.Pointer[settings]
+	own       atomic.Pointer[Settings] // New's and SetUpstream's
+	settings  func() *Settings         // own.Load, or what Follow gave
 	life      lifecycle
 	park      parking
 	// refusalLog throttles refusal lines per limit, as the kernel throttles
@@ -158,7 +165,8 @@ func New(opts Options) (*Server, error) {
 	for i := range s.refusalLog {
 		s.refusalLog[i] = newRefusalThrottle()
 	}
-	s.cur.Store(&settings{upstream: opts.Upstream, login: opts.Login.withDefaults()})
+	s.own.Store(NewSettings(opts.Upstream, opts.Login))
+	s.settings = s.own.Load
 	return s, nil
 }
 
@@ -172,9 +180,15 @@ func (s *Server) Table() *conntable.Table { return s.table }
 // SetUpstream swaps the upstream and the login-phase bounds for new
 // sessions, in one store (reload), and forgets the upstream problems seen.
 func (s *Server) SetUpstream(u upstream.Dialer, l Login) {
-	s.cur.Store(&settings{upstream: u, login: l.withDefaults()})
-	s.clearProblems()
+	s.own.Store(NewSettings(u, l))
+	s.ForgetUpstreamProblems()
 }
+
+// Follow makes the server read its Settings from src from now on, instead
+// of keeping its own: a caller's snapshot of a whole configuration,
+// swapped in one store (then ForgetUpstreamProblems when the upstream
+// changed). Call it before Serve.
+func (s *Server) Follow(src func() *Settings) { s.settings = src }
 
 // newRefusalThrottle lets 50 refusal lines per limit be written in 5 s;
 // the rest are only counted ("N callbacks suppressed").

@@ -52,7 +52,7 @@ func (s *Server) upstreamProblem(k upstreamProblemKind) {
 	if s.problems[k].Load() != nil {
 		return
 	}
-	r := &upstreamReport{Since: time.Now(), Message: fmt.Sprintf(problemText[k], s.cur.Load().upstream)}
+	r := &upstreamReport{Since: time.Now(), Message: fmt.Sprintf(problemText[k], s.settings().Upstream)}
 	if s.problems[k].CompareAndSwap(nil, r) {
 		s.log.Message(courierlog.Err, r.Message)
 	}
@@ -70,7 +70,9 @@ func (s *Server) UpstreamProblems() []string {
 	return out
 }
 
-func (s *Server) clearProblems() {
+// ForgetUpstreamProblems clears the upstream problems seen (a reload's new
+// upstream starts with a clean slate).
+func (s *Server) ForgetUpstreamProblems() {
 	for i := range s.problems {
 		s.problems[i].Store(nil)
 	}
@@ -92,10 +94,10 @@ var probeClient = upstream.Client{
 // (and logs) a LOGINDISABLED it advertises. imapgate calls it at start so
 // a misconfigured upstream is named before the first client meets it.
 func (s *Server) ProbeUpstream(ctx context.Context) error {
-	set := s.cur.Load()
-	ctx, cancel := context.WithTimeout(ctx, set.login.GreetingTimeout)
+	set := s.settings()
+	ctx, cancel := context.WithTimeout(ctx, set.Login.GreetingTimeout)
 	defer cancel()
-	up, err := set.upstream.Dial(ctx, probeClient)
+	up, err := set.Upstream.Dial(ctx, probeClient)
 	if err != nil {
 		return err
 	}
@@ -106,7 +108,7 @@ func (s *Server) ProbeUpstream(ctx context.Context) error {
 	r := bufio.NewReaderSize(up, upstreamMaxLine)
 	caps, err := probeCaps(r, func(b []byte) error { _, err := up.Write(b); return err })
 	if err != nil {
-		return fmt.Errorf("probe %s: %w", set.upstream, err)
+		return fmt.Errorf("probe %s: %w", set.Upstream, err)
 	}
 	if hasCap(caps, "LOGINDISABLED") {
 		s.upstreamProblem(problemLoginDisabled)

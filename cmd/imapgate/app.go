@@ -67,7 +67,7 @@ func newApp(cfg *config.Config, f flags) (*app, error) {
 	admin.RegisterBuildInfo(reg, admin.BuildInfo{Version: bi.Version, GoVersion: bi.GoVersion, Revision: bi.Revision})
 	top := admin.NewTop(1024)
 	o.Instrument = func(g *gateway.Gate) (proxy.Events, proxy.Tracker) {
-		a.metrics = admin.NewMetrics(reg, admin.Sources{Table: g.Table, Limiter: g.Limiter, Certs: g.Certs,
+		a.metrics = admin.NewMetrics(reg, admin.Sources{Table: g.Table, Limiter: g.Limiter, Certs: g,
 			Parked: func() int { return g.Server.Parked() }, LogDropped: a.logs.Dropped()}, top)
 		return a.metrics, a.metrics
 	}

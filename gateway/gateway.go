@@ -10,6 +10,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
 
@@ -45,10 +46,12 @@ type Options struct {
 }
 
 // Gate is imapgate's parts, built from one configuration. The exported
-// fields are fixed for its life; what a reload changes is in the Snapshot.
+// fields are fixed for its life; what a reload changes is in the Snapshot,
+// which the parts read (the limiter, the table and the proxy through
+// Follow, TLS handshakes through GetCertificate), so that a reload is one
+// atomic store, as soju's SetConfig.
 type Gate struct {
 	Log     *courierlog.Logger
-	Certs   *certs.Store
 	Table   *conntable.Table
 	Limiter *limiter.Limiter
 	Server  *proxy.Server
@@ -60,14 +63,14 @@ type Gate struct {
 }
 
 // Snapshot is one checked configuration and what was built from it. A
-// reload builds a whole new one before anything changes.
+// reload builds a whole new one, checks it, and stores it; nothing else
+// changes.
 type Snapshot struct {
 	Config   *config.Config
-	policy   limiter.Policy
-	table    conntable.Config
-	login    proxy.Login
-	upstream upstream.Dialer
-	certs    *certs.Store // loaded from the files; nil when Options.Certs serves
+	policy   *limiter.Policy   // limiter.Prepare'd
+	table    *conntable.Config // Table.Prepare'd
+	settings *proxy.Settings
+	certs    *certs.Store // Options.Certs, or loaded from the files
 	trusted  []netip.Prefix
 }
 
@@ -77,22 +80,21 @@ func New(cfg *config.Config, o Options) (*Gate, error) {
 		return nil, errors.New("gateway: Options.Log is required")
 	}
 	g := &Gate{Log: o.Log, opts: o}
+	var err error
+	if g.Table, err = conntable.New(TableConfig(cfg), func(m string) { o.Log.Message(courierlog.Warning, m) }); err != nil {
+		return nil, err
+	}
+	if g.Limiter, err = limiter.New(Policy(cfg), limiter.Options{RateEntries: cfg.Limits.RateEntries}); err != nil {
+		return nil, fmt.Errorf("limits: %w", err)
+	}
 	snap, err := g.build(cfg)
 	if err != nil {
 		g.Close()
 		return nil, err
 	}
-	if g.Certs = o.Certs; g.Certs == nil {
-		g.Certs = snap.certs
-	}
-	if g.Table, err = conntable.New(snap.table, func(m string) { o.Log.Message(courierlog.Warning, m) }); err != nil {
-		g.Close()
-		return nil, err
-	}
-	if g.Limiter, err = limiter.New(snap.policy, limiter.Options{RateEntries: cfg.Limits.RateEntries}); err != nil {
-		g.Close()
-		return nil, fmt.Errorf("limits: %w", err)
-	}
+	g.cur.Store(snap)
+	g.Table.Follow(func() *conntable.Config { return g.cur.Load().table })
+	g.Limiter.Follow(func() *limiter.Policy { return g.cur.Load().policy })
 	var events proxy.Events
 	var tracker proxy.Tracker
 	if o.Instrument != nil {
@@ -103,18 +105,28 @@ func New(cfg *config.Config, o Options) (*Gate, error) {
 	if cfg.Upstream.Mode == "exec" {
 		sessionLog = o.Log.WithoutSessionLines() // courier writes them itself
 	}
+	tc := snap.certs.ServerConfig(minVersion, cfg.TLS.PostQuantum)
+	tc.GetCertificate = g.GetCertificate
 	g.Server, err = proxy.New(proxy.Options{
-		TLSConfig: g.Certs.ServerConfig(minVersion, cfg.TLS.PostQuantum),
-		Upstream:  snap.upstream, Log: sessionLog, Table: g.Table, Limiter: g.Limiter,
-		Login: snap.login, Events: events, Tracker: tracker,
+		TLSConfig: tc, Upstream: snap.settings.Upstream, Log: sessionLog, Table: g.Table, Limiter: g.Limiter,
+		Login: snap.settings.Login, Events: events, Tracker: tracker,
 	})
 	if err != nil {
 		g.Close()
 		return nil, err
 	}
-	g.cur.Store(snap)
+	g.Server.Follow(func() *proxy.Settings { return g.cur.Load().settings })
 	return g, nil
 }
+
+// GetCertificate is the client side's tls.Config.GetCertificate: the
+// snapshot's certificates.
+func (g *Gate) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return g.cur.Load().certs.GetCertificate(hello)
+}
+
+// Expiry returns the certificates' expiry, for metrics.
+func (g *Gate) Expiry() map[string]time.Time { return g.cur.Load().certs.Expiry() }
 
 // Config returns the configuration in force.
 func (g *Gate) Config() *config.Config { return g.cur.Load().Config }
@@ -122,11 +134,15 @@ func (g *Gate) Config() *config.Config { return g.cur.Load().Config }
 // build makes and checks everything a configuration describes that can be
 // made without touching what is in force.
 func (g *Gate) build(cfg *config.Config) (*Snapshot, error) {
-	s := &Snapshot{Config: cfg, policy: Policy(cfg), table: TableConfig(cfg), login: LoginBounds(cfg)}
-	if err := s.policy.Validate(); err != nil {
+	s := &Snapshot{Config: cfg, certs: g.opts.Certs}
+	var err error
+	if s.policy, err = limiter.Prepare(Policy(cfg)); err != nil {
 		return nil, fmt.Errorf("limits: %w", err)
 	}
-	if g.opts.Certs == nil {
+	if s.table, err = g.Table.Prepare(TableConfig(cfg)); err != nil {
+		return nil, err
+	}
+	if s.certs == nil {
 		sources, err := CertSources(cfg)
 		if err != nil {
 			return nil, err
@@ -135,10 +151,11 @@ func (g *Gate) build(cfg *config.Config) (*Snapshot, error) {
 			return nil, err
 		}
 	}
-	var err error
-	if s.upstream, err = g.buildUpstream(cfg); err != nil {
+	up, err := g.buildUpstream(cfg)
+	if err != nil {
 		return nil, err
 	}
+	s.settings = proxy.NewSettings(up, LoginBounds(cfg))
 	for _, p := range cfg.Listen.ProxyProtocolFrom {
 		s.trusted = append(s.trusted, p.Prefix)
 	}
@@ -209,9 +226,9 @@ func upstreamTLS(u config.Upstream) (*tls.Config, error) {
 
 // Reload puts cfg in force for new connections, or changes nothing and
 // says why. Everything is built and checked first (certificates loaded,
-// policy validated, the table's new bounds checked, the upstream built);
-// only then are the parts switched, by stores that cannot fail, and the
-// snapshot with them. Live sessions and limit counters are untouched.
+// policy validated, the table's new bounds checked, the upstream built)
+// into a new Snapshot; one atomic store then puts all of it in force.
+// Live sessions and limit counters are untouched.
 func (g *Gate) Reload(cfg *config.Config) error {
 	g.reload.Lock()
 	defer g.reload.Unlock()
@@ -228,17 +245,8 @@ func (g *Gate) Reload(cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
-	if err := g.Table.Check(snap.table); err != nil {
-		return err
-	}
-	// Everything is checked: put it in force.
-	if snap.certs != nil {
-		g.Certs.Adopt(snap.certs)
-	}
-	g.Table.Reconfigure(snap.table)
-	g.Limiter.SetPolicy(snap.policy)
-	g.Server.SetUpstream(snap.upstream, snap.login)
-	g.cur.Store(snap)
+	g.cur.Store(snap) // everything is checked: put it in force
+	g.Server.ForgetUpstreamProblems()
 	return nil
 }
 
