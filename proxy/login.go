@@ -441,14 +441,13 @@ func (ss *session) authFailed(cr credentials) bool {
 	if len(cr.secret) > 0 {
 		attempt = limiter.AttemptKey(cr.user, cr.secret)
 	}
+	s.tracker.LoginFailedFrom(ss.client.Remote.Addr())
 	switch {
 	case ss.ticket.Retried(now, cr.user, attempt):
 		s.log.LoginFailedAgain(cr.user, cr.mech, ss.client.Remote)
 	case cr.mech != "":
-		s.tracker.LoginFailedFrom(ss.client.Remote.Addr())
 		s.log.LoginFailedMethod(cr.mech, ss.client.Remote)
 	default:
-		s.tracker.LoginFailedFrom(ss.client.Remote.Addr())
 		s.log.LoginFailed(cr.user, ss.client.Remote)
 	}
 	delay, ban := ss.ticket.LoginFailed(now, cr.user, attempt)

@@ -381,7 +381,7 @@ func (ss *session) connectUpstream() bool {
 		if errors.Is(err, errLineTooLong) {
 			err = errors.New("greeting line too long")
 		}
-		ss.unavailable(fmt.Errorf("no greeting from %s: %w", ss.set.upstream, err))
+		ss.unavailable(fmt.Errorf("no greeting from %s: %w%s", ss.set.upstream, err, proxyHeaderHint(ss.set.upstream)))
 		return false
 	}
 	ss.upDeadline(time.Time{})

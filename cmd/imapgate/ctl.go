@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"sort"
 	"strconv"
@@ -17,6 +18,7 @@ import (
 
 	"imapgate/admin"
 	"imapgate/config"
+	"imapgate/courierlog"
 )
 
 const ctlUsage = `usage: imapgate ctl [-admin ADDR | -config FILE] [-json] [-token T] COMMAND
@@ -254,7 +256,11 @@ func (c *ctlClient) bans(w io.Writer, raw bool) error {
 		if user == "" {
 			user = "(all)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", b.Key, user, b.Until.Local().Format(time.DateTime))
+		key := b.Key
+		if p, err := netip.ParsePrefix(key); err == nil && p.IsSingleIP() {
+			key = courierlog.Addr(p.Addr()) // as the log lines write it
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", key, user, b.Until.UTC().Format(time.RFC3339))
 	}
 	return tw.Flush()
 }
