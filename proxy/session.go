@@ -395,7 +395,14 @@ func (ss *session) connectUpstream() bool {
 		ss.unavailable(fmt.Errorf("unexpected greeting from %s: %.40q", ss.set.upstream, text))
 		return false
 	}
-	return ss.relayLine(text) == nil
+	if ss.relayLine(text) != nil {
+		return false
+	}
+	// Tell an upstream that speaks ID who the client is before anything
+	// else, so that even a session that never logs in is logged with the
+	// client's address (Dovecot's "Disconnected (no auth attempts)" lines
+	// that its fail2ban filter reads).
+	return ss.sendOwnID()
 }
 
 // unavailable tells the client the upstream cannot be reached, and logs why.
