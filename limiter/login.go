@@ -56,6 +56,11 @@ func (t *Ticket) LoginFailed(now time.Time, user string, attempt uint64) (delay 
 	if !pen.on() {
 		return 0, nil
 	}
+	if l.cl.s != nil {
+		if delay, ban, ok := t.loginFailedCluster(now, user, attempt, pen); ok {
+			return delay, ban
+		}
+	}
 	n := now.UnixNano()
 	uh := l.userHash(user)
 	tier := p.KnownGood.MinUsers > 0
@@ -105,6 +110,11 @@ func (t *Ticket) Retried(now time.Time, user string, attempt uint64) bool {
 	if t.l == nil || attempt == 0 {
 		return false
 	}
+	if t.l.cl.s != nil && !t.exempt && t.l.policy.Load().Penalty.on() {
+		if res, ok := t.failShared(now, user, attempt); ok {
+			return res.Retried
+		}
+	}
 	pen := &t.l.policy.Load().Penalty
 	f := t.l.fails
 	f.mu.Lock()
@@ -153,6 +163,9 @@ func (t *Ticket) LoginSucceeded(now time.Time, user string) {
 		return
 	}
 	l := t.l
+	if l.cl.s != nil && t.loginSucceededCluster(now, user) {
+		t.spentIP, t.spentPrefix = 0, 0
+	}
 	if t.spentIP != 0 {
 		l.rateIP.refund(t.k, t.spentIP, now)
 		t.spentIP = 0
