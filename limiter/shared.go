@@ -107,9 +107,9 @@ type SharedFailure struct {
 
 // SharedFailureResult is the answer of Shared.Failure.
 type SharedFailureResult struct {
-	Retried             bool // the attempt had failed before: not counted
+	Retried              bool // the attempt had failed before: not counted
 	UserCount, AddrCount int
-	Ban                 *Ban
+	Ban                  *Ban
 }
 
 // Snapshot is this node's share: its live connections counted per
