@@ -7,16 +7,27 @@ import (
 	"encoding/binary"
 	"hash/maphash"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
-// attemptSecret keys AttemptKey; it lives as long as the process, so
-// attempt keys mean nothing outside it.
-var attemptSecret = func() []byte {
+// attemptSecret keys AttemptKey: made at start, so attempt keys mean
+// nothing outside the process, unless a cluster shares one
+// (SetAttemptSecret), so that replicas recognise each other's retries.
+var attemptSecret atomic.Pointer[[]byte]
+
+func init() {
 	b := make([]byte, 32)
 	rand.Read(b)
-	return b
-}()
+	attemptSecret.Store(&b)
+}
+
+// SetAttemptSecret replaces the key of AttemptKey (a cluster's shared
+// one). Attempts already recorded under the old key count again once.
+func SetAttemptSecret(b []byte) {
+	b = append([]byte(nil), b...)
+	attemptSecret.Store(&b)
+}
 
 // AttemptKey returns a keyed hash (HMAC-SHA256 with a random per-process
 // key, truncated to 64 bits) of user and secret, so a retry of the same
@@ -25,7 +36,7 @@ var attemptSecret = func() []byte {
 // case-insensitively. The result is never 0.
 func AttemptKey(user string, secret []byte) uint64 {
 	user = strings.ToLower(user)
-	m := hmac.New(sha256.New, attemptSecret)
+	m := hmac.New(sha256.New, *attemptSecret.Load())
 	var n [4]byte
 	binary.BigEndian.PutUint32(n[:], uint32(len(user)))
 	m.Write(n[:])

@@ -199,6 +199,14 @@ func (l *Limiter) SharedStats() (cacheHits, calls, failures uint64) {
 	return l.cl.hits.Load(), l.cl.calls.Load(), l.cl.fails.Load()
 }
 
+// SharedFailed switches to local limits: the Shared found its state
+// unreachable, or lost (Redis restarted empty), outside a limiter call.
+func (l *Limiter) SharedFailed(err error) {
+	if l.cl.s != nil {
+		l.down(err)
+	}
+}
+
 // down switches to local limits after a failed shared call.
 func (l *Limiter) down(err error) {
 	l.cl.fails.Add(1)
