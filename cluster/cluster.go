@@ -312,7 +312,7 @@ func (c *Cluster) loadSecret(ctx context.Context, cl rueidis.Client) error {
 // Redis every 100 ms while down.
 func (c *Cluster) loop() {
 	defer c.wg.Done()
-	beat := min(time.Second, c.o.NodeTTL/3)
+	beat := min(500*time.Millisecond, c.o.NodeTTL/3)
 	t := time.NewTimer(beat)
 	defer t.Stop()
 	for {

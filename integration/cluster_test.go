@@ -561,3 +561,77 @@ func TestRealRedisRestartedNodeClearsItsStaleShare(t *testing.T) {
 		t.Fatal("5th session admitted")
 	}
 }
+
+// Redis stopped mid-run: no admission waits longer than the deadline,
+// local limits apply within 1 s, nothing crashes; Redis back (empty): the
+// nodes republish their shares and the counts are the truth again.
+func TestRealRedisOutageDegradesAndRecovers(t *testing.T) {
+	env := redisEnv(t)
+	setup, port := env["REDIS_SETUP"], env["REDIS_OUTAGE_PORT"]
+	run := func(args ...string) {
+		if out, err := exec.Command("bash", append([]string{setup}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("setup.sh %v: %v\n%s", args, err, out)
+		}
+	}
+	run("start-port", port)
+	t.Cleanup(func() { run("start-port", port) })
+	tc := startCluster(t, 2, env["REDIS_OUTAGE_URL"], "[limits]\nmax_per_ip = 4\n", "")
+	const from = "127.0.20.1"
+	tc.hold(4, from, func(i int) int { return i % 2 })
+	if _, ok, _ := connect(from, tc.nodes[0].addr, clusterClientTLS); ok {
+		t.Fatal("5th session admitted with Redis up")
+	}
+	run("stop-port", port)
+	stopped := time.Now()
+	// n1 has 2 of the address's sessions: under local limits it admits 2
+	// more, then refuses; no attempt waits for Redis past the deadline.
+	var admitted []*gateConn
+	defer func() { closeAll(admitted) }()
+	for i := 0; i < 4; i++ {
+		start := time.Now()
+		ic, ok, err := connect(from, tc.nodes[0].addr, clusterClientTLS)
+		took := time.Since(start)
+		if err != nil {
+			t.Fatalf("attempt %d: %v", i, err)
+		}
+		if took > 300*time.Millisecond {
+			t.Errorf("attempt %d with Redis down took %s (deadline 50ms)", i, took)
+		}
+		if ok {
+			admitted = append(admitted, ic)
+		}
+	}
+	if len(admitted) != 2 {
+		t.Fatalf("with Redis down, n1 admitted %d more from an address it holds 2 of, want 2 (local max_per_ip 4)", len(admitted))
+	}
+	for _, g := range tc.nodes {
+		for g.metric("imapgate_cluster_degraded") != 1 {
+			if time.Since(stopped) > time.Second {
+				t.Fatalf("%s not on local limits 1s after Redis stopped", g.id)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	t.Logf("both nodes on local limits %s after Redis stopped", time.Since(stopped).Round(time.Millisecond))
+	run("start-port", port)
+	restarted := time.Now()
+	c := redisClient(t, env["REDIS_OUTAGE_URL"])
+	waitFor(t, "the shared count to be the truth (6) again", func() bool { return tc.sharedCount(c, from) == 6 })
+	t.Logf("counts converged %s after Redis came back empty", time.Since(restarted).Round(time.Millisecond))
+	for _, g := range tc.nodes {
+		if v := g.metric("imapgate_cluster_degraded"); v != 0 {
+			t.Errorf("%s degraded = %v after recovery", g.id, v)
+		}
+		if v := g.metric("imapgate_cluster_fallbacks_total"); v < 1 {
+			t.Errorf("%s fallbacks_total = %v", g.id, v)
+		}
+	}
+	if _, ok, _ := connect(from, tc.nodes[1].addr, clusterClientTLS); ok {
+		t.Fatal("admitted over the shared limit after recovery (6 held, max 4)")
+	}
+	for _, g := range tc.nodes {
+		if g.cmd.ProcessState != nil {
+			t.Errorf("%s exited", g.id)
+		}
+	}
+}
