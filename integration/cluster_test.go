@@ -635,3 +635,85 @@ func TestRealRedisOutageDegradesAndRecovers(t *testing.T) {
 		}
 	}
 }
+
+// Sentinel failover (one master, one replica, one sentinel): the nodes
+// follow the new master and the limits hold across the switch.
+func TestRealRedisSentinelFailover(t *testing.T) {
+	env := redisEnv(t)
+	setup := env["REDIS_SETUP"]
+	sentinel := redisClient(t, "redis://127.0.0.1:"+env["REDIS_SENTINEL_PORT"])
+	master := func() string {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		a, err := sentinel.Do(ctx, sentinel.B().Arbitrary("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "imapgate").Build()).AsStrSlice()
+		if err != nil || len(a) != 2 {
+			return ""
+		}
+		return a[1]
+	}
+	for _, p := range strings.Split(env["REDIS_SENTINEL_PORTS"], ",") {
+		exec.Command("bash", setup, "start-port", p).Run()
+	}
+	// The replica must be in sync before the master goes.
+	waitFor(t, "the replica to sync", func() bool {
+		out, _ := exec.Command("redis-cli", "-p", "26379", "sentinel", "replicas", "imapgate").Output()
+		return strings.Contains(string(out), "slave") && !strings.Contains(string(out), "s_down")
+	})
+	tc := startCluster(t, 3, env["REDIS_SENTINEL_URL"], "[limits]\nmax_per_ip = 4\n", "")
+	const from = "127.0.21.1"
+	tc.hold(4, from, func(i int) int { return i % 3 })
+	if got := tc.attempt(12, src(from), nil); got != 0 {
+		t.Fatalf("before the failover, %d admitted over the limit", got)
+	}
+	old := master()
+	if old == "" {
+		t.Fatal("the sentinel knows no master")
+	}
+	if out, err := exec.Command("bash", setup, "stop-port", old).CombinedOutput(); err != nil {
+		t.Fatalf("stopping the master: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("bash", setup, "start-port", old).Run() })
+	killed := time.Now()
+	deadline := time.Now().Add(20 * time.Second)
+	for master() == old || master() == "" {
+		if time.Now().After(deadline) {
+			t.Fatal("the sentinel did not fail over within 20s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("master %s stopped; sentinel promoted %s %s later", old, master(), time.Since(killed).Round(time.Millisecond))
+	// Settled: every node on the shared limits, and none fell back in
+	// the last second (the first calls to a fresh master can be slow).
+	settled := func() (float64, bool) {
+		sum := 0.0
+		for _, g := range tc.nodes {
+			if g.metric("imapgate_cluster_degraded") != 0 {
+				return 0, false
+			}
+			sum += g.metric("imapgate_cluster_fallbacks_total")
+		}
+		return sum, true
+	}
+	waitFor(t, "all nodes on the shared limits through the new master, for a second", func() bool {
+		before, ok := settled()
+		if !ok {
+			return false
+		}
+		time.Sleep(time.Second)
+		after, ok := settled()
+		return ok && after == before
+	})
+	t.Logf("all nodes on the shared limits %s after the master stopped", time.Since(killed).Round(time.Millisecond))
+	if got := tc.attempt(12, src(from), nil); got != 0 {
+		t.Fatalf("after the failover, %d admitted over the limit (4 held)", got)
+	}
+	fallbacks := 0.0
+	for _, g := range tc.nodes {
+		fallbacks += g.metric("imapgate_cluster_fallbacks_total")
+	}
+	if fallbacks == 0 {
+		t.Error("no node noticed the failover")
+	}
+	// The old master comes back as a replica.
+	exec.Command("bash", setup, "start-port", old).Run()
+}
