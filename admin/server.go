@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
@@ -16,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"imapgate/cluster"
 	"imapgate/conntable"
 	"imapgate/limiter"
 )
@@ -39,6 +41,9 @@ type Options struct {
 	UpstreamProblems func() []string
 	// Info adds fields to /status (listeners, upstream, config file…).
 	Info func() map[string]any
+	// Cluster, if set, is the cluster's status for /status (nodes alive,
+	// their sessions, Redis health and latency, degraded or not).
+	Cluster func(context.Context) *cluster.Status
 	// Token, if set, lets requests from other hosts change state with
 	// "Authorization: Bearer <token>". Without it only local requests
 	// (loopback or the unix socket) may.
@@ -146,11 +151,12 @@ type Status struct {
 	WouldRefuse map[string]uint64 `json:"dry_run_would_refuse,omitempty"`
 	// UpstreamProblems are misconfigurations of the upstream seen since
 	// start or the last reload (LOGINDISABLED, PRIVACYREQUIRED), with fixes.
-	UpstreamProblems []string `json:"upstream_problems,omitempty"`
-	Info        map[string]any    `json:"info,omitempty"`
+	UpstreamProblems []string        `json:"upstream_problems,omitempty"`
+	Cluster          *cluster.Status `json:"cluster,omitempty"`
+	Info             map[string]any  `json:"info,omitempty"`
 }
 
-func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
+func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	t := s.o.Table
 	st := Status{
 		Uptime: time.Since(s.start).Round(time.Second).String(), Count: t.Count(), Max: t.Max(),
@@ -176,6 +182,9 @@ func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
 	}
 	if s.o.Info != nil {
 		st.Info = s.o.Info()
+	}
+	if s.o.Cluster != nil {
+		st.Cluster = s.o.Cluster(r.Context())
 	}
 	writeJSON(w, st)
 }

@@ -537,6 +537,18 @@ func TestRealRedisKilledNodeStopsCounting(t *testing.T) {
 	}
 	closeAll(extra)
 	waitFor(t, "the shared count to be 2", func() bool { return tc.sharedCount(c, from) == 2 })
+	// ctl status shows the cluster: the nodes, alive or not, their
+	// sessions, Redis's latency.
+	out, err := exec.Command(imapgateBinary(t), "ctl", "-admin", tc.nodes[0].admin, "status").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ctl status: %v\n%s", err, out)
+	}
+	t.Logf("ctl status on n1:\n%s", out)
+	for _, want := range []string{"cluster      node n1 via redis://imapgate:xxxxx@", "shared limits, Redis", "node n1 ", "node n2 "} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("ctl status lacks %q", want)
+		}
+	}
 }
 
 func TestRealRedisRestartedNodeClearsItsStaleShare(t *testing.T) {

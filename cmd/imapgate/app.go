@@ -189,6 +189,7 @@ func (a *app) startAdmin(cfg *config.Config, reg *prometheus.Registry, top *admi
 	h := admin.New(admin.Options{
 		Table: a.table, Limiter: a.limiter, Top: top, Gatherer: reg, Token: cfg.Admin.Token,
 		Reload: a.reload, ReopenLogs: a.reopenLogs, Ready: a.ready.Load, UpstreamProblems: a.srv.UpstreamProblems,
+		Cluster: a.clusterStatus(),
 		Info: func() map[string]any {
 			c := a.cfg.Load()
 			addrs := make([]string, len(a.listeners))
@@ -202,6 +203,14 @@ func (a *app) startAdmin(cfg *config.Config, reg *prometheus.Registry, top *admi
 	a.adminSrv = &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	go a.adminSrv.Serve(ln)
 	return nil
+}
+
+// clusterStatus is the admin endpoint's view of the cluster, or nil.
+func (a *app) clusterStatus() func(context.Context) *cluster.Status {
+	if a.cluster == nil {
+		return nil
+	}
+	return a.cluster.Status
 }
 
 func prefixesOf(ps []config.Prefix) []netip.Prefix {

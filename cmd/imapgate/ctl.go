@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"imapgate/admin"
+	"imapgate/cluster"
 	"imapgate/config"
 )
 
@@ -189,6 +190,9 @@ func (c *ctlClient) status(w io.Writer, raw bool) error {
 	if len(s.WouldRefuse) > 0 {
 		fmt.Fprintf(w, "dry run      %s\n", mapString(s.WouldRefuse))
 	}
+	if c := s.Cluster; c != nil {
+		printCluster(w, c)
+	}
 	if s.Info != nil {
 		fmt.Fprintf(w, "listening    %v, upstream %v (%v), config %v\n", s.Info["listen"], s.Info["upstream"], s.Info["upstream_mode"], s.Info["config"])
 	}
@@ -293,4 +297,27 @@ func (c *ctlClient) post(w io.Writer, path string, q url.Values, raw bool) error
 		fmt.Fprintf(w, "%s: %v\n", k, m[k])
 	}
 	return nil
+}
+
+// printCluster writes the cluster lines of ctl status.
+func printCluster(w io.Writer, c *cluster.Status) {
+	state := fmt.Sprintf("shared limits, Redis %.2f ms", float64(c.RedisLatency)/1e6)
+	if c.Degraded {
+		state = "DEGRADED: local limits"
+		if !c.DegradedSince.IsZero() {
+			state += fmt.Sprintf(" for %s", time.Since(c.DegradedSince).Round(time.Second))
+		}
+	}
+	fmt.Fprintf(w, "cluster      node %s via %s: %s; %d calls, %d failed, %d refusals from memory\n",
+		c.Node, c.Redis, state, c.Calls, c.Failures, c.CacheHits)
+	if c.Error != "" {
+		fmt.Fprintf(w, "             Redis: %s\n", c.Error)
+	}
+	for _, n := range c.Nodes {
+		life := fmt.Sprintf("alive (%s left)", n.Expires.Round(time.Second))
+		if !n.Alive {
+			life = fmt.Sprintf("DEAD for %s", (-n.Expires).Round(time.Second))
+		}
+		fmt.Fprintf(w, "  node %-12s %s, %d sessions\n", n.Node, life, n.Sessions)
+	}
 }
