@@ -457,6 +457,9 @@ func (t *Ticket) CommitUser(ok bool) {
 }
 
 func (t *Ticket) releaseUser() {
+	if t.l == nil {
+		return
+	}
 	if t.l.cl.s != nil {
 		t.commitUserCluster(false)
 		return
