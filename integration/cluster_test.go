@@ -471,6 +471,22 @@ min_users = 0
 		}
 		return ok
 	})
+	// ctl ban on n2 bans on n1 too.
+	out, err := exec.Command(imapgateBinary(t), "ctl", "-admin", tc.nodes[1].admin, "ban", "127.0.16.3", "5m").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ctl ban: %v\n%s", err, out)
+	}
+	start := time.Now()
+	for {
+		_, ok, err := connect("127.0.16.3", tc.nodes[0].addr, clusterClientTLS)
+		if err == nil && !ok {
+			break
+		}
+		if time.Since(start) > time.Second {
+			t.Fatal("ctl ban on n2 not enforced by n1 within 1s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // A TLS session from node 1 resumes on node 2: the ticket keys are shared.

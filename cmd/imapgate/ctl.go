@@ -27,7 +27,11 @@ const ctlUsage = `usage: imapgate ctl [-admin ADDR | -config FILE] [-json] [-tok
                             live connections (like conntrack -L)
   kill ID|ADDR              close one connection, or all of an address (like conntrack -D)
   bans                      bans in force: address or network, user (for a user+address ban), until
-  unban ADDR|CIDR [USER]    lift a ban from failed logins (with USER: that user's ban on ADDR only)
+  ban ADDR|CIDR [DURATION [USER]]
+                            ban an address or network (with USER: that user on ADDR) for DURATION
+                            (default the auth-failure ban_time); with [cluster], on every node
+  unban ADDR|CIDR [USER]    lift a ban from failed logins (with USER: that user's ban on ADDR only);
+                            with [cluster], on every node
   reload                    re-read the configuration and certificates
   reopen-logs               reopen the log file after rotation, or reconnect to syslog (like SIGUSR1)
 `
@@ -90,6 +94,19 @@ func ctl(args []string, stdout, stderr io.Writer) int {
 			q.Set("user", rest[1])
 		}
 		err = c.post(stdout, "/unban", q, *asJSON)
+	case "ban":
+		if len(rest) < 1 || len(rest) > 3 {
+			err = fmt.Errorf("ban needs an address or CIDR, optionally a duration (10m) and a user")
+			break
+		}
+		q := url.Values{"addr": {rest[0]}}
+		if len(rest) >= 2 {
+			q.Set("for", rest[1])
+		}
+		if len(rest) == 3 {
+			q.Set("user", rest[2])
+		}
+		err = c.post(stdout, "/ban", q, *asJSON)
 	case "reload":
 		err = c.post(stdout, "/reload", nil, *asJSON)
 	case "reopen-logs":
