@@ -19,9 +19,12 @@ import (
 // stays valid for one to two periods. While Redis is unreachable a node
 // keeps the keys it has.
 //
-// The keys are secrets: whoever reads them can decrypt recorded TLS 1.3
-// sessions resumed with them. Redis must be reachable only through an ACL
-// user with a password, over TLS (rediss://) off the local host.
+// The keys are secrets: whoever reads them can open the tickets, which
+// hold a TLS 1.2 session's master secret (so a recorded TLS 1.2 session
+// whose ticket was captured can be decrypted) or a TLS 1.3 resumption
+// secret (so a client resuming with it can be deceived). Redis must be
+// reachable only through an ACL user with a password, over TLS
+// (rediss://) off the local host.
 type ticketKeys struct {
 	cfg      *tls.Config
 	rotation time.Duration

@@ -132,7 +132,7 @@ func startCluster(t *testing.T, n int, url, limits, clusterExtra string) *testCl
 	t.Helper()
 	bin := imapgateBinary(t)
 	dir := t.TempDir()
-	tc := &testCluster{t: t, dir: dir, url: url, prefix: fmt.Sprintf("t%d", time.Now().UnixNano())}
+	tc := &testCluster{t: t, dir: dir, url: url, prefix: fmt.Sprintf("imapgate-t%d", time.Now().UnixNano())}
 	cert := clusterCert(t, dir)
 	for i := 0; i < n; i++ {
 		g := &gateNode{id: fmt.Sprintf("n%d", i+1), addr: freeAddr(t), admin: freeAddr(t)}

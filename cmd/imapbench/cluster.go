@@ -315,7 +315,7 @@ func clusterBench(s *peerSetup, redisURL string, replicas, rounds, sessions, att
 			modes = []string{"cluster", "standalone"}
 		}
 		for _, mode := range modes {
-			prefix := fmt.Sprintf("bench%d", time.Now().UnixNano())
+			prefix := fmt.Sprintf("imapgate-bench%d", time.Now().UnixNano())
 			g, err := s.startReplicas(mode, redisURL, prefix, replicas)
 			check(err)
 			f := res[mode]

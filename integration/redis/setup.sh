@@ -56,7 +56,12 @@ password() {
 }
 
 write_conf() { # port [replicaof-port]
-    local port=$1 of=${2:-} pass conf
+    local port=$1 of=${2:-} pass conf acl
+    # The shared instances get the rights the README asks for (imapgate's
+    # keys and channel only, nothing dangerous but INFO, for imapbench);
+    # the Sentinel pair's user also serves the sentinel and replication.
+    acl="~{imapgate*}:* &{imapgate*}:* +@all -@dangerous +info"
+    if [ -n "${SENTINEL_PAIR:-}" ]; then acl="~* &* +@all"; fi
     pass=$(password)
     conf="$DIR/$port/redis.conf"
     mkdir -p "$DIR/$port"
@@ -72,7 +77,7 @@ save ""
 appendonly no
 protected-mode yes
 user default off
-user $USER on >$pass ~* &* +@all
+user $USER on >$pass $acl
 masteruser $USER
 masterauth $pass
 CONF
@@ -156,7 +161,8 @@ case "${1:-}" in
 install) install_packages ;;
 start)
     command -v redis-server >/dev/null && command -v redis-sentinel >/dev/null || die "redis-server and redis-sentinel missing (setup.sh install)"
-    write_conf "$PORT_MAIN"; write_conf "$PORT_OUTAGE"; write_conf "$PORT_A"; write_conf "$PORT_B" "$PORT_A"
+    write_conf "$PORT_MAIN"; write_conf "$PORT_OUTAGE"
+    SENTINEL_PAIR=1 write_conf "$PORT_A"; SENTINEL_PAIR=1 write_conf "$PORT_B" "$PORT_A"
     for p in "$PORT_MAIN" "$PORT_OUTAGE" "$PORT_A" "$PORT_B"; do start_port "$p"; done
     start_sentinel
     write_env
