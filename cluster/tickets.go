@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 )
 
@@ -29,9 +30,17 @@ type ticketKeys struct {
 	cfg      *tls.Config
 	rotation time.Duration
 	last     time.Time
+	mu       sync.Mutex // have, for installed
 	have     [3]string
 	kick     chan struct{}
 	set      int // times the keys were installed
+}
+
+// installed reports whether key is one of the keys in force (tests).
+func (t *ticketKeys) installed(key string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return key != "" && (t.have[0] == key || t.have[1] == key || t.have[2] == key)
 }
 
 // ShareTicketKeys makes cfg's session ticket keys the cluster's, rotated
@@ -89,10 +98,15 @@ func (t *ticketKeys) refresh(ctx context.Context, c *Cluster, force bool) {
 		copy(k[:], s)
 		keys = append(keys, k)
 	}
-	if have == t.have || have[0] == "" {
+	t.mu.Lock()
+	same := have == t.have
+	if !same && have[0] != "" {
+		t.have = have
+	}
+	t.mu.Unlock()
+	if same || have[0] == "" {
 		return
 	}
-	t.have = have
 	t.cfg.SetSessionTicketKeys(keys)
 	t.set++
 	if t.set == 1 {
