@@ -319,6 +319,18 @@ func (c *Cluster) Publish(ctx context.Context, s *limiter.Snapshot) error {
 		}
 		cmds = cmds[n:]
 	}
+	for _, u := range s.Unbans {
+		bctx, cancel := context.WithTimeout(ctx, c.o.Timeout)
+		if u.User != "" {
+			err = c.UnbanUser(bctx, u.Key.Addr(), u.User)
+		} else {
+			err = c.Unban(bctx, u.Key)
+		}
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
 	for _, b := range s.Bans {
 		bctx, cancel := context.WithTimeout(ctx, c.o.Timeout)
 		err := c.Ban(bctx, b)

@@ -253,7 +253,7 @@ func (l *Limiter) Bans(now time.Time) []Ban {
 // there was a ban.
 func (l *Limiter) Unban(k netip.Prefix) bool {
 	ok := l.unban(k)
-	l.sharedUnban(func(s Shared) error {
+	l.sharedUnban(Ban{Key: unmapPrefix(k)}, func(s Shared) error {
 		ctx, cancel := l.ctx()
 		defer cancel()
 		return s.Unban(ctx, unmapPrefix(k))
@@ -285,7 +285,8 @@ func (l *Limiter) unban(k netip.Prefix) bool {
 // there. It reports whether there was a ban.
 func (l *Limiter) UnbanUser(addr netip.Addr, user string) bool {
 	ok := l.unbanUser(addr, user)
-	l.sharedUnban(func(s Shared) error {
+	a := addr.Unmap().WithZone("")
+	l.sharedUnban(Ban{Key: netip.PrefixFrom(a, a.BitLen()), User: user}, func(s Shared) error {
 		ctx, cancel := l.ctx()
 		defer cancel()
 		return s.UnbanUser(ctx, addr.Unmap().WithZone(""), user)

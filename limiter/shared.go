@@ -120,6 +120,10 @@ type Snapshot struct {
 	Prefixes map[netip.Prefix]int
 	Users    []UserCount
 	Bans     []Ban
+	// Unbans are the operator's unbans made while the shared state was
+	// down (User set: a user+address ban), to lift there before Bans are
+	// stored.
+	Unbans []Ban
 }
 
 // UserCount is a user's sessions from one address.
@@ -148,6 +152,9 @@ type clusterState struct {
 	fails atomic.Uint64 // shared calls failed
 	// timeout bounds calls made without a caller's context (Release).
 	timeout time.Duration
+	// unbans made while down, for the next Republish.
+	unbansMu sync.Mutex
+	unbans   []Ban
 }
 
 // ticketCluster is what a ticket holds in the shared state.
@@ -248,6 +255,9 @@ func (l *Limiter) Republish(ctx context.Context, now time.Time) error {
 		if err := l.cl.s.Publish(ctx, s); err != nil {
 			return err
 		}
+		l.cl.unbansMu.Lock()
+		l.cl.unbans = l.cl.unbans[len(s.Unbans):]
+		l.cl.unbansMu.Unlock()
 		l.cl.mu.Lock()
 		if l.cl.dirty.Load() == d0 || attempt >= 4 {
 			// After five tries under constant churn the share is off by
@@ -291,6 +301,9 @@ func (l *Limiter) snapshot(now time.Time) *Snapshot {
 		us.Unlock()
 	}
 	s.Bans = l.Bans(now)
+	l.cl.unbansMu.Lock()
+	s.Unbans = append([]Ban(nil), l.cl.unbans...)
+	l.cl.unbansMu.Unlock()
 	return s
 }
 

@@ -18,6 +18,7 @@ type fakeShared struct {
 	fail   bool
 	calls  int
 	downs  int
+	unbans []Ban // received by Publish
 }
 
 type fakeNode struct {
@@ -104,6 +105,7 @@ func (n fakeNode) Publish(_ context.Context, s *Snapshot) error {
 	if n.fail {
 		return errFake
 	}
+	n.unbans = append(n.unbans, s.Unbans...)
 	for _, m := range n.counts {
 		delete(m, n.node)
 	}
@@ -254,4 +256,27 @@ func TestConfirmWithoutSharedIsANoOp(t *testing.T) {
 	var zero Ticket
 	zero.CommitUser(false)
 	zero.Release()
+}
+
+// An operator's unban while the shared state is down reaches it with the
+// next Republish, once, so the stored ban does not come back.
+func TestSharedUnbanWhileDownIsRepublished(t *testing.T) {
+	f := newFake()
+	n := sharedNodes(t, f, unlimited(), "n1")[0]
+	k := netip.MustParsePrefix("192.0.2.80/32")
+	n.ApplyBan(Ban{Key: k, Until: t0.Add(time.Hour)})
+	f.fail = true
+	admitShared(n, addr("192.0.2.81"), t0) // goes down
+	if n.SharedUp() {
+		t.Fatal("still up")
+	}
+	if !n.Unban(k) {
+		t.Fatal("no ban lifted")
+	}
+	f.fail = false
+	n.Republish(context.Background(), t0)
+	n.Republish(context.Background(), t0)
+	if len(f.unbans) != 1 || f.unbans[0].Key != k {
+		t.Fatalf("unbans published %+v, want %s once", f.unbans, k)
+	}
 }

@@ -218,13 +218,22 @@ func (l *Limiter) Ban(b Ban) error {
 	return nil
 }
 
-// sharedUnban lifts a ban in the shared state too.
-func (l *Limiter) sharedUnban(f func(Shared) error) {
-	if l.cl.s == nil || !l.SharedUp() {
+// sharedUnban lifts a ban (u) in the shared state too; while that is
+// down, the unban waits for Republish, so the stored ban does not come
+// back when Redis answers again.
+func (l *Limiter) sharedUnban(u Ban, f func(Shared) error) {
+	if l.cl.s == nil {
 		return
 	}
-	l.cl.calls.Add(1)
-	if err := f(l.cl.s); err != nil {
+	if l.SharedUp() {
+		l.cl.calls.Add(1)
+		err := f(l.cl.s)
+		if err == nil {
+			return
+		}
 		l.down(err)
 	}
+	l.cl.unbansMu.Lock()
+	l.cl.unbans = append(l.cl.unbans, u)
+	l.cl.unbansMu.Unlock()
 }
