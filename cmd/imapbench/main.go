@@ -8,6 +8,9 @@
 //
 //	integration/bench/run.sh            installs the peers and runs this
 //	go run ./cmd/imapbench -h
+//
+// With -cluster URL it runs the cluster scenario instead (cluster.go):
+// imapgate replicas with and without [cluster] sharing that Redis.
 package main
 
 import (
