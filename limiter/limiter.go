@@ -27,6 +27,7 @@ type Limiter struct {
 	goodIP, goodPrefix *goodTable
 	fails              *failTable
 	wouldRefuse        [NumReasons]atomic.Uint64
+	cl                 clusterState // shared state, if any (SetShared)
 }
 
 // ipCount is an address's live connections. Maps of these hold no
@@ -169,6 +170,7 @@ type Ticket struct {
 	user                 userKey
 	hasUser              bool
 	released             bool
+	cl                   ticketCluster
 }
 
 const (
@@ -197,7 +199,22 @@ func (d *Decision) refuse(p *Policy, r Reason, limit int) bool {
 // Admit decides on a new connection from client at now. Unless refused,
 // the returned ticket holds the connection's places in the counters (and
 // may need WaitPreauth); a refused decision comes with the zero Ticket.
+//
+// With shared state (SetShared), Admit decides what it can without a
+// round trip (lists, bans, refusals remembered from the shared limits) and
+// takes this node's places; Confirm then checks the shared limits.
 func (l *Limiter) Admit(client netip.Addr, now time.Time) (Ticket, Decision) {
+	if l.cl.s != nil {
+		return l.admitCluster(client, now)
+	}
+	return l.admit(client, now, false)
+}
+
+// admit is Admit on this node's state. With book, the rates and the
+// total, per-address and per-prefix counts are the shared state's to
+// check (Confirm): only the over-limit cache refuses here, and the counts
+// are this node's bookkeeping.
+func (l *Limiter) admit(client netip.Addr, now time.Time, book bool) (Ticket, Decision) {
 	p := l.policy.Load()
 	a := client.Unmap().WithZone("")
 	var d Decision
@@ -223,10 +240,14 @@ func (l *Limiter) Admit(client netip.Addr, now time.Time) (Ticket, Decision) {
 				lim = &tier
 			}
 		}
-		if !l.spendRates(&t, p, lim, now, &d) {
+		if !book && !l.spendRates(&t, p, lim, now, &d) {
 			return Ticket{}, d
 		}
 	}
+	if book && l.overLimit(&t, p, now, &d) {
+		return Ticket{}, d
+	}
+	t.cl.book = book
 	if !l.count(&t, p, lim, &d) {
 		t.Release()
 		return Ticket{}, d
@@ -258,7 +279,7 @@ func (l *Limiter) spendRates(t *Ticket, p *Policy, lim *Limits, now time.Time, d
 // refusal it leaves what it took in t.counted for Release to undo, except
 // that a Wait refusal for the preauth limit keeps the other places.
 func (l *Limiter) count(t *Ticket, p *Policy, lim *Limits, d *Decision) bool {
-	if n := l.total.Add(1); lim.MaxConnections > 0 && n > int64(lim.MaxConnections) && d.refuse(p, MaxConnections, lim.MaxConnections) {
+	if n := l.total.Add(1); !t.cl.book && lim.MaxConnections > 0 && n > int64(lim.MaxConnections) && d.refuse(p, MaxConnections, lim.MaxConnections) {
 		l.total.Add(-1)
 		return false
 	}
@@ -269,7 +290,7 @@ func (l *Limiter) count(t *Ticket, p *Policy, lim *Limits, d *Decision) bool {
 	s := &l.ips[l.shardOf(t.k)]
 	s.Lock()
 	c := s.m[t.k]
-	if lim.MaxPerIP > 0 && int(c.total) >= lim.MaxPerIP && d.refuse(p, MaxPerIP, lim.MaxPerIP) {
+	if !t.cl.book && lim.MaxPerIP > 0 && int(c.total) >= lim.MaxPerIP && d.refuse(p, MaxPerIP, lim.MaxPerIP) {
 		s.Unlock()
 		return false
 	}
@@ -285,7 +306,7 @@ func (l *Limiter) count(t *Ticket, p *Policy, lim *Limits, d *Decision) bool {
 
 	ps := &l.prefixes[l.shardOf(t.pk.addr)]
 	ps.Lock()
-	if n := ps.m[t.pk]; lim.MaxPerPrefix > 0 && int(n) >= lim.MaxPerPrefix && d.refuse(p, MaxPerPrefix, lim.MaxPerPrefix) {
+	if n := ps.m[t.pk]; !t.cl.book && lim.MaxPerPrefix > 0 && int(n) >= lim.MaxPerPrefix && d.refuse(p, MaxPerPrefix, lim.MaxPerPrefix) {
 		ps.Unlock()
 		return false
 	}
@@ -400,13 +421,23 @@ func (t *Ticket) ReserveUser(user string) Decision {
 	if t.l == nil || t.exempt || t.hasUser {
 		return d
 	}
+	if t.l.cl.s != nil {
+		return t.reserveUserCluster(user)
+	}
+	return t.reserveUser(user, false)
+}
+
+// reserveUser counts user on this node; with book, without checking the
+// limit (the shared state checked it).
+func (t *Ticket) reserveUser(user string, book bool) Decision {
+	var d Decision
 	p := t.l.policy.Load()
 	lim, _ := p.limitsFor(t.addr)
 	k := userKey{strings.ToLower(user), t.addr}
 	s := &t.l.users[t.l.shardOf(t.k)]
 	s.Lock()
 	defer s.Unlock()
-	if n := s.m[k]; lim.MaxPerUserIP > 0 && int(n) >= lim.MaxPerUserIP && d.refuse(p, MaxPerUserIP, lim.MaxPerUserIP) {
+	if n := s.m[k]; !book && lim.MaxPerUserIP > 0 && int(n) >= lim.MaxPerUserIP && d.refuse(p, MaxPerUserIP, lim.MaxPerUserIP) {
 		return d
 	}
 	s.m[k]++
@@ -416,12 +447,27 @@ func (t *Ticket) ReserveUser(user string) Decision {
 
 // CommitUser keeps the reserved place if ok, else gives it back.
 func (t *Ticket) CommitUser(ok bool) {
+	if t.l != nil && t.l.cl.s != nil {
+		t.commitUserCluster(ok)
+		return
+	}
 	if !ok {
 		t.releaseUser()
 	}
 }
 
 func (t *Ticket) releaseUser() {
+	if t.l == nil {
+		return
+	}
+	if t.l.cl.s != nil {
+		t.commitUserCluster(false)
+		return
+	}
+	t.releaseUserLocal()
+}
+
+func (t *Ticket) releaseUserLocal() {
 	if !t.hasUser {
 		return
 	}
@@ -440,6 +486,15 @@ func (t *Ticket) Release() {
 		return
 	}
 	t.released = true
+	if t.l.cl.s != nil {
+		t.releaseCluster()
+		return
+	}
+	t.releaseCounts()
+}
+
+// releaseCounts gives back the ticket's places in this node's counts.
+func (t *Ticket) releaseCounts() {
 	l := t.l
 	if t.counted&countedTotal != 0 {
 		l.total.Add(-1)
@@ -464,7 +519,7 @@ func (t *Ticket) Release() {
 		}
 		ps.Unlock()
 	}
-	t.releaseUser()
+	t.releaseUserLocal()
 	t.counted = 0
 }
 

@@ -7,16 +7,27 @@ import (
 	"encoding/binary"
 	"hash/maphash"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
-// attemptSecret keys AttemptKey; it lives as long as the process, so
-// attempt keys mean nothing outside it.
-var attemptSecret = func() []byte {
+// attemptSecret keys AttemptKey: made at start, so attempt keys mean
+// nothing outside the process, unless a cluster shares one
+// (SetAttemptSecret), so that replicas recognise each other's retries.
+var attemptSecret atomic.Pointer[[]byte]
+
+func init() {
 	b := make([]byte, 32)
 	rand.Read(b)
-	return b
-}()
+	attemptSecret.Store(&b)
+}
+
+// SetAttemptSecret replaces the key of AttemptKey (a cluster's shared
+// one). Attempts already recorded under the old key count again once.
+func SetAttemptSecret(b []byte) {
+	b = append([]byte(nil), b...)
+	attemptSecret.Store(&b)
+}
 
 // AttemptKey returns a keyed hash (HMAC-SHA256 with a random per-process
 // key, truncated to 64 bits) of user and secret, so a retry of the same
@@ -25,7 +36,7 @@ var attemptSecret = func() []byte {
 // case-insensitively. The result is never 0.
 func AttemptKey(user string, secret []byte) uint64 {
 	user = strings.ToLower(user)
-	m := hmac.New(sha256.New, attemptSecret)
+	m := hmac.New(sha256.New, *attemptSecret.Load())
 	var n [4]byte
 	binary.BigEndian.PutUint32(n[:], uint32(len(user)))
 	m.Write(n[:])
@@ -55,6 +66,11 @@ func (t *Ticket) LoginFailed(now time.Time, user string, attempt uint64) (delay 
 	pen := &p.Penalty
 	if !pen.on() {
 		return 0, nil
+	}
+	if l.cl.s != nil {
+		if delay, ban, ok := t.loginFailedCluster(now, user, attempt, pen); ok {
+			return delay, ban
+		}
 	}
 	n := now.UnixNano()
 	uh := l.userHash(user)
@@ -105,6 +121,11 @@ func (t *Ticket) Retried(now time.Time, user string, attempt uint64) bool {
 	if t.l == nil || attempt == 0 {
 		return false
 	}
+	if t.l.cl.s != nil && !t.exempt && t.l.policy.Load().Penalty.on() {
+		if res, ok := t.failShared(now, user, attempt); ok {
+			return res.Retried
+		}
+	}
 	pen := &t.l.policy.Load().Penalty
 	f := t.l.fails
 	f.mu.Lock()
@@ -153,6 +174,9 @@ func (t *Ticket) LoginSucceeded(now time.Time, user string) {
 		return
 	}
 	l := t.l
+	if l.cl.s != nil && t.loginSucceededCluster(now, user) {
+		t.spentIP, t.spentPrefix = 0, 0
+	}
 	if t.spentIP != 0 {
 		l.rateIP.refund(t.k, t.spentIP, now)
 		t.spentIP = 0

@@ -176,6 +176,9 @@ func (ss *session) run() {
 		} else {
 			t, admitted = s.limiter.Admit(ss.client.Remote.Addr(), time.Now())
 		}
+		// With a cluster, the shared limits (one Redis call, here in the
+		// session's goroutine, never in the accept loop); otherwise nothing.
+		admitted = t.Confirm(ss.ctx, time.Now(), admitted)
 		ss.noteDryRun(admitted, "")
 		if admitted.Refused && admitted.Action != limiter.Bye {
 			s.refusedBeforeTLS(admitted, ss.client.Remote.Addr())

@@ -21,6 +21,7 @@ import (
 
 	"imapgate/admin"
 	"imapgate/certs"
+	"imapgate/cluster"
 	"imapgate/config"
 	"imapgate/conntable"
 	"imapgate/courierlog"
@@ -39,6 +40,7 @@ type app struct {
 	store     *certs.Store
 	table     *conntable.Table
 	limiter   *limiter.Limiter
+	cluster   *cluster.Cluster // nil without [cluster] redis
 	srv       *proxy.Server
 	emb       *embedded.Server
 	trusted   atomic.Pointer[[]netip.Prefix] // PROXY header sources
@@ -86,12 +88,16 @@ func newApp(cfg *config.Config, f flags) (*app, error) {
 	a.metrics = admin.NewMetrics(reg, admin.Sources{Table: a.table, Limiter: a.limiter, Certs: a.store,
 		Parked: func() int { return a.srv.Parked() }, LogDropped: a.logs.Dropped()}, top)
 	minVersion, _ := certs.TLSVersion(cfg.TLS.MinVersion)
+	tlsConfig := a.store.ServerConfig(minVersion, cfg.TLS.PostQuantum)
+	if err := a.startCluster(cfg, reg, tlsConfig); err != nil {
+		return nil, err
+	}
 	sessionLog := a.log
 	if cfg.Upstream.Mode == "exec" {
 		sessionLog = a.log.WithoutSessionLines() // courier writes them itself
 	}
 	a.srv, err = proxy.New(proxy.Options{
-		TLSConfig: a.store.ServerConfig(minVersion, cfg.TLS.PostQuantum),
+		TLSConfig: tlsConfig,
 		Upstream:  up,
 		Log:       sessionLog,
 		Table:     a.table,
@@ -136,6 +142,30 @@ func newApp(cfg *config.Config, f flags) (*app, error) {
 	return a, nil
 }
 
+// startCluster joins the cluster of [cluster] redis, if set: the limiter
+// shares its state through Redis (local limits while Redis is away), and
+// the TLS session ticket keys are the cluster's. It returns once the node
+// is in, or Redis failed to answer within a second.
+func (a *app) startCluster(cfg *config.Config, reg prometheus.Registerer, tlsConfig *tls.Config) error {
+	c := cfg.Cluster
+	if c.Redis == "" {
+		return nil
+	}
+	cl, err := cluster.New(cluster.Options{URL: c.Redis, Node: c.Node, KeyPrefix: c.KeyPrefix, Timeout: c.Timeout.D(),
+		NodeTTL: c.NodeTTL.D(), OverLimitHold: c.OverLimitHold.D(), TLSCAFile: c.TLSCAFile,
+		Log: func(m string) { a.log.Message(courierlog.Info, m) }})
+	if err != nil {
+		return err
+	}
+	cl.Register(reg)
+	if c.TicketKeys {
+		cl.ShareTicketKeys(tlsConfig, c.TicketRotation.D())
+	}
+	cl.Start(a.limiter)
+	a.cluster = cl
+	return nil
+}
+
 // startAdmin serves /metrics and the admin endpoint on [admin] address.
 func (a *app) startAdmin(cfg *config.Config, reg *prometheus.Registry, top *admin.Top) error {
 	addr := cfg.Admin.Address
@@ -159,6 +189,7 @@ func (a *app) startAdmin(cfg *config.Config, reg *prometheus.Registry, top *admi
 	h := admin.New(admin.Options{
 		Table: a.table, Limiter: a.limiter, Top: top, Gatherer: reg, Token: cfg.Admin.Token,
 		Reload: a.reload, ReopenLogs: a.reopenLogs, Ready: a.ready.Load, UpstreamProblems: a.srv.UpstreamProblems,
+		Cluster: a.clusterStatus(),
 		Info: func() map[string]any {
 			c := a.cfg.Load()
 			addrs := make([]string, len(a.listeners))
@@ -172,6 +203,14 @@ func (a *app) startAdmin(cfg *config.Config, reg *prometheus.Registry, top *admi
 	a.adminSrv = &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	go a.adminSrv.Serve(ln)
 	return nil
+}
+
+// clusterStatus is the admin endpoint's view of the cluster, or nil.
+func (a *app) clusterStatus() func(context.Context) *cluster.Status {
+	if a.cluster == nil {
+		return nil
+	}
+	return a.cluster.Status
 }
 
 func prefixesOf(ps []config.Prefix) []netip.Prefix {
@@ -297,9 +336,9 @@ func (a *app) tryReload() error {
 	old := a.cfg.Load()
 	if (cfg.Listen.Address != old.Listen.Address && !a.activated) || cfg.Log != old.Log ||
 		cfg.Upstream.Mode != old.Upstream.Mode || cfg.Admin != old.Admin ||
-		cfg.TLS.MinVersion != old.TLS.MinVersion || cfg.TLS.PostQuantum != old.TLS.PostQuantum ||
+		cfg.TLS.MinVersion != old.TLS.MinVersion || cfg.TLS.PostQuantum != old.TLS.PostQuantum || cfg.Cluster != old.Cluster ||
 		(len(old.Listen.ProxyProtocolFrom) == 0) != (len(cfg.Listen.ProxyProtocolFrom) == 0) {
-		return errors.New("listen.address, [log], [admin], upstream.mode, tls.min_version, tls.post_quantum and turning proxy_protocol_from on or off need a restart")
+		return errors.New("listen.address, [log], [admin], [cluster], upstream.mode, tls.min_version, tls.post_quantum and turning proxy_protocol_from on or off need a restart")
 	}
 	// The demo's generated certificate stays; files are read again.
 	var store *certs.Store
@@ -376,6 +415,9 @@ func (a *app) close() {
 	}
 	if a.emb != nil {
 		a.emb.Close()
+	}
+	if a.cluster != nil {
+		a.cluster.Close()
 	}
 	a.logs.Close() // flushes buffered lines
 }
