@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
@@ -16,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"imapgate/cluster"
 	"imapgate/conntable"
 	"imapgate/limiter"
 )
@@ -39,6 +41,9 @@ type Options struct {
 	UpstreamProblems func() []string
 	// Info adds fields to /status (listeners, upstream, config file…).
 	Info func() map[string]any
+	// Cluster, if set, is the cluster's status for /status (nodes alive,
+	// their sessions, Redis health and latency, degraded or not).
+	Cluster func(context.Context) *cluster.Status
 	// Token, if set, lets requests from other hosts change state with
 	// "Authorization: Bearer <token>". Without it only local requests
 	// (loopback or the unix socket) may.
@@ -70,6 +75,7 @@ func New(o Options) *Server {
 	s.mux.HandleFunc("GET /bans", s.bans)
 	s.mux.HandleFunc("POST /kill", s.local(s.kill))
 	s.mux.HandleFunc("POST /unban", s.local(s.unban))
+	s.mux.HandleFunc("POST /ban", s.local(s.ban))
 	s.mux.HandleFunc("POST /reload", s.local(call(o.Reload, "reloaded")))
 	s.mux.HandleFunc("POST /reopen-logs", s.local(call(o.ReopenLogs, "reopened")))
 	// Profiles for diagnosing CPU and memory; the admin listener is local
@@ -146,11 +152,12 @@ type Status struct {
 	WouldRefuse map[string]uint64 `json:"dry_run_would_refuse,omitempty"`
 	// UpstreamProblems are misconfigurations of the upstream seen since
 	// start or the last reload (LOGINDISABLED, PRIVACYREQUIRED), with fixes.
-	UpstreamProblems []string       `json:"upstream_problems,omitempty"`
-	Info             map[string]any `json:"info,omitempty"`
+	UpstreamProblems []string        `json:"upstream_problems,omitempty"`
+	Cluster          *cluster.Status `json:"cluster,omitempty"`
+	Info             map[string]any  `json:"info,omitempty"`
 }
 
-func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
+func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	t := s.o.Table
 	st := Status{
 		Uptime: time.Since(s.start).Round(time.Second).String(), Count: t.Count(), Max: t.Max(),
@@ -176,6 +183,9 @@ func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
 	}
 	if s.o.Info != nil {
 		st.Info = s.o.Info()
+	}
+	if s.o.Cluster != nil {
+		st.Cluster = s.o.Cluster(r.Context())
 	}
 	writeJSON(w, st)
 }
@@ -356,6 +366,47 @@ func (s *Server) unban(w http.ResponseWriter, r *http.Request) {
 		lifted = s.o.Limiter.Unban(p)
 	}
 	writeJSON(w, map[string]bool{"lifted": lifted})
+}
+
+// ban bans ?addr= (an address or CIDR; with ?user=, that user on the
+// address) for ?for= (default the policy's ban_time); with a cluster, on
+// every node.
+func (s *Server) ban(w http.ResponseWriter, r *http.Request) {
+	if s.o.Limiter == nil {
+		http.Error(w, "no limiter", http.StatusNotImplemented)
+		return
+	}
+	q := r.URL.Query()
+	p, err := netip.ParsePrefix(q.Get("addr"))
+	if err != nil {
+		a, aerr := netip.ParseAddr(q.Get("addr"))
+		if aerr != nil {
+			http.Error(w, "addr: want an address or CIDR", http.StatusBadRequest)
+			return
+		}
+		a = a.Unmap()
+		p = netip.PrefixFrom(a, a.BitLen())
+	}
+	d := s.o.Limiter.Policy().Penalty.BanTime
+	if v := q.Get("for"); v != "" {
+		if d, err = time.ParseDuration(v); err != nil || d <= 0 {
+			http.Error(w, "for: want a positive duration (10m)", http.StatusBadRequest)
+			return
+		}
+	}
+	if d <= 0 {
+		d = 10 * time.Minute
+	}
+	b := limiter.Ban{Key: p.Masked(), User: q.Get("user"), Until: time.Now().Add(d)}
+	if b.User != "" && !p.IsSingleIP() {
+		http.Error(w, "user: a user ban is on one address, not a CIDR", http.StatusBadRequest)
+		return
+	}
+	if err := s.o.Limiter.Ban(b); err != nil {
+		http.Error(w, "banned here; the cluster could not be told: "+err.Error(), http.StatusBadGateway)
+		return
+	}
+	writeJSON(w, map[string]any{"banned": b.Key.String(), "until": b.Until})
 }
 
 // call answers a request by calling f: {done: true}, or the error with

@@ -111,6 +111,7 @@ type Config struct {
 	Limits   Limits   `toml:"limits"`
 	Log      Log      `toml:"log"`
 	Admin    Admin    `toml:"admin"`
+	Cluster  Cluster  `toml:"cluster"`
 
 	defined map[string]bool   // keys the file set
 	origin  map[string]string // keys taken from courier's files, and where from
@@ -287,6 +288,22 @@ type Admin struct {
 	// Token lets other hosts change state with "Authorization: Bearer".
 	// Never printed: -check shows "(set)".
 	Token string `toml:"token" secret:"true"`
+}
+
+// Cluster is [cluster]: replicas sharing limits, bans and TLS session
+// ticket keys through Redis (package cluster). An empty Redis turns it
+// off.
+type Cluster struct {
+	// Redis is the URL; its password is never printed (-check: "(set)").
+	Redis          string   `toml:"redis" secret:"true"`
+	Node           string   `toml:"node"`
+	KeyPrefix      string   `toml:"key_prefix"`
+	Timeout        Duration `toml:"timeout"`
+	NodeTTL        Duration `toml:"node_ttl"`
+	OverLimitHold  Duration `toml:"over_limit_hold"`
+	TLSCAFile      string   `toml:"tls_ca_file"`
+	TicketKeys     bool     `toml:"ticket_keys"`
+	TicketRotation Duration `toml:"ticket_rotation"`
 }
 
 // Error is a problem in a config file at a line and key.

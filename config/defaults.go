@@ -63,6 +63,8 @@ func Default() *Config {
 		},
 		Log:   Log{Output: "stderr", Tag: "imapd-ssl"},
 		Admin: Admin{Address: "127.0.0.1:9100"},
+		Cluster: Cluster{KeyPrefix: "imapgate", Timeout: Duration(50 * time.Millisecond), NodeTTL: Duration(15 * time.Second),
+			OverLimitHold: Duration(250 * time.Millisecond), TicketKeys: true, TicketRotation: Duration(time.Hour)},
 	}
 }
 

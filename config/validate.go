@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -65,6 +66,7 @@ func (c *Config) validate() []problem {
 	}
 	ps = append(ps, c.validateLimits()...)
 	ps = append(ps, c.validateLog()...)
+	ps = append(ps, c.validateCluster()...)
 	if a := c.Admin.Address; a != "" && !strings.HasPrefix(a, "unix:") {
 		host, _, err := net.SplitHostPort(a)
 		ip, perr := netip.ParseAddr(host)
@@ -209,4 +211,40 @@ func (c *Config) validateLog() []problem {
 		return []problem{{"log.tag", 0, "must not be empty"}}
 	}
 	return nil
+}
+
+func (c *Config) validateCluster() []problem {
+	cl := c.Cluster
+	if cl.Redis == "" {
+		return nil
+	}
+	var ps []problem
+	add := func(key, format string, args ...any) {
+		ps = append(ps, problem{key: key, msg: fmt.Sprintf(format, args...)})
+	}
+	if u, err := url.Parse(cl.Redis); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
+		add("cluster.redis", "want redis://, rediss:// or unix:// URL")
+	}
+	if cl.KeyPrefix == "" || strings.ContainsAny(cl.KeyPrefix, "{} ") {
+		add("cluster.key_prefix", "must be non-empty, without braces or spaces, got %q", cl.KeyPrefix)
+	}
+	if strings.ContainsAny(cl.Node, " :") {
+		add("cluster.node", "must not contain spaces or colons, got %q", cl.Node)
+	}
+	if d := cl.Timeout.D(); d <= 0 || d > time.Second {
+		add("cluster.timeout", "must be between 1ms and 1s, got %s", d)
+	}
+	if d := cl.NodeTTL.D(); d < time.Second {
+		add("cluster.node_ttl", "must be at least 1s, got %s", d)
+	}
+	if d := cl.OverLimitHold.D(); d <= 0 || d > time.Minute {
+		add("cluster.over_limit_hold", "must be between 1ms and 1m, got %s", d)
+	}
+	if cl.TicketKeys && cl.TicketRotation.D() < time.Minute {
+		add("cluster.ticket_rotation", "must be at least 1m, got %s", cl.TicketRotation.D())
+	}
+	if cl.TLSCAFile != "" && !strings.HasPrefix(cl.Redis, "rediss://") {
+		add("cluster.tls_ca_file", "needs a rediss:// URL")
+	}
+	return ps
 }

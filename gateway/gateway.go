@@ -13,8 +13,10 @@ import (
 	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"imapgate/certs"
+	"imapgate/cluster"
 	"imapgate/config"
 	"imapgate/conntable"
 	"imapgate/courierlog"
@@ -43,6 +45,8 @@ type Options struct {
 	// the certificates exist, and returns what receives the proxy's
 	// counts and refused addresses (admin.Metrics); nil means none.
 	Instrument func(*Gate) (proxy.Events, proxy.Tracker)
+	// Registerer, if non-nil, takes the cluster's metrics ([cluster]).
+	Registerer prometheus.Registerer
 }
 
 // Gate is imapgate's parts, built from one configuration. The exported
@@ -55,6 +59,7 @@ type Gate struct {
 	Table   *conntable.Table
 	Limiter *limiter.Limiter
 	Server  *proxy.Server
+	Cluster *cluster.Cluster // nil without [cluster] redis
 
 	opts   Options
 	emb    *embedded.Server // started once, kept across reloads
@@ -107,6 +112,10 @@ func New(cfg *config.Config, o Options) (*Gate, error) {
 	}
 	tc := snap.certs.ServerConfig(minVersion, cfg.TLS.PostQuantum)
 	tc.GetCertificate = g.GetCertificate
+	if err := g.startCluster(cfg.Cluster, tc); err != nil {
+		g.Close()
+		return nil, err
+	}
 	g.Server, err = proxy.New(proxy.Options{
 		TLSConfig: tc, Upstream: snap.settings.Upstream, Log: sessionLog, Table: g.Table, Limiter: g.Limiter,
 		Login: snap.settings.Login, Events: events, Tracker: tracker,
@@ -117,6 +126,31 @@ func New(cfg *config.Config, o Options) (*Gate, error) {
 	}
 	g.Server.Follow(func() *proxy.Settings { return g.cur.Load().settings })
 	return g, nil
+}
+
+// startCluster joins the cluster of [cluster] redis, if set: the limiter
+// shares its state through Redis (local limits while Redis is away), and
+// the TLS session ticket keys are the cluster's. It returns once the node
+// is in, or Redis failed to answer within a second.
+func (g *Gate) startCluster(c config.Cluster, tc *tls.Config) error {
+	if c.Redis == "" {
+		return nil
+	}
+	cl, err := cluster.New(cluster.Options{URL: c.Redis, Node: c.Node, KeyPrefix: c.KeyPrefix, Timeout: c.Timeout.D(),
+		NodeTTL: c.NodeTTL.D(), OverLimitHold: c.OverLimitHold.D(), TLSCAFile: c.TLSCAFile,
+		Log: func(m string) { g.Log.Message(courierlog.Info, m) }})
+	if err != nil {
+		return err
+	}
+	if g.opts.Registerer != nil {
+		cl.Register(g.opts.Registerer)
+	}
+	if c.TicketKeys {
+		cl.ShareTicketKeys(tc, c.TicketRotation.D())
+	}
+	cl.Start(g.Limiter)
+	g.Cluster = cl
+	return nil
 }
 
 // GetCertificate is the client side's tls.Config.GetCertificate: the
@@ -234,9 +268,9 @@ func (g *Gate) Reload(cfg *config.Config) error {
 	defer g.reload.Unlock()
 	old := g.cur.Load().Config
 	if cfg.Upstream.Mode != old.Upstream.Mode || cfg.TLS.MinVersion != old.TLS.MinVersion ||
-		cfg.TLS.PostQuantum != old.TLS.PostQuantum ||
+		cfg.TLS.PostQuantum != old.TLS.PostQuantum || cfg.Cluster != old.Cluster ||
 		(len(old.Listen.ProxyProtocolFrom) == 0) != (len(cfg.Listen.ProxyProtocolFrom) == 0) {
-		return errors.New("upstream.mode, tls.min_version, tls.post_quantum and turning proxy_protocol_from on or off need a restart")
+		return errors.New("[cluster], upstream.mode, tls.min_version, tls.post_quantum and turning proxy_protocol_from on or off need a restart")
 	}
 	if cfg.Table.Buckets != old.Table.Buckets {
 		return errors.New("table.buckets cannot change without a restart")
@@ -276,10 +310,13 @@ func (g *Gate) Listener(ln net.Listener) net.Listener {
 	}
 }
 
-// Close stops the embedded server, if one was started. The proxy is
-// stopped by its own Shutdown or Close.
+// Close leaves the cluster and stops the embedded server, if any. The
+// proxy is stopped by its own Shutdown or Close, first.
 func (g *Gate) Close() {
 	if g.emb != nil {
 		g.emb.Close()
+	}
+	if g.Cluster != nil {
+		g.Cluster.Close()
 	}
 }

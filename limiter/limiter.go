@@ -27,6 +27,7 @@ type Limiter struct {
 	goodIP, goodPrefix *goodTable
 	fails              *failTable
 	wouldRefuse        [NumReasons]atomic.Uint64
+	cl                 clusterState // shared state, if any (SetShared)
 }
 
 // ipCount is an address's live connections. Maps of these hold no
@@ -195,6 +196,7 @@ type Ticket struct {
 	user                 userKey
 	hasUser              bool
 	released             bool
+	cl                   ticketCluster
 }
 
 const (
@@ -204,9 +206,13 @@ const (
 	countedPreauth
 )
 
+// none reports whether the ticket holds nothing: nil, or one that Confirm
+// found refused under the local limits.
+func (t *Ticket) none() bool { return t == nil || t.l == nil }
+
 // Addr returns the connection's address (IPv4-mapped addresses unmapped).
 func (t *Ticket) Addr() netip.Addr {
-	if t == nil {
+	if t.none() {
 		return netip.Addr{}
 	}
 	return t.addr
@@ -214,7 +220,7 @@ func (t *Ticket) Addr() netip.Addr {
 
 // Prefix returns the aggregation prefix the connection was counted in.
 func (t *Ticket) Prefix() netip.Prefix {
-	if t == nil {
+	if t.none() {
 		return netip.Prefix{}
 	}
 	return t.prefix
@@ -235,7 +241,22 @@ func (l *Limiter) refuse(d *Decision, p *Policy, r Reason, limit int) bool {
 // Admit decides on a new connection from client at now. Unless refused,
 // the returned ticket holds the connection's places in the counters (and
 // may need WaitPreauth); a refused decision comes with a nil Ticket.
+//
+// With shared state (SetShared), Admit decides what it can without a
+// round trip (lists, bans, refusals remembered from the shared limits) and
+// takes this node's places; Confirm then checks the shared limits.
 func (l *Limiter) Admit(client netip.Addr, now time.Time) (*Ticket, Decision) {
+	if l.cl.s != nil {
+		return l.admitCluster(client, now)
+	}
+	return l.admit(client, now, false)
+}
+
+// admit is Admit on this node's state. With book, the rates and the
+// total, per-address and per-prefix counts are the shared state's to
+// check (Confirm): only the over-limit cache refuses here, and the counts
+// are this node's bookkeeping.
+func (l *Limiter) admit(client netip.Addr, now time.Time, book bool) (*Ticket, Decision) {
 	p := l.policy()
 	a := client.Unmap().WithZone("")
 	d := Decision{Addr: a}
@@ -264,10 +285,14 @@ func (l *Limiter) Admit(client netip.Addr, now time.Time) (*Ticket, Decision) {
 				lim = &tier
 			}
 		}
-		if !l.spendRates(t, p, lim, now, &d) {
+		if !book && !l.spendRates(t, p, lim, now, &d) {
 			return nil, d
 		}
 	}
+	if book && l.overLimit(t, p, now, &d) {
+		return nil, d
+	}
+	t.cl.book = book
 	if !l.count(t, p, lim, &d) {
 		t.Release()
 		return nil, d
@@ -301,7 +326,7 @@ func (l *Limiter) spendRates(t *Ticket, p *Policy, lim *Limits, now time.Time, d
 // refusal it leaves what it took in t.counted for Release to undo, except
 // that a Wait refusal for the preauth limit keeps the other places.
 func (l *Limiter) count(t *Ticket, p *Policy, lim *Limits, d *Decision) bool {
-	if n := l.total.Add(1); lim.MaxConnections > 0 && n > int64(lim.MaxConnections) && l.refuse(d, p, MaxConnections, lim.MaxConnections) {
+	if n := l.total.Add(1); !t.cl.book && lim.MaxConnections > 0 && n > int64(lim.MaxConnections) && l.refuse(d, p, MaxConnections, lim.MaxConnections) {
 		l.total.Add(-1)
 		return false
 	}
@@ -312,7 +337,7 @@ func (l *Limiter) count(t *Ticket, p *Policy, lim *Limits, d *Decision) bool {
 	s := &l.ips[l.shardOf(t.k)]
 	s.Lock()
 	c := s.m[t.k]
-	if lim.MaxPerIP > 0 && int(c.total) >= lim.MaxPerIP && l.refuse(d, p, MaxPerIP, lim.MaxPerIP) {
+	if !t.cl.book && lim.MaxPerIP > 0 && int(c.total) >= lim.MaxPerIP && l.refuse(d, p, MaxPerIP, lim.MaxPerIP) {
 		s.Unlock()
 		return false
 	}
@@ -328,7 +353,7 @@ func (l *Limiter) count(t *Ticket, p *Policy, lim *Limits, d *Decision) bool {
 
 	ps := &l.prefixes[l.shardOf(t.pk.addr)]
 	ps.Lock()
-	if n := ps.m[t.pk]; lim.MaxPerPrefix > 0 && int(n) >= lim.MaxPerPrefix && l.refuse(d, p, MaxPerPrefix, lim.MaxPerPrefix) {
+	if n := ps.m[t.pk]; !t.cl.book && lim.MaxPerPrefix > 0 && int(n) >= lim.MaxPerPrefix && l.refuse(d, p, MaxPerPrefix, lim.MaxPerPrefix) {
 		ps.Unlock()
 		return false
 	}
@@ -360,9 +385,18 @@ func (l *Limiter) count(t *Ticket, p *Policy, lim *Limits, d *Decision) bool {
 // forwarded (max_per_user_ip); CommitUser(false) gives it back if the login
 // fails. User names are compared case-insensitively.
 func (t *Ticket) ReserveUser(user string) Decision {
-	if t == nil || t.exempt || t.hasUser {
+	if t.none() || t.exempt || t.hasUser {
 		return Decision{}
 	}
+	if t.l.cl.s != nil {
+		return t.reserveUserCluster(user)
+	}
+	return t.reserveUser(user, false)
+}
+
+// reserveUser counts user on this node; with book, without checking the
+// limit (the shared state checked it).
+func (t *Ticket) reserveUser(user string, book bool) Decision {
 	d := Decision{Addr: t.addr, Prefix: t.prefix, User: user}
 	p := t.l.policy()
 	lim, _ := p.limitsFor(t.addr)
@@ -370,7 +404,7 @@ func (t *Ticket) ReserveUser(user string) Decision {
 	s := &t.l.users[t.l.shardOf(t.k)]
 	s.Lock()
 	defer s.Unlock()
-	if n := s.m[k]; lim.MaxPerUserIP > 0 && int(n) >= lim.MaxPerUserIP && t.l.refuse(&d, p, MaxPerUserIP, lim.MaxPerUserIP) {
+	if n := s.m[k]; !book && lim.MaxPerUserIP > 0 && int(n) >= lim.MaxPerUserIP && t.l.refuse(&d, p, MaxPerUserIP, lim.MaxPerUserIP) {
 		return d
 	}
 	s.m[k]++
@@ -380,12 +414,30 @@ func (t *Ticket) ReserveUser(user string) Decision {
 
 // CommitUser keeps the reserved place if ok, else gives it back.
 func (t *Ticket) CommitUser(ok bool) {
-	if t != nil && !ok {
+	if t.none() {
+		return
+	}
+	if t.l.cl.s != nil {
+		t.commitUserCluster(ok)
+		return
+	}
+	if !ok {
 		t.releaseUser()
 	}
 }
 
 func (t *Ticket) releaseUser() {
+	if t.none() {
+		return
+	}
+	if t.l.cl.s != nil {
+		t.commitUserCluster(false)
+		return
+	}
+	t.releaseUserLocal()
+}
+
+func (t *Ticket) releaseUserLocal() {
 	if !t.hasUser {
 		return
 	}
@@ -400,10 +452,19 @@ func (t *Ticket) releaseUser() {
 
 // Release gives back everything the ticket holds. Idempotent.
 func (t *Ticket) Release() {
-	if t == nil || t.released {
+	if t.none() || t.released {
 		return
 	}
 	t.released = true
+	if t.l.cl.s != nil {
+		t.releaseCluster()
+		return
+	}
+	t.releaseCounts()
+}
+
+// releaseCounts gives back the ticket's places in this node's counts.
+func (t *Ticket) releaseCounts() {
 	l := t.l
 	if t.counted&countedTotal != 0 {
 		l.total.Add(-1)
@@ -428,7 +489,7 @@ func (t *Ticket) Release() {
 		}
 		ps.Unlock()
 	}
-	t.releaseUser()
+	t.releaseUserLocal()
 	t.counted = 0
 }
 

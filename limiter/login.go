@@ -7,16 +7,27 @@ import (
 	"encoding/binary"
 	"hash/maphash"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
-// attemptSecret keys AttemptKey; it lives as long as the process, so
-// attempt keys mean nothing outside it.
-var attemptSecret = func() []byte {
+// attemptSecret keys AttemptKey: made at start, so attempt keys mean
+// nothing outside the process, unless a cluster shares one
+// (SetAttemptSecret), so that replicas recognise each other's retries.
+var attemptSecret atomic.Pointer[[]byte]
+
+func init() {
 	b := make([]byte, 32)
 	rand.Read(b)
-	return b
-}()
+	attemptSecret.Store(&b)
+}
+
+// SetAttemptSecret replaces the key of AttemptKey (a cluster's shared
+// one). Attempts already recorded under the old key count again once.
+func SetAttemptSecret(b []byte) {
+	b = append([]byte(nil), b...)
+	attemptSecret.Store(&b)
+}
 
 // AttemptKey returns a keyed hash (HMAC-SHA256 with a random per-process
 // key, truncated to 64 bits) of user and secret, so a retry of the same
@@ -25,7 +36,7 @@ var attemptSecret = func() []byte {
 // case-insensitively. The result is never 0.
 func AttemptKey(user string, secret []byte) uint64 {
 	user = strings.ToLower(user)
-	m := hmac.New(sha256.New, attemptSecret)
+	m := hmac.New(sha256.New, *attemptSecret.Load())
 	var n [4]byte
 	binary.BigEndian.PutUint32(n[:], uint32(len(user)))
 	m.Write(n[:])
@@ -47,7 +58,7 @@ func (l *Limiter) userHash(user string) uint64 {
 // the NO answer, and the ban it started, if any; see Penalty for the rules.
 // The account is never locked, and exempt addresses are never penalised.
 func (t *Ticket) LoginFailed(now time.Time, user string, attempt uint64) (delay time.Duration, ban *Ban) {
-	if t == nil || t.exempt {
+	if t.none() || t.exempt {
 		return 0, nil
 	}
 	l := t.l
@@ -55,6 +66,11 @@ func (t *Ticket) LoginFailed(now time.Time, user string, attempt uint64) (delay 
 	pen := &p.Penalty
 	if !pen.on() {
 		return 0, nil
+	}
+	if l.cl.s != nil {
+		if delay, ban, ok := t.loginFailedCluster(now, user, attempt, pen); ok {
+			return delay, ban
+		}
 	}
 	n := now.UnixNano()
 	uh := l.userHash(user)
@@ -102,8 +118,13 @@ func (t *Ticket) LoginFailed(now time.Time, user string, attempt uint64) (delay 
 // count such a retry again; the caller words its log line so that fail2ban
 // does not count it either. It changes nothing.
 func (t *Ticket) Retried(now time.Time, user string, attempt uint64) bool {
-	if t == nil || attempt == 0 {
+	if t.none() || attempt == 0 {
 		return false
+	}
+	if t.l.cl.s != nil && !t.exempt && t.l.policy().Penalty.on() {
+		if res, ok := t.failShared(now, user, attempt); ok {
+			return res.Retried
+		}
 	}
 	pen := &t.l.policy().Penalty
 	f := t.l.fails
@@ -149,10 +170,13 @@ func (f *failTable) decide(t *Ticket, pen *Penalty, user string, uh uint64, n in
 // address being shared (which narrows its bans), and forgets the user's
 // failures from this address.
 func (t *Ticket) LoginSucceeded(now time.Time, user string) {
-	if t == nil || t.exempt {
+	if t.none() || t.exempt {
 		return
 	}
 	l := t.l
+	if l.cl.s != nil && t.loginSucceededCluster(now, user) {
+		t.spentIP, t.spentPrefix = 0, 0
+	}
 	if t.spentIP != 0 {
 		l.rateIP.refund(t.k, t.spentIP, now)
 		t.spentIP = 0
@@ -175,7 +199,7 @@ func (t *Ticket) LoginSucceeded(now time.Time, user string) {
 // UserBanned reports whether logins of user from the ticket's address are
 // refused by a user+address ban.
 func (t *Ticket) UserBanned(now time.Time, user string) bool {
-	if t == nil || t.exempt {
+	if t.none() || t.exempt {
 		return false
 	}
 	return t.l.fails.userBanned(t.addr, t.l.userHash(user), now.UnixNano())

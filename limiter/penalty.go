@@ -252,6 +252,16 @@ func (l *Limiter) Bans(now time.Time) []Ban {
 // the addresses it contains, and forgets their failures. It reports whether
 // there was a ban.
 func (l *Limiter) Unban(k netip.Prefix) bool {
+	ok := l.unban(k)
+	l.sharedUnban(Ban{Key: unmapPrefix(k)}, func(s Shared) error {
+		ctx, cancel := l.ctx()
+		defer cancel()
+		return s.Unban(ctx, unmapPrefix(k))
+	})
+	return ok
+}
+
+func (l *Limiter) unban(k netip.Prefix) bool {
 	k = unmapPrefix(k)
 	f := l.fails
 	f.mu.Lock()
@@ -274,6 +284,17 @@ func (l *Limiter) Unban(k netip.Prefix) bool {
 // UnbanUser lifts the ban of user on addr and forgets the user's failures
 // there. It reports whether there was a ban.
 func (l *Limiter) UnbanUser(addr netip.Addr, user string) bool {
+	ok := l.unbanUser(addr, user)
+	a := addr.Unmap().WithZone("")
+	l.sharedUnban(Ban{Key: netip.PrefixFrom(a, a.BitLen()), User: user}, func(s Shared) error {
+		ctx, cancel := l.ctx()
+		defer cancel()
+		return s.UnbanUser(ctx, addr.Unmap().WithZone(""), user)
+	})
+	return ok
+}
+
+func (l *Limiter) unbanUser(addr netip.Addr, user string) bool {
 	k := userFailKey(addr.Unmap().WithZone(""), l.userHash(user))
 	f := l.fails
 	f.mu.Lock()

@@ -14,7 +14,7 @@ func (t *Ticket) limits(p *Policy) Limits {
 
 // NeedsWait reports whether the ticket must WaitPreauth before going on.
 func (t *Ticket) NeedsWait() bool {
-	return t != nil && !t.exempt && t.counted&countedIP != 0 && t.counted&countedPreauth == 0
+	return !t.none() && !t.exempt && t.counted&countedIP != 0 && t.counted&countedPreauth == 0
 }
 
 // WaitPreauth blocks until the address has a free not-logged-in slot, or
@@ -67,7 +67,7 @@ func (t *Ticket) releasePreauth(s *ipShard, c *ipCount) {
 
 // LoggedIn moves the connection out of the not-logged-in count.
 func (t *Ticket) LoggedIn() {
-	if t == nil || t.exempt || t.counted&countedIP == 0 {
+	if t.none() || t.exempt || t.counted&countedIP == 0 {
 		return
 	}
 	s := &t.l.ips[t.l.shardOf(t.k)]

@@ -251,14 +251,13 @@ func (lp *loginPhase) authFailed(cr credentials) bool {
 	if len(cr.secret) > 0 {
 		attempt = limiter.AttemptKey(cr.user, cr.secret)
 	}
+	s.tracker.LoginFailedFrom(c.client.Remote.Addr())
 	switch {
 	case c.ticket.Retried(now, cr.user, attempt):
 		s.log.LoginFailedAgain(cr.user, cr.mech, c.client.Remote)
 	case cr.mech != "":
-		s.tracker.LoginFailedFrom(c.client.Remote.Addr())
 		s.log.LoginFailedMethod(cr.mech, c.client.Remote)
 	default:
-		s.tracker.LoginFailedFrom(c.client.Remote.Addr())
 		s.log.LoginFailed(cr.user, c.client.Remote)
 	}
 	delay, ban := c.ticket.LoginFailed(now, cr.user, attempt)

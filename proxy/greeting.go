@@ -34,7 +34,7 @@ func (lp *loginPhase) connectUpstream() bool {
 		if errors.Is(err, errLineTooLong) {
 			err = errors.New("greeting line too long")
 		}
-		lp.unavailable(fmt.Errorf("no greeting from %s: %w", lp.set.Upstream, err))
+		lp.unavailable(fmt.Errorf("no greeting from %s: %w%s", lp.set.Upstream, err, proxyHeaderHint(lp.set.Upstream)))
 		return false
 	}
 	c.upDeadline(time.Time{})
@@ -48,7 +48,14 @@ func (lp *loginPhase) connectUpstream() bool {
 		lp.unavailable(fmt.Errorf("unexpected greeting from %s: %.40q", lp.set.Upstream, text))
 		return false
 	}
-	return lp.relayLine(text) == nil
+	if lp.relayLine(text) != nil {
+		return false
+	}
+	// Tell an upstream that speaks ID who the client is before anything
+	// else, so that even a session that never logs in is logged with the
+	// client's address (Dovecot's "Disconnected (no auth attempts)" lines
+	// that its fail2ban filter reads).
+	return lp.sendOwnID()
 }
 
 // unavailable tells the client the upstream cannot be reached, and logs why.

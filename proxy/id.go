@@ -191,9 +191,10 @@ func (lp *loginPhase) clientID(tag string) outcome {
 // client's and are not relayed.
 const idTag = "imapgate-id"
 
-// sendOwnID sends imapgate's ID before the first LOGIN or AUTHENTICATE
-// when the upstream speaks ID, the client has not sent one, and
-// upstream.send_id is on. The upstream's answers are read and dropped. It
+// sendOwnID sends imapgate's ID right after the greeting when its
+// capabilities list ID, else before the first LOGIN or AUTHENTICATE once
+// a CAPABILITY answer has listed it, unless it went already or
+// upstream.send_id is off. The upstream's answers are read and dropped. It
 // reports whether the session may go on.
 func (lp *loginPhase) sendOwnID() bool {
 	if lp.idSent || !lp.upID || lp.set.Login.NoUpstreamID {

@@ -122,6 +122,20 @@ func (c *conn) admit(ctx context.Context, a admission) bool {
 		}
 	}
 	c.client, c.ticket = a.client, a.ticket // cleanup releases the ticket
+	if !a.decision.Refused {
+		// With a cluster, the shared limits (one Redis call, here in the
+		// connection's goroutine, never in the accept loop); otherwise
+		// nothing. What decide reported already is not reported again.
+		d := c.ticket.Confirm(ctx, time.Now(), a.decision)
+		d.WouldRefuse &^= a.decision.WouldRefuse
+		a.decision = d
+		if !d.Refused || d.Action != limiter.Bye {
+			s.report(d, false) // a refusal with bye is reported after TLS
+		}
+		if d.Refused && d.Action != limiter.Bye {
+			return false
+		}
+	}
 	entry, err := s.table.Insert(c.client.Remote, c.client.Local, c.kill)
 	if err != nil {
 		s.events.Refused("table_full", false)

@@ -108,12 +108,28 @@ func (s *Server) ProbeUpstream(ctx context.Context) error {
 	r := bufio.NewReaderSize(up, upstreamMaxLine)
 	caps, err := probeCaps(r, func(b []byte) error { _, err := up.Write(b); return err })
 	if err != nil {
-		return fmt.Errorf("probe %s: %w", set.Upstream, err)
+		return fmt.Errorf("probe %s: %w%s", set.Upstream, err, proxyHeaderHint(set.Upstream))
 	}
 	if hasCap(caps, "LOGINDISABLED") {
 		s.upstreamProblem(problemLoginDisabled)
 	}
 	return nil
+}
+
+// proxyHeaderHint names the likeliest cause of an upstream that hangs up
+// on the probe: a PROXY header the listener does not expect, or one it
+// waits for and does not get (Dovecot's haproxy = yes listener closes
+// without a greeting; its plain one reads the header as bad commands).
+func proxyHeaderHint(u upstream.Dialer) string {
+	tu, ok := u.(*upstream.TCP)
+	if !ok {
+		return ""
+	}
+	if tu.ProxyHeader == 0 {
+		return "; if this listener expects a PROXY header (Dovecot: haproxy = yes), set upstream.proxy_protocol"
+	}
+	return "; if this listener does not expect a PROXY header (Dovecot: no haproxy = yes), set upstream.proxy_protocol = \"\", " +
+		"and imapgate's address must be in haproxy_trusted_networks"
 }
 
 // probeCaps reads a greeting, sends CAPABILITY and LOGOUT, and returns the

@@ -51,8 +51,14 @@ func TestIDToUpstreamComesFromImapgate(t *testing.T) {
 	up := fakeUpstream(t, script)
 	p := startProxy(t, up.upstream(), proxyConfig{})
 
+	// The greeting lists ID: imapgate's own ID goes right after it, so even
+	// a session that never logs in is logged with the client's address;
+	// its answers stay between imapgate and the upstream.
 	c := dial(t, p.addr)
 	c.expect("* OK")
+	if l := <-ids; !strings.HasPrefix(l, "imapgate-id ID (\"x-originating-ip\" \"127.0.0.1\"") {
+		t.Errorf("imapgate's ID = %q", l)
+	}
 	c.send("i ID (\"name\" \"x\" \"x-originating-ip\" \"203.0.113.9\" \"X-Session-ID\" \"s1\" \"x-proxy-ttl\" \"9\")\r\n")
 	c.expect("* ID (\"name\" \"Dovecot\")")
 	c.expect("i OK")
@@ -77,10 +83,33 @@ func TestIDToUpstreamComesFromImapgate(t *testing.T) {
 	default:
 	}
 
-	// No ID from the client: imapgate's own goes first; its answers stay
-	// between imapgate and the upstream.
-	c = dial(t, p.addr)
+	// A greeting without capabilities: imapgate's ID goes before LOGIN,
+	// once a CAPABILITY answer has listed ID.
+	bare := fakeUpstream(t, func(u *upstreamConn) {
+		u.send("* OK ready\r\n")
+		for {
+			l := u.read()
+			if l == "" {
+				return
+			}
+			tag, rest, _ := strings.Cut(l, " ")
+			switch cmd, _, _ := strings.Cut(rest, " "); cmd {
+			case "CAPABILITY":
+				u.send("* CAPABILITY IMAP4rev1 ID\r\n" + tag + " OK done\r\n")
+			case "ID":
+				ids <- l
+				u.send("* ID NIL\r\n" + tag + " OK ID completed.\r\n")
+			default:
+				u.send(tag + " OK done\r\n")
+			}
+		}
+	})
+	p3 := startProxy(t, bare.upstream(), proxyConfig{})
+	c = dial(t, p3.addr)
 	c.expect("* OK")
+	c.send("c CAPABILITY\r\n")
+	c.expect("* CAPABILITY")
+	c.expect("c OK")
 	c.send("a LOGIN bob secret\r\n")
 	c.expect("a OK")
 	if l := <-ids; !strings.HasPrefix(l, "imapgate-id ID (\"x-originating-ip\" \"127.0.0.1\"") {

@@ -8,6 +8,9 @@
 //
 //	integration/bench/run.sh            installs the peers and runs this
 //	go run ./cmd/imapbench -h
+//
+// With -cluster URL it runs the cluster scenario instead (cluster.go):
+// imapgate replicas with and without [cluster] sharing that Redis.
 package main
 
 import (
@@ -58,6 +61,8 @@ func main() {
 	profile := flag.String("cpuprofile", "", "write imapgate's CPU profile to `file` (its last run)")
 	only := flag.String("only", "", "comma-separated scenarios to run (session, idle, bulk, flood); default all")
 	baseline := flag.String("baseline", "", "also measure this imapgate `binary` as peer \"baseline\" (A/B of a change)")
+	clusterURL := flag.String("cluster", "", "run the cluster scenario instead: replicas with and without [cluster] sharing the Redis at this `URL`")
+	replicas := flag.Int("replicas", 2, "replicas in the cluster scenario")
 	flag.Parse()
 
 	fmt.Printf("imapbench %s on %d cores (%s); proxies pinned to core %d\n",
@@ -89,6 +94,11 @@ func main() {
 			exec.Command("curl", "-s", "--unix-socket", filepath.Join(dir, "admin.sock"),
 				"-o", setup.profile+".metrics", "http://imapgate/metrics").Run()
 		}
+	}
+
+	if *clusterURL != "" {
+		clusterBench(setup, *clusterURL, *replicas, *rounds, *sessions, *attempts)
+		return
 	}
 
 	want := map[string]bool{}

@@ -16,6 +16,7 @@ import (
 
 	"imapgate/admin"
 	"imapgate/certs"
+	"imapgate/cluster"
 	"imapgate/config"
 	"imapgate/courierlog"
 	"imapgate/gateway"
@@ -71,6 +72,7 @@ func newApp(cfg *config.Config, f flags) (*app, error) {
 			Parked: func() int { return g.Server.Parked() }, LogDropped: a.logs.Dropped()}, top)
 		return a.metrics, a.metrics
 	}
+	o.Registerer = reg // the cluster's metrics, with [cluster]
 	if a.gate, err = gateway.New(cfg, o); err != nil {
 		return nil, err
 	}
@@ -128,6 +130,7 @@ func (a *app) startAdmin(cfg *config.Config, reg *prometheus.Registry, top *admi
 	h := admin.New(admin.Options{
 		Table: a.gate.Table, Limiter: a.gate.Limiter, Top: top, Gatherer: reg, Token: cfg.Admin.Token,
 		Reload: a.reload, ReopenLogs: a.reopenLogs, Ready: a.ready.Load, UpstreamProblems: a.srv.UpstreamProblems,
+		Cluster: a.clusterStatus(),
 		Info: func() map[string]any {
 			c := a.gate.Config()
 			addrs := make([]string, len(a.listeners))
@@ -141,6 +144,14 @@ func (a *app) startAdmin(cfg *config.Config, reg *prometheus.Registry, top *admi
 	a.adminSrv = &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	go a.adminSrv.Serve(ln)
 	return nil
+}
+
+// clusterStatus is the admin endpoint's view of the cluster, or nil.
+func (a *app) clusterStatus() func(context.Context) *cluster.Status {
+	if a.gate.Cluster == nil {
+		return nil
+	}
+	return a.gate.Cluster.Status
 }
 
 // reload re-reads the configuration and certificates and puts them in

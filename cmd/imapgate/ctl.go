@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"sort"
 	"strconv"
@@ -16,7 +17,9 @@ import (
 	"time"
 
 	"imapgate/admin"
+	"imapgate/cluster"
 	"imapgate/config"
+	"imapgate/courierlog"
 )
 
 const ctlUsage = `usage: imapgate ctl [-admin ADDR | -config FILE] [-json] [-token T] COMMAND
@@ -26,7 +29,11 @@ const ctlUsage = `usage: imapgate ctl [-admin ADDR | -config FILE] [-json] [-tok
                             live connections (like conntrack -L)
   kill ID|ADDR              close one connection, or all of an address (like conntrack -D)
   bans                      bans in force: address or network, user (for a user+address ban), until
-  unban ADDR|CIDR [USER]    lift a ban from failed logins (with USER: that user's ban on ADDR only)
+  ban ADDR|CIDR [DURATION [USER]]
+                            ban an address or network (with USER: that user on ADDR) for DURATION
+                            (default the auth-failure ban_time); with [cluster], on every node
+  unban ADDR|CIDR [USER]    lift a ban from failed logins (with USER: that user's ban on ADDR only);
+                            with [cluster], on every node
   reload                    re-read the configuration and certificates
   reopen-logs               reopen the log file after rotation, or reconnect to syslog (like SIGUSR1)
 `
@@ -89,6 +96,19 @@ func ctl(args []string, stdout, stderr io.Writer) int {
 			q.Set("user", rest[1])
 		}
 		err = c.post(stdout, "/unban", q, *asJSON)
+	case "ban":
+		if len(rest) < 1 || len(rest) > 3 {
+			err = fmt.Errorf("ban needs an address or CIDR, optionally a duration (10m) and a user")
+			break
+		}
+		q := url.Values{"addr": {rest[0]}}
+		if len(rest) >= 2 {
+			q.Set("for", rest[1])
+		}
+		if len(rest) == 3 {
+			q.Set("user", rest[2])
+		}
+		err = c.post(stdout, "/ban", q, *asJSON)
 	case "reload":
 		err = c.post(stdout, "/reload", nil, *asJSON)
 	case "reopen-logs":
@@ -189,6 +209,9 @@ func (c *ctlClient) status(w io.Writer, raw bool) error {
 	if len(s.WouldRefuse) > 0 {
 		fmt.Fprintf(w, "dry run      %s\n", mapString(s.WouldRefuse))
 	}
+	if c := s.Cluster; c != nil {
+		printCluster(w, c)
+	}
 	if s.Info != nil {
 		fmt.Fprintf(w, "listening    %v, upstream %v (%v), config %v\n", s.Info["listen"], s.Info["upstream"], s.Info["upstream_mode"], s.Info["config"])
 	}
@@ -254,7 +277,11 @@ func (c *ctlClient) bans(w io.Writer, raw bool) error {
 		if user == "" {
 			user = "(all)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", b.Key, user, b.Until.Local().Format(time.DateTime))
+		key := b.Key
+		if p, err := netip.ParsePrefix(key); err == nil && p.IsSingleIP() {
+			key = courierlog.Addr(p.Addr()) // as the log lines write it
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", key, user, b.Until.UTC().Format(time.RFC3339))
 	}
 	return tw.Flush()
 }
@@ -293,4 +320,27 @@ func (c *ctlClient) post(w io.Writer, path string, q url.Values, raw bool) error
 		fmt.Fprintf(w, "%s: %v\n", k, m[k])
 	}
 	return nil
+}
+
+// printCluster writes the cluster lines of ctl status.
+func printCluster(w io.Writer, c *cluster.Status) {
+	state := fmt.Sprintf("shared limits, Redis %.2f ms", float64(c.RedisLatency)/1e6)
+	if c.Degraded {
+		state = "DEGRADED: local limits"
+		if !c.DegradedSince.IsZero() {
+			state += fmt.Sprintf(" for %s", time.Since(c.DegradedSince).Round(time.Second))
+		}
+	}
+	fmt.Fprintf(w, "cluster      node %s via %s: %s; %d calls, %d failed, %d refusals from memory\n",
+		c.Node, c.Redis, state, c.Calls, c.Failures, c.CacheHits)
+	if c.Error != "" {
+		fmt.Fprintf(w, "             Redis: %s\n", c.Error)
+	}
+	for _, n := range c.Nodes {
+		life := fmt.Sprintf("alive (%s left)", n.Expires.Round(time.Second))
+		if !n.Alive {
+			life = fmt.Sprintf("DEAD for %s", (-n.Expires).Round(time.Second))
+		}
+		fmt.Fprintf(w, "  node %-12s %s, %d sessions\n", n.Node, life, n.Sessions)
+	}
 }

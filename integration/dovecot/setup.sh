@@ -228,7 +228,10 @@ do_start() {
     setup_users
     write_config
     in_ns /usr/bin/doveconf -c "$DIR/etc/dovecot.conf" -n >/dev/null || die "doveconf rejects $DIR/etc/dovecot.conf"
-    in_ns /usr/sbin/dovecot -c "$DIR/etc/dovecot.conf" || die "Dovecot did not start (see $DIR/log/dovecot.log)"
+    # Dovecot's master keeps the descriptors it starts with: give it none of
+    # the caller's, or `setup.sh start | tail` would wait for Dovecot to exit.
+    in_ns /usr/sbin/dovecot -c "$DIR/etc/dovecot.conf" </dev/null >>"$DIR/log/dovecot-start.log" 2>&1 ||
+        die "Dovecot did not start (see $DIR/log/dovecot.log and $DIR/log/dovecot-start.log)"
     local p
     for p in "$PLAIN_PORT" "$HAPROXY_PORT"; do
         for _ in $(seq 100); do listening "$p" && break; sleep 0.1; done

@@ -1,0 +1,135 @@
+package cluster
+
+import (
+	"context"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"imapgate/limiter"
+)
+
+// Bans are stored in one hash, field "a:PREFIX" (an address is a /32 or
+// /128) with value "UNTIL_µs", or "u:ADDR:USERHASH" with value "UNTIL_µs
+// USER" for a user+address ban. Every change increments bans:v and is
+// published on the channel ("ban FIELD VALUE", "unban PREFIX",
+// "unbanuser ADDR USER"); a node applies messages as they come and, every
+// beat, reloads the hash whole if bans:v moved, so a missed message costs
+// at most a beat (1 s).
+
+func banField(p netip.Prefix, _ string) string { return "a:" + p.String() }
+
+// parseBan reads a stored or published ban.
+func parseBan(field, value string) (limiter.Ban, bool) {
+	var b limiter.Ban
+	untilStr, user, _ := strings.Cut(value, " ")
+	us, err := strconv.ParseInt(untilStr, 10, 64)
+	if err != nil {
+		return b, false
+	}
+	b.Until = time.UnixMicro(us)
+	switch {
+	case strings.HasPrefix(field, "a:"):
+		p, err := netip.ParsePrefix(field[2:])
+		if err != nil {
+			return b, false
+		}
+		b.Key = p
+	case strings.HasPrefix(field, "u:"):
+		i := strings.LastIndexByte(field, ':')
+		a, err := netip.ParseAddr(field[2:i])
+		if err != nil || user == "" {
+			return b, false
+		}
+		b.Key, b.User = netip.PrefixFrom(a, a.BitLen()), user
+	default:
+		return b, false
+	}
+	return b, true
+}
+
+// syncBans reloads the stored bans if they changed since the last sync
+// (always with full): they replace this node's, and expired ones are
+// removed from the store.
+func (c *Cluster) syncBans(ctx context.Context, cl rueidisClient, full bool) error {
+	cctx, cancel := context.WithTimeout(ctx, c.o.Timeout)
+	defer cancel()
+	ver, err := cl.Do(cctx, cl.B().Get().Key(c.k.bansVer).Build()).ToString()
+	if err != nil && !isNil(err) {
+		return err
+	}
+	if !full && ver == c.banVer {
+		return nil
+	}
+	m, err := cl.Do(cctx, cl.B().Hgetall().Key(c.k.bans).Build()).AsStrMap()
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	var bans []limiter.Ban
+	var expired []string
+	for f, v := range m {
+		b, ok := parseBan(f, v)
+		if !ok || !b.Until.After(now) {
+			expired = append(expired, f)
+			continue
+		}
+		bans = append(bans, b)
+	}
+	c.l.ReplaceBans(bans)
+	c.banVer = ver
+	if len(expired) > 0 {
+		cl.Do(cctx, cl.B().Hdel().Key(c.k.bans).Field(expired...).Build())
+	}
+	return nil
+}
+
+// subscribe applies published bans and ticket-key rotations as they come,
+// reconnecting while the cluster runs.
+func (c *Cluster) subscribe() {
+	defer c.wg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { <-c.stop; cancel() }()
+	for ctx.Err() == nil {
+		cl, err := c.conn()
+		if err == nil {
+			err = cl.Receive(ctx, cl.B().Subscribe().Channel(c.k.channel).Build(), c.message)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func (c *Cluster) message(m rueidisMessage) {
+	verb, rest, _ := strings.Cut(m.Message, " ")
+	switch verb {
+	case "ban":
+		field, value, _ := strings.Cut(rest, " ")
+		if b, ok := parseBan(field, value); ok {
+			c.l.ApplyBan(b)
+		}
+	case "unban":
+		if p, err := netip.ParsePrefix(rest); err == nil {
+			c.l.ApplyUnban(p)
+		}
+	case "unbanuser":
+		addr, user, _ := strings.Cut(rest, " ")
+		if a, err := netip.ParseAddr(addr); err == nil {
+			c.l.ApplyUnbanUser(a, user)
+		}
+	case "tk":
+		if c.tickets != nil {
+			select {
+			case c.tickets.kick <- struct{}{}:
+			default:
+			}
+			select {
+			case c.kick <- struct{}{}:
+			default:
+			}
+		}
+	}
+}

@@ -1,0 +1,75 @@
+package cluster
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	calls     *prometheus.HistogramVec
+	errors    *prometheus.CounterVec
+	fallbacks prometheus.Counter
+	rotations prometheus.Counter
+	c         *Cluster
+}
+
+var ops = []string{"admit", "release", "login", "succeeded", "failure", "ban", "unban", "publish", "heartbeat", "sweep", "tickets"}
+
+func newMetrics(c *Cluster) *metrics {
+	m := &metrics{c: c,
+		calls: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "imapgate_cluster_redis_seconds",
+			Help:    "Redis calls of the cluster, by operation (admit, release, login, …): the time to the answer.",
+			Buckets: []float64{50e-6, 100e-6, 200e-6, 300e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 50e-3, 100e-3}}, []string{"op"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imapgate_cluster_redis_errors_total",
+			Help: "Redis calls of the cluster that failed or passed their deadline, by operation."}, []string{"op"}),
+		fallbacks: prometheus.NewCounter(prometheus.CounterOpts{Name: "imapgate_cluster_fallbacks_total",
+			Help: "Switches from the shared limits to local limits because Redis was unreachable or slow."}),
+		rotations: prometheus.NewCounter(prometheus.CounterOpts{Name: "imapgate_cluster_ticket_key_rotations_total",
+			Help: "TLS session ticket key rotations this node made (holding the lease)."}),
+	}
+	for _, op := range ops {
+		m.calls.WithLabelValues(op)
+		m.errors.WithLabelValues(op)
+	}
+	return m
+}
+
+func (m *metrics) observe(op string, d time.Duration, err error) {
+	if err != nil && !isNil(err) {
+		m.errors.WithLabelValues(op).Inc()
+		return
+	}
+	m.calls.WithLabelValues(op).Observe(d.Seconds())
+}
+
+// Register adds the cluster's metrics to reg: the Redis calls' latency and
+// errors, fallbacks, ticket key rotations, and gauges read at scrape time:
+// imapgate_cluster_degraded, imapgate_cluster_nodes_alive and
+// imapgate_cluster_local_cache_hits_total (refusals answered without a
+// round trip from remembered shared refusals).
+func (c *Cluster) Register(reg prometheus.Registerer) {
+	m := c.m
+	reg.MustRegister(m.calls, m.errors, m.fallbacks, m.rotations,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "imapgate_cluster_degraded",
+			Help: "1 while this node applies local limits because Redis is unreachable or slow."}, func() float64 {
+			if c.Degraded() {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "imapgate_cluster_nodes_alive",
+			Help: "Nodes whose liveness was current at this node's last heartbeat."}, func() float64 { return float64(c.alive.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "imapgate_cluster_local_cache_hits_total",
+			Help: "Refusals answered from this node's memory of a shared refusal (over limit until T), without a Redis call."}, func() float64 {
+			if c.l == nil {
+				return 0
+			}
+			hits, _, _ := c.l.SharedStats()
+			return float64(hits)
+		}),
+	)
+}
+
+// Degraded reports whether the node applies local limits now.
+func (c *Cluster) Degraded() bool { return c.l == nil || !c.l.SharedUp() }

@@ -1,0 +1,81 @@
+package cluster
+
+import (
+	"context"
+	"sort"
+	"strconv"
+	"time"
+)
+
+// Status is the cluster as one node sees it, for /status and ctl status.
+type Status struct {
+	Node  string `json:"node"`
+	Redis string `json:"redis"` // the URL without its password
+	// Degraded: this node applies local limits (Redis unreachable or slow).
+	Degraded      bool      `json:"degraded"`
+	DegradedSince time.Time `json:"degraded_since,omitzero"`
+	// RedisLatency is the last heartbeat's round trip.
+	RedisLatency time.Duration `json:"redis_latency_ns"`
+	Nodes        []NodeStatus  `json:"nodes,omitempty"`
+	// Calls and Failures count this node's limiter calls to Redis;
+	// CacheHits the refusals answered from its over-limit memory.
+	Calls, Failures, CacheHits uint64
+	Error                      string `json:"error,omitempty"`
+}
+
+// NodeStatus is one node: alive (its liveness is current) and its
+// sessions counted in the shared total.
+type NodeStatus struct {
+	Node     string        `json:"node"`
+	Alive    bool          `json:"alive"`
+	Expires  time.Duration `json:"expires_in_ns"` // negative: dead that long
+	Sessions int           `json:"sessions"`
+}
+
+// Status reads the nodes and their shares from Redis (one round trip,
+// with the call deadline).
+func (c *Cluster) Status(ctx context.Context) *Status {
+	s := &Status{Node: c.o.Node, Redis: c.Redacted(), Degraded: c.Degraded(), RedisLatency: time.Duration(c.rtt.Load())}
+	if ds := c.degradedSince.Load(); ds != 0 && s.Degraded {
+		s.DegradedSince = time.Unix(0, ds)
+	}
+	if c.l != nil {
+		s.CacheHits, s.Calls, s.Failures = c.l.SharedStats()
+	}
+	cl, err := c.conn()
+	if err != nil {
+		s.Error = err.Error()
+		return s
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.o.Timeout)
+	defer cancel()
+	res := cl.DoMulti(ctx, cl.B().Time().Build(), cl.B().Zrange().Key(c.k.nodes).Min("0").Max("-1").Withscores().Build(),
+		cl.B().Hgetall().Key(c.k.total).Build())
+	tm, err := res[0].AsStrSlice()
+	if err != nil || len(tm) != 2 {
+		s.Error = "redis TIME: " + errString(err)
+		return s
+	}
+	secs, _ := strconv.ParseInt(tm[0], 10, 64)
+	usec, _ := strconv.ParseInt(tm[1], 10, 64)
+	nowMs := secs*1000 + usec/1000
+	nodes, err := res[1].AsZScores()
+	if err != nil {
+		s.Error = err.Error()
+		return s
+	}
+	totals, _ := res[2].AsIntMap()
+	for _, n := range nodes {
+		exp := time.Duration(int64(n.Score)-nowMs) * time.Millisecond
+		s.Nodes = append(s.Nodes, NodeStatus{Node: n.Member, Alive: exp >= 0, Expires: exp, Sessions: int(totals[n.Member])})
+	}
+	sort.Slice(s.Nodes, func(i, j int) bool { return s.Nodes[i].Node < s.Nodes[j].Node })
+	return s
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "short answer"
+	}
+	return err.Error()
+}

@@ -1,0 +1,377 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+)
+
+// The cluster scenario: the same replicas of imapgate (-replicas, all on
+// the server core) with and without [cluster] sharing one Redis, in
+// alternation round by round. Figures: server CPU per admitted session
+// (the replicas'; Redis's CPU is reported apart), server CPU per refused
+// attempt of a known offender (an address over max_per_ip), the admission
+// time Redis adds (the replicas' own histogram of the admission script's
+// round trip), and Redis commands per admitted session (INFO
+// commandstats: EVALSHA calls during the session runs, heartbeats and
+// ban syncs included).
+
+type replicaGroup struct {
+	mode  string // "standalone" or "cluster"
+	peers []*peer
+	socks []string // admin sockets
+}
+
+func (s *peerSetup) startReplicas(mode, redisURL, prefix string, n int) (*replicaGroup, error) {
+	g := &replicaGroup{mode: mode}
+	for i := 0; i < n; i++ {
+		addr := freePort()
+		sock := filepath.Join(s.dir, fmt.Sprintf("%s%d.sock", mode, i))
+		cl := ""
+		if mode == "cluster" {
+			cl = fmt.Sprintf("[cluster]\nredis = %q\nnode = \"bench%d\"\nkey_prefix = %q\n", redisURL, i, prefix)
+		}
+		cfg := filepath.Join(s.dir, fmt.Sprintf("%s%d.toml", mode, i))
+		os.WriteFile(cfg, []byte(fmt.Sprintf(`
+[listen]
+address = %q
+[tls]
+cert = %q
+[upstream]
+address = %q
+[table]
+max = 9900
+[limits]
+max_per_ip = %d
+max_preauth_per_ip = %d
+max_per_prefix = 0
+max_per_user_ip = 0
+rate_per_ip = "0"
+rate_per_prefix = "0"
+[limits.action]
+max_per_ip = "close"
+max_preauth_per_ip = "close"
+[log]
+output = "file:%s"
+[admin]
+address = "unix:%s"
+%s`, addr, s.cert, s.upstream, perIPLimit, perIPLimit, filepath.Join(s.dir, mode+".log"), sock, cl)), 0o644)
+		cmd := exec.Command("taskset", "-c", strconv.Itoa(s.core), s.gate, "-config", cfg, "-grace", "0s")
+		cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
+		cmd.Stderr = os.Stderr
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		p := &peer{name: fmt.Sprintf("%s%d", mode, i), addr: addr, cmd: cmd, pid: cmd.Process.Pid}
+		g.peers, g.socks = append(g.peers, p), append(g.socks, sock)
+		ready := false
+		for j := 0; j < 100 && !ready; j++ {
+			if resp, err := unixGet(sock, "/readyz"); err == nil {
+				resp.Body.Close()
+				ready = resp.StatusCode == 200
+			}
+			if !ready {
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+		if !ready {
+			g.stop()
+			return nil, fmt.Errorf("%s replica %d did not start", mode, i)
+		}
+	}
+	return g, nil
+}
+
+func (g *replicaGroup) stop() {
+	for _, p := range g.peers {
+		p.stop()
+	}
+}
+
+func (g *replicaGroup) cpu() time.Duration {
+	var d time.Duration
+	for _, p := range g.peers {
+		d += p.cpu()
+	}
+	return d
+}
+
+// metricSum adds an unlabelled metric over the replicas.
+func (g *replicaGroup) metricSum(name string) float64 {
+	sum := 0.0
+	for _, sock := range g.socks {
+		resp, err := unixGet(sock, "/metrics")
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == name {
+				v, _ := strconv.ParseFloat(f[1], 64)
+				sum += v
+			}
+		}
+		resp.Body.Close()
+	}
+	return sum
+}
+
+func unixGet(sock, path string) (*http.Response, error) {
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}}
+	return c.Get("http://imapgate" + path)
+}
+
+// admitHistogram sums the replicas' histogram of the admission script's
+// round trip: bucket bounds (seconds) and cumulative counts.
+func (g *replicaGroup) admitHistogram() (bounds []float64, counts []float64) {
+	sum := map[float64]float64{}
+	for _, sock := range g.socks {
+		resp, err := unixGet(sock, "/metrics")
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			l := sc.Text()
+			if !strings.HasPrefix(l, `imapgate_cluster_redis_seconds_bucket{op="admit",le="`) {
+				continue
+			}
+			rest := strings.TrimPrefix(l, `imapgate_cluster_redis_seconds_bucket{op="admit",le="`)
+			le, v, _ := strings.Cut(rest, `"} `)
+			b, err1 := strconv.ParseFloat(le, 64)
+			n, err2 := strconv.ParseFloat(v, 64)
+			if err1 == nil && err2 == nil {
+				sum[b] += n
+			}
+		}
+		resp.Body.Close()
+	}
+	for b := range sum {
+		bounds = append(bounds, b)
+	}
+	sort.Float64s(bounds)
+	for _, b := range bounds {
+		counts = append(counts, sum[b])
+	}
+	return bounds, counts
+}
+
+// quantile interpolates q within a cumulative histogram, in µs.
+func quantile(bounds, counts []float64, q float64) float64 {
+	if len(counts) == 0 || counts[len(counts)-1] == 0 {
+		return 0
+	}
+	total := counts[len(counts)-1]
+	target := q * total
+	lo, prev := 0.0, 0.0
+	for i, c := range counts {
+		if c >= target {
+			hi := bounds[i]
+			if math.IsInf(hi, 1) {
+				return lo * 1e6
+			}
+			frac := 0.0
+			if c > prev {
+				frac = (target - prev) / (c - prev)
+			}
+			return (lo + frac*(hi-lo)) * 1e6
+		}
+		lo, prev = bounds[i], c
+	}
+	return lo * 1e6
+}
+
+// redisInfo reads a few figures of Redis by redis-cli.
+type redisInfo struct {
+	url string
+	pid int
+}
+
+func (r redisInfo) cli(args ...string) string {
+	out, _ := exec.Command("redis-cli", append([]string{"-u", r.url, "--no-auth-warning"}, args...)...).Output()
+	return string(out)
+}
+
+// evalshas counts the EVALSHA and EVAL calls Redis has served.
+func (r redisInfo) evalshas() int64 {
+	var n int64
+	for _, l := range strings.Split(r.cli("INFO", "commandstats"), "\n") {
+		if strings.HasPrefix(l, "cmdstat_evalsha:") || strings.HasPrefix(l, "cmdstat_eval:") {
+			_, rest, _ := strings.Cut(l, "calls=")
+			v, _, _ := strings.Cut(rest, ",")
+			x, _ := strconv.ParseInt(v, 10, 64)
+			n += x
+		}
+	}
+	return n
+}
+
+func (r redisInfo) cpu() time.Duration {
+	if r.pid == 0 {
+		return 0
+	}
+	return (&peer{pid: r.pid}).cpu()
+}
+
+func newRedisInfo(url string) redisInfo {
+	r := redisInfo{url: url}
+	for _, l := range strings.Split(r.cli("INFO", "server"), "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(l), "process_id:"); ok {
+			r.pid, _ = strconv.Atoi(v)
+		}
+	}
+	return r
+}
+
+// groupSessions runs n full sessions spread over the replicas and returns
+// each one's time from dial to greeting.
+func groupSessions(g *replicaGroup, n, workers int) ([]time.Duration, error) {
+	lat := make([]time.Duration, n)
+	err := parallel(n, workers, func(i int) error {
+		start := time.Now()
+		ic, err := dialIMAP(g.peers[i%len(g.peers)].addr, source(i))
+		if err != nil {
+			return err
+		}
+		lat[i] = time.Since(start)
+		defer ic.c.Close()
+		if err := ic.cmd("a", "LOGIN bench bench"); err != nil {
+			return err
+		}
+		ic.cmd("b", "LOGOUT")
+		return nil
+	})
+	return lat, err
+}
+
+// groupFlood: one address holds its sessions (perIPLimit in all with the
+// cluster; perIPLimit on each replica without, so each refuses), then
+// tries attempts more, round robin. Figure: replicas' CPU per attempt, µs.
+func groupFlood(g *replicaGroup, attempts int) (float64, error) {
+	const src = "127.250.250.250"
+	hold := perIPLimit
+	if g.mode == "standalone" {
+		hold = perIPLimit * len(g.peers)
+	}
+	var held []*imapConn
+	defer func() {
+		for _, ic := range held {
+			ic.c.Close()
+		}
+	}()
+	for i := 0; i < hold; i++ {
+		ic, err := login(g.peers[i%len(g.peers)].addr, src)
+		if err != nil {
+			return 0, fmt.Errorf("holding session %d: %w", i, err)
+		}
+		held = append(held, ic)
+	}
+	d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	before := g.cpu()
+	for i := 0; i < attempts; i++ {
+		raw, err := d.Dial("tcp", g.peers[i%len(g.peers)].addr)
+		if err != nil {
+			continue
+		}
+		c := tls.Client(raw, clientTLS)
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		herr := c.Handshake()
+		c.Close()
+		if herr == nil {
+			return 0, fmt.Errorf("attempt %d over the limit was served (%s)", i, g.mode)
+		}
+	}
+	return float64(g.cpu()-before) / float64(time.Microsecond) / float64(attempts), nil
+}
+
+// clusterBench runs the cluster scenario and prints its table.
+func clusterBench(s *peerSetup, redisURL string, replicas, rounds, sessions, attempts int) {
+	r := newRedisInfo(redisURL)
+	fmt.Printf("cluster scenario: %d replicas on core %d, Redis pid %d, %d rounds\n", replicas, s.core, r.pid, rounds)
+	type fig struct {
+		session, flood, greet50, greet99, admit50, admit99, evalsha, redisCPU, hits []float64
+	}
+	res := map[string]*fig{"standalone": {}, "cluster": {}}
+	for round := 0; round < rounds; round++ {
+		modes := []string{"standalone", "cluster"}
+		if round%2 == 1 {
+			modes = []string{"cluster", "standalone"}
+		}
+		for _, mode := range modes {
+			prefix := fmt.Sprintf("imapgate-bench%d", time.Now().UnixNano())
+			g, err := s.startReplicas(mode, redisURL, prefix, replicas)
+			check(err)
+			f := res[mode]
+			cpu0, ev0, rc0 := g.cpu(), r.evalshas(), r.cpu()
+			lat, err := groupSessions(g, sessions, 8)
+			check(err)
+			time.Sleep(200 * time.Millisecond)
+			cpu := g.cpu() - cpu0
+			f.session = append(f.session, float64(cpu)/float64(time.Millisecond)/float64(sessions))
+			f.evalsha = append(f.evalsha, float64(r.evalshas()-ev0)/float64(sessions))
+			f.redisCPU = append(f.redisCPU, float64(r.cpu()-rc0)/float64(time.Microsecond)/float64(sessions))
+			// Latency without load: sessions one at a time, so the figure
+			// is the round trip and not the wait for a saturated core.
+			_, c0 := g.admitHistogram()
+			lat, err = groupSessions(g, sessions/4, 1)
+			check(err)
+			sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+			f.greet50 = append(f.greet50, float64(lat[len(lat)/2])/1e3)
+			f.greet99 = append(f.greet99, float64(lat[len(lat)*99/100])/1e3)
+			if mode == "cluster" {
+				b, c := g.admitHistogram()
+				for i := range c {
+					if i < len(c0) {
+						c[i] -= c0[i]
+					}
+				}
+				f.admit50 = append(f.admit50, quantile(b, c, 0.5))
+				f.admit99 = append(f.admit99, quantile(b, c, 0.99))
+			}
+			h0 := g.metricSum("imapgate_cluster_local_cache_hits_total")
+			fl, err := groupFlood(g, attempts)
+			check(err)
+			f.flood = append(f.flood, fl)
+			f.hits = append(f.hits, (g.metricSum("imapgate_cluster_local_cache_hits_total")-h0)/float64(attempts))
+			fmt.Printf("round %d %-10s session %.3f ms, flood %.1f µs/attempt, greeting p50 %.0f µs\n", round+1, mode,
+				f.session[len(f.session)-1], fl, f.greet50[len(f.greet50)-1])
+			g.stop()
+		}
+	}
+	st, cl := res["standalone"], res["cluster"]
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "\nfigure\tstandalone\tcluster\tcluster/standalone\tbudget")
+	ratio := func(a, b []float64) string {
+		r, ok := pairedRatio(a, b)
+		if !ok {
+			return "-"
+		}
+		return fmt.Sprintf("%.2f", r)
+	}
+	fmt.Fprintf(tw, "server CPU per admitted session (ms)\t%.3f\t%.3f\t%s\t<= 1.15\n", medianF(st.session), medianF(cl.session), ratio(cl.session, st.session))
+	fmt.Fprintf(tw, "server CPU per refused attempt of a known offender (µs)\t%.1f\t%.1f\t%s\t<= 1.1\n", medianF(st.flood), medianF(cl.flood), ratio(cl.flood, st.flood))
+	fmt.Fprintf(tw, "refused attempts answered from memory (no Redis call)\t-\t%.1f%%\t-\t-\n", 100*medianF(cl.hits))
+	fmt.Fprintf(tw, "admission script round trip p50 / p99, one session at a time (µs)\t-\t%.0f / %.0f\t-\tp99 <= 300\n", medianF(cl.admit50), medianF(cl.admit99))
+	fmt.Fprintf(tw, "time to greeting p50 / p99, one session at a time (µs)\t%.0f / %.0f\t%.0f / %.0f\t+%.0f / %+.0f\t-\n", medianF(st.greet50), medianF(st.greet99),
+		medianF(cl.greet50), medianF(cl.greet99), medianF(cl.greet50)-medianF(st.greet50), medianF(cl.greet99)-medianF(st.greet99))
+	fmt.Fprintf(tw, "Redis commands (EVALSHA) per admitted session\t-\t%.2f\t-\t<= 2\n", medianF(cl.evalsha))
+	fmt.Fprintf(tw, "Redis CPU per admitted session (µs)\t-\t%.1f\t-\t-\n", medianF(cl.redisCPU))
+	tw.Flush()
+}

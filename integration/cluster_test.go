@@ -1,0 +1,747 @@
+package integration
+
+// Cluster tests: several imapgate processes on loopback sharing one real
+// Redis (integration/redis/setup.sh start). They are TestRealRedis…: with
+// CI=true and no Redis set up they fail, otherwise they skip with the
+// command to run.
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"imapgate/certs"
+)
+
+// redisEnv reads the file setup.sh writes, or fails (CI) or skips.
+func redisEnv(t *testing.T) map[string]string {
+	t.Helper()
+	path := os.Getenv("IMAPGATE_REDIS")
+	if path == "" {
+		path = "/tmp/imapgate-redis/env"
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		msg := fmt.Sprintf("real Redis not set up (%v): run sudo integration/redis/setup.sh install && sudo integration/redis/setup.sh start", err)
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	env := map[string]string{}
+	for _, l := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(l, "="); ok {
+			env[k] = v
+		}
+	}
+	return env
+}
+
+var (
+	gateBinOnce sync.Once
+	gateBin     string
+	gateBinErr  error
+)
+
+// imapgateBinary builds cmd/imapgate once per test run.
+func imapgateBinary(t *testing.T) string {
+	t.Helper()
+	gateBinOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "imapgate-bin")
+		if err != nil {
+			gateBinErr = err
+			return
+		}
+		gateBin = filepath.Join(dir, "imapgate")
+		out, err := exec.Command("go", "build", "-o", gateBin, "imapgate/cmd/imapgate").CombinedOutput()
+		if err != nil {
+			gateBinErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if gateBinErr != nil {
+		t.Fatal(gateBinErr)
+	}
+	return gateBin
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// clusterCert writes one certificate (and key) for every node, as a
+// cluster behind one name has.
+func clusterCert(t *testing.T, dir string) string {
+	t.Helper()
+	c, err := certs.SelfSigned("localhost", "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
+	b := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Certificate[0]}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})...)
+	path := filepath.Join(dir, "cert.pem")
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// gateNode is one imapgate process of a test cluster.
+type gateNode struct {
+	id, addr, admin, logPath string
+	cfgPath                  string
+	cmd                      *exec.Cmd
+}
+
+type testCluster struct {
+	t      *testing.T
+	dir    string
+	prefix string
+	url    string
+	nodes  []*gateNode
+}
+
+// startCluster starts n imapgate processes sharing Redis at url under a
+// key prefix of their own; extra is TOML added to each config (limits,
+// and keys of [cluster] after its header).
+func startCluster(t *testing.T, n int, url, limits, clusterExtra string) *testCluster {
+	t.Helper()
+	bin := imapgateBinary(t)
+	dir := t.TempDir()
+	tc := &testCluster{t: t, dir: dir, url: url, prefix: fmt.Sprintf("imapgate-t%d", time.Now().UnixNano())}
+	cert := clusterCert(t, dir)
+	for i := 0; i < n; i++ {
+		g := &gateNode{id: fmt.Sprintf("n%d", i+1), addr: freeAddr(t), admin: freeAddr(t)}
+		g.cfgPath = filepath.Join(dir, g.id+".toml")
+		cfg := fmt.Sprintf(`
+[listen]
+address = %q
+[tls]
+cert = %q
+[upstream]
+address = "embedded"
+[admin]
+address = %q
+%s
+[cluster]
+redis = %q
+node = %q
+key_prefix = %q
+%s
+`, g.addr, cert, g.admin, limits, url, g.id, tc.prefix, clusterExtra)
+		if err := os.WriteFile(g.cfgPath, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		g.logPath = filepath.Join(dir, g.id+".log")
+		tc.nodes = append(tc.nodes, g)
+		tc.start(g, bin)
+	}
+	t.Cleanup(tc.stop)
+	return tc
+}
+
+func (tc *testCluster) start(g *gateNode, bin string) {
+	t := tc.t
+	t.Helper()
+	logf, err := os.OpenFile(g.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.cmd = exec.Command(bin, "-config", g.cfgPath, "-grace", "0s")
+	g.cmd.Stdout, g.cmd.Stderr = logf, logf
+	g.cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
+	if err := g.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	logf.Close()
+	waitFor(t, g.id+" ready", func() bool {
+		resp, err := http.Get("http://" + g.admin + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+}
+
+func (tc *testCluster) restart(g *gateNode) { tc.start(g, imapgateBinary(tc.t)) }
+
+// kill9 kills a node without letting it clean up.
+func (g *gateNode) kill9() {
+	if g.cmd != nil && g.cmd.Process != nil {
+		g.cmd.Process.Signal(syscall.SIGKILL)
+		g.cmd.Wait()
+		g.cmd = nil
+	}
+}
+
+func (tc *testCluster) stop() {
+	for _, g := range tc.nodes {
+		if g.cmd == nil {
+			continue
+		}
+		g.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { g.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			g.kill9()
+		}
+	}
+	if tc.t.Failed() {
+		for _, g := range tc.nodes {
+			b, _ := os.ReadFile(g.logPath)
+			tc.t.Logf("%s log:\n%s", g.id, lastLines(string(b), 40))
+		}
+	}
+}
+
+func lastLines(s string, n int) string {
+	l := strings.Split(s, "\n")
+	return strings.Join(l[max(0, len(l)-n):], "\n")
+}
+
+// metric reads one unlabelled metric of a node's /metrics.
+func (g *gateNode) metric(name string) float64 {
+	resp, err := http.Get("http://" + g.admin + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == name {
+			v, _ := strconv.ParseFloat(f[1], 64)
+			return v
+		}
+	}
+	return -1
+}
+
+// gateConn is a client connection: TLS done and greeting read.
+type gateConn struct {
+	c        *tls.Conn
+	r        *bufio.Reader
+	greeting string
+}
+
+var clusterClientTLS = &tls.Config{InsecureSkipVerify: true, ServerName: "localhost"}
+
+// connect dials addr from src and reads the greeting; admitted reports an
+// "* OK" greeting (a refusal is a failed handshake or "* BYE").
+func connect(src, addr string, cfg *tls.Config) (ic *gateConn, admitted bool, err error) {
+	d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	raw, err := d.Dial("tcp", addr)
+	if err != nil {
+		return nil, false, err
+	}
+	raw.SetDeadline(time.Now().Add(10 * time.Second))
+	c := tls.Client(raw, cfg)
+	if err := c.Handshake(); err != nil {
+		raw.Close()
+		return nil, false, nil
+	}
+	ic = &gateConn{c: c, r: bufio.NewReader(c)}
+	ic.greeting, err = ic.r.ReadString('\n')
+	if err != nil {
+		c.Close()
+		return nil, false, nil
+	}
+	if !strings.HasPrefix(ic.greeting, "* OK") {
+		c.Close()
+		return nil, false, nil
+	}
+	return ic, true, nil
+}
+
+// cmd sends a command and returns its tagged reply line.
+func (ic *gateConn) cmd(tag, command string) (string, error) {
+	if _, err := io.WriteString(ic.c, tag+" "+command+"\r\n"); err != nil {
+		return "", err
+	}
+	for {
+		l, err := ic.r.ReadString('\n')
+		if err != nil {
+			return "", err
+		}
+		if strings.HasPrefix(l, tag+" ") {
+			return strings.TrimSpace(l), nil
+		}
+	}
+}
+
+// attempt runs n concurrent connection attempts, the i-th from src(i) to
+// node i%len(nodes), each doing then(conn) if admitted; it counts those
+// for which then reports true (admitted, when then is nil) and keeps them
+// open until all attempts are done, then closes them (the others at once).
+func (tc *testCluster) attempt(n int, src func(i int) string, then func(ic *gateConn) bool) int {
+	var mu sync.Mutex
+	var held []*gateConn
+	var wg sync.WaitGroup
+	ok := 0
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ic, admitted, err := connect(src(i), tc.nodes[i%len(tc.nodes)].addr, clusterClientTLS)
+			if err != nil || !admitted {
+				return
+			}
+			if then != nil && !then(ic) {
+				ic.c.Close() // e.g. a refused login: leave its pre-login slot
+				return
+			}
+			mu.Lock()
+			held = append(held, ic)
+			ok++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	for _, ic := range held {
+		ic.c.Close()
+	}
+	return ok
+}
+
+// hold opens n admitted sessions from src, the i-th to nodes[at(i)].
+func (tc *testCluster) hold(n int, src string, at func(i int) int) []*gateConn {
+	tc.t.Helper()
+	var out []*gateConn
+	for i := 0; i < n; i++ {
+		ic, ok, err := connect(src, tc.nodes[at(i)].addr, clusterClientTLS)
+		if err != nil || !ok {
+			tc.t.Fatalf("session %d from %s to %s not admitted (%v)", i, src, tc.nodes[at(i)].id, err)
+		}
+		out = append(out, ic)
+	}
+	tc.t.Cleanup(func() {
+		for _, ic := range out {
+			ic.c.Close()
+		}
+	})
+	return out
+}
+
+func closeAll(ics []*gateConn) {
+	for _, ic := range ics {
+		ic.c.Close()
+	}
+}
+
+// redisClient connects the test to Redis at url.
+func redisClient(t *testing.T, url string) rueidis.Client {
+	t.Helper()
+	opt, err := rueidis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt.DisableCache = true
+	c, err := rueidis.NewClient(opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// sharedCount is the sum of an address's per-node counts in Redis.
+func (tc *testCluster) sharedCount(c rueidis.Client, addr string) int {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	m, err := c.Do(ctx, c.B().Hgetall().Key("{"+tc.prefix+"}:c:a:"+addr).Build()).AsIntMap()
+	if err != nil {
+		return -1
+	}
+	n := 0
+	for _, v := range m {
+		n += int(v)
+	}
+	return n
+}
+
+func src(s string) func(int) string { return func(int) string { return s } }
+
+func TestRealRedisMaxPerIPAcrossThreeNodes(t *testing.T) {
+	env := redisEnv(t)
+	tc := startCluster(t, 3, env["REDIS_URL"], "[limits]\nmax_per_ip = 4\n", "")
+	if got := tc.attempt(40, src("127.0.13.1"), nil); got != 4 {
+		t.Fatalf("40 concurrent attempts from one address over 3 nodes admitted %d, want exactly 4", got)
+	}
+}
+
+func TestRealRedisMaxConnectionsAcrossThreeNodes(t *testing.T) {
+	env := redisEnv(t)
+	tc := startCluster(t, 3, env["REDIS_URL"], "[limits]\nmax_connections = 4\n", "")
+	from := func(i int) string { return fmt.Sprintf("127.0.14.%d", i+1) }
+	if got := tc.attempt(40, from, nil); got != 4 {
+		t.Fatalf("40 concurrent attempts from 40 addresses over 3 nodes admitted %d, want exactly 4", got)
+	}
+}
+
+func TestRealRedisMaxPerUserIPAcrossThreeNodes(t *testing.T) {
+	env := redisEnv(t)
+	tc := startCluster(t, 3, env["REDIS_URL"], "[limits]\nmax_per_user_ip = 4\n", "")
+	login := func(ic *gateConn) bool {
+		r, err := ic.cmd("a", "LOGIN demo demo")
+		return err == nil && strings.HasPrefix(r, "a OK")
+	}
+	if got := tc.attempt(40, src("127.0.15.1"), login); got != 4 {
+		t.Fatalf("40 concurrent logins of one user from one address over 3 nodes: %d succeeded, want exactly 4", got)
+	}
+}
+
+// A ban made by failed logins on node 1 refuses the address on nodes 2
+// and 3 within 1 s.
+func TestRealRedisBanOnOneNodeEnforcedByAll(t *testing.T) {
+	env := redisEnv(t)
+	tc := startCluster(t, 3, env["REDIS_URL"], `
+[limits.auth_failures]
+failures = 3
+min_users = 1
+user_failures = 0
+delay = "0s"
+[limits.known_good]
+min_users = 0
+`, "")
+	const from = "127.0.16.1"
+	for i := 0; i < 3; i++ {
+		ic, ok, err := connect(from, tc.nodes[0].addr, clusterClientTLS)
+		if err != nil || !ok {
+			t.Fatalf("login attempt %d not admitted: %v", i, err)
+		}
+		if r, err := ic.cmd("a", fmt.Sprintf("LOGIN demo wrong%d", i)); err != nil || !strings.HasPrefix(r, "a NO") {
+			t.Fatalf("wrong password answered %q, %v", r, err)
+		}
+		ic.c.Close()
+	}
+	banned := time.Now()
+	for _, g := range tc.nodes[1:] {
+		for {
+			_, ok, err := connect(from, g.addr, clusterClientTLS)
+			if err == nil && !ok {
+				break
+			}
+			if time.Since(banned) > time.Second {
+				t.Fatalf("%s still admits the address banned on n1 after %s", g.id, time.Since(banned))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	t.Logf("ban enforced by n2 and n3 %s after the failed login on n1", time.Since(banned).Round(time.Millisecond))
+	// Other addresses are not affected; ctl unban (the admin endpoint) on
+	// n3 lifts the ban everywhere.
+	if _, ok, _ := connect("127.0.16.2", tc.nodes[1].addr, clusterClientTLS); !ok {
+		t.Fatal("another address refused")
+	}
+	resp, err := http.Post("http://"+tc.nodes[2].admin+"/unban?addr="+from, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	waitFor(t, "the unban on n3 to reach n1", func() bool {
+		ic, ok, _ := connect(from, tc.nodes[0].addr, clusterClientTLS)
+		if ok {
+			ic.c.Close()
+		}
+		return ok
+	})
+	// ctl ban on n2 bans on n1 too.
+	out, err := exec.Command(imapgateBinary(t), "ctl", "-admin", tc.nodes[1].admin, "ban", "127.0.16.3", "5m").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ctl ban: %v\n%s", err, out)
+	}
+	start := time.Now()
+	for {
+		_, ok, err := connect("127.0.16.3", tc.nodes[0].addr, clusterClientTLS)
+		if err == nil && !ok {
+			break
+		}
+		if time.Since(start) > time.Second {
+			t.Fatal("ctl ban on n2 not enforced by n1 within 1s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A TLS session from node 1 resumes on node 2: the ticket keys are shared.
+func TestRealRedisTLSSessionResumesOnAnotherNode(t *testing.T) {
+	env := redisEnv(t)
+	tc := startCluster(t, 2, env["REDIS_URL"], "", "")
+	for _, g := range tc.nodes {
+		waitFor(t, g.id+" to install the shared ticket keys", func() bool {
+			b, _ := os.ReadFile(g.logPath)
+			return strings.Contains(string(b), "TLS session ticket keys shared")
+		})
+	}
+	cfg := clusterClientTLS.Clone()
+	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(8)
+	cfg.MinVersion, cfg.MaxVersion = tls.VersionTLS13, tls.VersionTLS13
+	ic, ok, err := connect("127.0.17.1", tc.nodes[0].addr, cfg)
+	if err != nil || !ok {
+		t.Fatalf("first connection: %v", err)
+	}
+	// The ticket comes after the handshake; the greeting read took it in.
+	if r, err := ic.cmd("a", "NOOP"); err != nil || !strings.HasPrefix(r, "a OK") {
+		t.Fatalf("NOOP: %q %v", r, err)
+	}
+	ic.c.Close()
+	ic, ok, err = connect("127.0.17.1", tc.nodes[1].addr, cfg)
+	if err != nil || !ok {
+		t.Fatalf("second connection: %v", err)
+	}
+	defer ic.c.Close()
+	if !ic.c.ConnectionState().DidResume {
+		t.Fatal("the session from n1 did not resume on n2")
+	}
+}
+
+// kill -9 of a node: its sessions stop counting within node_ttl; and a
+// node restarted under the same id clears its stale share before it
+// accepts, without waiting for node_ttl.
+func TestRealRedisKilledNodeStopsCounting(t *testing.T) {
+	env := redisEnv(t)
+	c := redisClient(t, env["REDIS_URL"])
+	tc := startCluster(t, 3, env["REDIS_URL"], "[limits]\nmax_per_ip = 4\n", `node_ttl = "2s"`)
+	const from = "127.0.18.1"
+	tc.hold(4, from, func(i int) int { return []int{2, 2, 0, 1}[i] })
+	if _, ok, _ := connect(from, tc.nodes[0].addr, clusterClientTLS); ok {
+		t.Fatal("5th session admitted")
+	}
+	tc.nodes[2].kill9()
+	killed := time.Now()
+	var extra []*gateConn
+	waitFor(t, "n3's two sessions to stop counting", func() bool {
+		ic, ok, _ := connect(from, tc.nodes[0].addr, clusterClientTLS)
+		if ok {
+			extra = append(extra, ic)
+		}
+		return len(extra) == 2
+	})
+	took := time.Since(killed)
+	t.Logf("n3's sessions stopped counting %s after kill -9 (node_ttl 2s)", took.Round(time.Millisecond))
+	if took > 2*time.Second+time.Second {
+		t.Errorf("took %s, node_ttl is 2s (plus a heartbeat)", took)
+	}
+	if _, ok, _ := connect(from, tc.nodes[1].addr, clusterClientTLS); ok {
+		t.Fatal("admitted beyond 4 after n3's sessions were dropped")
+	}
+	closeAll(extra)
+	waitFor(t, "the shared count to be 2", func() bool { return tc.sharedCount(c, from) == 2 })
+	// ctl status shows the cluster: the nodes, alive or not, their
+	// sessions, Redis's latency.
+	out, err := exec.Command(imapgateBinary(t), "ctl", "-admin", tc.nodes[0].admin, "status").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ctl status: %v\n%s", err, out)
+	}
+	t.Logf("ctl status on n1:\n%s", out)
+	for _, want := range []string{"cluster      node n1 via redis://imapgate:xxxxx@", "shared limits, Redis", "node n1 ", "node n2 "} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("ctl status lacks %q", want)
+		}
+	}
+}
+
+func TestRealRedisRestartedNodeClearsItsStaleShare(t *testing.T) {
+	env := redisEnv(t)
+	c := redisClient(t, env["REDIS_URL"])
+	tc := startCluster(t, 2, env["REDIS_URL"], "[limits]\nmax_per_ip = 4\n", `node_ttl = "60s"`)
+	const from = "127.0.19.1"
+	tc.hold(4, from, func(i int) int { return []int{1, 1, 1, 0}[i] })
+	tc.nodes[1].kill9()
+	if n := tc.sharedCount(c, from); n != 4 {
+		t.Fatalf("shared count %d right after kill -9, want 4 (the dead node's share counts until node_ttl)", n)
+	}
+	start := time.Now()
+	tc.restart(tc.nodes[1])
+	if n := tc.sharedCount(c, from); n != 1 {
+		t.Fatalf("shared count %d once n2 restarted, want 1: n2 must clear its stale share before it accepts", n)
+	}
+	t.Logf("n2 restarted and cleared its share in %s (node_ttl 60s)", time.Since(start).Round(time.Millisecond))
+	held := tc.hold(3, from, func(i int) int { return i % 2 })
+	defer closeAll(held)
+	if _, ok, _ := connect(from, tc.nodes[1].addr, clusterClientTLS); ok {
+		t.Fatal("5th session admitted")
+	}
+}
+
+// Redis stopped mid-run: no admission waits longer than the deadline,
+// local limits apply within 1 s, nothing crashes; Redis back (empty): the
+// nodes republish their shares and the counts are the truth again.
+func TestRealRedisOutageDegradesAndRecovers(t *testing.T) {
+	env := redisEnv(t)
+	setup, port := env["REDIS_SETUP"], env["REDIS_OUTAGE_PORT"]
+	run := func(args ...string) {
+		if out, err := exec.Command("bash", append([]string{setup}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("setup.sh %v: %v\n%s", args, err, out)
+		}
+	}
+	run("start-port", port)
+	t.Cleanup(func() { run("start-port", port) })
+	tc := startCluster(t, 2, env["REDIS_OUTAGE_URL"], "[limits]\nmax_per_ip = 4\n", "")
+	const from = "127.0.20.1"
+	tc.hold(4, from, func(i int) int { return i % 2 })
+	if _, ok, _ := connect(from, tc.nodes[0].addr, clusterClientTLS); ok {
+		t.Fatal("5th session admitted with Redis up")
+	}
+	run("stop-port", port)
+	stopped := time.Now()
+	// n1 has 2 of the address's sessions: under local limits it admits 2
+	// more, then refuses; no attempt waits for Redis past the deadline.
+	var admitted []*gateConn
+	defer func() { closeAll(admitted) }()
+	for i := 0; i < 4; i++ {
+		start := time.Now()
+		ic, ok, err := connect(from, tc.nodes[0].addr, clusterClientTLS)
+		took := time.Since(start)
+		if err != nil {
+			t.Fatalf("attempt %d: %v", i, err)
+		}
+		if took > 300*time.Millisecond {
+			t.Errorf("attempt %d with Redis down took %s (deadline 50ms)", i, took)
+		}
+		if ok {
+			admitted = append(admitted, ic)
+		}
+	}
+	if len(admitted) != 2 {
+		t.Fatalf("with Redis down, n1 admitted %d more from an address it holds 2 of, want 2 (local max_per_ip 4)", len(admitted))
+	}
+	for _, g := range tc.nodes {
+		for g.metric("imapgate_cluster_degraded") != 1 {
+			if time.Since(stopped) > time.Second {
+				t.Fatalf("%s not on local limits 1s after Redis stopped", g.id)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	t.Logf("both nodes on local limits %s after Redis stopped", time.Since(stopped).Round(time.Millisecond))
+	run("start-port", port)
+	restarted := time.Now()
+	c := redisClient(t, env["REDIS_OUTAGE_URL"])
+	waitFor(t, "the shared count to be the truth (6) again", func() bool { return tc.sharedCount(c, from) == 6 })
+	t.Logf("counts converged %s after Redis came back empty", time.Since(restarted).Round(time.Millisecond))
+	for _, g := range tc.nodes {
+		if v := g.metric("imapgate_cluster_degraded"); v != 0 {
+			t.Errorf("%s degraded = %v after recovery", g.id, v)
+		}
+		if v := g.metric("imapgate_cluster_fallbacks_total"); v < 1 {
+			t.Errorf("%s fallbacks_total = %v", g.id, v)
+		}
+	}
+	if _, ok, _ := connect(from, tc.nodes[1].addr, clusterClientTLS); ok {
+		t.Fatal("admitted over the shared limit after recovery (6 held, max 4)")
+	}
+	for _, g := range tc.nodes {
+		if g.cmd.ProcessState != nil {
+			t.Errorf("%s exited", g.id)
+		}
+	}
+}
+
+// Sentinel failover (one master, one replica, one sentinel): the nodes
+// follow the new master and the limits hold across the switch.
+func TestRealRedisSentinelFailover(t *testing.T) {
+	env := redisEnv(t)
+	setup := env["REDIS_SETUP"]
+	sentinel := redisClient(t, "redis://127.0.0.1:"+env["REDIS_SENTINEL_PORT"])
+	master := func() string {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		a, err := sentinel.Do(ctx, sentinel.B().Arbitrary("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "imapgate").Build()).AsStrSlice()
+		if err != nil || len(a) != 2 {
+			return ""
+		}
+		return a[1]
+	}
+	for _, p := range strings.Split(env["REDIS_SENTINEL_PORTS"], ",") {
+		exec.Command("bash", setup, "start-port", p).Run()
+	}
+	// The replica must be in sync before the master goes.
+	waitFor(t, "the replica to sync", func() bool {
+		out, _ := exec.Command("redis-cli", "-p", "26379", "sentinel", "replicas", "imapgate").Output()
+		return strings.Contains(string(out), "slave") && !strings.Contains(string(out), "s_down")
+	})
+	tc := startCluster(t, 3, env["REDIS_SENTINEL_URL"], "[limits]\nmax_per_ip = 4\n", "")
+	const from = "127.0.21.1"
+	tc.hold(4, from, func(i int) int { return i % 3 })
+	if got := tc.attempt(12, src(from), nil); got != 0 {
+		t.Fatalf("before the failover, %d admitted over the limit", got)
+	}
+	old := master()
+	if old == "" {
+		t.Fatal("the sentinel knows no master")
+	}
+	if out, err := exec.Command("bash", setup, "stop-port", old).CombinedOutput(); err != nil {
+		t.Fatalf("stopping the master: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("bash", setup, "start-port", old).Run() })
+	killed := time.Now()
+	deadline := time.Now().Add(20 * time.Second)
+	for master() == old || master() == "" {
+		if time.Now().After(deadline) {
+			t.Fatal("the sentinel did not fail over within 20s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("master %s stopped; sentinel promoted %s %s later", old, master(), time.Since(killed).Round(time.Millisecond))
+	// Settled: every node on the shared limits, and none fell back in
+	// the last second (the first calls to a fresh master can be slow).
+	settled := func() (float64, bool) {
+		sum := 0.0
+		for _, g := range tc.nodes {
+			if g.metric("imapgate_cluster_degraded") != 0 {
+				return 0, false
+			}
+			sum += g.metric("imapgate_cluster_fallbacks_total")
+		}
+		return sum, true
+	}
+	waitFor(t, "all nodes on the shared limits through the new master, for a second", func() bool {
+		before, ok := settled()
+		if !ok {
+			return false
+		}
+		time.Sleep(time.Second)
+		after, ok := settled()
+		return ok && after == before
+	})
+	t.Logf("all nodes on the shared limits %s after the master stopped", time.Since(killed).Round(time.Millisecond))
+	if got := tc.attempt(12, src(from), nil); got != 0 {
+		t.Fatalf("after the failover, %d admitted over the limit (4 held)", got)
+	}
+	fallbacks := 0.0
+	for _, g := range tc.nodes {
+		fallbacks += g.metric("imapgate_cluster_fallbacks_total")
+	}
+	if fallbacks == 0 {
+		t.Error("no node noticed the failover")
+	}
+	// The old master comes back as a replica.
+	exec.Command("bash", setup, "start-port", old).Run()
+}

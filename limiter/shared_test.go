@@ -1,0 +1,282 @@
+package limiter
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakeShared is an in-memory Shared for several limiters ("nodes"): the
+// counts per node, as package cluster keeps them in Redis. Rates and
+// failures are not modelled.
+type fakeShared struct {
+	mu     sync.Mutex
+	counts map[string]map[string]int // key -> node -> n
+	fail   bool
+	calls  int
+	downs  int
+	unbans []Ban // received by Publish
+}
+
+type fakeNode struct {
+	*fakeShared
+	node string
+}
+
+func newFake() *fakeShared { return &fakeShared{counts: map[string]map[string]int{}} }
+
+func (f *fakeShared) sum(k string) int {
+	n := 0
+	for _, v := range f.counts[k] {
+		n += v
+	}
+	return n
+}
+
+func (f *fakeShared) add(k, node string, d int) {
+	if f.counts[k] == nil {
+		f.counts[k] = map[string]int{}
+	}
+	f.counts[k][node] += d
+}
+
+var errFake = errors.New("shared state down")
+
+func (n fakeNode) Admit(_ context.Context, q *SharedAdmit) (SharedResult, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.calls++
+	if n.fail {
+		return SharedResult{}, errFake
+	}
+	a := "a:" + q.Addr.String()
+	if m := q.Limits.MaxConnections; m > 0 && n.sum("total") >= m {
+		return SharedResult{Refused: true, Reason: MaxConnections, Limit: m}, nil
+	}
+	if m := q.Limits.MaxPerIP; !q.Exempt && m > 0 && n.sum(a) >= m {
+		return SharedResult{Refused: true, Reason: MaxPerIP, Limit: m}, nil
+	}
+	n.add("total", n.node, 1)
+	if !q.Exempt {
+		n.add(a, n.node, 1)
+	}
+	return SharedResult{}, nil
+}
+
+func (n fakeNode) Release(_ context.Context, q *SharedRelease) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.calls++
+	if n.fail {
+		return errFake
+	}
+	if q.Total {
+		n.add("total", n.node, -1)
+	}
+	if q.IP {
+		n.add("a:"+q.Addr.String(), n.node, -1)
+	}
+	return nil
+}
+
+func (n fakeNode) Login(context.Context, *SharedLogin) (SharedResult, error) {
+	return SharedResult{}, nil
+}
+func (n fakeNode) Succeeded(context.Context, *SharedLogin) error { return nil }
+func (n fakeNode) Failure(context.Context, *SharedFailure) (SharedFailureResult, error) {
+	return SharedFailureResult{}, errFake
+}
+func (n fakeNode) Ban(context.Context, Ban) error                      { return nil }
+func (n fakeNode) Unban(context.Context, netip.Prefix) error           { return nil }
+func (n fakeNode) UnbanUser(context.Context, netip.Addr, string) error { return nil }
+func (n fakeNode) Down(error) {
+	n.mu.Lock()
+	n.downs++
+	n.mu.Unlock()
+}
+
+// Publish replaces the node's share, as package cluster does.
+func (n fakeNode) Publish(_ context.Context, s *Snapshot) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.fail {
+		return errFake
+	}
+	n.unbans = append(n.unbans, s.Unbans...)
+	for _, m := range n.counts {
+		delete(m, n.node)
+	}
+	n.add("total", n.node, s.Total)
+	for a, c := range s.Addrs {
+		n.add("a:"+a.String(), n.node, c)
+	}
+	return nil
+}
+
+func sharedNodes(t *testing.T, f *fakeShared, p Policy, names ...string) []*Limiter {
+	var ls []*Limiter
+	for _, name := range names {
+		l := newLimiter(t, p)
+		l.SetShared(fakeNode{f, name}, 250*time.Millisecond, 50*time.Millisecond)
+		if err := l.Republish(context.Background(), t0); err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+	}
+	return ls
+}
+
+// admitShared is Admit and Confirm, as the proxy calls them.
+func admitShared(l *Limiter, a netip.Addr, now time.Time) (*Ticket, Decision) {
+	tk, d := l.Admit(a, now)
+	if d.Refused {
+		return nil, d
+	}
+	d = tk.Confirm(context.Background(), now, d)
+	if d.Refused {
+		return nil, d
+	}
+	return tk, d
+}
+
+func TestSharedLimitExactAcrossNodes(t *testing.T) {
+	p := unlimited()
+	p.Limits.MaxPerIP = 4
+	f := newFake()
+	nodes := sharedNodes(t, f, p, "n1", "n2", "n3")
+	a := addr("192.0.2.70")
+	var held []*Ticket
+	for i := 0; i < 12; i++ {
+		if tk, _ := admitShared(nodes[i%3], a, t0); tk != nil {
+			held = append(held, tk)
+		}
+	}
+	if len(held) != 4 || f.sum("a:192.0.2.70") != 4 {
+		t.Fatalf("admitted %d (shared count %d), want 4", len(held), f.sum("a:192.0.2.70"))
+	}
+	held[0].Release()
+	if f.sum("a:192.0.2.70") != 3 {
+		t.Fatalf("shared count %d after a release", f.sum("a:192.0.2.70"))
+	}
+}
+
+// A refusal by the shared count is remembered: the next attempts from the
+// address cost no call until the hold passes (clock stepped) or a
+// connection of this node from there ends.
+func TestSharedRefusalRememberedWithoutRoundTrip(t *testing.T) {
+	p := unlimited()
+	p.Limits.MaxPerIP = 2
+	f := newFake()
+	n := sharedNodes(t, f, p, "n1", "n2")
+	a := addr("192.0.2.71")
+	t1, _ := admitShared(n[1], a, t0)
+	admitShared(n[0], a, t0)
+	if tk, d := admitShared(n[0], a, t0); tk != nil || d.Reason != MaxPerIP {
+		t.Fatalf("3rd: %+v", d)
+	}
+	calls := f.calls
+	for i := 0; i < 100; i++ {
+		if _, d := n[0].Admit(a, t0.Add(100*time.Millisecond)); !d.Refused || d.Reason != MaxPerIP {
+			t.Fatalf("remembered refusal: %+v", d)
+		}
+	}
+	if f.calls != calls {
+		t.Fatalf("%d calls for refusals of a known offender, want 0", f.calls-calls)
+	}
+	if hits, _, _ := n[0].SharedStats(); hits != 100 {
+		t.Fatalf("cache hits %d", hits)
+	}
+	// n2's session ends: n1 learns it only by asking, after the hold.
+	t1.Release()
+	if _, d := n[0].Admit(a, t0.Add(200*time.Millisecond)); !d.Refused {
+		t.Fatal("hold forgotten early")
+	}
+	if tk, d := admitShared(n[0], a, t0.Add(300*time.Millisecond)); tk == nil {
+		t.Fatalf("after the hold: %+v", d)
+	}
+}
+
+// The shared state fails: local limits at once (this node's own counts),
+// one Down per outage; Republish restores the shared counts to this
+// node's truth and switches back.
+func TestSharedDownLocalLimitsAndRepublish(t *testing.T) {
+	p := unlimited()
+	p.Limits.MaxPerIP = 4
+	f := newFake()
+	n := sharedNodes(t, f, p, "n1", "n2")
+	a := addr("192.0.2.72")
+	for i := 0; i < 4; i++ {
+		admitShared(n[i%2], a, t0)
+	}
+	f.fail = true
+	var local []*Ticket
+	for i := 0; i < 5; i++ {
+		if tk, _ := admitShared(n[0], a, t0); tk != nil {
+			local = append(local, tk)
+		}
+	}
+	if len(local) != 2 || n[0].SharedUp() {
+		t.Fatalf("down: admitted %d from an address n1 holds 2 of (want 2, local max 4), up=%v", len(local), n[0].SharedUp())
+	}
+	if f.downs != 1 {
+		t.Fatalf("Down called %d times, want once", f.downs)
+	}
+	local[0].Release() // while down: local only
+	f.fail = false
+	if err := n[0].Republish(context.Background(), t0); err != nil {
+		t.Fatal(err)
+	}
+	if !n[0].SharedUp() {
+		t.Fatal("not up after Republish")
+	}
+	if got := f.counts["a:192.0.2.72"]["n1"]; got != 3 {
+		t.Fatalf("n1's republished share %d, want 3", got)
+	}
+	if tk, _ := admitShared(n[1], a, t0); tk != nil {
+		t.Fatal("admitted over the shared limit after recovery (5 held)")
+	}
+	local[1].Release()
+	if got := f.counts["a:192.0.2.72"]["n1"]; got != 2 {
+		t.Fatalf("n1's share %d after a release, want 2", got)
+	}
+}
+
+// Without SetShared nothing changes: Confirm returns Admit's decision.
+func TestConfirmWithoutSharedIsANoOp(t *testing.T) {
+	p := unlimited()
+	p.Limits.MaxPerIP = 1
+	l := newLimiter(t, p)
+	tk, d := l.Admit(addr("192.0.2.73"), t0)
+	if d2 := tk.Confirm(context.Background(), t0, d); d2 != d {
+		t.Fatalf("Confirm changed %+v to %+v", d, d2)
+	}
+	var zero Ticket
+	zero.CommitUser(false)
+	zero.Release()
+}
+
+// An operator's unban while the shared state is down reaches it with the
+// next Republish, once, so the stored ban does not come back.
+func TestSharedUnbanWhileDownIsRepublished(t *testing.T) {
+	f := newFake()
+	n := sharedNodes(t, f, unlimited(), "n1")[0]
+	k := netip.MustParsePrefix("192.0.2.80/32")
+	n.ApplyBan(Ban{Key: k, Until: t0.Add(time.Hour)})
+	f.fail = true
+	admitShared(n, addr("192.0.2.81"), t0) // goes down
+	if n.SharedUp() {
+		t.Fatal("still up")
+	}
+	if !n.Unban(k) {
+		t.Fatal("no ban lifted")
+	}
+	f.fail = false
+	n.Republish(context.Background(), t0)
+	n.Republish(context.Background(), t0)
+	if len(f.unbans) != 1 || f.unbans[0].Key != k {
+		t.Fatalf("unbans published %+v, want %s once", f.unbans, k)
+	}
+}
