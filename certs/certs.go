@@ -219,3 +219,17 @@ func (s *Store) ServerConfig(minVersion uint16, postQuantum bool) *tls.Config {
 	}
 	return cfg
 }
+
+// CAPool reads the PEM certificates of file into a pool, for verifying a
+// server imapgate connects to (an upstream, Redis). Errors name the file.
+func CAPool(file string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s: no certificates found", file)
+	}
+	return pool, nil
+}

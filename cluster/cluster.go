@@ -17,7 +17,6 @@ package cluster
 import (
 	"context"
 	"crypto/rand"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -30,6 +29,7 @@ import (
 
 	"github.com/redis/rueidis"
 
+	"imapgate/certs"
 	"imapgate/limiter"
 )
 
@@ -150,13 +150,9 @@ func clientOption(o Options) (rueidis.ClientOption, error) {
 		if copt.TLSConfig == nil {
 			return copt, errors.New("cluster.tls_ca_file needs a rediss:// URL")
 		}
-		pem, err := os.ReadFile(o.TLSCAFile)
+		pool, err := certs.CAPool(o.TLSCAFile)
 		if err != nil {
 			return copt, fmt.Errorf("cluster.tls_ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return copt, fmt.Errorf("cluster.tls_ca_file %s: no certificates found", o.TLSCAFile)
 		}
 		copt.TLSConfig.RootCAs = pool
 	}

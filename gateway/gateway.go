@@ -2,12 +2,10 @@ package gateway
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -245,13 +243,9 @@ func upstreamTLS(u config.Upstream) (*tls.Config, error) {
 		tc.ServerName = u.TLSServerName
 	}
 	if u.TLSCAFile != "" {
-		pem, err := os.ReadFile(u.TLSCAFile)
+		pool, err := certs.CAPool(u.TLSCAFile)
 		if err != nil {
 			return nil, fmt.Errorf("upstream.tls_ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("upstream.tls_ca_file %s: no certificates found", u.TLSCAFile)
 		}
 		tc.RootCAs = pool
 	}
