@@ -223,6 +223,11 @@ func TestMetricsAndCtl(t *testing.T) {
 	if _, err := d.login("127.0.10.2", "demo", "wrong"); err == nil {
 		t.Fatal("wrong password accepted")
 	}
+	// The refused and the failed connections end asynchronously after
+	// their clients hang up: wait for the table to settle.
+	for deadline := time.Now().Add(5 * time.Second); d.metric(`imapgate_table_entries`) != 2 && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
 	for name, want := range map[string]float64{
 		`imapgate_connections{state="established"}`:                     2,
 		`imapgate_logins_total{result="ok"}`:                            2,
