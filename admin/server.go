@@ -146,8 +146,8 @@ type Status struct {
 	WouldRefuse map[string]uint64 `json:"dry_run_would_refuse,omitempty"`
 	// UpstreamProblems are misconfigurations of the upstream seen since
 	// start or the last reload (LOGINDISABLED, PRIVACYREQUIRED), with fixes.
-	UpstreamProblems []string `json:"upstream_problems,omitempty"`
-	Info        map[string]any    `json:"info,omitempty"`
+	UpstreamProblems []string       `json:"upstream_problems,omitempty"`
+	Info             map[string]any `json:"info,omitempty"`
 }
 
 func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
@@ -231,15 +231,21 @@ func (s *Server) conns(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// FormatEntry is one conntrack -L style line.
+// FormatEntry is one conntrack -L style line; an entry that has heard
+// nothing whole from its client ends in [SILENT], as conntrack marks a
+// flow without a reply [UNREPLIED].
 func FormatEntry(e conntable.Snapshot) string {
 	user := e.User
 	if user == "" {
 		user = "-"
 	}
-	return fmt.Sprintf("id=%d %-11s src=%s dst=%s user=%s age=%s idle=%s timeout=%s rx=%d tx=%d",
+	silent := ""
+	if e.Silent {
+		silent = " [SILENT]"
+	}
+	return fmt.Sprintf("id=%d %-11s src=%s dst=%s user=%s age=%s idle=%s timeout=%s rx=%d tx=%d%s",
 		e.ID, e.State, e.Client, e.Local, user, time.Since(e.Start).Round(time.Second),
-		e.Idle.Round(time.Second), e.TimeoutIn.Round(time.Second), e.Rx, e.Tx)
+		e.Idle.Round(time.Second), e.TimeoutIn.Round(time.Second), e.Rx, e.Tx, silent)
 }
 
 // TopReport is /top.

@@ -193,7 +193,10 @@ type Login struct {
 
 // Timeouts per connection state.
 type Timeouts struct {
-	Handshake   Duration `toml:"handshake"`
+	Handshake Duration `toml:"handshake"`
+	// Silent replaces Handshake for a connection that has sent no byte
+	// (conntable.Config.Silent).
+	Silent      Duration `toml:"silent"`
 	Preauth     Duration `toml:"preauth"`
 	Established Duration `toml:"established"`
 	Closing     Duration `toml:"closing"`

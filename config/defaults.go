@@ -29,6 +29,7 @@ func Default() *Config {
 		Login: Login{MaxLine: 8 << 10, MaxLiteral: 8 << 10, MaxCommands: 32},
 		Timeouts: Timeouts{
 			Handshake:   Duration(conntable.DefaultTimeouts[conntable.Handshake]),
+			Silent:      Duration(conntable.DefaultSilent),
 			Preauth:     Duration(conntable.DefaultTimeouts[conntable.Preauth]),
 			Established: Duration(conntable.DefaultTimeouts[conntable.Established]),
 			Closing:     Duration(conntable.DefaultTimeouts[conntable.Closing]),

@@ -51,7 +51,7 @@ func (c *Config) validate() []problem {
 		add("login.max_commands", "must be at least 1, got %d", c.Login.MaxCommands)
 	}
 	for key, d := range map[string]Duration{"timeouts.handshake": c.Timeouts.Handshake, "timeouts.preauth": c.Timeouts.Preauth,
-		"timeouts.closing": c.Timeouts.Closing} {
+		"timeouts.closing": c.Timeouts.Closing, "timeouts.silent": c.Timeouts.Silent} {
 		if d <= 0 {
 			add(key, "must be positive")
 		}
@@ -271,6 +271,7 @@ func (c *Config) TableConfig() conntable.Config {
 	t.Timeouts[conntable.Preauth] = c.Timeouts.Preauth.D()
 	t.Timeouts[conntable.Established] = c.Timeouts.Established.D()
 	t.Timeouts[conntable.Closing] = c.Timeouts.Closing.D()
+	t.Silent = c.Timeouts.Silent.D()
 	return t
 }
 

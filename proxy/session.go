@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"imapgate/conntable"
@@ -56,6 +57,11 @@ type session struct {
 	// pendingTagged is a tagged result authenticate read for loginResult.
 	pendingTagged []byte
 	tracker       cmdTracker
+	// writeFailed: a write to the client failed, possibly in the middle of
+	// a TLS record (a kill's deadline), and the record sequence has moved
+	// on: any later record, close_notify included, would reach the client
+	// as "bad record MAC". Set by whichever goroutine writes.
+	writeFailed atomic.Bool
 }
 
 // outcome of the login phase.
@@ -197,7 +203,20 @@ func (ss *session) run() {
 		return
 	}
 	if ss.ticket.NeedsWait() {
-		if err := ss.ticket.WaitPreauth(ss.ctx); err != nil {
+		// Until its client's first record has arrived the connection is
+		// silent, and waiting for a slot must not hide that from the
+		// table: an honest client's ClientHello is already here (and the
+		// entry ranks as moving), a silent flood's never comes (and it
+		// goes at the silent timeout, or first when the table is full).
+		n, err := waitFirstRecord(ss.raw)
+		if err == nil && n == 0 {
+			return // the client closed before a whole record
+		}
+		entry.Progress(n, true)
+		if err == nil {
+			err = ss.ticket.WaitPreauth(ss.ctx)
+		}
+		if err != nil {
 			// Cut off: the admission decision names this limit and its
 			// value for this address (overrides included).
 			admitted.Refused = true
@@ -234,11 +253,13 @@ func (ss *session) run() {
 }
 
 func (ss *session) handshake() bool {
-	ss.tc = tls.Server(ss.raw, ss.srv.tlsConfig)
+	pc := &progressConn{Conn: ss.raw, entry: ss.entry}
+	ss.tc = tls.Server(pc, ss.srv.tlsConfig)
 	start := time.Now()
 	// Handshake, not HandshakeContext: the table's Killer interrupts it by
 	// deadline, which costs no goroutine per connection.
 	err := ss.tc.Handshake()
+	pc.done = true
 	ss.srv.events.Handshake(time.Since(start), err)
 	if err == nil {
 		cs := ss.tc.ConnectionState()
@@ -327,7 +348,69 @@ func (r clientReader) Read(p []byte) (int, error) {
 func (ss *session) writeClient(b []byte) error {
 	n, err := ss.tc.Write(b)
 	ss.entry.Sent(n)
+	if err != nil {
+		ss.writeFailed.Store(true)
+	}
 	return err
+}
+
+// progressConn tells the entry of every byte read from or written to the
+// client, and of when imapgate waits for the client: a handshake or login
+// that is moving, or waiting on imapgate, is neither silent nor stalled
+// (conntable's early drop). Until the handshake is done it follows the TLS
+// record framing of what the client sends: only a complete record is
+// progress, so half a ClientHello followed by nothing leaves the entry
+// silent. Only the goroutine reading the client touches the framing.
+type progressConn struct {
+	net.Conn
+	entry *conntable.Entry
+	frame recordFrame
+	done  bool // handshake over: every byte is progress
+}
+
+func (c *progressConn) Read(p []byte) (int, error) {
+	c.entry.Waiting()
+	n, err := c.Conn.Read(p)
+	c.entry.Progress(n, c.done || c.frame.feed(p[:n]))
+	return n, err
+}
+
+func (c *progressConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if n > 0 {
+		c.entry.Touch()
+	}
+	return n, err
+}
+
+// recordFrame follows TLS record boundaries (RFC 8446 §5.1: a 5-byte
+// header whose last two bytes are the length, then that many bytes).
+type recordFrame struct {
+	hdr  [5]byte
+	nhdr int // header bytes seen of the current record
+	left int // body bytes still to come
+}
+
+// feed consumes b and reports whether it completed at least one record.
+func (f *recordFrame) feed(b []byte) (completed bool) {
+	for len(b) > 0 {
+		if f.nhdr < len(f.hdr) {
+			k := copy(f.hdr[f.nhdr:], b)
+			f.nhdr += k
+			b = b[k:]
+			if f.nhdr < len(f.hdr) {
+				return completed
+			}
+			f.left = int(f.hdr[3])<<8 | int(f.hdr[4])
+		}
+		k := min(f.left, len(b))
+		f.left -= k
+		b = b[k:]
+		if f.left == 0 {
+			completed, f.nhdr = true, 0
+		}
+	}
+	return completed
 }
 
 func (ss *session) writeClientf(format string, args ...any) error {
@@ -458,7 +541,9 @@ func (ss *session) endPreauth() {
 func (ss *session) closed() {
 	ss.srv.events.Closed()
 	ss.raw.SetWriteDeadline(time.Now().Add(lingerTime))
-	ss.tc.CloseWrite() // close_notify
+	if !ss.writeFailed.Load() {
+		ss.tc.CloseWrite() // close_notify
+	}
 	if cw, ok := ss.raw.(interface{ CloseWrite() error }); ok {
 		cw.CloseWrite()
 	} else if pc, ok := ss.raw.(interface{ Raw() net.Conn }); ok { // a PROXY-protocol conn
