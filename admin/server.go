@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"imapgate/conntable"
+	"imapgate/kernel"
 	"imapgate/limiter"
 )
 
@@ -39,6 +41,12 @@ type Options struct {
 	UpstreamProblems func() []string
 	// Info adds fields to /status (listeners, upstream, config file…).
 	Info func() map[string]any
+	// KernelMembers lists the nftables sets' elements ([kernel] nftables);
+	// nil or an empty list when off.
+	KernelMembers func(now time.Time) []kernel.Member
+	// AfterUnban is called after /unban lifted a ban (the kernel path
+	// removes its element at once); nil: nothing.
+	AfterUnban func()
 	// Token, if set, lets requests from other hosts change state with
 	// "Authorization: Bearer <token>". Without it only local requests
 	// (loopback or the unix socket) may.
@@ -289,20 +297,47 @@ func fromMap(m map[string]uint64, n int) []Count {
 	return topN(out, n)
 }
 
-// BanInfo is one entry of /bans.
+// BanInfo is one entry of /bans: a ban of the limiter's, or an address
+// only the kernel drops (Reason "escalation").
 type BanInfo struct {
-	Key   string    `json:"key"`
-	Until time.Time `json:"until"`
+	Key    string    `json:"key"`
+	Until  time.Time `json:"until"`
+	Reason string    `json:"reason"`            // "ban" or "escalation"
+	Kernel bool      `json:"kernel"`            // in the nftables sets
+	DryRun bool      `json:"dry_run,omitempty"` // would be in them, but for dry run
 }
 
 func (s *Server) bans(w http.ResponseWriter, _ *http.Request) {
+	now := time.Now()
 	out := []BanInfo{}
-	if s.o.Limiter != nil {
-		for _, b := range s.o.Limiter.Bans(time.Now()) {
-			out = append(out, BanInfo{b.Key.String(), b.Until})
+	inKernel := map[netip.Prefix]kernel.Member{}
+	if s.o.KernelMembers != nil {
+		for _, m := range s.o.KernelMembers(now) {
+			inKernel[m.Prefix] = m
 		}
 	}
+	if s.o.Limiter != nil {
+		for _, b := range s.o.Limiter.Bans(now) {
+			m, ok := inKernel[unmapPrefix(b.Key)]
+			if ok && m.Reason == kernel.ReasonBan {
+				delete(inKernel, m.Prefix)
+			}
+			out = append(out, BanInfo{Key: b.Key.String(), Until: b.Until, Reason: kernel.ReasonBan,
+				Kernel: ok && !m.DryRun, DryRun: ok && m.DryRun})
+		}
+	}
+	for _, m := range inKernel {
+		out = append(out, BanInfo{Key: m.Prefix.String(), Until: m.Until, Reason: m.Reason, Kernel: !m.DryRun, DryRun: m.DryRun})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Until.Before(out[j].Until) })
 	writeJSON(w, out)
+}
+
+func unmapPrefix(p netip.Prefix) netip.Prefix {
+	if a := p.Addr(); a.Is4In6() {
+		return netip.PrefixFrom(a.Unmap(), max(p.Bits()-96, 0)).Masked()
+	}
+	return p.Masked()
 }
 
 // kill closes one entry (?id=) or every entry of an address (?addr=), as
@@ -347,6 +382,9 @@ func (s *Server) unban(w http.ResponseWriter, r *http.Request) {
 		p = netip.PrefixFrom(a, a.BitLen())
 	}
 	lifted := s.o.Limiter != nil && s.o.Limiter.Unban(p)
+	if lifted && s.o.AfterUnban != nil {
+		s.o.AfterUnban()
+	}
 	writeJSON(w, map[string]bool{"lifted": lifted})
 }
 

@@ -109,6 +109,7 @@ type Config struct {
 	Timeouts Timeouts `toml:"timeouts"`
 	Table    Table    `toml:"table"`
 	Limits   Limits   `toml:"limits"`
+	Kernel   Kernel   `toml:"kernel"`
 	Log      Log      `toml:"log"`
 	Admin    Admin    `toml:"admin"`
 
@@ -274,6 +275,30 @@ type Admin struct {
 	// Token lets other hosts change state with "Authorization: Bearer".
 	// Never printed: -check shows "(set)".
 	Token string `toml:"token" secret:"true"`
+}
+
+// Kernel is [kernel]: drops in the Linux kernel (package kernel) and the
+// watch on the host's conntrack table.
+type Kernel struct {
+	// NFTables makes imapgate own the nftables table "inet imapgate" and
+	// drop banned and escalated addresses' new connections there, before
+	// conntrack. Needs CAP_NET_ADMIN; without it imapgate says so once and
+	// goes on with the userspace limits.
+	NFTables bool `toml:"nftables"`
+	// DryRun logs what would enter the sets and adds nothing.
+	DryRun     bool             `toml:"dry_run"`
+	Escalation KernelEscalation `toml:"escalation"`
+	// ConntrackWatch reads the host's conntrack fill every this often and
+	// warns at 80 % and 95 %; "0s" turns the watch off.
+	ConntrackWatch Duration `toml:"conntrack_watch"`
+}
+
+// KernelEscalation is [kernel.escalation] (kernel.Escalation).
+type KernelEscalation struct {
+	Refusals int      `toml:"refusals"`
+	Window   Duration `toml:"window"`
+	First    Duration `toml:"first"`
+	Max      Duration `toml:"max"`
 }
 
 // Error is a problem in a config file at a line and key.

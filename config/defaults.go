@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"imapgate/conntable"
+	"imapgate/kernel"
 	"imapgate/limiter"
 )
 
@@ -56,5 +57,12 @@ func Default() *Config {
 		},
 		Log:   Log{Output: "stderr", Tag: "imapd-ssl"},
 		Admin: Admin{Address: "127.0.0.1:9100"},
+		Kernel: Kernel{
+			Escalation: KernelEscalation{
+				Refusals: kernel.DefaultEscalation.Refusals, Window: Duration(kernel.DefaultEscalation.Window),
+				First: Duration(kernel.DefaultEscalation.First), Max: Duration(kernel.DefaultEscalation.Max),
+			},
+			ConntrackWatch: Duration(10 * time.Second),
+		},
 	}
 }

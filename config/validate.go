@@ -9,6 +9,7 @@ import (
 
 	"imapgate/certs"
 	"imapgate/conntable"
+	"imapgate/kernel"
 	"imapgate/limiter"
 	"imapgate/proxy"
 )
@@ -67,6 +68,11 @@ func (c *Config) validate() []problem {
 	}
 	ps = append(ps, c.validateLimits()...)
 	ps = append(ps, c.validateLog()...)
+	if e := c.Kernel.Escalation; e.Refusals < 0 {
+		add("kernel.escalation.refusals", "must not be negative (0 turns escalation off), got %d", e.Refusals)
+	} else if e.Refusals > 0 && (e.Window <= 0 || e.First <= 0 || e.Max < e.First) {
+		add("kernel.escalation", "window and first must be positive and max at least first when refusals is set")
+	}
 	if a := c.Admin.Address; a != "" && !strings.HasPrefix(a, "unix:") {
 		host, _, err := net.SplitHostPort(a)
 		ip, perr := netip.ParseAddr(host)
@@ -273,6 +279,12 @@ func (c *Config) TableConfig() conntable.Config {
 	t.Timeouts[conntable.Closing] = c.Timeouts.Closing.D()
 	t.Silent = c.Timeouts.Silent.D()
 	return t
+}
+
+// Escalation converts [kernel.escalation].
+func (c *Config) Escalation() kernel.Escalation {
+	e := c.Kernel.Escalation
+	return kernel.Escalation{Refusals: e.Refusals, Window: e.Window.D(), First: e.First.D(), Max: e.Max.D()}
 }
 
 // LoginBounds converts [login].

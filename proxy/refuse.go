@@ -52,6 +52,9 @@ func (s *Server) refusedBeforeTLS(d limiter.Decision, a netip.Addr) {
 // refuseLog records a refusal of a: the top-N tracker and the log line.
 func (s *Server) refuseLog(d limiter.Decision, a netip.Addr, user string) {
 	s.tracker.RefusedFrom(a)
+	if s.onRefused != nil {
+		s.onRefused(a, d.Reason)
+	}
 	s.logLimit(a, d.Reason, d.Limit, user, "")
 }
 

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -76,6 +77,11 @@ type Options struct {
 	Events Events
 	// Tracker learns refused and failing addresses; nil means none.
 	Tracker Tracker
+	// OnRefused is called with the address and the limit of every refusal
+	// a limit made (before or after TLS, at admission or at login), in the
+	// goroutine that refused (the accept loop, for most): it must be quick
+	// and never block. kernel.Kernel.Refused escalates on it. Nil: none.
+	OnRefused func(a netip.Addr, r limiter.Reason)
 }
 
 // settings are the parts of Options a reload may swap.
@@ -92,6 +98,7 @@ type Server struct {
 	limiter   *limiter.Limiter
 	events    Events
 	tracker   Tracker
+	onRefused func(netip.Addr, limiter.Reason)
 	cur       atomic.Pointer[settings]
 
 	mu        sync.Mutex
@@ -140,6 +147,7 @@ func New(opts Options) (*Server, error) {
 		limiter:   opts.Limiter,
 		events:    opts.Events,
 		tracker:   opts.Tracker,
+		onRefused: opts.OnRefused,
 		listeners: make(map[net.Listener]struct{}),
 		stop:      make(chan struct{}),
 	}

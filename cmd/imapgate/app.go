@@ -25,6 +25,7 @@ import (
 	"imapgate/conntable"
 	"imapgate/courierlog"
 	"imapgate/embedded"
+	"imapgate/kernel"
 	"imapgate/limiter"
 	"imapgate/proxy"
 )
@@ -50,10 +51,17 @@ type app struct {
 	adminLn   net.Listener
 	reloadMu  sync.Mutex
 	ready     atomic.Bool
+	// kern is the nftables path ([kernel] nftables), nil when off or
+	// unavailable (kernNote says which); conntrack watches the host's
+	// table. Both run until stop is closed.
+	kern      *kernel.Kernel
+	kernNote  string
+	conntrack *kernel.ConntrackWatch
+	stop      chan struct{}
 }
 
 func newApp(cfg *config.Config, f flags) (*app, error) {
-	a := &app{flags: f}
+	a := &app{flags: f, stop: make(chan struct{})}
 	var err error
 	if a.logs, err = openLog(cfg.Log); err != nil {
 		return nil, err
@@ -83,8 +91,10 @@ func newApp(cfg *config.Config, f flags) (*app, error) {
 	bi := readBuildInfo()
 	admin.RegisterBuildInfo(reg, admin.BuildInfo{Version: bi.Version, GoVersion: bi.GoVersion, Revision: bi.Revision})
 	top := admin.NewTop(1024)
+	a.conntrack = &kernel.ConntrackWatch{Root: "/", Log: a.log.Message}
 	a.metrics = admin.NewMetrics(reg, admin.Sources{Table: a.table, Limiter: a.limiter, Certs: a.store,
-		Parked: func() int { return a.srv.Parked() }, LogDropped: a.logs.Dropped()}, top)
+		Parked: func() int { return a.srv.Parked() }, LogDropped: a.logs.Dropped(),
+		Kernel: a.kernelStats, Conntrack: a.conntrack.Last}, top)
 	minVersion, _ := certs.TLSVersion(cfg.TLS.MinVersion)
 	sessionLog := a.log
 	if cfg.Upstream.Mode == "exec" {
@@ -99,6 +109,7 @@ func newApp(cfg *config.Config, f flags) (*app, error) {
 		Login:     cfg.LoginBounds(),
 		Events:    a.metrics,
 		Tracker:   a.metrics,
+		OnRefused: a.refused,
 	})
 	if err != nil {
 		return nil, err
@@ -124,6 +135,7 @@ func newApp(cfg *config.Config, f flags) (*app, error) {
 		a.listeners = append(a.listeners, a.wrapProxyProtocol(cfg, ln))
 	}
 	a.cfg.Store(cfg)
+	a.openKernel(cfg, raw)
 	if err := a.startAdmin(cfg, reg, top); err != nil {
 		if !f.demo || cfg.IsSet("admin.address") {
 			a.close()
@@ -159,6 +171,7 @@ func (a *app) startAdmin(cfg *config.Config, reg *prometheus.Registry, top *admi
 	h := admin.New(admin.Options{
 		Table: a.table, Limiter: a.limiter, Top: top, Gatherer: reg, Token: cfg.Admin.Token,
 		Reload: a.reload, ReopenLogs: a.reopenLogs, Ready: a.ready.Load, UpstreamProblems: a.srv.UpstreamProblems,
+		KernelMembers: a.kernelMembers, AfterUnban: a.unbanned,
 		Info: func() map[string]any {
 			c := a.cfg.Load()
 			addrs := make([]string, len(a.listeners))
@@ -298,8 +311,8 @@ func (a *app) tryReload() error {
 	if (cfg.Listen.Address != old.Listen.Address && !a.activated) || cfg.Log != old.Log ||
 		cfg.Upstream.Mode != old.Upstream.Mode || cfg.Admin != old.Admin ||
 		cfg.TLS.MinVersion != old.TLS.MinVersion || cfg.TLS.PostQuantum != old.TLS.PostQuantum ||
-		(len(old.Listen.ProxyProtocolFrom) == 0) != (len(cfg.Listen.ProxyProtocolFrom) == 0) {
-		return errors.New("listen.address, [log], [admin], upstream.mode, tls.min_version, tls.post_quantum and turning proxy_protocol_from on or off need a restart")
+		(len(old.Listen.ProxyProtocolFrom) == 0) != (len(cfg.Listen.ProxyProtocolFrom) == 0) || cfg.Kernel != old.Kernel {
+		return errors.New("listen.address, [log], [admin], [kernel], upstream.mode, tls.min_version, tls.post_quantum and turning proxy_protocol_from on or off need a restart")
 	}
 	// The demo's generated certificate stays; files are read again.
 	var store *certs.Store
@@ -368,6 +381,16 @@ func (a *app) logf(format string, args ...any) {
 }
 
 func (a *app) close() {
+	select {
+	case <-a.stop:
+	default:
+		close(a.stop)
+	}
+	if a.kern != nil {
+		if err := a.kern.Close(); err != nil {
+			a.logf("imapgate: removing the nftables table: %v", err)
+		}
+	}
 	for _, ln := range a.listeners {
 		ln.Close()
 	}
@@ -392,10 +415,10 @@ func (a *app) startupReport() {
 	if a.activated {
 		how = " (socket-activated)"
 	}
-	a.logf("imapgate: listening on %s%s, upstream %s%s; admin %s; table max=%d buckets=%d; limits max_connections=%d max_per_ip=%d max_preauth_per_ip=%d max_per_prefix=%d (/%d, /%d) max_per_user_ip=%d rate_per_ip=%s; open files %d (hard %d) for %d needed",
+	a.logf("imapgate: listening on %s%s, upstream %s%s; admin %s; table max=%d buckets=%d; limits max_connections=%d max_per_ip=%d max_preauth_per_ip=%d max_per_prefix=%d (/%d, /%d) max_per_user_ip=%d rate_per_ip=%s; open files %d (hard %d) for %d needed; kernel %s; host conntrack %s",
 		strings.Join(addrs, ","), how, upstreamNote(cfg), proxyNote(cfg), a.adminNote(), a.table.Max(), a.table.Config().Buckets,
 		l.MaxConnections, l.MaxPerIP, l.MaxPreauthPerIP, l.MaxPerPrefix, l.IPv4Prefix, l.IPv6Prefix, l.MaxPerUserIP,
-		rateString(l.RatePerIP), a.files.soft, a.files.hard, a.files.need)
+		rateString(l.RatePerIP), a.files.soft, a.files.hard, a.files.need, a.kernNote, conntrackNote(a.conntrack))
 }
 
 func upstreamNote(cfg *config.Config) string {

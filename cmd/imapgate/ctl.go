@@ -25,7 +25,8 @@ const ctlUsage = `usage: imapgate ctl [-admin ADDR | -config FILE] [-json] [-tok
   conns [addr=A] [prefix=P] [user=U] [state=S]
                             live connections (like conntrack -L)
   kill ID|ADDR              close one connection, or all of an address (like conntrack -D)
-  unban ADDR|CIDR           lift a ban from failed logins
+  unban ADDR|CIDR           lift a ban from failed logins (and its kernel drop)
+  bans                      bans and kernel drops: until when, why, whether in nftables
   reload                    re-read the configuration and certificates
   reopen-logs               reopen the log file after rotation, or reconnect to syslog (like SIGUSR1)
 `
@@ -82,6 +83,8 @@ func ctl(args []string, stdout, stderr io.Writer) int {
 			break
 		}
 		err = c.post(stdout, "/unban", url.Values{"addr": {rest[0]}}, *asJSON)
+	case "bans":
+		err = c.bans(stdout, *asJSON)
 	case "reload":
 		err = c.post(stdout, "/reload", nil, *asJSON)
 	case "reopen-logs":
@@ -184,6 +187,29 @@ func (c *ctlClient) status(w io.Writer, raw bool) error {
 	}
 	if s.Info != nil {
 		fmt.Fprintf(w, "listening    %v, upstream %v (%v), config %v\n", s.Info["listen"], s.Info["upstream"], s.Info["upstream_mode"], s.Info["config"])
+	}
+	return nil
+}
+
+// bans prints one line per ban or kernel drop.
+func (c *ctlClient) bans(w io.Writer, raw bool) error {
+	var bs []admin.BanInfo
+	if done, err := c.get(w, "/bans", nil, raw, &bs); done || err != nil {
+		return err
+	}
+	for _, b := range bs {
+		where := "userspace"
+		switch {
+		case b.Kernel:
+			where = "kernel (nftables)"
+		case b.DryRun:
+			where = "userspace (kernel: dry run)"
+		}
+		fmt.Fprintf(w, "%-40s until %s (%s left)  %-10s  %s\n", b.Key, b.Until.UTC().Format(time.RFC3339),
+			time.Until(b.Until).Round(time.Second), b.Reason, where)
+	}
+	if len(bs) == 0 {
+		fmt.Fprintln(w, "no bans")
 	}
 	return nil
 }
