@@ -187,3 +187,34 @@ func request(c *netlink.Conn, typ netlink.HeaderType, flags netlink.HeaderFlags,
 	})
 	return err
 }
+
+// Flood starts n connections from src to addr without waiting for any
+// (non-blocking connects: n SYNs at once), and closes them after wait. It
+// returns how many were accepted by then (connected).
+func (p *Peer) Flood(src netip.Addr, addr netip.AddrPort, n int, wait time.Duration) (connected int, err error) {
+	var fds []int
+	p.run(func() {
+		for i := 0; i < n; i++ {
+			var fd int
+			if fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0); err != nil {
+				return
+			}
+			fds = append(fds, fd)
+			if err = unix.Bind(fd, &unix.SockaddrInet4{Addr: src.As4()}); err != nil {
+				return
+			}
+			if cerr := unix.Connect(fd, &unix.SockaddrInet4{Addr: addr.Addr().As4(), Port: int(addr.Port())}); cerr != nil && cerr != unix.EINPROGRESS {
+				err = cerr
+				return
+			}
+		}
+	})
+	time.Sleep(wait)
+	for _, fd := range fds {
+		if _, perr := unix.Getpeername(fd); perr == nil {
+			connected++
+		}
+		unix.Close(fd)
+	}
+	return connected, err
+}
