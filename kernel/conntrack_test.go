@@ -31,8 +31,8 @@ func TestConntrackWatch(t *testing.T) {
 		t.Fatal("a reading without conntrack")
 	}
 	writeConntrack(t, root, map[string]string{
-		"proc/sys/net/netfilter/nf_conntrack_count":  "1000",
-		"proc/sys/net/netfilter/nf_conntrack_max":    "4096",
+		"proc/sys/net/netfilter/nf_conntrack_count":   "1000",
+		"proc/sys/net/netfilter/nf_conntrack_max":     "4096",
 		"sys/module/nf_conntrack/parameters/hashsize": "1024",
 	})
 	c, ok := w.Check()

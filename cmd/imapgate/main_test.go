@@ -52,7 +52,7 @@ type daemon struct {
 	addr  string // client listener
 	// listen is listen.address; "" means 127.0.0.1:0.
 	listen string
-	exit  chan error
+	exit   chan error
 	// text reads the log; nil: the file at log.
 	text func() string
 }
