@@ -43,6 +43,13 @@ var scenarios = []scenario{
 	{"bulk", "server CPU per GB relayed (FETCH 1 MiB, 4 sessions)", "s/GB", 0.8, true},
 	{"flood-cpu", "server CPU per refused attempt", "µs", 1.0, true},
 	{"flood-latency", "time to refusal (median)", "µs", 0, true},
+	{"table-quiet-p99", "honest session (TLS, LOGIN, SELECT, LOGOUT) without a flood, p99", "ms", 0, true},
+	{"table-silent-p50", "same, during a silent table flood, p50", "ms", 0, true},
+	{"table-silent-p99", "same, during a silent table flood, p99", "ms", 0, true},
+	{"table-silent-failed", "honest sessions failed during the silent flood", "count", 0, true},
+	{"table-half-p50", "same, during a half-ClientHello flood, p50", "ms", 0, true},
+	{"table-half-p99", "same, during a half-ClientHello flood, p99", "ms", 0, true},
+	{"table-half-failed", "honest sessions failed during the half-ClientHello flood", "count", 0, true},
 }
 
 func main() {
@@ -54,8 +61,11 @@ func main() {
 	peersFlag := flag.String("peers", "haproxy,imapgate,nginx", "peers to measure")
 	serverCore := flag.Int("core", 0, "the core the proxies are pinned to (run this tool on another)")
 	profile := flag.String("cpuprofile", "", "write imapgate's CPU profile to `file` (its last run)")
-	only := flag.String("only", "", "comma-separated scenarios to run (session, idle, bulk, flood); default all")
+	only := flag.String("only", "", "comma-separated scenarios to run (session, idle, bulk, flood, table); default all")
 	baseline := flag.String("baseline", "", "also measure this imapgate `binary` as peer \"baseline\" (A/B of a change)")
+	floodConns := flag.Int("flood-conns", 10000, "table scenario: flood connections held against the proxy")
+	floodAddrs := flag.Int("flood-addrs", 1000, "table scenario: addresses the flood comes from")
+	honest := flag.Int("honest", 200, "table scenario: honest sessions measured without and during each flood")
 	flag.Parse()
 
 	fmt.Printf("imapbench %s on %d cores (%s); proxies pinned to core %d\n",
@@ -109,7 +119,7 @@ func main() {
 	for round := 0; round < *rounds && time.Now().Before(deadline); round++ {
 		order := append(peers[round%len(peers):], peers[:round%len(peers)]...)
 		for _, name := range order {
-			p, err := setup.start(name)
+			p, err := setup.start(name, "")
 			check(err)
 			fmt.Printf("round %d: %s (pid %d) ...", round+1, name, p.pid)
 			if run("session") {
@@ -137,8 +147,24 @@ func main() {
 				add("idle", name, r)
 				fmt.Printf(" idle %.1f KiB", r.value)
 			}
-			fmt.Println()
 			p.stop()
+			if run("table") {
+				// imapgate as shipped (table.max 4096, default limits).
+				p, err := setup.start(name, "flood")
+				check(err)
+				for _, half := range []bool{false, true} {
+					kind := map[bool]string{false: "silent", true: "half"}[half]
+					p50, p99, quiet, failed, err := floodTable(p, floodOpts{conns: *floodConns, addrs: *floodAddrs, halfHello: half, honest: *honest})
+					check(err)
+					add("table-quiet-p99", name, quiet)
+					add("table-"+kind+"-p50", name, p50)
+					add("table-"+kind+"-p99", name, p99)
+					add("table-"+kind+"-failed", name, result{value: float64(failed)})
+					fmt.Printf(" table %s: p50 %.1f ms p99 %.1f ms (quiet p99 %.1f ms), %d failed", kind, p50.value, p99.value, quiet.value, failed)
+				}
+				p.stop()
+			}
+			fmt.Println()
 		}
 	}
 	report(os.Stdout, peers, results)

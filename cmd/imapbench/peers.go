@@ -42,13 +42,35 @@ func freePort() string {
 	return ln.Addr().String()
 }
 
-func (s *peerSetup) start(name string) (*peer, error) {
+// start runs peer name with the profile's configuration: "" is the
+// side-by-side one (per-address limit 20 everywhere); "flood" leaves
+// imapgate at its defaults (table.max 4096, every limit as shipped), the
+// configuration a table flood meets. Peer "imapgate-kernel" is imapgate
+// with [kernel] nftables = true (run imapbench with -netns).
+func (s *peerSetup) start(name, profile string) (*peer, error) {
 	addr := freePort()
 	var args []string
 	env := os.Environ()
 	switch name {
-	case "imapgate", "baseline":
+	case "imapgate", "baseline", "imapgate-kernel":
 		cfg := filepath.Join(s.dir, "imapgate.toml")
+		if profile == "flood" {
+			os.WriteFile(cfg, []byte(fmt.Sprintf(`
+[listen]
+address = %q
+[tls]
+cert = %q
+[upstream]
+address = %q
+[log]
+output = "file:%s"
+[admin]
+address = "unix:%s"
+[kernel]
+nftables = %v
+`, addr, s.cert, s.upstream, filepath.Join(s.dir, "imapgate.log"), filepath.Join(s.dir, "admin.sock"), name == "imapgate-kernel")), 0o644)
+			break
+		}
 		os.WriteFile(cfg, []byte(fmt.Sprintf(`
 [listen]
 address = %q
@@ -74,7 +96,13 @@ max_preauth_per_ip = "close"
 output = "file:%s"
 [admin]
 address = "unix:%s"
-`, addr, s.cert, s.upstream, perIPLimit, perIPLimit, filepath.Join(s.dir, "imapgate.log"), filepath.Join(s.dir, "admin.sock"))), 0o644)
+[kernel]
+nftables = %v
+`, addr, s.cert, s.upstream, perIPLimit, perIPLimit, filepath.Join(s.dir, "imapgate.log"), filepath.Join(s.dir, "admin.sock"), name == "imapgate-kernel")), 0o644)
+	}
+	switch name {
+	case "imapgate", "baseline", "imapgate-kernel":
+		cfg := filepath.Join(s.dir, "imapgate.toml")
 		gate := s.gate
 		if name == "baseline" {
 			gate = s.baseline

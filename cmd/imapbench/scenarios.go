@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -264,4 +265,117 @@ func median(ds []time.Duration) time.Duration {
 	s := append([]time.Duration(nil), ds...)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	return s[len(s)/2]
+}
+
+// floodSource is the a-th flooding address, each in a /24 of its own
+// (127.60.0.2 ...), apart from the honest clients' (source).
+func floodSource(a int) string { return fmt.Sprintf("127.%d.%d.2", 60+a/250, a%250) }
+
+// floodOpts size the table flood.
+type floodOpts struct {
+	conns, addrs int  // flood connections held, spread over addrs addresses
+	halfHello    bool // send half a ClientHello and stall; else nothing
+	honest       int  // honest sessions measured, before and during the flood
+}
+
+// honestRun is one batch of honest sessions (TLS 1.3, greeting, LOGIN,
+// SELECT, LOGOUT), four at a time: their latencies and failures.
+func honestRun(p *peer, n int) (lat []time.Duration, failed []string) {
+	var mu sync.Mutex
+	parallel(n, 4, func(i int) error {
+		start := time.Now()
+		ic, err := login(p.addr, source(i))
+		if err == nil {
+			err = ic.cmd("s", "SELECT INBOX")
+			if err == nil {
+				if lerr := ic.cmd("b", "LOGOUT"); lerr != nil && !errors.Is(lerr, io.EOF) {
+					err = lerr
+				}
+			}
+			ic.c.Close()
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			failed = append(failed, err.Error())
+		} else {
+			lat = append(lat, time.Since(start))
+		}
+		return nil
+	})
+	return lat, failed
+}
+
+// percentile of ds (sorted here), p in 0..100.
+func percentile(ds []time.Duration, p int) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[min(len(s)-1, len(s)*p/100)]
+}
+
+// floodTable: honest sessions without a flood, then with o.conns silent
+// (or half-hello) connections from o.addrs addresses held against the
+// proxy, each reopened when the proxy closes it. Figures: the honest
+// sessions' p50 and p99 during the flood (ms), their p99 without it, and
+// the honest sessions that failed.
+func floodTable(p *peer, o floodOpts) (p50, p99, p99quiet result, failures int, err error) {
+	quiet, qfailed := honestRun(p, o.honest)
+	if len(qfailed) > 0 {
+		return p50, p99, p99quiet, 0, fmt.Errorf("without a flood: %d sessions failed: %s", len(qfailed), qfailed[0])
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var opened atomic.Int64
+	hello := append([]byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03}, make([]byte, 89)...)
+	for i := 0; i < o.conns; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(floodSource(i % o.addrs))}}
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c, err := d.Dial("tcp", p.addr)
+				if err != nil {
+					time.Sleep(100 * time.Millisecond)
+					continue
+				}
+				opened.Add(1)
+				if o.halfHello {
+					c.Write(hello)
+				}
+				done := make(chan struct{})
+				go func() {
+					select {
+					case <-stop:
+						c.Close()
+					case <-done:
+					}
+				}()
+				start := time.Now()
+				io.Copy(io.Discard, c)
+				close(done)
+				c.Close()
+				if time.Since(start) < 100*time.Millisecond {
+					time.Sleep(100 * time.Millisecond)
+				}
+			}
+		}()
+	}
+	// The flood is in place once its connections are open (bounded: 20 s).
+	for deadline := time.Now().Add(20 * time.Second); opened.Load() < int64(o.conns) && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
+	lat, failed := honestRun(p, o.honest)
+	close(stop)
+	wg.Wait()
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	return result{value: ms(percentile(lat, 50))}, result{value: ms(percentile(lat, 99))},
+		result{value: ms(percentile(quiet, 99))}, len(failed), nil
 }
