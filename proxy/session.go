@@ -74,7 +74,6 @@ const (
 )
 
 func (s *Server) serveConn(raw net.Conn, pre *admission) {
-	growStack()
 	ss := &session{srv: s, set: s.cur.Load(), raw: raw, start: time.Now(), pre: pre}
 	ss.ctx, ss.cancel = context.WithCancel(context.Background())
 	defer func() {
@@ -90,7 +89,9 @@ func (s *Server) serveConn(raw net.Conn, pre *admission) {
 }
 
 // growStack grows the calling goroutine's stack, while it is still
-// shallow, to the size the TLS handshake and login will reach anyway. Grown
+// shallow, to the size the TLS handshake and login will reach anyway
+// (handshake calls it, once the client has sent a whole record: a silent
+// connection keeps a small stack). Grown
 // later, deep inside crypto/tls, each doubling copies and adjusts every
 // frame on the way: that was 3.5 % of a session's CPU. The handshake
 // reaches a 16 KiB stack (with an 8 KiB one, profiles still showed 2.6 % in
@@ -202,17 +203,27 @@ func (ss *session) run() {
 		ss.refuseWithBye(admitted)
 		return
 	}
-	if ss.ticket.NeedsWait() {
-		// Until its client's first record has arrived the connection is
-		// silent, and waiting for a slot must not hide that from the
-		// table: an honest client's ClientHello is already here (and the
-		// entry ranks as moving), a silent flood's never comes (and it
-		// goes at the silent timeout, or first when the table is full).
-		n, err := waitFirstRecord(ss.raw)
-		if err == nil && n == 0 {
-			return // the client closed before a whole record
-		}
+	// Until its client's first TLS record is whole the connection is
+	// silent, and waits here: with a shallow stack (a flood of thousands
+	// costs the collector little to scan), before any TLS state, and
+	// before a pre-login slot, so that waiting for one does not hide from
+	// the table that nothing came (an honest client's ClientHello is here
+	// at once; a silent flood's never comes, and goes at the silent
+	// timeout, or first when the table is full).
+	n, err := waitFirstRecord(ss.raw)
+	switch {
+	case err == nil && n == 0:
+		return // the client closed before a whole record
+	case n > 0:
 		entry.Progress(n, true)
+	}
+	if err != nil && !ss.ticket.NeedsWait() {
+		if entry.Killed() == conntable.Timeout {
+			s.log.Message(courierlog.Debug, fmt.Sprintf("ip=[%s], TLS handshake timed out.", courierlog.Addr(ss.client.Remote.Addr())))
+		}
+		return
+	}
+	if ss.ticket.NeedsWait() {
 		if err == nil {
 			err = ss.ticket.WaitPreauth(ss.ctx)
 		}
@@ -253,6 +264,7 @@ func (ss *session) run() {
 }
 
 func (ss *session) handshake() bool {
+	growStack()
 	pc := &progressConn{Conn: ss.raw, entry: ss.entry}
 	ss.tc = tls.Server(pc, ss.srv.tlsConfig)
 	start := time.Now()

@@ -261,11 +261,11 @@ func (c *sockConn) opError(op string, err error) error {
 // closed or reset first. The wait ends with an error at c's read deadline
 // (a kill sets it in the past). A conn that is not a plain socket (a
 // PROXY-wrapped one may hold bytes of its own) is not waited for: it
-// returns 1, nil at once, as if a record had come.
+// returns -1, nil at once, and the handshake's framing decides.
 func waitFirstRecord(c net.Conn) (int, error) {
 	sc, ok := c.(*sockConn)
 	if !ok {
-		return 1, nil
+		return -1, nil
 	}
 	var hdr [5]byte
 	var n int

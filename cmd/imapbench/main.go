@@ -43,6 +43,9 @@ var scenarios = []scenario{
 	{"bulk", "server CPU per GB relayed (FETCH 1 MiB, 4 sessions)", "s/GB", 0.8, true},
 	{"flood-cpu", "server CPU per refused attempt", "µs", 1.0, true},
 	{"flood-latency", "time to refusal (median)", "µs", 0, true},
+	{"flood-honest", "honest session median during the flood / without it", "ratio", 0, true},
+	{"flood-escalation", "time until the kernel drops the flooder (imapgate-kernel)", "s", 0, true},
+	{"flood-escalated-cpu", "server CPU per attempt once dropped in the kernel (imapgate-kernel)", "µs", 0, true},
 	{"table-quiet-p99", "honest session (TLS, LOGIN, SELECT, LOGOUT) without a flood, p99", "ms", 0, true},
 	{"table-silent-p50", "same, during a silent table flood, p50", "ms", 0, true},
 	{"table-silent-p99", "same, during a silent table flood, p99", "ms", 0, true},
@@ -66,7 +69,11 @@ func main() {
 	floodConns := flag.Int("flood-conns", 10000, "table scenario: flood connections held against the proxy")
 	floodAddrs := flag.Int("flood-addrs", 1000, "table scenario: addresses the flood comes from")
 	honest := flag.Int("honest", 200, "table scenario: honest sessions measured without and during each flood")
+	netns := flag.Bool("netns", false, "run in a network namespace of its own (unshare -n, as root): needed for peer imapgate-kernel, whose nftables table must not touch the host's")
 	flag.Parse()
+	if *netns {
+		enterNetns() // returns inside the namespace
+	}
 
 	fmt.Printf("imapbench %s on %d cores (%s); proxies pinned to core %d\n",
 		time.Now().Format("2006-01-02"), cores(), cpuModel(), *serverCore)
@@ -129,11 +136,17 @@ func main() {
 				fmt.Printf(" session %.3f ms", r.value)
 			}
 			if run("flood") {
-				c, l, err := flood(p, *attempts)
+				f, err := flood(p, *attempts)
 				check(err)
-				add("flood-cpu", name, c)
-				add("flood-latency", name, l)
-				fmt.Printf(" flood %.1f µs/%.0f µs", c.value, l.value)
+				add("flood-cpu", name, f.cpu)
+				add("flood-latency", name, f.latency)
+				add("flood-honest", name, f.honest)
+				fmt.Printf(" flood %.1f µs/%.0f µs, honest ×%.2f", f.cpu.value, f.latency.value, f.honest.value)
+				if f.kernel {
+					add("flood-escalation", name, f.escalation)
+					add("flood-escalated-cpu", name, f.escalatedCPU)
+					fmt.Printf(", kernel drop after %.2f s, then %.2f µs/attempt", f.escalation.value, f.escalatedCPU.value)
+				}
 			}
 			if run("bulk") {
 				r, err := bulk(p, 4, *fetches)
@@ -271,7 +284,11 @@ func report(w *os.File, peers []string, results map[string]map[string][]float64)
 		fmt.Fprintf(tw, "%s\t", p)
 	}
 	ab := slices.Contains(peers, "baseline")
+	kern := slices.Contains(peers, "imapgate-kernel")
 	fmt.Fprintf(tw, "imapgate/haproxy\tbudget\t")
+	if kern {
+		fmt.Fprintf(tw, "imapgate-kernel/haproxy\t")
+	}
 	if ab {
 		fmt.Fprintf(tw, "imapgate/baseline")
 	}
@@ -294,6 +311,19 @@ func report(w *os.File, peers []string, results map[string]map[string][]float64)
 			budget = fmt.Sprintf("<= %.1f", sc.budget)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t", ratio, budget)
+		if kern {
+			// Once escalated, the kernel path's cost per attempt is set
+			// against HAProxy's cost per refusal.
+			against := byPeer["haproxy"]
+			if sc.name == "flood-escalated-cpu" {
+				against = results["flood-cpu"]["haproxy"]
+			}
+			kr := "-"
+			if r, ok := pairedRatio(byPeer["imapgate-kernel"], against); ok {
+				kr = fmt.Sprintf("%.2f", r)
+			}
+			fmt.Fprintf(tw, "%s\t", kr)
+		}
 		if r, ok := pairedRatio(byPeer["imapgate"], byPeer["baseline"]); ab && ok {
 			fmt.Fprintf(tw, "%.2f", r)
 		}

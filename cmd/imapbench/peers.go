@@ -66,9 +66,7 @@ address = %q
 output = "file:%s"
 [admin]
 address = "unix:%s"
-[kernel]
-nftables = %v
-`, addr, s.cert, s.upstream, filepath.Join(s.dir, "imapgate.log"), filepath.Join(s.dir, "admin.sock"), name == "imapgate-kernel")), 0o644)
+`, addr, s.cert, s.upstream, filepath.Join(s.dir, "imapgate.log"), filepath.Join(s.dir, "admin.sock"))+kernelSection(name)), 0o644)
 			break
 		}
 		os.WriteFile(cfg, []byte(fmt.Sprintf(`
@@ -96,9 +94,7 @@ max_preauth_per_ip = "close"
 output = "file:%s"
 [admin]
 address = "unix:%s"
-[kernel]
-nftables = %v
-`, addr, s.cert, s.upstream, perIPLimit, perIPLimit, filepath.Join(s.dir, "imapgate.log"), filepath.Join(s.dir, "admin.sock"), name == "imapgate-kernel")), 0o644)
+`, addr, s.cert, s.upstream, perIPLimit, perIPLimit, filepath.Join(s.dir, "imapgate.log"), filepath.Join(s.dir, "admin.sock"))+kernelSection(name)), 0o644)
 	}
 	switch name {
 	case "imapgate", "baseline", "imapgate-kernel":
@@ -180,6 +176,15 @@ stream {
 	}
 	p.stop()
 	return nil, fmt.Errorf("%s did not start listening on %s", name, addr)
+}
+
+// kernelSection turns the kernel path on for peer imapgate-kernel only
+// (older builds, as a baseline, know no [kernel]).
+func kernelSection(name string) string {
+	if name != "imapgate-kernel" {
+		return ""
+	}
+	return "[kernel]\nnftables = true\n"
 }
 
 func (p *peer) stop() {

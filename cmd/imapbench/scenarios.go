@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -215,11 +217,31 @@ func bulk(p *peer, sessions, fetches int) (result, error) {
 	return result{value: cpu.Seconds() / gb}, nil
 }
 
+// floodFigures are the flood scenario's figures for one peer.
+type floodFigures struct {
+	cpu, latency result // per refused attempt before any escalation (µs), median time to refusal (µs)
+	// With the kernel path (peer imapgate-kernel): when the first attempt
+	// was dropped in the kernel (s after the flood began), and the server
+	// CPU per attempt from then on (µs); zero for the others.
+	escalation, escalatedCPU result
+	// honest is the honest sessions' median during the flood over their
+	// median without it.
+	honest result
+	kernel bool
+}
+
 // flood: one address holds its perIPLimit sessions, then tries `attempts`
-// more TLS connections one after another. Figures: server CPU per refused
-// attempt (µs) and the median time to refusal (µs).
-func flood(p *peer, attempts int) (cpu, latency result, err error) {
+// more TLS connections one after another, while honest clients from other
+// addresses log in. Figures: server CPU per refused attempt (µs), the
+// median time to refusal (µs), and the honest sessions' slowdown. For a
+// peer that escalates to the kernel (an attempt's connect then times out),
+// the refusals up to the first drop are the "before" figures; the
+// remaining attempts are then made as SYNs without waiting (the client's
+// cost of a dropped connect is its timeout, not the server's), and their
+// server CPU is the "escalated" figure.
+func flood(p *peer, attempts int) (f floodFigures, err error) {
 	const src = "127.250.250.250"
+	quiet, _ := honestRun(p, 50)
 	var held []*imapConn
 	defer func() {
 		for _, ic := range held {
@@ -229,33 +251,94 @@ func flood(p *peer, attempts int) (cpu, latency result, err error) {
 	for i := 0; i < perIPLimit; i++ {
 		ic, err := login(p.addr, src)
 		if err != nil {
-			return cpu, latency, fmt.Errorf("holding session %d: %w", i, err)
+			return f, fmt.Errorf("holding session %d: %w", i, err)
 		}
 		held = append(held, ic)
 	}
+	honestDone := make(chan []time.Duration, 1)
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		lat, _ := honestRun(p, 50)
+		honestDone <- lat
+	}()
 	d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	if p.name == "imapgate-kernel" {
+		d.Timeout = 200 * time.Millisecond // a dropped SYN: the connect times out
+	}
 	lat := make([]time.Duration, 0, attempts)
+	start := time.Now()
 	before := p.cpu()
-	for i := 0; i < attempts; i++ {
-		start := time.Now()
+	i := 0
+	for ; i < attempts; i++ {
+		t0 := time.Now()
 		raw, err := d.Dial("tcp", p.addr)
 		if err != nil {
+			if p.name == "imapgate-kernel" {
+				f.kernel = true
+				break
+			}
 			continue
 		}
 		c := tls.Client(raw, clientTLS)
 		c.SetDeadline(time.Now().Add(5 * time.Second))
 		herr := c.Handshake()
-		elapsed := time.Since(start)
+		elapsed := time.Since(t0)
 		c.Close()
 		if herr == nil {
-			return cpu, latency, fmt.Errorf("attempt %d over the per-address limit was served", i)
+			return f, fmt.Errorf("attempt %d over the per-address limit was served", i)
 		}
 		lat = append(lat, elapsed)
 	}
 	used := p.cpu() - before
-	cpu = result{value: float64(used) / float64(time.Microsecond) / float64(attempts)}
-	latency = result{value: float64(median(lat)) / float64(time.Microsecond)}
-	return cpu, latency, nil
+	f.cpu = result{value: float64(used) / float64(time.Microsecond) / float64(max(i, 1))}
+	f.latency = result{value: float64(median(lat)) / float64(time.Microsecond)}
+	if f.kernel {
+		f.escalation = result{value: time.Since(start).Seconds()}
+		rest := attempts - i
+		before := p.cpu()
+		if err := synFlood(src, p.addr, rest); err != nil {
+			return f, err
+		}
+		f.escalatedCPU = result{value: float64(p.cpu()-before) / float64(time.Microsecond) / float64(max(rest, 1))}
+	}
+	during := <-honestDone
+	if m := median(quiet); m > 0 {
+		f.honest = result{value: float64(median(during)) / float64(m)}
+	}
+	return f, nil
+}
+
+// synFlood opens n connections from src to addr without waiting for any
+// (non-blocking connects, 250 at a time), closing each batch 50 ms later.
+func synFlood(src, addr string, n int) error {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return err
+	}
+	from := netip.MustParseAddr(src).As4()
+	for n > 0 {
+		batch := min(n, 250)
+		var fds []int
+		for j := 0; j < batch; j++ {
+			fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			fds = append(fds, fd)
+			if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: from}); err != nil {
+				return err
+			}
+			if err := syscall.Connect(fd, &syscall.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}); err != nil && err != syscall.EINPROGRESS {
+				return err
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+		for _, fd := range fds {
+			syscall.Close(fd)
+		}
+		n -= batch
+	}
+	return nil
 }
 
 func median(ds []time.Duration) time.Duration {
