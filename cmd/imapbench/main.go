@@ -300,6 +300,10 @@ func report(w *os.File, peers []string, results map[string]map[string][]float64)
 		}
 		fmt.Fprintf(tw, "%s\t%s (%s)\t", sc.name, sc.figure, sc.unit)
 		for _, p := range peers {
+			if len(byPeer[p]) == 0 {
+				fmt.Fprintf(tw, "-\t")
+				continue
+			}
 			fmt.Fprintf(tw, "%.3g\t", medianF(byPeer[p]))
 		}
 		ratio := "-"
