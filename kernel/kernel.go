@@ -120,6 +120,7 @@ type Kernel struct {
 	members map[netip.Prefix]Member
 	added   map[string]uint64
 	recr    uint64
+	closed  bool // Close ran: Sync must not make the table again
 
 	esc     escalator
 	pending chan escalated
@@ -194,6 +195,9 @@ func kernelBan(b limiter.Ban) bool { return b.Key.IsValid() }
 func (k *Kernel) Sync(now time.Time) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if k.closed {
+		return
+	}
 	if recreated, err := k.be.ensure(); err != nil {
 		k.logf(courierlog.Err, "kernel: nftables table %s: %v", k.o.Table, err)
 		return
@@ -374,10 +378,15 @@ func (k *Kernel) Run(stop <-chan struct{}, interval time.Duration) {
 	}
 }
 
-// Close removes the table (clean stop).
+// Close removes the table (clean stop); later Syncs do nothing. A second
+// Close does nothing.
 func (k *Kernel) Close() error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if k.closed {
+		return nil
+	}
+	k.closed = true
 	return k.be.close()
 }
 
