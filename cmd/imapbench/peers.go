@@ -118,7 +118,9 @@ global
 defaults
     mode tcp
     timeout connect 5s
-    timeout client 35m
+    # 35m: IDLE sessions; the flood profile: 10s, HAProxy 2.6's only limit
+    # on a TLS handshake (imapgate's timeouts.handshake)
+    timeout client %s
     timeout server 35m
 frontend imaps
     bind %s ssl crt %s
@@ -128,7 +130,7 @@ frontend imaps
     default_backend imap
 backend imap
     server upstream %s
-`, addr, s.cert, perIPLimit, s.upstream)), 0o644)
+`, clientTimeout(profile), addr, s.cert, perIPLimit, s.upstream)), 0o644)
 		args = []string{"haproxy", "-db", "-f", cfg}
 	case "nginx":
 		host, port, _ := net.SplitHostPort(addr)
@@ -150,6 +152,7 @@ stream {
         ssl_certificate_key %s;
         ssl_protocols TLSv1.2 TLSv1.3;
         limit_conn perip %d;
+        ssl_handshake_timeout 10s;
         proxy_pass %s;
         proxy_timeout 35m;
     }
@@ -176,6 +179,14 @@ stream {
 	}
 	p.stop()
 	return nil, fmt.Errorf("%s did not start listening on %s", name, addr)
+}
+
+// clientTimeout is HAProxy's timeout client for the profile.
+func clientTimeout(profile string) string {
+	if profile == "flood" {
+		return "10s"
+	}
+	return "35m"
 }
 
 // kernelSection turns the kernel path on for peer imapgate-kernel only
