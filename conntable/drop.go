@@ -59,7 +59,7 @@ const silentGrace = 100 * time.Millisecond
 
 // rank orders candidates: a higher class wins, then a higher score.
 type rank struct {
-	class int8 // 3 silent, 2 stalled, 1 silent and young, 0 moving
+	class int8 // 4 killed already, 3 silent, 2 stalled, 1 silent and young, 0 moving
 	score int64
 }
 
@@ -68,10 +68,15 @@ func (r rank) beats(o rank) bool {
 }
 
 // rankOf ranks e as an early-drop victim at now (unix nanoseconds); ok is
-// false if e may not be dropped (assured now or before, or already
-// killed). The bucket's shard lock is held.
+// false if e may not be dropped (assured now or before). An entry already
+// killed (a timeout, an administrator) whose owner has not yet removed it
+// ranks above all: unlinking it frees its slot without another kill, as
+// conntrack's GC reclaims dying entries. The bucket's shard lock is held.
 func (t *Table) rankOf(e *Entry, now int64) (r rank, ok bool) {
-	if e.Assured() || e.Killed() != NotKilled {
+	if e.Killed() != NotKilled {
+		return rank{4, 0}, true // dying: its owner has yet to Remove it
+	}
+	if e.Assured() {
 		return rank{}, false
 	}
 	if !e.Heard() {
@@ -98,7 +103,7 @@ func (t *Table) rankOf(e *Entry, now int64) (r rank, ok bool) {
 // lost every race for one).
 func (t *Table) dropNear(b uint32) bool {
 	n := uint32(len(t.buckets))
-	for try := 0; try < 3; try++ {
+	for try := 0; try < 8; try++ { // concurrent inserts may take the same victim first
 		now := t.clock.Load()
 		var best *Entry
 		var bestRank rank
@@ -117,13 +122,17 @@ func (t *Table) dropNear(b uint32) bool {
 		}
 		mu := t.lock(best.bucket)
 		silent := !best.Heard()
-		_, still := t.rankOf(best, now)
+		r, still := t.rankOf(best, now)
+		still = still && best.linked
 		if still {
 			t.unlinkLocked(best)
 		}
 		mu.Unlock()
 		if !still {
-			continue // it moved, logged in or went meanwhile
+			continue // it logged in or went meanwhile
+		}
+		if r.class == 4 {
+			return true // a dying entry's slot: no one else is killed
 		}
 		t.earlyDrop.Add(1)
 		if silent {

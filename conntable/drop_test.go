@@ -188,3 +188,25 @@ func TestHalfRecordStaysSilent(t *testing.T) {
 		t.Fatal("a whole record left the entry silent")
 	}
 }
+
+// An entry already killed (a timeout) whose owner has not removed it yet
+// gives its slot first, and no one else is killed for the newcomer.
+func TestEarlyDropReclaimsDyingEntry(t *testing.T) {
+	tb, _ := New(Config{Max: 3, Buckets: 1}, nil)
+	var kl killLog
+	est, _ := tb.Insert(ap("192.0.2.1:1"), local, kl.killer("est"))
+	est.SetState(Established)
+	tb.Insert(ap("192.0.2.2:1"), local, kl.killer("silent"))
+	dying, _ := tb.Insert(ap("192.0.2.3:1"), local, nil)
+	dying.Kill(Timeout) // its owner is slow to Remove it
+	if _, err := tb.Insert(ap("192.0.2.4:1"), local, nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(kl.kills) != 0 || tb.Stats().EarlyDrop != 0 || tb.Count() != 3 {
+		t.Fatalf("kills %v, stats %+v, count %d", kl.kills, tb.Stats(), tb.Count())
+	}
+	tb.Remove(dying) // the owner, at last: a no-op
+	if tb.Count() != 3 {
+		t.Fatalf("count %d after the late Remove", tb.Count())
+	}
+}
