@@ -81,6 +81,15 @@ nftables = true
 	if out := d.ctl("bans"); !strings.Contains(out, bad.String()) || !strings.Contains(out, "kernel (nftables)") {
 		t.Fatalf("ctl bans:\n%s", out)
 	}
+	if promtool, err := exec.LookPath("promtool"); err == nil {
+		cmd := exec.Command(promtool, "check", "metrics")
+		cmd.Stdin = strings.NewReader(d.get("/metrics"))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("promtool check metrics (kernel metrics included): %v\n%s", err, out)
+		}
+	} else if os.Getenv("CI") == "true" {
+		t.Error("promtool missing in CI")
+	}
 	// Another address is served all along.
 	if c, err := peerLogin(d, peer, peer.Sources[1], "demo", "demo"); err != nil {
 		t.Fatalf("another address: %v", err)
