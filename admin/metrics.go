@@ -13,6 +13,7 @@ import (
 
 	"imapgate/conntable"
 	"imapgate/internal/rlimit"
+	"imapgate/kernel"
 	"imapgate/limiter"
 	"imapgate/proxy"
 )
@@ -29,6 +30,12 @@ type Sources struct {
 	// LogDropped reads, per log output ("stderr", "syslog", "file"), the
 	// lines it could not take.
 	LogDropped map[string]func() uint64
+	// Kernel reads the nftables path's counters; ok false (or nil) when
+	// [kernel] nftables is off or unavailable.
+	Kernel func() (kernel.Stats, bool)
+	// Conntrack reads the host conntrack watch's last reading; ok false
+	// (or nil) without one.
+	Conntrack func() (kernel.Conntrack, bool)
 }
 
 // Metrics counts proxy events (it implements proxy.Events) and exposes the
@@ -204,11 +211,24 @@ var (
 	descOpenMax      = prometheus.NewDesc("imapgate_open_files_limit", "Soft limit on open file descriptors.", nil, nil)
 	descParked       = prometheus.NewDesc("imapgate_relay_parked_directions", "Relay directions idle in the poller, holding no goroutine (two per idle session).", nil, nil)
 	descLogDropped   = prometheus.NewDesc("imapgate_log_lines_dropped_total", "Log lines the output could not take (syslog down, disk full); syslog and file lines go to stderr instead.", []string{"output"}, nil)
+
+	descEarlyDropSilent = prometheus.NewDesc("imapgate_table_early_drop_silent_total", "Early drops that took a silent entry (nothing whole from the client yet); also in imapgate_table_early_drop_total.", nil, nil)
+	descSilentTimeouts  = prometheus.NewDesc("imapgate_table_silent_timeouts_total", "Silent entries closed by timeouts.silent; also in imapgate_table_timeouts_total.", nil, nil)
+	descKernelElements  = prometheus.NewDesc("imapgate_kernel_set_elements", "Addresses and prefixes in the nftables sets, by family.", []string{"family"}, nil)
+	descKernelAdded     = prometheus.NewDesc("imapgate_kernel_additions_total", "Additions to the nftables sets, by reason (ban, escalation); dry-run additions included.", []string{"reason"}, nil)
+	descKernelPackets   = prometheus.NewDesc("imapgate_kernel_dropped_packets_total", "Packets (connection attempts) dropped by imapgate's nftables rules, from their counters.", nil, nil)
+	descKernelBytes     = prometheus.NewDesc("imapgate_kernel_dropped_bytes_total", "Bytes dropped by imapgate's nftables rules, from their counters.", nil, nil)
+	descKernelRecreated = prometheus.NewDesc("imapgate_kernel_table_recreated_total", "Times imapgate found its nftables table flushed or deleted and made it again.", nil, nil)
+	descHostCount       = prometheus.NewDesc("imapgate_host_conntrack_entries", "The host's conntrack entries (nf_conntrack_count).", nil, nil)
+	descHostMax         = prometheus.NewDesc("imapgate_host_conntrack_max", "The host's conntrack maximum (nf_conntrack_max).", nil, nil)
+	descHostBuckets     = prometheus.NewDesc("imapgate_host_conntrack_buckets", "The host's conntrack hash buckets (hashsize).", nil, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConns, descCount, descMax, descEarlyDrop, descInsertFailed, descTimeouts,
-		descReaped, descBytes, descBansActive, descTracked, descCertExpiry, descOpenFiles, descOpenMax, descParked, descLogDropped} {
+		descReaped, descBytes, descBansActive, descTracked, descCertExpiry, descOpenFiles, descOpenMax, descParked, descLogDropped,
+		descEarlyDropSilent, descSilentTimeouts, descKernelElements, descKernelAdded, descKernelPackets, descKernelBytes,
+		descKernelRecreated, descHostCount, descHostMax, descHostBuckets} {
 		ch <- d
 	}
 }
@@ -226,6 +246,29 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descInsertFailed, prometheus.CounterValue, float64(st.InsertFailed))
 	ch <- prometheus.MustNewConstMetric(descTimeouts, prometheus.CounterValue, float64(st.Timeout))
 	ch <- prometheus.MustNewConstMetric(descReaped, prometheus.CounterValue, float64(st.Reaped))
+	ch <- prometheus.MustNewConstMetric(descEarlyDropSilent, prometheus.CounterValue, float64(st.EarlyDropSilent))
+	ch <- prometheus.MustNewConstMetric(descSilentTimeouts, prometheus.CounterValue, float64(st.SilentTimeout))
+	if c.src.Kernel != nil {
+		if ks, ok := c.src.Kernel(); ok {
+			ch <- prometheus.MustNewConstMetric(descKernelElements, prometheus.GaugeValue, float64(ks.Elements4), "ipv4")
+			ch <- prometheus.MustNewConstMetric(descKernelElements, prometheus.GaugeValue, float64(ks.Elements6), "ipv6")
+			for _, r := range []string{kernel.ReasonBan, kernel.ReasonEscalation} {
+				ch <- prometheus.MustNewConstMetric(descKernelAdded, prometheus.CounterValue, float64(ks.Added[r]), r)
+			}
+			ch <- prometheus.MustNewConstMetric(descKernelPackets, prometheus.CounterValue, float64(ks.Packets))
+			ch <- prometheus.MustNewConstMetric(descKernelBytes, prometheus.CounterValue, float64(ks.Bytes))
+			ch <- prometheus.MustNewConstMetric(descKernelRecreated, prometheus.CounterValue, float64(ks.Recreated))
+		}
+	}
+	if c.src.Conntrack != nil {
+		if h, ok := c.src.Conntrack(); ok {
+			ch <- prometheus.MustNewConstMetric(descHostCount, prometheus.GaugeValue, float64(h.Count))
+			ch <- prometheus.MustNewConstMetric(descHostMax, prometheus.GaugeValue, float64(h.Max))
+			if h.Buckets > 0 {
+				ch <- prometheus.MustNewConstMetric(descHostBuckets, prometheus.GaugeValue, float64(h.Buckets))
+			}
+		}
+	}
 	ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(st.RxBytes), "from_client")
 	ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(st.TxBytes), "to_client")
 	if l := c.src.Limiter; l != nil {

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -19,6 +20,7 @@ import (
 
 	"imapgate/cluster"
 	"imapgate/conntable"
+	"imapgate/kernel"
 	"imapgate/limiter"
 )
 
@@ -44,6 +46,12 @@ type Options struct {
 	// Cluster, if set, is the cluster's status for /status (nodes alive,
 	// their sessions, Redis health and latency, degraded or not).
 	Cluster func(context.Context) *cluster.Status
+	// KernelMembers lists the nftables sets' elements ([kernel] nftables);
+	// nil or an empty list when off.
+	KernelMembers func(now time.Time) []kernel.Member
+	// AfterUnban is called after /unban lifted a ban (the kernel path
+	// removes its element at once); nil: nothing.
+	AfterUnban func()
 	// Token, if set, lets requests from other hosts change state with
 	// "Authorization: Bearer <token>". Without it only local requests
 	// (loopback or the unix socket) may.
@@ -241,15 +249,21 @@ func (s *Server) conns(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// FormatEntry is one conntrack -L style line.
+// FormatEntry is one conntrack -L style line; an entry that has heard
+// nothing whole from its client ends in [SILENT], as conntrack marks a
+// flow without a reply [UNREPLIED].
 func FormatEntry(e conntable.Snapshot) string {
 	user := e.User
 	if user == "" {
 		user = "-"
 	}
-	return fmt.Sprintf("id=%d %-11s src=%s dst=%s user=%s age=%s idle=%s timeout=%s rx=%d tx=%d",
+	silent := ""
+	if e.Silent {
+		silent = " [SILENT]"
+	}
+	return fmt.Sprintf("id=%d %-11s src=%s dst=%s user=%s age=%s idle=%s timeout=%s rx=%d tx=%d%s",
 		e.ID, e.State, e.Client, e.Local, user, time.Since(e.Start).Round(time.Second),
-		e.Idle.Round(time.Second), e.TimeoutIn.Round(time.Second), e.Rx, e.Tx)
+		e.Idle.Round(time.Second), e.TimeoutIn.Round(time.Second), e.Rx, e.Tx, silent)
 }
 
 // TopReport is /top.
@@ -293,23 +307,54 @@ func fromMap(m map[string]uint64, n int) []Count {
 	return topN(out, n)
 }
 
-// BanInfo is one entry of /bans.
+// BanInfo is one entry of /bans: a ban of the limiter's, or an address
+// only the kernel drops (Reason "escalation").
 type BanInfo struct {
 	Key string `json:"key"`
 	// User is set for a user+address ban: only this user's logins from
-	// Key are refused.
-	User  string    `json:"user,omitempty"`
-	Until time.Time `json:"until"`
+	// Key are refused (never in the kernel's sets).
+	User   string    `json:"user,omitempty"`
+	Until  time.Time `json:"until"`
+	Reason string    `json:"reason"`            // "ban" or "escalation"
+	Kernel bool      `json:"kernel"`            // in the nftables sets
+	DryRun bool      `json:"dry_run,omitempty"` // would be in them, but for dry run
 }
 
 func (s *Server) bans(w http.ResponseWriter, _ *http.Request) {
+	now := time.Now()
 	out := []BanInfo{}
-	if s.o.Limiter != nil {
-		for _, b := range s.o.Limiter.Bans(time.Now()) {
-			out = append(out, BanInfo{Key: b.Key.String(), User: b.User, Until: b.Until})
+	inKernel := map[netip.Prefix]kernel.Member{}
+	if s.o.KernelMembers != nil {
+		for _, m := range s.o.KernelMembers(now) {
+			inKernel[m.Prefix] = m
 		}
 	}
+	if s.o.Limiter != nil {
+		for _, b := range s.o.Limiter.Bans(now) {
+			var m kernel.Member
+			ok := false
+			if b.User == "" { // a user ban is the limiter's alone
+				m, ok = inKernel[unmapPrefix(b.Key)]
+			}
+			if ok && m.Reason == kernel.ReasonBan {
+				delete(inKernel, m.Prefix)
+			}
+			out = append(out, BanInfo{Key: b.Key.String(), User: b.User, Until: b.Until, Reason: kernel.ReasonBan,
+				Kernel: ok && !m.DryRun, DryRun: ok && m.DryRun})
+		}
+	}
+	for _, m := range inKernel {
+		out = append(out, BanInfo{Key: m.Prefix.String(), Until: m.Until, Reason: m.Reason, Kernel: !m.DryRun, DryRun: m.DryRun})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Until.Before(out[j].Until) })
 	writeJSON(w, out)
+}
+
+func unmapPrefix(p netip.Prefix) netip.Prefix {
+	if a := p.Addr(); a.Is4In6() {
+		return netip.PrefixFrom(a.Unmap(), max(p.Bits()-96, 0)).Masked()
+	}
+	return p.Masked()
 }
 
 // kill closes one entry (?id=) or every entry of an address (?addr=), as
@@ -364,6 +409,9 @@ func (s *Server) unban(w http.ResponseWriter, r *http.Request) {
 		lifted = s.o.Limiter.UnbanUser(p.Addr(), user)
 	default:
 		lifted = s.o.Limiter.Unban(p)
+	}
+	if lifted && s.o.AfterUnban != nil {
+		s.o.AfterUnban()
 	}
 	writeJSON(w, map[string]bool{"lifted": lifted})
 }

@@ -109,6 +109,7 @@ type Config struct {
 	Timeouts Timeouts `toml:"timeouts"`
 	Table    Table    `toml:"table"`
 	Limits   Limits   `toml:"limits"`
+	Kernel   Kernel   `toml:"kernel"`
 	Log      Log      `toml:"log"`
 	Admin    Admin    `toml:"admin"`
 	Cluster  Cluster  `toml:"cluster"`
@@ -194,7 +195,10 @@ type Login struct {
 
 // Timeouts per connection state.
 type Timeouts struct {
-	Handshake   Duration `toml:"handshake"`
+	Handshake Duration `toml:"handshake"`
+	// Silent replaces Handshake for a connection that has sent no byte
+	// (conntable.Config.Silent).
+	Silent      Duration `toml:"silent"`
 	Preauth     Duration `toml:"preauth"`
 	Established Duration `toml:"established"`
 	Closing     Duration `toml:"closing"`
@@ -304,6 +308,30 @@ type Cluster struct {
 	TLSCAFile      string   `toml:"tls_ca_file"`
 	TicketKeys     bool     `toml:"ticket_keys"`
 	TicketRotation Duration `toml:"ticket_rotation"`
+}
+
+// Kernel is [kernel]: drops in the Linux kernel (package kernel) and the
+// watch on the host's conntrack table.
+type Kernel struct {
+	// NFTables makes imapgate own the nftables table "inet imapgate" and
+	// drop banned and escalated addresses' new connections there, before
+	// conntrack. Needs CAP_NET_ADMIN; without it imapgate says so once and
+	// goes on with the userspace limits.
+	NFTables bool `toml:"nftables"`
+	// DryRun logs what would enter the sets and adds nothing.
+	DryRun     bool             `toml:"dry_run"`
+	Escalation KernelEscalation `toml:"escalation"`
+	// ConntrackWatch reads the host's conntrack fill every this often and
+	// warns at 80 % and 95 %; "0s" turns the watch off.
+	ConntrackWatch Duration `toml:"conntrack_watch"`
+}
+
+// KernelEscalation is [kernel.escalation] (kernel.Escalation).
+type KernelEscalation struct {
+	Refusals int      `toml:"refusals"`
+	Window   Duration `toml:"window"`
+	First    Duration `toml:"first"`
+	Max      Duration `toml:"max"`
 }
 
 // Error is a problem in a config file at a line and key.

@@ -26,7 +26,10 @@ func Default() *Config {
 			// Courier has no handshake timeout (a silent TCP client holds a
 			// slot forever); 60 s is imaplogin's alarm; 30 min its
 			// autologout (RFC 2177 clients re-issue IDLE every 29 min).
-			Handshake:   Duration(10 * time.Second),
+			Handshake: Duration(10 * time.Second),
+			// An honest client sends its ClientHello right behind the
+			// connect; one that sends nothing goes sooner (conntable.DefaultSilent).
+			Silent:      Duration(5 * time.Second),
 			Preauth:     Duration(60 * time.Second),
 			Established: Duration(30 * time.Minute),
 			Closing:     Duration(10 * time.Second),
@@ -65,6 +68,15 @@ func Default() *Config {
 		Admin: Admin{Address: "127.0.0.1:9100"},
 		Cluster: Cluster{KeyPrefix: "imapgate", Timeout: Duration(50 * time.Millisecond), NodeTTL: Duration(15 * time.Second),
 			OverLimitHold: Duration(250 * time.Millisecond), TicketKeys: true, TicketRotation: Duration(time.Hour)},
+		Kernel: Kernel{
+			// kernel.DefaultEscalation: more than 100 refusals in 10 s; 30 s,
+			// doubling to 10 min.
+			Escalation: KernelEscalation{
+				Refusals: 100, Window: Duration(10 * time.Second),
+				First: Duration(30 * time.Second), Max: Duration(10 * time.Minute),
+			},
+			ConntrackWatch: Duration(10 * time.Second),
+		},
 	}
 }
 

@@ -50,7 +50,7 @@ func (c *Config) validate() []problem {
 		add("login.max_commands", "must be at least 1, got %d", c.Login.MaxCommands)
 	}
 	for key, d := range map[string]Duration{"timeouts.handshake": c.Timeouts.Handshake, "timeouts.preauth": c.Timeouts.Preauth,
-		"timeouts.closing": c.Timeouts.Closing} {
+		"timeouts.closing": c.Timeouts.Closing, "timeouts.silent": c.Timeouts.Silent} {
 		if d <= 0 {
 			add(key, "must be positive")
 		}
@@ -67,6 +67,11 @@ func (c *Config) validate() []problem {
 	ps = append(ps, c.validateLimits()...)
 	ps = append(ps, c.validateLog()...)
 	ps = append(ps, c.validateCluster()...)
+	if e := c.Kernel.Escalation; e.Refusals < 0 {
+		add("kernel.escalation.refusals", "must not be negative (0 turns escalation off), got %d", e.Refusals)
+	} else if e.Refusals > 0 && (e.Window <= 0 || e.First <= 0 || e.Max < e.First) {
+		add("kernel.escalation", "window and first must be positive and max at least first when refusals is set")
+	}
 	if a := c.Admin.Address; a != "" && !strings.HasPrefix(a, "unix:") {
 		host, _, err := net.SplitHostPort(a)
 		ip, perr := netip.ParseAddr(host)

@@ -24,7 +24,18 @@ type Config struct {
 	// 60 s pre-login alarm); Established and Closing count from the last
 	// byte in either direction. Zero means DefaultTimeouts' value.
 	Timeouts [numStates]time.Duration
+	// Silent is the timeout of a Handshake entry that has received no byte
+	// from the client, counted like Handshake's (conntrack's short timeout
+	// for a flow that has seen no reply). Zero means DefaultSilent; a value
+	// above Timeouts[Handshake] has no effect.
+	Silent time.Duration
 }
+
+// DefaultSilent: an honest client sends its ClientHello right behind the
+// TCP handshake's last ACK; 5 s leave room for two retransmissions of a
+// lost one, and free a silent flood's slots twice as fast as the
+// handshake timeout.
+const DefaultSilent = 5 * time.Second
 
 // DefaultTimeouts: handshake 10 s (courier has none: a silent TCP client
 // holds a slot forever); preauth 60 s (courier's imaplogin alarm); established
@@ -62,8 +73,13 @@ type Stats struct {
 	EarlyDrop    uint64 `json:"early_drop"`
 	Reaped       uint64 `json:"reaped"`
 	Timeout      uint64 `json:"timeout"`
-	RxBytes      uint64 `json:"rx_bytes"` // from clients, live and closed sessions
-	TxBytes      uint64 `json:"tx_bytes"` // to clients
+	// EarlyDropSilent counts the early drops that took a silent entry;
+	// SilentTimeout the timeouts of silent entries (both also in the
+	// totals above).
+	EarlyDropSilent uint64 `json:"early_drop_silent"`
+	SilentTimeout   uint64 `json:"silent_timeout"`
+	RxBytes         uint64 `json:"rx_bytes"` // from clients, live and closed sessions
+	TxBytes         uint64 `json:"tx_bytes"` // to clients
 }
 
 // Table is the connection table. All methods are safe for concurrent use.
@@ -81,10 +97,16 @@ type Table struct {
 	clock atomic.Int64 // coarse now, unix nanoseconds, advanced by Expire
 
 	found, insert, insertFailed, drop, earlyDrop, reaped, timeout atomic.Uint64
+	earlyDropSilent, silentTimeout                                atomic.Uint64
 	rx, tx                                                        atomic.Uint64 // bytes from/to clients, all entries ever
+
+	// silent counts, per address, the entries that have heard nothing
+	// (drop.go ranks early-drop victims by it).
+	silent [numShards]silentShard
 
 	full    *throttle.Throttle
 	logFull func(msg string)
+	drops   dropLog
 }
 
 // New builds a table. logf receives the rate-limited "table full" lines;
@@ -102,6 +124,9 @@ func New(cfg Config, logf func(msg string)) (*Table, error) {
 		seed:    maphash.MakeSeed(),
 		full:    throttle.New(5*time.Second, 10),
 		logFull: logf,
+	}
+	for i := range t.silent {
+		t.silent[i].m = make(map[[16]byte]int32)
 	}
 	t.own.Store(c)
 	t.cfg = t.own.Load
@@ -127,6 +152,12 @@ func (cfg Config) normalise() (*Config, error) {
 			cfg.Timeouts[s] = DefaultTimeouts[s]
 		}
 	}
+	if cfg.Silent < 0 {
+		return nil, fmt.Errorf("conntable: silent timeout is negative")
+	}
+	if cfg.Silent == 0 {
+		cfg.Silent = DefaultSilent
+	}
 	return &cfg, nil
 }
 
@@ -141,6 +172,7 @@ func (t *Table) Stats() Stats {
 	return Stats{
 		Found: t.found.Load(), Insert: t.insert.Load(), InsertFailed: t.insertFailed.Load(),
 		Drop: t.drop.Load(), EarlyDrop: t.earlyDrop.Load(), Reaped: t.reaped.Load(), Timeout: t.timeout.Load(),
+		EarlyDropSilent: t.earlyDropSilent.Load(), SilentTimeout: t.silentTimeout.Load(),
 		RxBytes: t.rx.Load(), TxBytes: t.tx.Load(),
 	}
 }
@@ -162,11 +194,16 @@ func (t *Table) lock(bucket uint32) *sync.Mutex {
 	return m
 }
 
-// Insert adds a connection in state Handshake. When the table is full it
-// early-drops the oldest unassured entry within evictionRange buckets of the
-// new entry's bucket; if there is none it returns ErrFull and logs the
-// rate-limited "table full" line.
+// Insert adds a connection in state Handshake, silent until Progress or
+// Received. When the table is full it early-drops the unassured entry
+// within evictionRange buckets of the new entry's bucket that has made the
+// least progress (drop.go); if there is none it returns ErrFull and logs
+// the rate-limited "table full" line. Each insert also advances the
+// table's clock to the present, so that under a flood, when early drop
+// compares stall times, the clock is as fine as the arrivals.
 func (t *Table) Insert(client, local netip.AddrPort, kill Killer) (*Entry, error) {
+	start := time.Now()
+	t.advanceClock(start.UnixNano())
 	b := t.bucketOf(client, local)
 	if t.count.Add(1) > int64(t.cfg().Max) && !t.dropNear(b) {
 		t.count.Add(-1)
@@ -180,13 +217,15 @@ func (t *Table) Insert(client, local netip.AddrPort, kill Killer) (*Entry, error
 		id:     t.seq.Add(1)<<24 | uint64(b),
 		Client: client,
 		Local:  local,
-		Start:  time.Now(),
+		Start:  start,
 		bucket: b,
 		kill:   kill,
 		table:  t,
 	}
 	e.stateSince.Store(now)
 	e.lastActive.Store(now)
+	e.silentCounted.Store(true)
+	t.silentAdd(client.Addr(), 1)
 	mu := t.lock(b)
 	e.next = t.buckets[b]
 	if e.next != nil {
@@ -224,36 +263,19 @@ func (t *Table) unlinkLocked(e *Entry) bool {
 	}
 	e.next, e.prev, e.linked = nil, nil, false
 	t.count.Add(-1)
+	t.uncountSilent(e)
 	return true
 }
 
-// dropNear early-drops one unassured entry, searching evictionRange buckets
-// from b and taking the oldest victim of the first bucket that has one.
-func (t *Table) dropNear(b uint32) bool {
-	n := uint32(len(t.buckets))
-	for i := uint32(0); i < evictionRange && i < n; i++ {
-		bi := (b + i) % n
-		mu := t.lock(bi)
-		var victim *Entry
-		for e := t.buckets[bi]; e != nil; e = e.next {
-			if e.State().Assured() || e.Killed() != NotKilled {
-				continue
-			}
-			if victim == nil || e.Start.Before(victim.Start) {
-				victim = e
-			}
-		}
-		if victim != nil {
-			t.unlinkLocked(victim)
-		}
-		mu.Unlock()
-		if victim != nil {
-			t.earlyDrop.Add(1)
-			victim.Kill(EarlyDrop)
-			return true
+// advanceClock moves the coarse clock forward to ns (never back: tests
+// drive Expire with clocks of their own ahead of the present).
+func (t *Table) advanceClock(ns int64) {
+	for {
+		c := t.clock.Load()
+		if ns <= c || t.clock.CompareAndSwap(c, ns) {
+			return
 		}
 	}
-	return false
 }
 
 // Remove deletes e from the table. It is idempotent, and a no-op for an
@@ -322,7 +344,7 @@ func (t *Table) List(match func(e *Entry) bool, limit int) []Snapshot {
 		out = append(out, Snapshot{
 			ID: e.id, Client: e.Client.String(), Local: e.Local.String(), State: s.String(),
 			User: e.User(), Start: e.Start, Idle: time.Duration(now - e.lastActive.Load()),
-			TimeoutIn: time.Duration(e.deadline(cfg) - now), Rx: rx, Tx: tx,
+			TimeoutIn: time.Duration(e.deadline(cfg) - now), Rx: rx, Tx: tx, Silent: !e.Heard(),
 		})
 		return limit <= 0 || len(out) < limit
 	})
@@ -333,6 +355,9 @@ func (t *Table) List(match func(e *Entry) bool, limit int) []Snapshot {
 func (e *Entry) deadline(cfg *Config) int64 {
 	s := e.State()
 	d := int64(cfg.Timeouts[s])
+	if s == Handshake && !e.Heard() {
+		d = min(d, int64(cfg.Silent))
+	}
 	if s == Handshake || s == Preauth {
 		return e.stateSince.Load() + d
 	}
@@ -340,17 +365,21 @@ func (e *Entry) deadline(cfg *Config) int64 {
 }
 
 // Expire advances the table's clock to now and kills entries whose state
-// timeout has passed; when the table is at least 95 % full it also reaps
-// closing entries. Run calls it every second; tests call it with their own
+// timeout has passed (a silent Handshake entry's is Config.Silent); when
+// the table is at least 95 % full it also reaps closing entries, and at
+// the end of each 5 s interval with early drops it logs their summary
+// (drop.go). Run calls it every second; tests call it with their own
 // clock. It returns how many entries it killed.
 func (t *Table) Expire(now time.Time) int {
 	ns := now.UnixNano()
 	t.clock.Store(ns)
+	t.flushDropLog(ns)
 	cfg := t.cfg()
 	nearFull := t.count.Load()*100 >= int64(cfg.Max)*nearFullPercent
 	type kill struct {
-		e *Entry
-		r Reason
+		e      *Entry
+		r      Reason
+		silent bool
 	}
 	var kills []kill
 	t.Range(func(e *Entry) bool {
@@ -359,9 +388,9 @@ func (t *Table) Expire(now time.Time) int {
 		}
 		switch {
 		case ns >= e.deadline(cfg):
-			kills = append(kills, kill{e, Timeout})
+			kills = append(kills, kill{e, Timeout, e.State() == Handshake && !e.Heard()})
 		case nearFull && e.State() == Closing:
-			kills = append(kills, kill{e, Reaped})
+			kills = append(kills, kill{e, Reaped, false})
 		}
 		return true
 	})
@@ -369,10 +398,14 @@ func (t *Table) Expire(now time.Time) int {
 	for _, k := range kills {
 		if k.e.Kill(k.r) {
 			n++
-			if k.r == Timeout {
-				t.timeout.Add(1)
-			} else {
+			switch {
+			case k.r == Reaped:
 				t.reaped.Add(1)
+			case k.silent:
+				t.silentTimeout.Add(1)
+				t.timeout.Add(1)
+			default:
+				t.timeout.Add(1)
 			}
 		}
 	}

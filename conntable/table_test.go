@@ -138,16 +138,28 @@ func TestStateTimeouts(t *testing.T) {
 	cfg.Timeouts[Preauth] = time.Minute
 	tb, _ := New(cfg, nil)
 	var kl killLog
-	t0 := time.Now()
-	tb.Expire(t0)
+	tb.Insert(ap("192.0.2.9:1"), local, kl.killer("silent"))
 	hs, _ := tb.Insert(ap("192.0.2.1:1"), local, kl.killer("hs"))
+	hs.Progress(300, true) // a whole ClientHello: no longer silent
+	half, _ := tb.Insert(ap("192.0.2.8:1"), local, kl.killer("half"))
+	half.Progress(100, false) // half a ClientHello: still silent
 	pre, _ := tb.Insert(ap("192.0.2.2:1"), local, kl.killer("pre"))
 	pre.SetState(Preauth)
 	est, _ := tb.Insert(ap("192.0.2.3:1"), local, kl.killer("est"))
 	est.SetState(Established)
+	t0 := time.Now() // after every insert: the table's clock is at most this
 
-	tb.Expire(t0.Add(9 * time.Second))
+	tb.Expire(t0.Add(4 * time.Second))
 	if len(kl.kills) != 0 {
+		t.Fatalf("killed too early: %v", kl.kills)
+	}
+	// A handshake entry that has heard nothing times out after Silent.
+	tb.Expire(t0.Add(DefaultSilent))
+	if kl.reason("silent") != Timeout || kl.reason("half") != Timeout || kl.reason("hs") != NotKilled {
+		t.Fatalf("at %s: %v", DefaultSilent, kl.kills)
+	}
+	tb.Expire(t0.Add(9 * time.Second))
+	if kl.reason("hs") != NotKilled {
 		t.Fatalf("killed too early: %v", kl.kills)
 	}
 	tb.Expire(t0.Add(10 * time.Second))
@@ -171,7 +183,9 @@ func TestStateTimeouts(t *testing.T) {
 	if kl.reason("est") != Timeout {
 		t.Fatal("established session not expired after 30 min of silence")
 	}
-	_ = hs
+	if st := tb.Stats(); st.Timeout != 5 || st.SilentTimeout != 2 {
+		t.Errorf("stats %+v", st)
+	}
 }
 
 func TestNearFullReapsClosing(t *testing.T) {

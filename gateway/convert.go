@@ -11,6 +11,7 @@ import (
 	"imapgate/certs"
 	"imapgate/config"
 	"imapgate/conntable"
+	"imapgate/kernel"
 	"imapgate/limiter"
 	"imapgate/proxy"
 )
@@ -89,7 +90,14 @@ func TableConfig(c *config.Config) conntable.Config {
 	t.Timeouts[conntable.Preauth] = c.Timeouts.Preauth.D()
 	t.Timeouts[conntable.Established] = c.Timeouts.Established.D()
 	t.Timeouts[conntable.Closing] = c.Timeouts.Closing.D()
+	t.Silent = c.Timeouts.Silent.D()
 	return t
+}
+
+// Escalation converts [kernel.escalation].
+func Escalation(c *config.Config) kernel.Escalation {
+	e := c.Kernel.Escalation
+	return kernel.Escalation{Refusals: e.Refusals, Window: e.Window.D(), First: e.First.D(), Max: e.Max.D()}
 }
 
 // LoginBounds converts [login] and the upstream's greeting timeout and ID.

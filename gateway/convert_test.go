@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"imapgate/config"
+	"imapgate/conntable"
+	"imapgate/kernel"
 	"imapgate/limiter"
 )
 
@@ -91,5 +93,17 @@ func TestConfigKnowsTheLimiter(t *testing.T) {
 	p := Policy(config.Default())
 	if err := p.Validate(); err != nil {
 		t.Errorf("the default policy: %v", err)
+	}
+}
+
+// The defaults config writes out as literals (it imports nothing of
+// imapgate) are the packages' own.
+func TestConfigDefaultsMatchPackages(t *testing.T) {
+	c := config.Default()
+	if got := TableConfig(c).Silent; got != conntable.DefaultSilent {
+		t.Errorf("timeouts.silent default %s, conntable.DefaultSilent %s", got, conntable.DefaultSilent)
+	}
+	if got := Escalation(c); got != kernel.DefaultEscalation {
+		t.Errorf("kernel.escalation default %+v, kernel.DefaultEscalation %+v", got, kernel.DefaultEscalation)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"imapgate/conntable"
 	"imapgate/courierlog"
 	"imapgate/embedded"
+	"imapgate/kernel"
 	"imapgate/limiter"
 	"imapgate/proxy"
 	"imapgate/upstream"
@@ -59,6 +60,7 @@ type Gate struct {
 	Server  *proxy.Server
 	Cluster *cluster.Cluster // nil without [cluster] redis
 
+	kernel kernelPath // [kernel]: StartKernel
 	opts   Options
 	emb    *embedded.Server // started once, kept across reloads
 	cur    atomic.Pointer[Snapshot]
@@ -83,6 +85,8 @@ func New(cfg *config.Config, o Options) (*Gate, error) {
 		return nil, errors.New("gateway: Options.Log is required")
 	}
 	g := &Gate{Log: o.Log, opts: o}
+	g.kernel.stop = make(chan struct{})
+	g.kernel.conntrack = &kernel.ConntrackWatch{Root: "/", Log: o.Log.Message}
 	var err error
 	if g.Table, err = conntable.New(TableConfig(cfg), func(m string) { o.Log.Message(courierlog.Warning, m) }); err != nil {
 		return nil, err
@@ -116,7 +120,7 @@ func New(cfg *config.Config, o Options) (*Gate, error) {
 	}
 	g.Server, err = proxy.New(proxy.Options{
 		TLSConfig: tc, Upstream: snap.settings.Upstream, Log: sessionLog, Table: g.Table, Limiter: g.Limiter,
-		Login: snap.settings.Login, Events: events, Tracker: tracker,
+		Login: snap.settings.Login, Events: events, Tracker: tracker, OnRefused: g.refused,
 	})
 	if err != nil {
 		g.Close()
@@ -262,9 +266,9 @@ func (g *Gate) Reload(cfg *config.Config) error {
 	defer g.reload.Unlock()
 	old := g.cur.Load().Config
 	if cfg.Upstream.Mode != old.Upstream.Mode || cfg.TLS.MinVersion != old.TLS.MinVersion ||
-		cfg.TLS.PostQuantum != old.TLS.PostQuantum || cfg.Cluster != old.Cluster ||
+		cfg.TLS.PostQuantum != old.TLS.PostQuantum || cfg.Cluster != old.Cluster || cfg.Kernel != old.Kernel ||
 		(len(old.Listen.ProxyProtocolFrom) == 0) != (len(cfg.Listen.ProxyProtocolFrom) == 0) {
-		return errors.New("[cluster], upstream.mode, tls.min_version, tls.post_quantum and turning proxy_protocol_from on or off need a restart")
+		return errors.New("[cluster], [kernel], upstream.mode, tls.min_version, tls.post_quantum and turning proxy_protocol_from on or off need a restart")
 	}
 	if cfg.Table.Buckets != old.Table.Buckets {
 		return errors.New("table.buckets cannot change without a restart")
@@ -304,9 +308,11 @@ func (g *Gate) Listener(ln net.Listener) net.Listener {
 	}
 }
 
-// Close leaves the cluster and stops the embedded server, if any. The
-// proxy is stopped by its own Shutdown or Close, first.
+// Close stops the kernel path (removing its nftables table) and the
+// conntrack watch, leaves the cluster and stops the embedded server, if
+// any. The proxy is stopped by its own Shutdown or Close, first.
 func (g *Gate) Close() {
+	g.closeKernel()
 	if g.emb != nil {
 		g.emb.Close()
 	}

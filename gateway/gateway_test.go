@@ -46,6 +46,19 @@ func TestReloadAllOrNothing(t *testing.T) {
 	if err := g.Reload(&restart); err == nil {
 		t.Fatal("upstream.mode changed without a restart")
 	}
+	kern := next
+	kern.Kernel.NFTables = true
+	if err := g.Reload(&kern); err == nil {
+		t.Fatal("[kernel] changed without a restart")
+	}
+	silent := next
+	silent.Timeouts.Silent = config.Duration(3e9)
+	if err := g.Reload(&silent); err != nil || g.Table.Config().Silent != 3e9 {
+		t.Fatalf("timeouts.silent not reloaded: %v, %v", err, g.Table.Config().Silent)
+	}
+	if err := g.Reload(&next); err != nil {
+		t.Fatal(err)
+	}
 	if g.Config() != &next || g.Limiter.Policy().Limits.MaxPerIP != 5 || g.Table.Config().Timeouts[conntable.Preauth] != 42e9 {
 		t.Fatal("a failed reload changed something")
 	}

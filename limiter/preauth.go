@@ -44,11 +44,22 @@ func (t *Ticket) WaitPreauth(ctx context.Context) Decision {
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			p := l.policy()
-			return Decision{Refused: true, Reason: MaxPreauthPerIP, Action: p.Action[MaxPreauthPerIP],
-				Limit: lim.MaxPreauthPerIP, Addr: t.addr, Prefix: t.prefix}
+			return t.preauthRefusal(lim)
 		}
 	}
+}
+
+// CutOff is the refusal WaitPreauth returns when its wait is cut off, for
+// a connection cut off before it waited (a silent client's first record
+// never came): a max_preauth_per_ip refusal, no slot taken.
+func (t *Ticket) CutOff() Decision {
+	return t.preauthRefusal(t.limits(t.l.policy()))
+}
+
+func (t *Ticket) preauthRefusal(lim Limits) Decision {
+	p := t.l.policy()
+	return Decision{Refused: true, Reason: MaxPreauthPerIP, Action: p.Action[MaxPreauthPerIP],
+		Limit: lim.MaxPreauthPerIP, Addr: t.addr, Prefix: t.prefix}
 }
 
 // releasePreauth gives back the not-logged-in slot and wakes waiters; the

@@ -7,6 +7,7 @@ import (
 	"net"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"imapgate/conntable"
@@ -30,6 +31,11 @@ type conn struct {
 	entry  *conntable.Entry
 	ticket *limiter.Ticket // nil (holds nothing) without a limiter
 	start  time.Time
+	// writeFailed: a write to the client failed, possibly in the middle of
+	// a TLS record (a kill's deadline), and the record sequence has moved
+	// on: any later record, close_notify included, would reach the client
+	// as "bad record MAC". Set by whichever goroutine writes.
+	writeFailed atomic.Bool
 
 	mu     sync.Mutex
 	up     net.Conn
@@ -126,6 +132,9 @@ func (c *conn) upDeadline(t time.Time) {
 func (c *conn) writeClient(b []byte) error {
 	n, err := c.tc.Write(b)
 	c.entry.Sent(n)
+	if err != nil {
+		c.writeFailed.Store(true)
+	}
 	return err
 }
 

@@ -35,7 +35,9 @@ func (c *conn) endPreauth() {
 func (c *conn) closed() {
 	c.srv.events.Closed()
 	c.raw.SetWriteDeadline(time.Now().Add(lingerTime))
-	c.tc.CloseWrite() // close_notify
+	if !c.writeFailed.Load() {
+		c.tc.CloseWrite() // close_notify
+	}
 	if cw, ok := c.raw.(interface{ CloseWrite() error }); ok {
 		cw.CloseWrite()
 	} else if pc, ok := c.raw.(interface{ Raw() net.Conn }); ok { // a PROXY-protocol conn

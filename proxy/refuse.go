@@ -38,6 +38,9 @@ func (s *Server) report(d limiter.Decision, afterTLS bool) {
 		return
 	}
 	s.tracker.RefusedFrom(d.Addr)
+	if s.onRefused != nil {
+		s.onRefused(d.Addr, d.Reason)
+	}
 	s.logLimit(d, d.Reason, d.Limit, "")
 	s.events.Refused(d.Reason.String(), afterTLS)
 }

@@ -343,3 +343,25 @@ func checkRewriteCaps(t *testing.T, b []byte) {
 		t.Fatalf("rewriteCaps(%q) reported %d capabilities, want %d", b, len(caps), len(want))
 	}
 }
+
+func TestRecordFrame(t *testing.T) {
+	rec := func(n int) []byte { return append([]byte{0x16, 3, 1, byte(n >> 8), byte(n)}, make([]byte, n)...) }
+	for _, tt := range []struct {
+		name   string
+		chunks [][]byte
+		want   []bool
+	}{
+		{"whole", [][]byte{rec(300)}, []bool{true}},
+		{"half then rest", [][]byte{rec(300)[:100], rec(300)[100:]}, []bool{false, true}},
+		{"header split", [][]byte{rec(10)[:3], rec(10)[3:]}, []bool{false, true}},
+		{"two records, second cut", [][]byte{append(rec(5), rec(40)[:20]...), rec(40)[20:]}, []bool{true, true}},
+		{"empty record", [][]byte{rec(0)}, []bool{true}},
+	} {
+		var f recordFrame
+		for i, c := range tt.chunks {
+			if got := f.feed(c); got != tt.want[i] {
+				t.Errorf("%s: chunk %d completed = %v, want %v", tt.name, i, got, tt.want[i])
+			}
+		}
+	}
+}

@@ -27,7 +27,6 @@ type admission struct {
 // serveConn owns raw from here on, as tcpproxy's HandleConn does: it runs
 // the connection up to login, then hands it to the relay.
 func (s *Server) serveConn(raw net.Conn, a admission) {
-	growStack()
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &conn{srv: s, raw: raw, start: time.Now(), cancel: cancel}
 	if r := c.serve(ctx, a); r != nil {
@@ -36,12 +35,14 @@ func (s *Server) serveConn(raw net.Conn, a admission) {
 }
 
 // growStack grows the calling goroutine's stack, while it is still
-// shallow, to the size the TLS handshake and login will reach anyway. Grown
-// later, deep inside crypto/tls, each doubling copies and adjusts every
-// frame on the way: that was 3.5 % of a session's CPU. The handshake
-// reaches a 16 KiB stack (with an 8 KiB one, profiles still showed 2.6 % in
-// growth), so this costs no memory that the session would not take anyway;
-// the stack goes with the goroutine at login.
+// shallow, to the size the TLS handshake and login will reach anyway
+// (handshake calls it, once the client has sent a whole record: a silent
+// connection keeps a small stack). Grown later, deep inside crypto/tls,
+// each doubling copies and adjusts every frame on the way: that was 3.5 %
+// of a session's CPU. The handshake reaches a 16 KiB stack (with an 8 KiB
+// one, profiles still showed 2.6 % in growth), so this costs no memory that
+// the session would not take anyway; the stack goes with the goroutine at
+// login.
 //
 //go:noinline
 func growStack() {
@@ -147,8 +148,34 @@ func (c *conn) admit(ctx context.Context, a admission) bool {
 		c.refuseWithBye(a.decision)
 		return false
 	}
+	// Until its client's first TLS record is whole the connection is
+	// silent, and waits here: with a shallow stack (a flood of thousands
+	// costs the collector little to scan), before any TLS state, and
+	// before a pre-login slot, so that waiting for one does not hide from
+	// the table that nothing came (an honest client's ClientHello is here
+	// at once; a silent flood's never comes, and goes at the silent
+	// timeout, or first when the table is full).
+	n, err := sock.WaitFirstRecord(c.raw)
+	switch {
+	case err == nil && n == 0:
+		return false // the client closed before a whole record
+	case n > 0:
+		entry.Progress(n, true)
+	}
+	if err != nil && !c.ticket.NeedsWait() {
+		if entry.Killed() == conntable.Timeout {
+			s.log.Message(courierlog.Debug, fmt.Sprintf("ip=[%s], TLS handshake timed out.", courierlog.Addr(c.client.Remote.Addr())))
+		}
+		return false
+	}
 	if c.ticket.NeedsWait() {
-		if d := c.ticket.WaitPreauth(ctx); d.Refused {
+		var d limiter.Decision
+		if err == nil {
+			d = c.ticket.WaitPreauth(ctx)
+		} else {
+			d = c.ticket.CutOff() // cut off while silent, as a cut-off wait is
+		}
+		if d.Refused {
 			s.report(d, false) // cut off: the handshake timeout, or a kill
 			return false
 		}
@@ -160,11 +187,14 @@ func (c *conn) admit(ctx context.Context, a admission) bool {
 // handshake runs the client's TLS handshake, bounded by the table's
 // handshake timeout (a kill), and learns what the client negotiated.
 func (c *conn) handshake() bool {
-	c.tc = tls.Server(c.raw, c.srv.tlsConfig)
+	growStack()
+	pc := &progressConn{Conn: c.raw, entry: c.entry}
+	c.tc = tls.Server(pc, c.srv.tlsConfig)
 	start := time.Now()
 	// Handshake, not HandshakeContext: the table's Killer interrupts it by
 	// deadline, which costs no goroutine per connection.
 	err := c.tc.Handshake()
+	pc.done = true
 	c.srv.events.Handshake(time.Since(start), err)
 	if err != nil {
 		if c.entry.Killed() == conntable.Timeout {

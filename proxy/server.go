@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -78,6 +79,11 @@ type Options struct {
 	Events Events
 	// Tracker learns refused and failing addresses; nil means none.
 	Tracker Tracker
+	// OnRefused is called with the address and the limit of every refusal
+	// a limit made (before or after TLS, at admission or at login), in the
+	// goroutine that refused (the accept loop, for most): it must be quick
+	// and never block. kernel.Kernel.Refused escalates on it. Nil: none.
+	OnRefused func(a netip.Addr, r limiter.Reason)
 }
 
 // Settings are the parts of Options a reload may swap, read by each new
@@ -100,6 +106,7 @@ type Server struct {
 	limiter   *limiter.Limiter
 	events    Events
 	tracker   Tracker
+	onRefused func(netip.Addr, limiter.Reason)
 	own       atomic.Pointer[Settings] // New's and SetUpstream's
 	settings  func() *Settings         // own.Load, or what Follow gave
 	life      lifecycle
@@ -157,6 +164,7 @@ func New(opts Options) (*Server, error) {
 		limiter:   opts.Limiter,
 		events:    opts.Events,
 		tracker:   opts.Tracker,
+		onRefused: opts.OnRefused,
 		life:      lifecycle{listeners: make(map[net.Listener]struct{}), stop: make(chan struct{})},
 	}
 	if p, err := sock.NewPoller(); err == nil {

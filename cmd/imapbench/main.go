@@ -48,6 +48,16 @@ var scenarios = []scenario{
 	{"bulk", "server CPU per GB relayed (FETCH 1 MiB, 4 sessions)", "s/GB", 0.8, true},
 	{"flood-cpu", "server CPU per refused attempt", "µs", 1.0, true},
 	{"flood-latency", "time to refusal (median)", "µs", 0, true},
+	{"flood-honest", "honest session median during the flood / without it", "ratio", 0, true},
+	{"flood-escalation", "time until the kernel drops the flooder (imapgate-kernel)", "s", 0, true},
+	{"flood-escalated-cpu", "server CPU per attempt once dropped in the kernel (imapgate-kernel)", "µs", 0, true},
+	{"table-quiet-p99", "honest session (TLS, LOGIN, SELECT, LOGOUT) without a flood, p99", "ms", 0, true},
+	{"table-silent-p50", "same, during a silent table flood, p50", "ms", 0, true},
+	{"table-silent-p99", "same, during a silent table flood, p99", "ms", 0, true},
+	{"table-silent-failed", "honest sessions failed during the silent flood", "count", 0, true},
+	{"table-half-p50", "same, during a half-ClientHello flood, p50", "ms", 0, true},
+	{"table-half-p99", "same, during a half-ClientHello flood, p99", "ms", 0, true},
+	{"table-half-failed", "honest sessions failed during the half-ClientHello flood", "count", 0, true},
 }
 
 func main() {
@@ -59,11 +69,23 @@ func main() {
 	peersFlag := flag.String("peers", "haproxy,imapgate,nginx", "peers to measure")
 	serverCore := flag.Int("core", 0, "the core the proxies are pinned to (run this tool on another)")
 	profile := flag.String("cpuprofile", "", "write imapgate's CPU profile to `file` (its last run)")
-	only := flag.String("only", "", "comma-separated scenarios to run (session, idle, bulk, flood); default all")
+	only := flag.String("only", "", "comma-separated scenarios to run (session, idle, bulk, flood, table); default all")
 	baseline := flag.String("baseline", "", "also measure this imapgate `binary` as peer \"baseline\" (A/B of a change)")
 	clusterURL := flag.String("cluster", "", "run the cluster scenario instead: replicas with and without [cluster] sharing the Redis at this `URL`")
 	replicas := flag.Int("replicas", 2, "replicas in the cluster scenario")
+	floodConns := flag.Int("flood-conns", 10000, "table scenario: flood connections held against the proxy")
+	floodAddrs := flag.Int("flood-addrs", 1000, "table scenario: addresses the flood comes from")
+	honest := flag.Int("honest", 200, "table scenario: honest sessions measured without and during each flood")
+	honestChildAddr := flag.String("honest-child", "", "internal: run -honest honest sessions against `addr` and print their figures as JSON")
+	netns := flag.Bool("netns", false, "run in a network namespace of its own (unshare -n, as root): needed for peer imapgate-kernel, whose nftables table must not touch the host's")
 	flag.Parse()
+	if *honestChildAddr != "" {
+		honestChild(*honestChildAddr, *honest)
+		return
+	}
+	if *netns {
+		enterNetns() // returns inside the namespace
+	}
 
 	fmt.Printf("imapbench %s on %d cores (%s); proxies pinned to core %d\n",
 		time.Now().Format("2006-01-02"), cores(), cpuModel(), *serverCore)
@@ -121,7 +143,7 @@ func main() {
 	for round := 0; round < *rounds && time.Now().Before(deadline); round++ {
 		order := append(peers[round%len(peers):], peers[:round%len(peers)]...)
 		for _, name := range order {
-			p, err := setup.start(name)
+			p, err := setup.start(name, "")
 			check(err)
 			fmt.Printf("round %d: %s (pid %d) ...", round+1, name, p.pid)
 			if run("session") {
@@ -131,11 +153,17 @@ func main() {
 				fmt.Printf(" session %.3f ms", r.value)
 			}
 			if run("flood") {
-				c, l, err := flood(p, *attempts)
+				f, err := flood(p, *attempts)
 				check(err)
-				add("flood-cpu", name, c)
-				add("flood-latency", name, l)
-				fmt.Printf(" flood %.1f µs/%.0f µs", c.value, l.value)
+				add("flood-cpu", name, f.cpu)
+				add("flood-latency", name, f.latency)
+				add("flood-honest", name, f.honest)
+				fmt.Printf(" flood %.1f µs/%.0f µs, honest ×%.2f", f.cpu.value, f.latency.value, f.honest.value)
+				if f.kernel {
+					add("flood-escalation", name, f.escalation)
+					add("flood-escalated-cpu", name, f.escalatedCPU)
+					fmt.Printf(", kernel drop after %.2f s, then %.2f µs/attempt", f.escalation.value, f.escalatedCPU.value)
+				}
 			}
 			if run("bulk") {
 				r, err := bulk(p, 4, *fetches)
@@ -149,8 +177,24 @@ func main() {
 				add("idle", name, r)
 				fmt.Printf(" idle %.1f KiB", r.value)
 			}
-			fmt.Println()
 			p.stop()
+			if run("table") {
+				// imapgate as shipped (table.max 4096, default limits).
+				p, err := setup.start(name, "flood")
+				check(err)
+				for _, half := range []bool{false, true} {
+					kind := map[bool]string{false: "silent", true: "half"}[half]
+					p50, p99, quiet, failed, err := floodTable(p, floodOpts{conns: *floodConns, addrs: *floodAddrs, halfHello: half, honest: *honest})
+					check(err)
+					add("table-quiet-p99", name, quiet)
+					add("table-"+kind+"-p50", name, p50)
+					add("table-"+kind+"-p99", name, p99)
+					add("table-"+kind+"-failed", name, result{value: float64(failed)})
+					fmt.Printf(" table %s: p50 %.1f ms p99 %.1f ms (quiet p99 %.1f ms), %d failed", kind, p50.value, p99.value, quiet.value, failed)
+				}
+				p.stop()
+			}
+			fmt.Println()
 		}
 	}
 	report(os.Stdout, peers, results)
@@ -254,7 +298,11 @@ func report(w *os.File, peers []string, results map[string]map[string][]float64)
 		fmt.Fprintf(tw, "%s\t", p)
 	}
 	ab := slices.Contains(peers, "baseline")
+	kern := slices.Contains(peers, "imapgate-kernel")
 	fmt.Fprintf(tw, "imapgate/haproxy\tbudget\t")
+	if kern {
+		fmt.Fprintf(tw, "imapgate-kernel/haproxy\t")
+	}
 	if ab {
 		fmt.Fprintf(tw, "imapgate/baseline")
 	}
@@ -266,6 +314,10 @@ func report(w *os.File, peers []string, results map[string]map[string][]float64)
 		}
 		fmt.Fprintf(tw, "%s\t%s (%s)\t", sc.name, sc.figure, sc.unit)
 		for _, p := range peers {
+			if len(byPeer[p]) == 0 {
+				fmt.Fprintf(tw, "-\t")
+				continue
+			}
 			fmt.Fprintf(tw, "%.3g\t", medianF(byPeer[p]))
 		}
 		ratio := "-"
@@ -277,6 +329,19 @@ func report(w *os.File, peers []string, results map[string]map[string][]float64)
 			budget = fmt.Sprintf("<= %.1f", sc.budget)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t", ratio, budget)
+		if kern {
+			// Once escalated, the kernel path's cost per attempt is set
+			// against HAProxy's cost per refusal.
+			against := byPeer["haproxy"]
+			if sc.name == "flood-escalated-cpu" {
+				against = results["flood-cpu"]["haproxy"]
+			}
+			kr := "-"
+			if r, ok := pairedRatio(byPeer["imapgate-kernel"], against); ok {
+				kr = fmt.Sprintf("%.2f", r)
+			}
+			fmt.Fprintf(tw, "%s\t", kr)
+		}
 		if r, ok := pairedRatio(byPeer["imapgate"], byPeer["baseline"]); ab && ok {
 			fmt.Fprintf(tw, "%.2f", r)
 		}

@@ -42,13 +42,33 @@ func freePort() string {
 	return ln.Addr().String()
 }
 
-func (s *peerSetup) start(name string) (*peer, error) {
+// start runs peer name with the profile's configuration: "" is the
+// side-by-side one (per-address limit 20 everywhere); "flood" leaves
+// imapgate at its defaults (table.max 4096, every limit as shipped), the
+// configuration a table flood meets. Peer "imapgate-kernel" is imapgate
+// with [kernel] nftables = true (run imapbench with -netns).
+func (s *peerSetup) start(name, profile string) (*peer, error) {
 	addr := freePort()
 	var args []string
 	env := os.Environ()
 	switch name {
-	case "imapgate", "baseline":
+	case "imapgate", "baseline", "imapgate-kernel":
 		cfg := filepath.Join(s.dir, "imapgate.toml")
+		if profile == "flood" {
+			os.WriteFile(cfg, []byte(fmt.Sprintf(`
+[listen]
+address = %q
+[tls]
+cert = %q
+[upstream]
+address = %q
+[log]
+output = "file:%s"
+[admin]
+address = "unix:%s"
+`, addr, s.cert, s.upstream, filepath.Join(s.dir, "imapgate.log"), filepath.Join(s.dir, "admin.sock"))+kernelSection(name)), 0o644)
+			break
+		}
 		os.WriteFile(cfg, []byte(fmt.Sprintf(`
 [listen]
 address = %q
@@ -74,7 +94,11 @@ max_preauth_per_ip = "close"
 output = "file:%s"
 [admin]
 address = "unix:%s"
-`, addr, s.cert, s.upstream, perIPLimit, perIPLimit, filepath.Join(s.dir, "imapgate.log"), filepath.Join(s.dir, "admin.sock"))), 0o644)
+`, addr, s.cert, s.upstream, perIPLimit, perIPLimit, filepath.Join(s.dir, "imapgate.log"), filepath.Join(s.dir, "admin.sock"))+kernelSection(name)), 0o644)
+	}
+	switch name {
+	case "imapgate", "baseline", "imapgate-kernel":
+		cfg := filepath.Join(s.dir, "imapgate.toml")
 		gate := s.gate
 		if name == "baseline" {
 			gate = s.baseline
@@ -94,7 +118,9 @@ global
 defaults
     mode tcp
     timeout connect 5s
-    timeout client 35m
+    # 35m: IDLE sessions; the flood profile: 10s, HAProxy 2.6's only limit
+    # on a TLS handshake (imapgate's timeouts.handshake)
+    timeout client %s
     timeout server 35m
 frontend imaps
     bind %s ssl crt %s
@@ -104,7 +130,7 @@ frontend imaps
     default_backend imap
 backend imap
     server upstream %s
-`, addr, s.cert, perIPLimit, s.upstream)), 0o644)
+`, clientTimeout(profile), addr, s.cert, perIPLimit, s.upstream)), 0o644)
 		args = []string{"haproxy", "-db", "-f", cfg}
 	case "nginx":
 		host, port, _ := net.SplitHostPort(addr)
@@ -126,6 +152,7 @@ stream {
         ssl_certificate_key %s;
         ssl_protocols TLSv1.2 TLSv1.3;
         limit_conn perip %d;
+        ssl_handshake_timeout 10s;
         proxy_pass %s;
         proxy_timeout 35m;
     }
@@ -152,6 +179,23 @@ stream {
 	}
 	p.stop()
 	return nil, fmt.Errorf("%s did not start listening on %s", name, addr)
+}
+
+// clientTimeout is HAProxy's timeout client for the profile.
+func clientTimeout(profile string) string {
+	if profile == "flood" {
+		return "10s"
+	}
+	return "35m"
+}
+
+// kernelSection turns the kernel path on for peer imapgate-kernel only
+// (older builds, as a baseline, know no [kernel]).
+func kernelSection(name string) string {
+	if name != "imapgate-kernel" {
+		return ""
+	}
+	return "[kernel]\nnftables = true\n"
 }
 
 func (p *peer) stop() {

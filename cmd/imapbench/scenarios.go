@@ -3,14 +3,18 @@ package main
 import (
 	"bufio"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"os/exec"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -32,12 +36,17 @@ type imapConn struct {
 	r *bufio.Reader
 }
 
-func dialIMAP(addr, src string) (*imapConn, error) {
+func dialIMAP(addr, src string) (*imapConn, error) { return dialIMAPDeadline(addr, src, time.Time{}) }
+
+// dialIMAPDeadline is dialIMAP with a deadline for the whole connection
+// (zero: none).
+func dialIMAPDeadline(addr, src string, deadline time.Time) (*imapConn, error) {
 	d := &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
 	c, err := tls.DialWithDialer(d, "tcp", addr, clientTLS)
 	if err != nil {
 		return nil, err
 	}
+	c.SetDeadline(deadline)
 	ic := &imapConn{c: c, r: bufio.NewReaderSize(c, 4096)}
 	if _, err := ic.r.ReadString('\n'); err != nil {
 		c.Close()
@@ -214,11 +223,31 @@ func bulk(p *peer, sessions, fetches int) (result, error) {
 	return result{value: cpu.Seconds() / gb}, nil
 }
 
+// floodFigures are the flood scenario's figures for one peer.
+type floodFigures struct {
+	cpu, latency result // per refused attempt before any escalation (µs), median time to refusal (µs)
+	// With the kernel path (peer imapgate-kernel): when the first attempt
+	// was dropped in the kernel (s after the flood began), and the server
+	// CPU per attempt from then on (µs); zero for the others.
+	escalation, escalatedCPU result
+	// honest is the honest sessions' median during the flood over their
+	// median without it.
+	honest result
+	kernel bool
+}
+
 // flood: one address holds its perIPLimit sessions, then tries `attempts`
-// more TLS connections one after another. Figures: server CPU per refused
-// attempt (µs) and the median time to refusal (µs).
-func flood(p *peer, attempts int) (cpu, latency result, err error) {
+// more TLS connections one after another, while honest clients from other
+// addresses log in. Figures: server CPU per refused attempt (µs), the
+// median time to refusal (µs), and the honest sessions' slowdown. For a
+// peer that escalates to the kernel (an attempt's connect then times out),
+// the refusals up to the first drop are the "before" figures; the
+// remaining attempts are then made as SYNs without waiting (the client's
+// cost of a dropped connect is its timeout, not the server's), and their
+// server CPU is the "escalated" figure.
+func flood(p *peer, attempts int) (f floodFigures, err error) {
 	const src = "127.250.250.250"
+	quiet, _ := honestRunProc(p, 50)
 	var held []*imapConn
 	defer func() {
 		for _, ic := range held {
@@ -228,33 +257,61 @@ func flood(p *peer, attempts int) (cpu, latency result, err error) {
 	for i := 0; i < perIPLimit; i++ {
 		ic, err := login(p.addr, src)
 		if err != nil {
-			return cpu, latency, fmt.Errorf("holding session %d: %w", i, err)
+			return f, fmt.Errorf("holding session %d: %w", i, err)
 		}
 		held = append(held, ic)
 	}
+	honestDone := make(chan []time.Duration, 1)
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		lat, _ := honestRunProc(p, 50)
+		honestDone <- lat
+	}()
 	d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	if p.name == "imapgate-kernel" {
+		d.Timeout = 200 * time.Millisecond // a dropped SYN: the connect times out
+	}
 	lat := make([]time.Duration, 0, attempts)
+	start := time.Now()
 	before := p.cpu()
-	for i := 0; i < attempts; i++ {
-		start := time.Now()
+	i := 0
+	for ; i < attempts; i++ {
+		t0 := time.Now()
 		raw, err := d.Dial("tcp", p.addr)
 		if err != nil {
+			if p.name == "imapgate-kernel" {
+				f.kernel = true
+				break
+			}
 			continue
 		}
 		c := tls.Client(raw, clientTLS)
 		c.SetDeadline(time.Now().Add(5 * time.Second))
 		herr := c.Handshake()
-		elapsed := time.Since(start)
+		elapsed := time.Since(t0)
 		c.Close()
 		if herr == nil {
-			return cpu, latency, fmt.Errorf("attempt %d over the per-address limit was served", i)
+			return f, fmt.Errorf("attempt %d over the per-address limit was served", i)
 		}
 		lat = append(lat, elapsed)
 	}
 	used := p.cpu() - before
-	cpu = result{value: float64(used) / float64(time.Microsecond) / float64(attempts)}
-	latency = result{value: float64(median(lat)) / float64(time.Microsecond)}
-	return cpu, latency, nil
+	f.cpu = result{value: float64(used) / float64(time.Microsecond) / float64(max(i, 1))}
+	f.latency = result{value: float64(median(lat)) / float64(time.Microsecond)}
+	if f.kernel {
+		f.escalation = result{value: time.Since(start).Seconds()}
+		rest := attempts - i
+		before := p.cpu()
+		if err := synFlood(src, p.addr, rest); err != nil {
+			return f, err
+		}
+		f.escalatedCPU = result{value: float64(p.cpu()-before) / float64(time.Microsecond) / float64(max(rest, 1))}
+	}
+	during := <-honestDone
+	if m := median(quiet); m > 0 {
+		f.honest = result{value: float64(median(during)) / float64(m)}
+	}
+	return f, nil
 }
 
 func median(ds []time.Duration) time.Duration {
@@ -264,4 +321,179 @@ func median(ds []time.Duration) time.Duration {
 	s := append([]time.Duration(nil), ds...)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	return s[len(s)/2]
+}
+
+// honestSource is the i-th honest client of the flood scenarios, each in
+// a /24 of its own (127.30.0.1, 127.30.1.1, ...): imapgate's default
+// rate_per_prefix (300 a minute) must not refuse the measurement itself.
+func honestSource(i int) string { return fmt.Sprintf("127.30.%d.%d", i%250, i/250%250+1) }
+
+// floodSource is the a-th flooding address, each in a /24 of its own
+// (127.60.0.2 ...), apart from the honest clients' (source).
+func floodSource(a int) string { return fmt.Sprintf("127.%d.%d.2", 60+a/250, a%250) }
+
+// floodOpts size the table flood.
+type floodOpts struct {
+	conns, addrs int  // flood connections held, spread over addrs addresses
+	halfHello    bool // send half a ClientHello and stall; else nothing
+	honest       int  // honest sessions measured, before and during the flood
+}
+
+// honestRun is one batch of honest sessions (TLS 1.3, greeting, LOGIN,
+// SELECT, LOGOUT), four at a time, each given 10 s and the batch 60 s: their
+// latencies and failures (a session the batch had no time left to start
+// is a failure).
+func honestRun(p *peer, n int) (lat []time.Duration, failed []string) {
+	var mu sync.Mutex
+	end := time.Now().Add(60 * time.Second)
+	parallel(n, 4, func(i int) error {
+		start := time.Now()
+		if start.After(end) {
+			mu.Lock()
+			failed = append(failed, "not started: the batch's 60 s were over")
+			mu.Unlock()
+			return nil
+		}
+		ic, err := dialIMAPDeadline(p.addr, honestSource(i), start.Add(10*time.Second))
+		if err == nil {
+			if err = ic.cmd("a", "LOGIN bench bench"); err != nil {
+				ic.c.Close()
+			}
+		}
+		if err == nil {
+			err = ic.cmd("s", "SELECT INBOX")
+			if err == nil {
+				if lerr := ic.cmd("b", "LOGOUT"); lerr != nil && !errors.Is(lerr, io.EOF) {
+					err = lerr
+				}
+			}
+			ic.c.Close()
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			failed = append(failed, err.Error())
+		} else {
+			lat = append(lat, time.Since(start))
+		}
+		return nil
+	})
+	return lat, failed
+}
+
+// honestRunProc is honestRun in a process of its own (this binary with
+// -honest-child): the honest clients then compete with the flood's ten
+// thousand goroutines as one process with another, not inside one Go
+// scheduler, and the figures are the proxy's more than the load
+// generator's.
+func honestRunProc(p *peer, n int) (lat []time.Duration, failed []string) {
+	out, err := exec.Command(os.Args[0], "-honest-child", p.addr, "-honest", strconv.Itoa(n)).Output()
+	if err != nil {
+		return nil, []string{fmt.Sprintf("honest client process: %v", err)}
+	}
+	var r honestResult
+	if err := json.Unmarshal(out, &r); err != nil {
+		return nil, []string{fmt.Sprintf("honest client process: %v", err)}
+	}
+	return r.Lat, r.Failed
+}
+
+type honestResult struct {
+	Lat    []time.Duration `json:"lat"`
+	Failed []string        `json:"failed"`
+}
+
+// honestChild is the -honest-child process: n honest sessions against
+// addr, the result as JSON on stdout.
+func honestChild(addr string, n int) {
+	lat, failed := honestRun(&peer{addr: addr}, n)
+	json.NewEncoder(os.Stdout).Encode(honestResult{lat, failed})
+}
+
+// percentile of ds (sorted here), p in 0..100.
+func percentile(ds []time.Duration, p int) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[min(len(s)-1, len(s)*p/100)]
+}
+
+// floodTable: honest sessions without a flood, then with o.conns silent
+// (or half-hello) connections from o.addrs addresses held against the
+// proxy, each reopened a second after the proxy closes it (5 s after a
+// refusal at once), measured from 3 s after the flood's connections were
+// all opened (the opening burst itself is the load generator's: it shares
+// a core and a process with the honest clients). Figures: the honest
+// sessions' p50 and p99 during the flood (ms), their p99 without it, and
+// the honest sessions that failed.
+func floodTable(p *peer, o floodOpts) (p50, p99, p99quiet result, failures int, err error) {
+	quiet, qfailed := honestRunProc(p, o.honest)
+	if len(qfailed) > 0 {
+		return p50, p99, p99quiet, 0, fmt.Errorf("without a flood: %d sessions failed: %s", len(qfailed), qfailed[0])
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var opened atomic.Int64
+	hello := append([]byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03}, make([]byte, 89)...)
+	for i := 0; i < o.conns; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(floodSource(i % o.addrs))}}
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c, err := d.Dial("tcp", p.addr)
+				if err != nil {
+					time.Sleep(time.Second)
+					continue
+				}
+				opened.Add(1)
+				if o.halfHello {
+					c.Write(hello)
+				}
+				done := make(chan struct{})
+				go func() {
+					select {
+					case <-stop:
+						c.Close()
+					case <-done:
+					}
+				}()
+				start := time.Now()
+				io.Copy(io.Discard, c)
+				close(done)
+				c.Close()
+				// Held until the proxy dropped it: open another a second
+				// later. Refused at once (a rate limit): back off 5 s, as
+				// a flood that wants to hold connections, not to be
+				// refused, would.
+				pause := time.Second
+				if time.Since(start) < 100*time.Millisecond {
+					pause = 5 * time.Second
+				}
+				select {
+				case <-stop:
+					return
+				case <-time.After(pause):
+				}
+			}
+		}()
+	}
+	// The flood is in place once its connections are open (bounded: 20 s).
+	for deadline := time.Now().Add(20 * time.Second); opened.Load() < int64(o.conns) && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(3 * time.Second)
+	lat, failed := honestRunProc(p, o.honest)
+	close(stop)
+	wg.Wait()
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	return result{value: ms(percentile(lat, 50))}, result{value: ms(percentile(lat, 99))},
+		result{value: ms(percentile(quiet, 99))}, len(failed), nil
 }

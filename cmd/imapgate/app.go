@@ -69,7 +69,8 @@ func newApp(cfg *config.Config, f flags) (*app, error) {
 	top := admin.NewTop(1024)
 	o.Instrument = func(g *gateway.Gate) (proxy.Events, proxy.Tracker) {
 		a.metrics = admin.NewMetrics(reg, admin.Sources{Table: g.Table, Limiter: g.Limiter, Certs: g,
-			Parked: func() int { return g.Server.Parked() }, LogDropped: a.logs.Dropped()}, top)
+			Parked: func() int { return g.Server.Parked() }, LogDropped: a.logs.Dropped(),
+			Kernel: g.KernelStats, Conntrack: g.Conntrack}, top)
 		return a.metrics, a.metrics
 	}
 	o.Registerer = reg // the cluster's metrics, with [cluster]
@@ -95,6 +96,7 @@ func newApp(cfg *config.Config, f flags) (*app, error) {
 	for _, ln := range raw {
 		a.listeners = append(a.listeners, a.gate.Listener(ln))
 	}
+	a.gate.StartKernel(raw)
 	if err := a.startAdmin(cfg, reg, top); err != nil {
 		if !f.demo || cfg.IsSet("admin.address") {
 			a.close()
@@ -130,7 +132,8 @@ func (a *app) startAdmin(cfg *config.Config, reg *prometheus.Registry, top *admi
 	h := admin.New(admin.Options{
 		Table: a.gate.Table, Limiter: a.gate.Limiter, Top: top, Gatherer: reg, Token: cfg.Admin.Token,
 		Reload: a.reload, ReopenLogs: a.reopenLogs, Ready: a.ready.Load, UpstreamProblems: a.srv.UpstreamProblems,
-		Cluster: a.clusterStatus(),
+		Cluster:       a.clusterStatus(),
+		KernelMembers: a.gate.KernelMembers, AfterUnban: a.gate.Unbanned,
 		Info: func() map[string]any {
 			c := a.gate.Config()
 			addrs := make([]string, len(a.listeners))
@@ -242,10 +245,10 @@ func (a *app) startupReport() {
 	if a.activated {
 		how = " (socket-activated)"
 	}
-	a.logf("imapgate: listening on %s%s, upstream %s%s; admin %s; table max=%d buckets=%d; limits max_connections=%d max_per_ip=%d max_preauth_per_ip=%d max_per_prefix=%d (/%d, /%d) max_per_user_ip=%d rate_per_ip=%s; open files %d (hard %d) for %d needed",
+	a.logf("imapgate: listening on %s%s, upstream %s%s; admin %s; table max=%d buckets=%d; limits max_connections=%d max_per_ip=%d max_preauth_per_ip=%d max_per_prefix=%d (/%d, /%d) max_per_user_ip=%d rate_per_ip=%s; open files %d (hard %d) for %d needed; %s",
 		strings.Join(addrs, ","), how, upstreamNote(cfg), proxyNote(cfg), a.adminNote(), a.gate.Table.Max(), a.gate.Table.Config().Buckets,
 		l.MaxConnections, l.MaxPerIP, l.MaxPreauthPerIP, l.MaxPerPrefix, l.IPv4Prefix, l.IPv6Prefix, l.MaxPerUserIP,
-		rateString(l.RatePerIP), a.files.soft, a.files.hard, a.files.need)
+		rateString(l.RatePerIP), a.files.soft, a.files.hard, a.files.need, a.gate.KernelNote())
 }
 
 func upstreamNote(cfg *config.Config) string {

@@ -8,6 +8,7 @@ import (
 	"imapgate/certs"
 	"imapgate/config"
 	"imapgate/gateway"
+	"imapgate/kernel"
 )
 
 // checkRuntime does what -check can beyond the file's syntax: it loads the
@@ -26,7 +27,25 @@ func checkRuntime(cfg *config.Config, f flags) error {
 	if of.short != "" {
 		fmt.Fprintln(os.Stderr, "imapgate: warning:", of.short)
 	}
+	checkConntrack(os.Stdout, "/")
 	return err
+}
+
+// checkConntrack prints the host's conntrack table, and the warning a
+// running imapgate would log for its fill.
+func checkConntrack(w io.Writer, root string) {
+	c, ok := kernel.ReadConntrack(root)
+	if !ok {
+		fmt.Fprintln(w, "imapgate: host conntrack: not loaded (nothing to watch)")
+		return
+	}
+	fmt.Fprintf(w, "imapgate: host conntrack: %s\n", c)
+	for i := len(kernel.ConntrackLevels) - 1; i >= 0; i-- {
+		if l := kernel.ConntrackLevels[i]; c.Percent() >= l {
+			fmt.Fprintln(w, "imapgate:", kernel.ConntrackWarning(c, l))
+			break
+		}
+	}
 }
 
 // printSettings prints every effective setting and where it came from;

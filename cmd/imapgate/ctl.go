@@ -28,11 +28,12 @@ const ctlUsage = `usage: imapgate ctl [-admin ADDR | -config FILE] [-json] [-tok
   conns [addr=A] [prefix=P] [user=U] [state=S]
                             live connections (like conntrack -L)
   kill ID|ADDR              close one connection, or all of an address (like conntrack -D)
-  bans                      bans in force: address or network, user (for a user+address ban), until
+  bans                      bans and kernel drops: address or network, user (for a user+address ban),
+                            until, why, whether in nftables
   ban ADDR|CIDR [DURATION [USER]]
                             ban an address or network (with USER: that user on ADDR) for DURATION
                             (default the auth-failure ban_time); with [cluster], on every node
-  unban ADDR|CIDR [USER]    lift a ban from failed logins (with USER: that user's ban on ADDR only);
+  unban ADDR|CIDR [USER]    lift a ban from failed logins, and its kernel drop (with USER: that user's ban on ADDR only);
                             with [cluster], on every node
   reload                    re-read the configuration and certificates
   reopen-logs               reopen the log file after rotation, or reconnect to syslog (like SIGUSR1)
@@ -271,7 +272,7 @@ func (c *ctlClient) bans(w io.Writer, raw bool) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "BANNED\tUSER\tUNTIL\n")
+	fmt.Fprintf(tw, "BANNED\tUSER\tUNTIL\tREASON\tWHERE\n")
 	for _, b := range bans {
 		user := b.User
 		if user == "" {
@@ -281,7 +282,14 @@ func (c *ctlClient) bans(w io.Writer, raw bool) error {
 		if p, err := netip.ParsePrefix(key); err == nil && p.IsSingleIP() {
 			key = courierlog.Addr(p.Addr()) // as the log lines write it
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", key, user, b.Until.UTC().Format(time.RFC3339))
+		where := "userspace"
+		switch {
+		case b.Kernel:
+			where = "kernel (nftables)"
+		case b.DryRun:
+			where = "userspace (kernel: dry run)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", key, user, b.Until.UTC().Format(time.RFC3339), b.Reason, where)
 	}
 	return tw.Flush()
 }

@@ -50,7 +50,9 @@ type daemon struct {
 	log   string
 	admin string // unix socket path
 	addr  string // client listener
-	exit  chan error
+	// listen is listen.address; "" means 127.0.0.1:0.
+	listen string
+	exit   chan error
 	// text reads the log; nil: the file at log.
 	text func() string
 }
@@ -91,16 +93,20 @@ func newDaemon(t *testing.T) *daemon {
 func (d *daemon) start(extra string, args []string, setup func(*exec.Cmd)) {
 	t := d.t
 	t.Helper()
+	listen := d.listen
+	if listen == "" {
+		listen = "127.0.0.1:0"
+	}
 	cfg := fmt.Sprintf(`
 [listen]
-address = "127.0.0.1:0"
+address = %q
 [tls]
 cert = %q
 [upstream]
 address = "embedded"
 [admin]
 address = "unix:%s"
-`, filepath.Join(d.dir, "imapd.pem"), d.admin) + extra
+`, listen, filepath.Join(d.dir, "imapd.pem"), d.admin) + extra
 	os.WriteFile(filepath.Join(d.dir, "imapgate.toml"), []byte(cfg), 0o644)
 	d.cmd = exec.Command(binary, append([]string{"-config", filepath.Join(d.dir, "imapgate.toml")}, args...)...)
 	d.cmd.Stderr = os.Stderr
@@ -112,7 +118,7 @@ address = "unix:%s"
 	}
 	go func() { d.exit <- d.cmd.Wait() }()
 	t.Cleanup(func() { d.cmd.Process.Kill() })
-	re := regexp.MustCompile(`listening on (127\.0\.0\.1:\d+)`)
+	re := regexp.MustCompile(`listening on ([0-9.]+:\d+)`)
 	d.waitLog(func(s string) bool {
 		if m := re.FindStringSubmatch(s); m != nil {
 			d.addr = m[1]

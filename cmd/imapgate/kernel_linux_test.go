@@ -1,0 +1,242 @@
+package main
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2/imapclient"
+	"github.com/google/nftables"
+
+	"imapgate/internal/netnstest"
+)
+
+// Real-kernel tests of the whole daemon with [kernel] nftables = true, each
+// in a network namespace of its own (netnstest), with its clients in a
+// peer namespace behind a veth, as remote clients.
+
+// peerLogin logs in from src in the peer namespace.
+func peerLogin(d *daemon, peer *netnstest.Peer, src netip.Addr, user, pass string) (*imapclient.Client, error) {
+	raw, err := peer.Dial(src, d.addr, time.Second)
+	if err != nil {
+		return nil, err
+	}
+	c := imapclient.New(tls.Client(raw, &tls.Config{InsecureSkipVerify: true}), nil)
+	if err := c.Login(user, pass).Wait(); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// A banned address is dropped in the kernel: its connect times out,
+// imapgate's accept counter does not move, the rule counter does; it comes
+// back when the ban expires, and at once with ctl unban. (spray_failures:
+// three failed logins of one user ban the address itself; a user+address
+// ban stays the limiter's alone and never enters the sets. Each failure
+// has a password of its own: a retried password counts once.)
+func TestRealNftablesBannedAddressNeverReachesImapgate(t *testing.T) {
+	if !netnstest.Enter(t, netnstest.Options{}) {
+		return
+	}
+	peer := netnstest.NewPeer(t, 2)
+	bad := peer.Sources[0]
+	d := newDaemon(t)
+	d.listen = peer.LocalAddr.String() + ":0"
+	d.start("[log]\noutput = \"file:"+d.log+"\"\n"+`
+[limits.auth_failures]
+spray_failures = 3
+ban_time = "3s"
+delay = "0s"
+max_delay = "0s"
+[kernel]
+nftables = true
+`, nil, nil)
+	d.waitLine("kernel nftables table inet imapgate on ports")
+	ban := func(nth int) {
+		t.Helper()
+		for i := 0; i < 3; i++ {
+			// A different wrong password each time: a retried one is one
+			// failure, however many times it comes.
+			if c, err := peerLogin(d, peer, bad, "demo", fmt.Sprintf("wrong-%d-%d", nth, i)); err == nil {
+				c.Close()
+				t.Fatal("a wrong password logged in")
+			}
+		}
+		line := "kernel: dropping new connections from ::ffff:" + bad.String()
+		d.waitLog(func(s string) bool { return strings.Count(s, line) >= nth })
+	}
+	ban(1)
+	accepted, dropped := d.metric("imapgate_connections_accepted_total"), d.metric("imapgate_kernel_dropped_packets_total")
+	if c, err := peer.Dial(bad, d.addr, time.Second); err == nil {
+		c.Close()
+		t.Fatal("the banned address connected")
+	}
+	if got := d.metric("imapgate_connections_accepted_total"); got != accepted {
+		t.Fatalf("imapgate accepted %v connections from the banned address", got-accepted)
+	}
+	if got := d.metric("imapgate_kernel_dropped_packets_total"); got <= dropped {
+		t.Fatalf("the rule counter did not move (%v)", got)
+	}
+	if out := d.ctl("bans"); !strings.Contains(out, bad.String()) || !strings.Contains(out, "kernel (nftables)") {
+		t.Fatalf("ctl bans:\n%s", out)
+	}
+	if promtool, err := exec.LookPath("promtool"); err == nil {
+		cmd := exec.Command(promtool, "check", "metrics")
+		cmd.Stdin = strings.NewReader(d.get("/metrics"))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("promtool check metrics (kernel metrics included): %v\n%s", err, out)
+		}
+	} else if os.Getenv("CI") == "true" {
+		t.Error("promtool missing in CI")
+	}
+	// Another address is served all along.
+	if c, err := peerLogin(d, peer, peer.Sources[1], "demo", "demo"); err != nil {
+		t.Fatalf("another address: %v", err)
+	} else {
+		c.Close()
+	}
+	// The ban expires (3 s): the element with it.
+	time.Sleep(3 * time.Second)
+	if c, err := peerLogin(d, peer, bad, "demo", "demo"); err != nil {
+		t.Fatalf("after the ban expired: %v", err)
+	} else {
+		c.Close()
+	}
+	// Banned again, and lifted at once by ctl unban.
+	ban(2)
+	d.ctl("unban", bad.String())
+	if c, err := peerLogin(d, peer, bad, "demo", "demo"); err != nil {
+		t.Fatalf("right after ctl unban: %v", err)
+	} else {
+		c.Close()
+	}
+	d.waitLine("kernel: no longer dropping ::ffff:" + bad.String() + " (unbanned)")
+	// A clean stop removes the table.
+	d.cmd.Process.Signal(os.Interrupt)
+	<-d.exit
+	nc, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tables, err := nc.ListTables()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tb := range tables {
+		if tb.Name == "imapgate" {
+			t.Fatal("table inet imapgate left after a clean stop")
+		}
+	}
+}
+
+// A flood of connections from one address over its limit escalates to a
+// kernel drop; a client at its limit, refused a few times, does not.
+func TestRealNftablesFloodEscalatesHonestClientDoesNot(t *testing.T) {
+	if !netnstest.Enter(t, netnstest.Options{}) {
+		return
+	}
+	peer := netnstest.NewPeer(t, 2)
+	flooder, honest := peer.Sources[0], peer.Sources[1]
+	d := newDaemon(t)
+	d.listen = peer.LocalAddr.String() + ":0"
+	d.start("[log]\noutput = \"file:"+d.log+"\"\n"+`
+[limits]
+max_per_ip = 2
+[limits.action]
+max_per_ip = "close"
+[kernel]
+nftables = true
+`, nil, nil)
+	d.waitLine("kernel nftables table inet imapgate on ports")
+	for _, src := range []netip.Addr{flooder, honest} {
+		for i := 0; i < 2; i++ {
+			c, err := peerLogin(d, peer, src, "demo", "demo")
+			if err != nil {
+				t.Fatalf("%s: session %d: %v", src, i, err)
+			}
+			defer c.Close()
+		}
+	}
+	// The honest client tries a third session now and then: refused.
+	for i := 0; i < 5; i++ {
+		if c, err := peerLogin(d, peer, honest, "demo", "demo"); err == nil {
+			c.Close()
+			t.Fatal("a third session from the honest address was served")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// The flooder hammers until the kernel drops it (bounded: 15 s).
+	escalated := false
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+		c, err := peer.Dial(flooder, d.addr, time.Second)
+		if err != nil {
+			escalated = true
+			break
+		}
+		c.Read(make([]byte, 1)) // closed before TLS
+		c.Close()
+	}
+	if !escalated {
+		t.Fatal("15 s of refused connections did not escalate")
+	}
+	d.waitLine("kernel: dropping new connections from ::ffff:" + flooder.String() + " for 30s")
+	if strings.Contains(d.logText(), "kernel: dropping new connections from ::ffff:"+honest.String()) {
+		t.Fatal("the honest client at its limit was dropped in the kernel")
+	}
+	if got := d.metric(`imapgate_kernel_additions_total{reason="escalation"}`); got != 1 {
+		t.Fatalf("escalations counted: %v", got)
+	}
+}
+
+// Without CAP_NET_ADMIN, [kernel] nftables = true costs one clear line at
+// start, and the userspace limits work as ever.
+func TestRealNftablesStartWithoutCapability(t *testing.T) {
+	if !netnstest.Enter(t, netnstest.Options{}) {
+		return
+	}
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Fatal("setpriv (util-linux) is needed")
+	}
+	d := newDaemon(t)
+	// User nobody runs a copy of the binary from, and writes its log to, a
+	// directory it may use.
+	os.Chmod(filepath.Dir(d.dir), 0o755)
+	os.Chmod(d.dir, 0o777)
+	os.Chmod(filepath.Join(d.dir, "imapd.pem"), 0o644)
+	bin := filepath.Join(d.dir, "imapgate")
+	b, _ := os.ReadFile(binary)
+	os.WriteFile(bin, b, 0o755)
+	d.start("[log]\noutput = \"file:"+d.log+"\"\n"+`
+[limits]
+max_per_ip = 1
+[limits.action]
+max_per_ip = "bye"
+[kernel]
+nftables = true
+`, nil, func(c *exec.Cmd) {
+		c.Args = append([]string{setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
+			"--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", bin}, c.Args[1:]...)
+		c.Path = setpriv
+	})
+	d.waitLine("[kernel] nftables = true, but nftables cannot be used")
+	if !strings.Contains(d.logText(), "CAP_NET_ADMIN") || !strings.Contains(d.logText(), "kernel nftables unavailable") {
+		t.Fatalf("log:\n%s", d.logText())
+	}
+	c, err := d.login("127.0.0.1", "demo", "demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := d.login("127.0.0.1", "demo", "demo"); err == nil {
+		t.Fatal("max_per_ip 1 let a second session in")
+	}
+	d.waitLine("Maximum connection limit reached for ::ffff:127.0.0.1")
+}

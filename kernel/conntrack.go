@@ -1,0 +1,139 @@
+package kernel
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"imapgate/courierlog"
+)
+
+// Conntrack is the host's connection-tracking table, as the kernel shows
+// it in /proc/sys/net/netfilter (nf_conntrack_count, nf_conntrack_max,
+// per network namespace) and /sys/module/nf_conntrack/parameters/hashsize
+// (the bucket count). When the count reaches max, the kernel logs
+// "nf_conntrack: table full, dropping packet" and drops every new
+// connection, honest or not: the flood story imapgate's own table mirrors.
+type Conntrack struct {
+	Count   int // entries
+	Max     int // nf_conntrack_max
+	Buckets int // hashsize; 0 if unknown
+}
+
+// Percent is Count as a percentage of Max.
+func (c Conntrack) Percent() float64 {
+	if c.Max <= 0 {
+		return 0
+	}
+	return 100 * float64(c.Count) / float64(c.Max)
+}
+
+func (c Conntrack) String() string {
+	s := fmt.Sprintf("%d of %d entries (%.0f%%)", c.Count, c.Max, c.Percent())
+	if c.Buckets > 0 {
+		s += fmt.Sprintf(", %d buckets", c.Buckets)
+	}
+	return s
+}
+
+// ReadConntrack reads the table's figures under root ("/" on a host; tests
+// pass a directory of their own). ok is false when conntrack is not loaded
+// (no nf_conntrack_count: nothing to watch); a missing hashsize leaves
+// Buckets 0 (nf_conntrack_buckets is tried first).
+func ReadConntrack(root string) (c Conntrack, ok bool) {
+	read := func(path string) (int, bool) {
+		b, err := os.ReadFile(filepath.Join(root, path))
+		if err != nil {
+			return 0, false
+		}
+		n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		return n, err == nil
+	}
+	if c.Count, ok = read("proc/sys/net/netfilter/nf_conntrack_count"); !ok {
+		return Conntrack{}, false
+	}
+	if c.Max, ok = read("proc/sys/net/netfilter/nf_conntrack_max"); !ok {
+		return Conntrack{}, false
+	}
+	if n, ok := read("proc/sys/net/netfilter/nf_conntrack_buckets"); ok {
+		c.Buckets = n
+	} else if n, ok := read("sys/module/nf_conntrack/parameters/hashsize"); ok {
+		c.Buckets = n
+	}
+	return c, true
+}
+
+// ConntrackLevels are the fills (percent) at which the watch warns.
+var ConntrackLevels = []float64{80, 95}
+
+// ConntrackRemedy is the seed's remedy, for the warnings.
+const ConntrackRemedy = "raise net.netfilter.nf_conntrack_max, set hashsize (/sys/module/nf_conntrack/parameters/hashsize) to max/4, " +
+	"shorten net.netfilter.nf_conntrack_tcp_timeout_time_wait and _close_wait, or enable [kernel] nftables so banned and flooding addresses make no entries"
+
+// ConntrackWarning is the warning for c at level (percent), in the shape
+// of imapgate's other kernel lines.
+func ConntrackWarning(c Conntrack, level float64) string {
+	return fmt.Sprintf("kernel: warning: conntrack table over %.0f%% full: %s; when full the kernel drops every new connection (\"nf_conntrack: table full, dropping packet\"): %s",
+		level, c, ConntrackRemedy)
+}
+
+// ConntrackWatch reads the table periodically, keeps the last reading for
+// metrics, and warns when the fill crosses a level upwards (once per
+// crossing: it warns again only after the fill has fallen below the level).
+type ConntrackWatch struct {
+	Root string                                  // "/" unless testing
+	Log  func(p courierlog.Priority, msg string) // nil: discard
+
+	mu     sync.Mutex
+	last   Conntrack
+	ok     bool
+	warned int // levels warned about and not yet left
+}
+
+// Check reads the table once and warns if a level was crossed. It returns
+// the reading (ok false: no conntrack here).
+func (w *ConntrackWatch) Check() (Conntrack, bool) {
+	c, ok := ReadConntrack(w.Root)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.last, w.ok = c, ok
+	if !ok {
+		return c, false
+	}
+	level := 0
+	for i, l := range ConntrackLevels {
+		if c.Percent() >= l {
+			level = i + 1
+		}
+	}
+	if level > w.warned && w.Log != nil {
+		w.Log(courierlog.Warning, ConntrackWarning(c, ConntrackLevels[level-1]))
+	}
+	w.warned = level
+	return c, true
+}
+
+// Last is the last reading.
+func (w *ConntrackWatch) Last() (Conntrack, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.last, w.ok
+}
+
+// Run checks every interval until stop is closed.
+func (w *ConntrackWatch) Run(stop <-chan struct{}, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			w.Check()
+		}
+	}
+}

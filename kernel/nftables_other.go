@@ -1,0 +1,5 @@
+//go:build !linux
+
+package kernel
+
+func openBackend(string, []uint16) (backend, error) { return nil, ErrUnsupported }
