@@ -26,13 +26,20 @@ const (
 	gcHeadroomPeriod = time.Second
 )
 
-// gcMemoryLimit is the soft limit for a live heap of live bytes.
-func gcMemoryLimit(live uint64) int64 {
+// gcMemoryLimit is the soft limit for a live heap of live bytes when the
+// runtime holds nonHeap bytes besides the heap (goroutine stacks above
+// all, and its own metadata). The limit is compared with all of the
+// runtime's memory: leaving the stacks out, a flood of ten thousand
+// connections waiting for their first byte (a goroutine and its stack
+// each) put the limit below what was in use, and the collector ran
+// without pause, up to half the CPU.
+func gcMemoryLimit(live, nonHeap uint64) int64 {
 	headroom := max(uint64(gcHeadroomFloor), uint64(float64(live)*gcHeadroomShare))
-	if live > math.MaxInt64-headroom {
+	base := live + nonHeap
+	if base < live || base > math.MaxInt64-headroom {
 		return math.MaxInt64
 	}
-	return int64(live + headroom)
+	return int64(base + headroom)
 }
 
 // gcHeadroomWanted reports whether the operator left the collector's
@@ -43,14 +50,28 @@ func gcHeadroomWanted() bool {
 
 // runGCHeadroom adjusts the memory limit until stop is closed.
 func runGCHeadroom(stop <-chan struct{}) {
-	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	// What is not heap: total less heap objects (live or garbage), heap
+	// space unused, free and released.
+	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/memory/classes/total:bytes"},
+		{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/memory/classes/heap/unused:bytes"},
+		{Name: "/memory/classes/heap/free:bytes"}, {Name: "/memory/classes/heap/released:bytes"}}
 	tick := time.NewTicker(gcHeadroomPeriod)
 	defer tick.Stop()
 	defer debug.SetMemoryLimit(math.MaxInt64)
 	for {
 		metrics.Read(sample)
-		if sample[0].Value.Kind() == metrics.KindUint64 {
-			debug.SetMemoryLimit(gcMemoryLimit(sample[0].Value.Uint64()))
+		ok := true
+		for _, x := range sample {
+			ok = ok && x.Value.Kind() == metrics.KindUint64
+		}
+		if ok {
+			v := func(i int) uint64 { return sample[i].Value.Uint64() }
+			heap := v(2) + v(3) + v(4) + v(5)
+			nonHeap := uint64(0)
+			if v(1) > heap {
+				nonHeap = v(1) - heap
+			}
+			debug.SetMemoryLimit(gcMemoryLimit(v(0), nonHeap))
 		}
 		select {
 		case <-stop:
