@@ -4,7 +4,11 @@
 // front of the same fast plaintext IMAP upstream, with one generated ECDSA
 // P-256 certificate. It alternates the peers round by round and prints each
 // peer's median and, against HAProxy, the median of the per-round ratios.
-// Loopback only; bounded in time.
+// Scenario "table" floods the proxy with 10,000 silent or half-ClientHello
+// connections from 1,000 addresses while honest clients log in; peer
+// "imapgate-kernel" is imapgate with [kernel] nftables = true, which needs
+// -netns (a network namespace of imapbench's own, as root). Loopback only;
+// bounded in time.
 //
 //	integration/bench/run.sh            installs the peers and runs this
 //	go run ./cmd/imapbench -h

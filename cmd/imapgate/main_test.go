@@ -536,16 +536,18 @@ func TestReadmeRunBlockIsTheUnitsExecStart(t *testing.T) {
 
 func TestGCMemoryLimit(t *testing.T) {
 	for _, c := range []struct {
-		live uint64
-		want int64
+		live, nonHeap uint64
+		want          int64
 	}{
-		{0, gcHeadroomFloor},
-		{10 << 20, 10<<20 + gcHeadroomFloor}, // small heap: the floor, above GOGC's doubling
-		{400 << 20, 400<<20 + 100<<20},       // large heap: a quarter of it
-		{math.MaxUint64 - 1, math.MaxInt64},  // no overflow
+		{0, 0, gcHeadroomFloor},
+		{10 << 20, 0, 10<<20 + gcHeadroomFloor},        // small heap: the floor, above GOGC's doubling
+		{400 << 20, 0, 400<<20 + 100<<20},              // large heap: a quarter of it
+		{10 << 20, 80 << 20, 90<<20 + gcHeadroomFloor}, // 10,000 goroutine stacks are not garbage
+		{math.MaxUint64 - 1, 0, math.MaxInt64},         // no overflow
+		{math.MaxUint64 - 1, 10, math.MaxInt64},
 	} {
-		if got := gcMemoryLimit(c.live); got != c.want {
-			t.Errorf("gcMemoryLimit(%d) = %d, want %d", c.live, got, c.want)
+		if got := gcMemoryLimit(c.live, c.nonHeap); got != c.want {
+			t.Errorf("gcMemoryLimit(%d, %d) = %d, want %d", c.live, c.nonHeap, got, c.want)
 		}
 	}
 }
