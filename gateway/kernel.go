@@ -76,8 +76,12 @@ func (g *Gate) closeKernel() {
 	}
 }
 
-// neverDropped: exempt and allow-listed addresses never enter the sets.
+// neverDropped: exempt, allow-listed and known-good addresses (an office
+// behind NAT) never enter the sets.
 func (g *Gate) neverDropped(addr netip.Addr) bool {
+	if g.Limiter.KnownGood(addr, time.Now()) {
+		return true
+	}
 	p := g.Limiter.Policy()
 	for _, list := range [][]netip.Prefix{p.Exempt, p.Allow} {
 		for _, q := range list {

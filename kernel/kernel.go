@@ -187,7 +187,7 @@ func (k *Kernel) Refused(a netip.Addr, now time.Time) {
 // kernelBan reports whether a ban belongs in the kernel: address and
 // prefix bans do; a ban on a user (from any address) never does, since
 // it would drop every other user behind the same address.
-func kernelBan(b limiter.Ban) bool { return b.Key.IsValid() }
+func kernelBan(b limiter.Ban) bool { return b.User == "" && b.Key.IsValid() }
 
 // Sync makes the sets match now: it recreates the table if it is gone,
 // adds new and extended bans and pending escalations, removes lifted bans

@@ -125,3 +125,18 @@ func TestRangeEnd(t *testing.T) {
 		t.Error("the last address has an end")
 	}
 }
+
+// Only address and network bans reach the kernel: a user+address ban
+// must never drop an office's whole address.
+func TestUserBansStayOutOfTheKernel(t *testing.T) {
+	a := netip.MustParsePrefix("192.0.2.7/32")
+	if !kernelBan(limiter.Ban{Key: a}) {
+		t.Error("an address ban is not a kernel ban")
+	}
+	if kernelBan(limiter.Ban{Key: a, User: "alice"}) {
+		t.Error("a user ban went to the kernel")
+	}
+	if kernelBan(limiter.Ban{}) {
+		t.Error("a ban without a key went to the kernel")
+	}
+}

@@ -2,9 +2,11 @@ package limiter
 
 import (
 	"hash/maphash"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // goodTable remembers who logged in successfully from an address (or, in
@@ -73,6 +75,19 @@ func newGoodTable(size int) *goodTable {
 		s.tab.Store(&goodTab{sets: make([]goodSet, n), info: make([]goodInfo, n*ways)})
 	}
 	return t
+}
+
+// KnownGood reports whether a, or its aggregation prefix, is known-good
+// at now: several distinct users logged in from it within the tier's
+// window (an office or campus behind NAT). One lock-free lookup each.
+func (l *Limiter) KnownGood(a netip.Addr, now time.Time) bool {
+	p := l.policy()
+	if p.KnownGood.MinUsers <= 0 {
+		return false
+	}
+	a = a.Unmap().WithZone("")
+	n := now.UnixNano()
+	return l.goodIP.good(addrKey(a), n) || l.goodPrefix.good(prefixKeyOf(p.PrefixOf(a)).addr, n)
 }
 
 // userTag names a user in goodInfo by 32 bits of its hash: two users

@@ -94,6 +94,9 @@ func TestKnownGoodTier(t *testing.T) {
 				loginAs(t, l, a, u, t0.Add(time.Duration(i)*time.Minute))
 			}
 			now := t0.Add(tt.check)
+			if good := l.KnownGood(a, now); good != (tt.wantIP == 5) {
+				t.Errorf("KnownGood = %v", good)
+			}
 			if n, r := held(l, a, now); n != tt.wantIP || r != MaxPerIP {
 				t.Errorf("address holds %d (then %v), want %d", n, r, tt.wantIP)
 			}
