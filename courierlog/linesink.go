@@ -33,7 +33,6 @@ type LineSink struct {
 	now      func() time.Time
 	fallback Sink
 	q        pending
-	armed    bool   // a flush is scheduled
 	partial  bool   // a failed write stopped inside a line
 	failing  bool   // the last write failed
 	lost     uint64 // lines handed to the fallback since it started failing
@@ -96,11 +95,8 @@ func (s *LineSink) appendLocked(p Priority, msg []byte) {
 		s.q.b = append(s.q.b, ": "...)
 	}
 	s.q.add(p, start, msg, '\n')
-	if len(s.q.b) >= maxPending {
+	if s.q.added(s.Flush) {
 		s.flushLocked()
-	} else if !s.armed {
-		s.armed = true
-		time.AfterFunc(FlushInterval, s.Flush)
 	}
 }
 
@@ -114,7 +110,7 @@ func (s *LineSink) Flush() {
 var newline = []byte{'\n'}
 
 func (s *LineSink) flushLocked() {
-	s.armed = false
+	s.q.flushed()
 	if len(s.q.lines) == 0 {
 		return
 	}

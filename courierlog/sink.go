@@ -21,6 +21,7 @@ const maxPending = 32 << 10
 type pending struct {
 	b     []byte
 	lines []pendingLine
+	armed bool // a delayed flush is scheduled
 }
 
 type pendingLine struct {
@@ -36,6 +37,25 @@ func (q *pending) add(p Priority, start int, msg []byte, term byte) {
 	q.b = append(q.b, term)
 	q.lines = append(q.lines, pendingLine{p: p, start: start, msg: m, end: len(q.b)})
 }
+
+// added decides what follows an add, with the sink's lock held: flush now
+// (it reports true) once maxPending bytes wait, else schedule flush once
+// for FlushInterval later, so a burst of lines costs one write. The sink's
+// flush must call flushed.
+func (q *pending) added(flush func()) (now bool) {
+	if len(q.b) >= maxPending {
+		return true
+	}
+	if !q.armed {
+		q.armed = true
+		time.AfterFunc(FlushInterval, flush)
+	}
+	return false
+}
+
+// flushed records that the lines went out (or were spilled): the next add
+// schedules a new delayed flush.
+func (q *pending) flushed() { q.armed = false }
 
 // spill hands the lines from index i on to fallback and returns how many
 // there were.

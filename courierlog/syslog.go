@@ -45,7 +45,6 @@ type SyslogSink struct {
 	now      func() time.Time
 	fallback Sink
 	q        pending
-	armed    bool
 	conn     net.Conn
 	stream   bool
 	retryAt  time.Time // no connect before this, after one failed
@@ -107,11 +106,8 @@ func (s *SyslogSink) appendLocked(p Priority, msg []byte) {
 	s.q.b = append(s.q.b, s.tag...)
 	s.q.b = append(s.q.b, ": "...)
 	s.q.add(p, start, msg, 0)
-	if len(s.q.b) >= maxPending {
+	if s.q.added(s.Flush) {
 		s.flushLocked()
-	} else if !s.armed {
-		s.armed = true
-		time.AfterFunc(FlushInterval, s.Flush)
 	}
 }
 
@@ -123,7 +119,7 @@ func (s *SyslogSink) Flush() {
 }
 
 func (s *SyslogSink) flushLocked() {
-	s.armed = false
+	s.q.flushed()
 	sent := 0
 	for _, l := range s.q.lines {
 		if err := s.send(s.q.b[l.start:l.end]); err != nil {

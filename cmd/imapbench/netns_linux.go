@@ -5,7 +5,7 @@ import (
 	"os"
 	"os/exec"
 
-	"golang.org/x/sys/unix"
+	"imapgate/internal/netns"
 )
 
 // enterNetns runs imapbench again under "unshare -n" and exits with its
@@ -14,7 +14,7 @@ import (
 // nftables table is that namespace's, never the host's.
 func enterNetns() {
 	if os.Getenv("IMAPBENCH_NETNS") != "" {
-		check(loopbackUp())
+		check(netns.LoopbackUp())
 		return
 	}
 	cmd := exec.Command("unshare", append([]string{"-n", os.Args[0]}, os.Args[1:]...)...)
@@ -27,22 +27,4 @@ func enterNetns() {
 		check(fmt.Errorf("unshare -n (needs root): %w", err))
 	}
 	os.Exit(0)
-}
-
-// loopbackUp sets lo up (SIOCSIFFLAGS), as "ip link set lo up" does.
-func loopbackUp() error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq("lo")
-	if err != nil {
-		return err
-	}
-	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return err
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
 }

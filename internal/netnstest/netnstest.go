@@ -24,7 +24,7 @@ import (
 	"strings"
 	"testing"
 
-	"golang.org/x/sys/unix"
+	"imapgate/internal/netns"
 )
 
 const envInside = "IMAPGATE_NETNS_TEST"
@@ -49,7 +49,7 @@ func Enter(t *testing.T, o Options) bool {
 	t.Helper()
 	if Inside(t) {
 		if !o.Unprivileged {
-			if err := loopbackUp(); err != nil {
+			if err := netns.LoopbackUp(); err != nil {
 				t.Fatalf("bring lo up in the namespace: %v", err)
 			}
 		}
@@ -138,22 +138,4 @@ func copyBinary() (dir, bin string, err error) {
 		err = os.Chmod(dir, 0o755)
 	}
 	return dir, bin, err
-}
-
-// loopbackUp sets lo up (SIOCSIFFLAGS), as "ip link set lo up" does.
-func loopbackUp() error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq("lo")
-	if err != nil {
-		return err
-	}
-	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return err
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
 }
