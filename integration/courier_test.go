@@ -298,14 +298,29 @@ func logFields(msg string) (event string, keys []string, vals map[string]string)
 	return event, keys, vals
 }
 
-// courierLines returns courier's imapd-ssl messages for a client port.
-func courierLines(t *testing.T, c *courier, port int) []string {
+// courierLogSize is where courier's log ends now: lines for a new
+// connection are looked for only after it, because the log is shared by
+// the whole run and an earlier connection may have used the same port.
+func courierLogSize(t *testing.T, c *courier) int {
 	data, err := os.ReadFile(c.log)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return len(data)
+}
+
+// courierLines returns courier's imapd-ssl messages for a client port
+// written after byte offset from.
+func courierLines(t *testing.T, c *courier, port, from int) []string {
+	data, err := os.ReadFile(c.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if from > len(data) {
+		t.Fatalf("courier's log %s shrank from %d to %d bytes", c.log, from, len(data))
+	}
 	var out []string
-	for _, l := range strings.Split(string(data), "\n") {
+	for _, l := range strings.Split(string(data[from:]), "\n") {
 		_, msg, ok := strings.Cut(l, " imapd-ssl: ")
 		if ok && strings.Contains(msg, fmt.Sprintf("port=[%d]", port)) {
 			out = append(out, msg)
@@ -314,9 +329,10 @@ func courierLines(t *testing.T, c *courier, port int) []string {
 	return out
 }
 
-func gateLines(g *gate, port int) []string {
+// gateLines returns imapgate's messages for a client port, from line from on.
+func gateLines(g *gate, port, from int) []string {
 	var out []string
-	for _, l := range g.log.Lines() {
+	for _, l := range g.log.Lines()[from:] {
 		_, msg, _ := strings.Cut(l, " ")
 		if strings.Contains(msg, fmt.Sprintf("port=[%d]", port)) {
 			out = append(out, msg)
@@ -366,12 +382,16 @@ func TestRealCourierGoldenLogLines(t *testing.T) {
 				conn.Close()
 				return conn.LocalAddr().(*net.TCPAddr).Port
 			}
+			cfrom, gfrom := courierLogSize(t, c), len(g.log.Lines())
 			cport, gport := run(c.tls), run(g.addr)
 			var want, got []string
-			waitFor(t, "both logs", func() bool {
-				want, got = courierLines(t, c, cport), gateLines(g, gport)
+			if !pollUntil(10*time.Second, func() bool {
+				want, got = courierLines(t, c, cport, cfrom), gateLines(g, gport, gfrom)
 				return len(want) > 0 && len(want) == len(got)
-			})
+			}) {
+				t.Fatalf("courier's and imapgate's lines never matched in count:\n courier (port %d):\n  %s\n imapgate (port %d):\n  %s",
+					cport, strings.Join(want, "\n  "), gport, strings.Join(got, "\n  "))
+			}
 			for i := range want {
 				we, wk, wv := logFields(want[i])
 				ge, gk, gv := logFields(got[i])
