@@ -84,6 +84,17 @@ func dial(t *testing.T, addr string) *client {
 	return &client{t: t, conn: conn, r: bufio.NewReader(conn)}
 }
 
+// loggedIn dials addr, reads the greeting and logs in as user (with any
+// password: the fake upstreams take it) under tag, checking the OK.
+func loggedIn(t *testing.T, addr, tag, user string) *client {
+	t.Helper()
+	c := dial(t, addr)
+	c.expect("* OK")
+	c.send(tag + " LOGIN " + user + " secret\r\n")
+	c.expect(tag + " OK")
+	return c
+}
+
 func (c *client) send(s string) {
 	c.t.Helper()
 	if _, err := io.WriteString(c.conn, s); err != nil {

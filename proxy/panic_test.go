@@ -28,10 +28,7 @@ func TestPanicCostsOneSession(t *testing.T) {
 	up := fakeUpstream(t, simpleServer)
 	p := startProxy(t, up.upstream(), proxyConfig{})
 
-	bystander := dial(t, p.addr)
-	bystander.expect("* OK")
-	bystander.send("b1 LOGIN bob secret\r\n")
-	bystander.expect("b1 OK")
+	bystander := loggedIn(t, p.addr, "b1", "bob")
 
 	pre := dial(t, p.addr)
 	pre.expect("* OK")
@@ -39,10 +36,7 @@ func TestPanicCostsOneSession(t *testing.T) {
 	pre.expectEOF()
 	waitLog(t, p, "panic in session id=")
 
-	post := dial(t, p.addr)
-	post.expect("* OK")
-	post.send("r1 LOGIN bob secret\r\n")
-	post.expect("r1 OK")
+	post := loggedIn(t, p.addr, "r1", "bob")
 	post.send("r2 XPANIC\r\n")
 	post.expectEOF()
 

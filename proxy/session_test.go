@@ -325,10 +325,7 @@ func TestTimeouts(t *testing.T) {
 
 	pre := dial(t, p.addr)
 	pre.expect("* OK")
-	est := dial(t, p.addr)
-	est.expect("* OK")
-	est.send("a1 LOGIN bob secret\r\n")
-	est.expect("a1 OK")
+	est := loggedIn(t, p.addr, "a1", "bob")
 
 	// 61 s later the login-phase session is cut off; the logged-in one is not.
 	p.srv.Table().Expire(time.Now().Add(61 * time.Second))
@@ -347,10 +344,7 @@ func TestTimeouts(t *testing.T) {
 func TestEarlyDropOnlyUnassured(t *testing.T) {
 	up := fakeUpstream(t, simpleServer)
 	p := startProxy(t, up.upstream(), proxyConfig{table: conntable.Config{Max: 2, Buckets: 1}})
-	a := dial(t, p.addr)
-	a.expect("* OK")
-	a.send("a1 LOGIN bob secret\r\n")
-	a.expect("a1 OK")
+	a := loggedIn(t, p.addr, "a1", "bob")
 	b := dial(t, p.addr)
 	b.expect("* OK")
 
@@ -384,10 +378,7 @@ func TestEarlyDropOnlyUnassured(t *testing.T) {
 func TestAdminDeleteClosesSession(t *testing.T) {
 	up := fakeUpstream(t, simpleServer)
 	p := startProxy(t, up.upstream(), proxyConfig{})
-	c := dial(t, p.addr)
-	c.expect("* OK")
-	c.send("a1 LOGIN bob secret\r\n")
-	c.expect("a1 OK")
+	c := loggedIn(t, p.addr, "a1", "bob")
 	list := p.srv.Table().List(nil, 0)
 	if len(list) != 1 || list[0].User != "bob" || list[0].State != "established" {
 		t.Fatalf("list = %+v", list)
@@ -415,10 +406,7 @@ func TestHalfCloseAfterLogin(t *testing.T) {
 		u.send("a2 OK NOOP after your EOF\r\n")
 	})
 	p := startProxy(t, up.upstream(), proxyConfig{})
-	c := dial(t, p.addr)
-	c.expect("* OK")
-	c.send("a1 LOGIN bob secret\r\n")
-	c.expect("a1 OK")
+	c := loggedIn(t, p.addr, "a1", "bob")
 	c.send("a2 NOOP\r\n")
 	if err := c.conn.CloseWrite(); err != nil {
 		t.Fatal(err)
@@ -461,10 +449,7 @@ func TestIdleSessionParks(t *testing.T) {
 	})
 	t.Cleanup(func() { close(push) })
 	p := startProxy(t, up.upstream(), proxyConfig{})
-	c := dial(t, p.addr)
-	c.expect("* OK")
-	c.send("a1 LOGIN bob secret\r\n")
-	c.expect("a1 OK")
+	c := loggedIn(t, p.addr, "a1", "bob")
 	waitParked := func(n int) {
 		t.Helper()
 		for i := 0; i < 300 && p.srv.Parked() != n; i++ {
