@@ -45,30 +45,7 @@ func (s *peerSetup) startReplicas(mode, redisURL, prefix string, n int) (*replic
 			cl = fmt.Sprintf("[cluster]\nredis = %q\nnode = \"bench%d\"\nkey_prefix = %q\n", redisURL, i, prefix)
 		}
 		cfg := filepath.Join(s.dir, fmt.Sprintf("%s%d.toml", mode, i))
-		os.WriteFile(cfg, []byte(fmt.Sprintf(`
-[listen]
-address = %q
-[tls]
-cert = %q
-[upstream]
-address = %q
-[table]
-max = 9900
-[limits]
-max_per_ip = %d
-max_preauth_per_ip = %d
-max_per_prefix = 0
-max_per_user_ip = 0
-rate_per_ip = "0"
-rate_per_prefix = "0"
-[limits.action]
-max_per_ip = "close"
-max_preauth_per_ip = "close"
-[log]
-output = "file:%s"
-[admin]
-address = "unix:%s"
-%s`, addr, s.cert, s.upstream, perIPLimit, perIPLimit, filepath.Join(s.dir, mode+".log"), sock, cl)), 0o644)
+		os.WriteFile(cfg, []byte(s.gateConfig(addr, filepath.Join(s.dir, mode+".log"), sock, cl)), 0o644)
 		cmd := exec.Command("taskset", "-c", strconv.Itoa(s.core), s.gate, "-config", cfg, "-grace", "0s")
 		cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
 		cmd.Stderr = os.Stderr
