@@ -20,8 +20,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,61 +27,8 @@ import (
 
 	"github.com/redis/rueidis"
 
-	"imapgate/certs"
 	"imapgate/limiter"
 )
-
-// Options configure a cluster node.
-type Options struct {
-	// URL names Redis: redis://[user:password@]host:port[/db],
-	// rediss://… for TLS, and for Sentinel the sentinels' addresses with
-	// the master's name: redis://host:26379?addr=host2:26379&master_set=NAME.
-	URL string
-	// Node is this replica's id, unique in the cluster (default: the host
-	// name).
-	Node string
-	// KeyPrefix starts every key and is the keys' hash tag ("imapgate").
-	KeyPrefix string
-	// Timeout bounds every Redis call (50 ms).
-	Timeout time.Duration
-	// NodeTTL: a node that stops renewing its liveness stops counting
-	// after this long (15 s).
-	NodeTTL time.Duration
-	// OverLimitHold: how long a refusal by a shared concurrency limit is
-	// answered locally, without a round trip (250 ms).
-	OverLimitHold time.Duration
-	// TLSCAFile verifies a rediss:// server with these CAs instead of
-	// the system's.
-	TLSCAFile string
-	// Log writes an operational line (connected, degraded, recovered).
-	Log func(string)
-}
-
-func (o *Options) defaults() error {
-	if o.Node == "" {
-		h, err := os.Hostname()
-		if err != nil {
-			return fmt.Errorf("cluster.node: %w", err)
-		}
-		o.Node = h
-	}
-	if o.KeyPrefix == "" {
-		o.KeyPrefix = "imapgate"
-	}
-	if o.Timeout <= 0 {
-		o.Timeout = 50 * time.Millisecond
-	}
-	if o.NodeTTL <= 0 {
-		o.NodeTTL = 15 * time.Second
-	}
-	if o.OverLimitHold <= 0 {
-		o.OverLimitHold = 250 * time.Millisecond
-	}
-	if o.Log == nil {
-		o.Log = func(string) {}
-	}
-	return nil
-}
 
 // Cluster is one node's link to the shared state.
 type Cluster struct {
@@ -129,43 +74,6 @@ func New(o Options) (*Cluster, error) {
 	c.degradedSince.Store(time.Now().UnixNano())
 	c.m = newMetrics(c)
 	return c, nil
-}
-
-func clientOption(o Options) (rueidis.ClientOption, error) {
-	copt, err := rueidis.ParseURL(o.URL)
-	if err != nil {
-		return copt, fmt.Errorf("cluster.redis: %w", err)
-	}
-	copt.DisableCache = true // no client-side caching: every answer is Redis's now
-	copt.DisableRetry = true // a failure must surface at once, to degrade
-	copt.Dialer.Timeout = max(10*o.Timeout, 500*time.Millisecond)
-	copt.ConnWriteTimeout = max(10*o.Timeout, time.Second)
-	copt.ClientName = "imapgate-" + o.Node
-	if copt.Sentinel.MasterSet != "" {
-		copt.Sentinel.Dialer.Timeout = copt.Dialer.Timeout
-		copt.Sentinel.TopologyRefreshInterval = time.Second
-		copt.Sentinel.TLSConfig = copt.TLSConfig
-	}
-	if o.TLSCAFile != "" {
-		if copt.TLSConfig == nil {
-			return copt, errors.New("cluster.tls_ca_file needs a rediss:// URL")
-		}
-		pool, err := certs.CAPool(o.TLSCAFile)
-		if err != nil {
-			return copt, fmt.Errorf("cluster.tls_ca_file: %w", err)
-		}
-		copt.TLSConfig.RootCAs = pool
-	}
-	return copt, nil
-}
-
-// Redacted is the Redis URL without its password, for logs and status.
-func (c *Cluster) Redacted() string {
-	u, err := url.Parse(c.o.URL)
-	if err != nil {
-		return "(unparsable)"
-	}
-	return u.Redacted()
 }
 
 // Node is this node's id.
