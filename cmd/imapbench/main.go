@@ -77,6 +77,8 @@ func main() {
 	baseline := flag.String("baseline", "", "also measure this imapgate `binary` as peer \"baseline\" (A/B of a change)")
 	clusterURL := flag.String("cluster", "", "run the cluster scenario instead: replicas with and without [cluster] sharing the Redis at this `URL`")
 	replicas := flag.Int("replicas", 2, "replicas in the cluster scenario")
+	redisCore := flag.Int("redis-core", -1, "cluster scenario: pin the Redis server to this core for the run (taskset -p; its affinity is restored after); -1 leaves it where it is")
+	pace := flag.Duration("pace", 0, "cluster scenario: pause between the sessions run one at a time (latency figures); 0: back to back, as before")
 	floodConns := flag.Int("flood-conns", 10000, "table scenario: flood connections held against the proxy")
 	floodAddrs := flag.Int("flood-addrs", 1000, "table scenario: addresses the flood comes from")
 	honest := flag.Int("honest", 200, "table scenario: honest sessions measured without and during each flood")
@@ -123,7 +125,7 @@ func main() {
 	}
 
 	if *clusterURL != "" {
-		clusterBench(setup, *clusterURL, *replicas, *rounds, *sessions, *attempts)
+		clusterBench(setup, clusterRun{url: *clusterURL, replicas: *replicas, rounds: *rounds, sessions: *sessions, attempts: *attempts, redisCore: *redisCore, pace: *pace})
 		return
 	}
 
