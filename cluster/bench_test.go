@@ -22,19 +22,8 @@ import (
 //
 //	go test -run XXX -bench AdmitRelease ./cluster/
 func BenchmarkRealRedisAdmitRelease(b *testing.B) {
-	url := benchURL(b)
-	p := defaultPolicy()
-	p.Limits.RatePerIP, p.Limits.RatePerPrefix = limiter.Rate{}, limiter.Rate{}
-	l, _ := limiter.New(p, limiter.Options{RateEntries: 1 << 16})
-	c, err := New(Options{URL: url, Node: "bench", KeyPrefix: fmt.Sprintf("imapgate-b%d", time.Now().UnixNano())})
-	if err != nil {
-		b.Fatal(err)
-	}
-	c.Start(l)
+	c, l := benchNode(b)
 	defer c.Close()
-	if !l.SharedUp() {
-		b.Fatal("not up")
-	}
 	var n atomic.Uint32
 	var ru0, ru1 syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
@@ -70,19 +59,8 @@ func BenchmarkRealRedisAdmitRelease(b *testing.B) {
 //
 //	taskset -c 0 go test -run XXX -bench AdmitLatency ./cluster/
 func BenchmarkRealRedisAdmitLatency(b *testing.B) {
-	url := benchURL(b)
-	p := defaultPolicy()
-	p.Limits.RatePerIP, p.Limits.RatePerPrefix = limiter.Rate{}, limiter.Rate{}
-	l, _ := limiter.New(p, limiter.Options{RateEntries: 1 << 16})
-	c, err := New(Options{URL: url, Node: "bench", KeyPrefix: fmt.Sprintf("imapgate-b%d", time.Now().UnixNano())})
-	if err != nil {
-		b.Fatal(err)
-	}
-	c.Start(l)
+	c, l := benchNode(b)
 	defer c.Close()
-	if !l.SharedUp() {
-		b.Fatal("not up")
-	}
 	calls0, usec0 := evalshaStats(b, c)
 	lat := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
@@ -138,4 +116,23 @@ func benchURL(b *testing.B) string {
 	}
 	b.Skip("no REDIS_URL")
 	return ""
+}
+
+// benchNode starts a node on the Redis of setup.sh, with rates off, and
+// its limiter on the shared limits.
+func benchNode(b *testing.B) (*Cluster, *limiter.Limiter) {
+	url := benchURL(b)
+	p := defaultPolicy()
+	p.Limits.RatePerIP, p.Limits.RatePerPrefix = limiter.Rate{}, limiter.Rate{}
+	l, _ := limiter.New(p, limiter.Options{RateEntries: 1 << 16})
+	c, err := New(Options{URL: url, Node: "bench", KeyPrefix: fmt.Sprintf("imapgate-b%d", time.Now().UnixNano())})
+	if err != nil {
+		b.Fatal(err)
+	}
+	c.Start(l)
+	if !l.SharedUp() {
+		c.Close()
+		b.Fatal("not up")
+	}
+	return c, l
 }

@@ -45,7 +45,7 @@ func (s *peerSetup) startReplicas(mode, redisURL, prefix string, n int) (*replic
 			cl = fmt.Sprintf("[cluster]\nredis = %q\nnode = \"bench%d\"\nkey_prefix = %q\n", redisURL, i, prefix)
 		}
 		cfg := filepath.Join(s.dir, fmt.Sprintf("%s%d.toml", mode, i))
-		os.WriteFile(cfg, []byte(s.gateConfig(addr, filepath.Join(s.dir, mode+".log"), sock, cl)), 0o644)
+		os.WriteFile(cfg, []byte(s.gateConfig(addr, filepath.Join(s.dir, mode+".log"), sock, true, cl)), 0o644)
 		cmd := exec.Command("taskset", "-c", strconv.Itoa(s.core), s.gate, "-config", cfg, "-grace", "0s")
 		cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
 		cmd.Stderr = os.Stderr
