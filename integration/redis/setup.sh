@@ -129,11 +129,24 @@ wait_port() {
     die "redis on $port did not answer"
 }
 
+# detached runs a daemon without the descriptors this script inherited
+# beyond 0-2: a daemon started under `flock LOCK go test …` would
+# otherwise hold LOCK for as long as it runs.
+detached() {
+    (
+        for fd in /proc/self/fd/*; do
+            fd=${fd##*/}
+            if [ "$fd" -gt 2 ] 2>/dev/null; then eval "exec $fd>&-" 2>/dev/null || true; fi
+        done
+        exec "$@"
+    )
+}
+
 start_port() {
     local port=$1
     [ -f "$DIR/$port/redis.conf" ] || die "no instance on $port (run start first)"
     if [ -f "$DIR/$port/redis.pid" ] && kill -0 "$(cat "$DIR/$port/redis.pid")" 2>/dev/null; then return 0; fi
-    redis-server "$DIR/$port/redis.conf"
+    detached redis-server "$DIR/$port/redis.conf"
     wait_port "$port"
 }
 
@@ -176,7 +189,7 @@ user $SENTINEL_USER on >$spass allchannels +@all
 CONF
     fi
     if [ -f "$DIR/sentinel/sentinel.pid" ] && kill -0 "$(cat "$DIR/sentinel/sentinel.pid")" 2>/dev/null; then return 0; fi
-    redis-sentinel "$conf"
+    detached redis-sentinel "$conf"
     local i
     for i in $(seq 1 100); do
         if redis-cli -p "$PORT_SENTINEL" --user "$SENTINEL_USER" --pass "$spass" --no-auth-warning ping 2>/dev/null | grep -q PONG; then return 0; fi
