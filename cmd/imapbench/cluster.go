@@ -46,7 +46,12 @@ func (s *peerSetup) startReplicas(mode, redisURL, prefix string, n int) (*replic
 		}
 		cfg := filepath.Join(s.dir, fmt.Sprintf("%s%d.toml", mode, i))
 		os.WriteFile(cfg, []byte(s.gateConfig(addr, filepath.Join(s.dir, mode+".log"), sock, true, cl)), 0o644)
-		cmd := exec.Command("taskset", "-c", strconv.Itoa(s.core), s.gate, "-config", cfg, "-grace", "0s")
+		args := []string{"-c", strconv.Itoa(s.core), s.gate, "-config", cfg, "-grace", "0s"}
+		if s.profile != "" && i == 0 {
+			// Replica 0 of each mode; the last round's profiles stay.
+			args = append(args, "-cpuprofile", s.profile+"."+mode)
+		}
+		cmd := exec.Command("taskset", args...)
 		cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
 		cmd.Stderr = os.Stderr
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -72,7 +72,7 @@ func main() {
 	attempts := flag.Int("flood", 3000, "refused attempts in the flood scenario")
 	peersFlag := flag.String("peers", "haproxy,imapgate,nginx", "peers to measure")
 	serverCore := flag.Int("core", 0, "the core the proxies are pinned to (run this tool on another)")
-	profile := flag.String("cpuprofile", "", "write imapgate's CPU profile to `file` (its last run)")
+	profile := flag.String("cpuprofile", "", "write imapgate's CPU profile to `file` (its last run; with -cluster, replica 0's of the last round to file.standalone and file.cluster)")
 	only := flag.String("only", "", "comma-separated scenarios to run (session, idle, bulk, flood, table); default all")
 	baseline := flag.String("baseline", "", "also measure this imapgate `binary` as peer \"baseline\" (A/B of a change)")
 	clusterURL := flag.String("cluster", "", "run the cluster scenario instead: replicas with and without [cluster] sharing the Redis at this `URL`")
