@@ -20,70 +20,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net/url"
-	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/redis/rueidis"
 
-	"imapgate/certs"
 	"imapgate/limiter"
 )
-
-// Options configure a cluster node.
-type Options struct {
-	// URL names Redis: redis://[user:password@]host:port[/db],
-	// rediss://… for TLS, and for Sentinel the sentinels' addresses with
-	// the master's name: redis://host:26379?addr=host2:26379&master_set=NAME.
-	URL string
-	// Node is this replica's id, unique in the cluster (default: the host
-	// name).
-	Node string
-	// KeyPrefix starts every key and is the keys' hash tag ("imapgate").
-	KeyPrefix string
-	// Timeout bounds every Redis call (50 ms).
-	Timeout time.Duration
-	// NodeTTL: a node that stops renewing its liveness stops counting
-	// after this long (15 s).
-	NodeTTL time.Duration
-	// OverLimitHold: how long a refusal by a shared concurrency limit is
-	// answered locally, without a round trip (250 ms).
-	OverLimitHold time.Duration
-	// TLSCAFile verifies a rediss:// server with these CAs instead of
-	// the system's.
-	TLSCAFile string
-	// Log writes an operational line (connected, degraded, recovered).
-	Log func(string)
-}
-
-func (o *Options) defaults() error {
-	if o.Node == "" {
-		h, err := os.Hostname()
-		if err != nil {
-			return fmt.Errorf("cluster.node: %w", err)
-		}
-		o.Node = h
-	}
-	if o.KeyPrefix == "" {
-		o.KeyPrefix = "imapgate"
-	}
-	if o.Timeout <= 0 {
-		o.Timeout = 50 * time.Millisecond
-	}
-	if o.NodeTTL <= 0 {
-		o.NodeTTL = 15 * time.Second
-	}
-	if o.OverLimitHold <= 0 {
-		o.OverLimitHold = 250 * time.Millisecond
-	}
-	if o.Log == nil {
-		o.Log = func(string) {}
-	}
-	return nil
-}
 
 // Cluster is one node's link to the shared state.
 type Cluster struct {
@@ -129,43 +73,6 @@ func New(o Options) (*Cluster, error) {
 	c.degradedSince.Store(time.Now().UnixNano())
 	c.m = newMetrics(c)
 	return c, nil
-}
-
-func clientOption(o Options) (rueidis.ClientOption, error) {
-	copt, err := rueidis.ParseURL(o.URL)
-	if err != nil {
-		return copt, fmt.Errorf("cluster.redis: %w", err)
-	}
-	copt.DisableCache = true // no client-side caching: every answer is Redis's now
-	copt.DisableRetry = true // a failure must surface at once, to degrade
-	copt.Dialer.Timeout = max(10*o.Timeout, 500*time.Millisecond)
-	copt.ConnWriteTimeout = max(10*o.Timeout, time.Second)
-	copt.ClientName = "imapgate-" + o.Node
-	if copt.Sentinel.MasterSet != "" {
-		copt.Sentinel.Dialer.Timeout = copt.Dialer.Timeout
-		copt.Sentinel.TopologyRefreshInterval = time.Second
-		copt.Sentinel.TLSConfig = copt.TLSConfig
-	}
-	if o.TLSCAFile != "" {
-		if copt.TLSConfig == nil {
-			return copt, errors.New("cluster.tls_ca_file needs a rediss:// URL")
-		}
-		pool, err := certs.CAPool(o.TLSCAFile)
-		if err != nil {
-			return copt, fmt.Errorf("cluster.tls_ca_file: %w", err)
-		}
-		copt.TLSConfig.RootCAs = pool
-	}
-	return copt, nil
-}
-
-// Redacted is the Redis URL without its password, for logs and status.
-func (c *Cluster) Redacted() string {
-	u, err := url.Parse(c.o.URL)
-	if err != nil {
-		return "(unparsable)"
-	}
-	return u.Redacted()
 }
 
 // Node is this node's id.
@@ -304,154 +211,12 @@ func (c *Cluster) loadSecret(ctx context.Context, cl rueidis.Client) error {
 	return nil
 }
 
-// loop renews liveness and syncs bans every beat while up, and probes
-// Redis every 100 ms while down.
-func (c *Cluster) loop() {
-	defer c.wg.Done()
-	beat := min(500*time.Millisecond, c.o.NodeTTL/3)
-	t := time.NewTimer(beat)
-	defer t.Stop()
-	for {
-		select {
-		case <-c.stop:
-			return
-		case <-t.C:
-		case <-c.kick:
-		}
-		if c.degradedSince.Load() != 0 || !c.l.SharedUp() {
-			ctx, cancel := context.WithTimeout(context.Background(), max(20*c.o.Timeout, time.Second))
-			err := c.bringUp(ctx)
-			cancel()
-			if err != nil {
-				t.Reset(100 * time.Millisecond)
-				continue
-			}
-			c.o.Log(fmt.Sprintf("imapgate: cluster: Redis answers again; shared limits resumed, this node's share republished (%d nodes alive)", c.alive.Load()))
-		} else if err := c.beat(); err != nil {
-			c.l.SharedFailed(err)
-			t.Reset(100 * time.Millisecond)
-			continue
-		}
-		t.Reset(beat)
-	}
-}
-
-var errLost = errors.New("this node's registration is gone (Redis restarted empty, or failed over to a replica that lacked it)")
-
-// beat renews liveness, drops dead nodes' shares, syncs bans and keeps the
-// ticket keys current.
-func (c *Cluster) beat() error {
-	cl, err := c.conn()
-	if err != nil {
-		return err
-	}
-	ctx := context.Background()
-	dead, err := c.heartbeat(ctx, cl)
-	if err != nil {
-		return err
-	}
-	for _, n := range dead {
-		if err := c.sweep(ctx, cl, n, false); err != nil {
-			return err
-		}
-	}
-	if err := c.syncBans(ctx, cl, false); err != nil {
-		return err
-	}
-	if c.tickets != nil {
-		c.tickets.refresh(ctx, c, false)
-	}
-	return nil
-}
-
-// heartbeat renews this node's liveness and returns the dead nodes. An
-// error says the node had lost its registration.
-func (c *Cluster) heartbeat(ctx context.Context, cl rueidis.Client) ([]string, error) {
-	start := time.Now()
-	ctx, cancel := context.WithTimeout(ctx, c.o.Timeout)
-	defer cancel()
-	wasUp := c.degradedSince.Load() == 0
-	res, err := c.exec(ctx, "heartbeat", heartbeatScript, cl, []string{c.k.nodes, c.k.inst},
-		[]string{c.o.Node, c.inst, fmt.Sprint(c.o.NodeTTL.Milliseconds())}).ToArray()
-	if err != nil {
-		return nil, err
-	}
-	c.rtt.Store(int64(time.Since(start)))
-	reg, _ := res[0].AsInt64()
-	inst, _ := res[1].ToString()
-	n, _ := res[2].AsInt64()
-	c.alive.Store(n)
-	var dead []string
-	if arr, err := res[3].ToArray(); err == nil {
-		for _, m := range arr {
-			if s, err := m.ToString(); err == nil {
-				dead = append(dead, s)
-			}
-		}
-	}
-	if reg == 1 && inst != c.inst && inst != "" && !c.dupWarned {
-		c.dupWarned = true
-		c.o.Log(fmt.Sprintf("imapgate: cluster: warning: another process uses node id %q (instance %s): give each replica its own cluster.node", c.o.Node, inst))
-	}
-	if reg == 0 && wasUp && c.l.SharedUp() {
-		return dead, errLost
-	}
-	return dead, nil
-}
-
-// sweep drops a node's contributions: a dead node's (unless it came back)
-// or, with force, this node's own stale share at start.
-func (c *Cluster) sweep(ctx context.Context, cl rueidis.Client, node string, force bool) error {
-	f := "0"
-	if force {
-		f = "1"
-	}
-	for i := 0; i < 1000; i++ {
-		cctx, cancel := context.WithTimeout(ctx, c.o.Timeout)
-		more, err := c.exec(cctx, "sweep", sweepScript, cl, []string{c.k.nodes, c.k.inst, c.k.nodeSet(node)}, []string{node, f}).AsInt64()
-		cancel()
-		if err != nil {
-			return err
-		}
-		if more == 0 {
-			return nil
-		}
-	}
-	return nil
-}
-
 // exec runs a script, timing it for the metrics.
 func (c *Cluster) exec(ctx context.Context, op string, s *rueidis.Lua, cl rueidis.Client, keys, args []string) rueidis.RedisResult {
 	start := time.Now()
 	res := s.Exec(ctx, cl, keys, args)
 	c.m.observe(op, time.Since(start), res.Error())
 	return res
-}
-
-// keys names the Redis keys, all under one hash tag.
-type keys struct {
-	p                                   string // "{prefix}:"
-	nodes, inst, total, bans, bansVer   string
-	channel, secret, tickets, ticketsLk string
-}
-
-func newKeys(prefix string) keys {
-	p := "{" + prefix + "}:"
-	return keys{p: p, nodes: p + "nodes", inst: p + "inst", total: p + "c:t", bans: p + "bans", bansVer: p + "bans:v",
-		channel: p + "ev", secret: p + "secret", tickets: p + "tk", ticketsLk: p + "tk:lease"}
-}
-
-func (k keys) nodeSet(node string) string { return k.p + "n:" + node }
-
-// none is a key no script writes, for arguments a call does not use.
-func (k keys) none() string { return k.p + "none" }
-
-func (c *Cluster) userTag(user string) string {
-	s := c.secret.Load()
-	if s == nil {
-		return ""
-	}
-	return userHash(*s, strings.ToLower(user))
 }
 
 // tlsUsed reports whether the connection to Redis is encrypted.

@@ -20,7 +20,7 @@ func newMetrics(c *Cluster) *metrics {
 	m := &metrics{c: c,
 		calls: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "imapgate_cluster_redis_seconds",
 			Help:    "Redis calls of the cluster, by operation (admit, release, login, …): the time to the answer.",
-			Buckets: []float64{50e-6, 100e-6, 200e-6, 300e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 50e-3, 100e-3}}, []string{"op"}),
+			Buckets: []float64{50e-6, 100e-6, 150e-6, 200e-6, 250e-6, 300e-6, 400e-6, 500e-6, 750e-6, 1e-3, 2e-3, 5e-3, 10e-3, 50e-3, 100e-3}}, []string{"op"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imapgate_cluster_redis_errors_total",
 			Help: "Redis calls of the cluster that failed or passed their deadline, by operation."}, []string{"op"}),
 		fallbacks: prometheus.NewCounter(prometheus.CounterOpts{Name: "imapgate_cluster_fallbacks_total",

@@ -315,8 +315,14 @@ return 0
 // node holds (or takes) the rotation lease: prev ← cur ← next ← new, so
 // every node has held a key as "next" (accepted, not yet used) for a
 // whole period before any node encrypts with it.
+// When Redis has no keys (the first node ever, or Redis came back empty
+// after an outage) and this node holds keys, it stores them as they are,
+// due for rotation, so the tickets issued meanwhile stay valid; a node
+// without keys stores new ones.
 // KEYS: keys hash, lease. ARGV: node, interval ms, lease ms, new key,
-// second new key (for the first keys). Returns 1 if it rotated.
+// second new key (for the first keys), and the keys this node holds:
+// cur, prev, next ("" if none). Returns 1 if it rotated or stored new
+// keys, 2 if it stored the keys it holds.
 var rotateScript = rueidis.NewLuaScript(`
 local function f(x) return string.format('%.0f', x) end
 local tm = redis.call('TIME')
@@ -325,6 +331,12 @@ local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
 if redis.call('HEXISTS', KEYS[1], 'cur') == 0 then
+  if ARGV[6] ~= '' then
+    redis.call('HSET', KEYS[1], 'cur', ARGV[6], 'at', '0')
+    if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'prev', ARGV[7]) end
+    redis.call('HSET', KEYS[1], 'next', ARGV[8] ~= '' and ARGV[8] or ARGV[5])
+    return 2
+  end
   redis.call('HSET', KEYS[1], 'cur', ARGV[4], 'next', ARGV[5], 'at', f(ms))
   return 1
 end

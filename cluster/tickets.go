@@ -18,7 +18,9 @@ import (
 // key is "next" on every node for a whole period before any node
 // encrypts with it, so no node meets a ticket it cannot read, and a ticket
 // stays valid for one to two periods. While Redis is unreachable a node
-// keeps the keys it has.
+// keeps the keys it has (and rotates none); if Redis comes back without
+// keys, the first node to take the lease stores the keys it holds, due
+// for rotation, so the tickets issued meanwhile stay valid.
 //
 // The keys are secrets: whoever reads them can open the tickets, which
 // hold a TLS 1.2 session's master secret (so a recorded TLS 1.2 session
@@ -70,17 +72,25 @@ func (t *ticketKeys) refresh(ctx context.Context, c *Cluster, force bool) {
 	k1, k2 := make([]byte, 32), make([]byte, 32)
 	rand.Read(k1)
 	rand.Read(k2)
+	t.mu.Lock()
+	held := t.have // cur, prev, next
+	t.mu.Unlock()
 	cctx, cancel := context.WithTimeout(ctx, c.o.Timeout)
 	defer cancel()
 	rotated, err := c.exec(cctx, "tickets", rotateScript, cl, []string{c.k.tickets, c.k.ticketsLk},
 		[]string{c.o.Node, strconv.FormatInt(t.rotation.Milliseconds(), 10), strconv.FormatInt(3*t.period().Milliseconds(), 10),
-			string(k1), string(k2)}).AsInt64()
+			string(k1), string(k2), held[0], held[1], held[2]}).AsInt64()
 	if err != nil {
 		return
 	}
-	if rotated == 1 {
+	if rotated != 0 {
 		cl.Do(cctx, cl.B().Publish().Channel(c.k.channel).Message("tk").Build())
+	}
+	switch rotated {
+	case 1:
 		c.m.rotations.Inc()
+	case 2:
+		c.o.Log("imapgate: cluster: Redis had no TLS session ticket keys; stored this node's, due for rotation")
 	}
 	vals, err := cl.Do(cctx, cl.B().Hmget().Key(c.k.tickets).Field("cur", "prev", "next").Build()).ToArray()
 	if err != nil || len(vals) != 3 {

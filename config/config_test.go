@@ -103,6 +103,12 @@ func TestErrorsNameFileLineAndKey(t *testing.T) {
 		{"negative spray", "[limits.auth_failures]\nspray_failures = -1\n", 2, "limits.auth_failures.spray_failures", "negative"},
 		{"known_good window", "[limits.known_good]\n\nwindow = \"0s\"\n", 3, "limits.known_good.window", "positive"},
 		{"known_good min_users", "[limits.known_good]\nmin_users = 20\n", 2, "limits.known_good.min_users", "0 (off)"},
+		{"redis scheme", "[cluster]\nredis = \"http://h:1\"\n", 2, "cluster.redis", "want redis://"},
+		{"redis query key", "[cluster]\nnode = \"a\"\nredis = \"redis://u:SECRET@h:1?master=x\"\n", 3, "cluster.redis", `unknown query key "master"`},
+		{"redis sentinel auth without master_set", "[cluster]\nredis = \"redis://h:26379?sentinel_username=s&sentinel_password=SECRET\"\n", 2, "cluster.redis", "need master_set"},
+		{"redis addr", "[cluster]\nredis = \"redis://h:1?addr=h2\"\n", 2, "cluster.redis", "want host:port"},
+		{"redis db", "[cluster]\nredis = \"redis://h:1?db=x\"\n", 2, "cluster.redis", "database number"},
+		{"redis no host", "[cluster]\nredis = \"redis://:SECRET@:1\"\n", 2, "cluster.redis", "no host"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -115,6 +121,9 @@ func TestErrorsNameFileLineAndKey(t *testing.T) {
 			if e.File != "imapgate.toml" || e.Line != tt.line || (tt.key != "" && !strings.Contains(e.Key, tt.key)) ||
 				!strings.Contains(e.Error(), tt.msg) {
 				t.Fatalf("got %q (line %d key %q), want line %d key %q msg %q", e.Error(), e.Line, e.Key, tt.line, tt.key, tt.msg)
+			}
+			if strings.Contains(err.Error(), "SECRET") {
+				t.Fatalf("the error quotes the password: %v", err)
 			}
 		})
 	}

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -227,8 +228,8 @@ func (c *Config) validateCluster() []problem {
 	add := func(key, format string, args ...any) {
 		ps = append(ps, problem{key: key, msg: fmt.Sprintf(format, args...)})
 	}
-	if u, err := url.Parse(cl.Redis); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
-		add("cluster.redis", "want redis://, rediss:// or unix:// URL")
+	if msg := RedisURLProblem(cl.Redis); msg != "" {
+		add("cluster.redis", "%s", msg)
 	}
 	if cl.KeyPrefix == "" || strings.ContainsAny(cl.KeyPrefix, "{} ") {
 		add("cluster.key_prefix", "must be non-empty, without braces or spaces, got %q", cl.KeyPrefix)
@@ -252,4 +253,50 @@ func (c *Config) validateCluster() []problem {
 		add("cluster.tls_ca_file", "needs a rediss:// URL")
 	}
 	return ps
+}
+
+// RedisURLKeys are the query keys a cluster.redis URL may carry: addr
+// (repeatable: more sentinels, or more nodes of a Redis Cluster),
+// master_set (Sentinel's name of the master), sentinel_username and
+// sentinel_password (the sentinels' own ACL user; without them the
+// sentinels are reached without AUTH), db (a database number; not with
+// Redis Cluster). Package cluster turns the URL into its client's options.
+var RedisURLKeys = []string{"addr", "master_set", "sentinel_username", "sentinel_password", "db"}
+
+// RedisURLProblem says what is wrong with a cluster.redis URL ("" if
+// nothing), without quoting its password.
+func RedisURLProblem(s string) string {
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return "not a URL; want redis://[user:password@]host:port[?key=value…], rediss://… or unix://"
+	case u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix":
+		return fmt.Sprintf("scheme %q: want redis://, rediss:// or unix://", u.Scheme)
+	case u.Scheme != "unix" && u.Hostname() == "":
+		return "no host"
+	}
+	q := u.Query()
+	for k, vs := range q {
+		if !slices.Contains(RedisURLKeys, k) {
+			return fmt.Sprintf("unknown query key %q (known: %s)", k, strings.Join(RedisURLKeys, ", "))
+		}
+		if k != "addr" && len(vs) > 1 {
+			return fmt.Sprintf("query key %q given %d times", k, len(vs))
+		}
+	}
+	for _, a := range q["addr"] {
+		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+			return fmt.Sprintf("addr=%q: want host:port", a)
+		}
+	}
+	if n, err := strconv.Atoi(q.Get("db")); q.Has("db") && (err != nil || n < 0) {
+		return fmt.Sprintf("db=%q: want a database number", q.Get("db"))
+	}
+	if (q.Has("sentinel_username") || q.Has("sentinel_password")) && q.Get("master_set") == "" {
+		return "sentinel_username and sentinel_password need master_set (Sentinel)"
+	}
+	if q.Has("sentinel_username") && !q.Has("sentinel_password") {
+		return "sentinel_username without sentinel_password"
+	}
+	return ""
 }

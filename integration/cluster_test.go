@@ -122,6 +122,7 @@ type testCluster struct {
 	dir    string
 	prefix string
 	url    string
+	cert   string
 	nodes  []*gateNode
 }
 
@@ -130,14 +131,29 @@ type testCluster struct {
 // and keys of [cluster] after its header).
 func startCluster(t *testing.T, n int, url, limits, clusterExtra string) *testCluster {
 	t.Helper()
-	bin := imapgateBinary(t)
+	return startClusterPrefix(t, n, url, fmt.Sprintf("imapgate-t%d", time.Now().UnixNano()), limits, clusterExtra)
+}
+
+// startClusterPrefix is startCluster with the key prefix given.
+func startClusterPrefix(t *testing.T, n int, url, prefix, limits, clusterExtra string) *testCluster {
+	t.Helper()
 	dir := t.TempDir()
-	tc := &testCluster{t: t, dir: dir, url: url, prefix: fmt.Sprintf("imapgate-t%d", time.Now().UnixNano())}
-	cert := clusterCert(t, dir)
+	tc := &testCluster{t: t, dir: dir, url: url, prefix: prefix, cert: clusterCert(t, dir)}
+	t.Cleanup(tc.stop)
 	for i := 0; i < n; i++ {
-		g := &gateNode{id: fmt.Sprintf("n%d", i+1), addr: freeAddr(t), admin: freeAddr(t)}
-		g.cfgPath = filepath.Join(dir, g.id+".toml")
-		cfg := fmt.Sprintf(`
+		tc.add(url, limits, clusterExtra)
+	}
+	return tc
+}
+
+// add starts one more node (n1, n2, … in order) of the cluster, through
+// Redis at url.
+func (tc *testCluster) add(url, limits, clusterExtra string) *gateNode {
+	t := tc.t
+	t.Helper()
+	g := &gateNode{id: fmt.Sprintf("n%d", len(tc.nodes)+1), addr: freeAddr(t), admin: freeAddr(t)}
+	g.cfgPath = filepath.Join(tc.dir, g.id+".toml")
+	cfg := fmt.Sprintf(`
 [listen]
 address = %q
 [tls]
@@ -152,16 +168,14 @@ redis = %q
 node = %q
 key_prefix = %q
 %s
-`, g.addr, cert, g.admin, limits, url, g.id, tc.prefix, clusterExtra)
-		if err := os.WriteFile(g.cfgPath, []byte(cfg), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		g.logPath = filepath.Join(dir, g.id+".log")
-		tc.nodes = append(tc.nodes, g)
-		tc.start(g, bin)
+`, g.addr, tc.cert, g.admin, limits, url, g.id, tc.prefix, clusterExtra)
+	if err := os.WriteFile(g.cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
 	}
-	t.Cleanup(tc.stop)
-	return tc
+	g.logPath = filepath.Join(tc.dir, g.id+".log")
+	tc.nodes = append(tc.nodes, g)
+	tc.start(g, imapgateBinary(t))
+	return g
 }
 
 func (tc *testCluster) start(g *gateNode, bin string) {
@@ -416,11 +430,8 @@ func TestRealRedisMaxPerUserIPAcrossThreeNodes(t *testing.T) {
 	}
 }
 
-// A ban made by failed logins on node 1 refuses the address on nodes 2
-// and 3 within 1 s.
-func TestRealRedisBanOnOneNodeEnforcedByAll(t *testing.T) {
-	env := redisEnv(t)
-	tc := startCluster(t, 3, env["REDIS_URL"], `
+// banLimits bans an address at its third failed login.
+const banLimits = `
 [limits.auth_failures]
 failures = 3
 min_users = 1
@@ -428,10 +439,16 @@ user_failures = 0
 delay = "0s"
 [limits.known_good]
 min_users = 0
-`, "")
-	const from = "127.0.16.1"
+`
+
+// banByFailedLogins fails three logins from src on node at (banLimits
+// ban the address) and waits until every node of others refuses src,
+// failing the test after a second.
+func (tc *testCluster) banByFailedLogins(src string, at *gateNode, others []*gateNode) {
+	t := tc.t
+	t.Helper()
 	for i := 0; i < 3; i++ {
-		ic, ok, err := connect(from, tc.nodes[0].addr, clusterClientTLS)
+		ic, ok, err := connect(src, at.addr, clusterClientTLS)
 		if err != nil || !ok {
 			t.Fatalf("login attempt %d not admitted: %v", i, err)
 		}
@@ -441,19 +458,28 @@ min_users = 0
 		ic.c.Close()
 	}
 	banned := time.Now()
-	for _, g := range tc.nodes[1:] {
+	for _, g := range others {
 		for {
-			_, ok, err := connect(from, g.addr, clusterClientTLS)
+			_, ok, err := connect(src, g.addr, clusterClientTLS)
 			if err == nil && !ok {
 				break
 			}
 			if time.Since(banned) > time.Second {
-				t.Fatalf("%s still admits the address banned on n1 after %s", g.id, time.Since(banned))
+				t.Fatalf("%s still admits the address banned on %s after %s", g.id, at.id, time.Since(banned))
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	t.Logf("ban enforced by n2 and n3 %s after the failed login on n1", time.Since(banned).Round(time.Millisecond))
+	t.Logf("ban enforced by the other nodes %s after the failed login on %s", time.Since(banned).Round(time.Millisecond), at.id)
+}
+
+// A ban made by failed logins on node 1 refuses the address on nodes 2
+// and 3 within 1 s.
+func TestRealRedisBanOnOneNodeEnforcedByAll(t *testing.T) {
+	env := redisEnv(t)
+	tc := startCluster(t, 3, env["REDIS_URL"], banLimits, "")
+	const from = "127.0.16.1"
+	tc.banByFailedLogins(from, tc.nodes[0], tc.nodes[1:])
 	// Other addresses are not affected; ctl unban (the admin endpoint) on
 	// n3 lifts the ban everywhere.
 	if _, ok, _ := connect("127.0.16.2", tc.nodes[1].addr, clusterClientTLS); !ok {
@@ -664,12 +690,14 @@ func TestRealRedisOutageDegradesAndRecovers(t *testing.T) {
 	}
 }
 
-// Sentinel failover (one master, one replica, one sentinel): the nodes
-// follow the new master and the limits hold across the switch.
+// Sentinel failover (one master, one replica, one sentinel that requires
+// its own ACL user, given by sentinel_username and sentinel_password in
+// the URL): the nodes follow the new master and the limits hold across
+// the switch.
 func TestRealRedisSentinelFailover(t *testing.T) {
 	env := redisEnv(t)
 	setup := env["REDIS_SETUP"]
-	sentinel := redisClient(t, "redis://127.0.0.1:"+env["REDIS_SENTINEL_PORT"])
+	sentinel := redisClient(t, "redis://"+env["REDIS_SENTINEL_USER"]+":"+env["REDIS_SENTINEL_PASSWORD"]+"@127.0.0.1:"+env["REDIS_SENTINEL_PORT"])
 	master := func() string {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
@@ -684,7 +712,8 @@ func TestRealRedisSentinelFailover(t *testing.T) {
 	}
 	// The replica must be in sync before the master goes.
 	waitFor(t, "the replica to sync", func() bool {
-		out, _ := exec.Command("redis-cli", "-p", "26379", "sentinel", "replicas", "imapgate").Output()
+		out, _ := exec.Command("redis-cli", "-p", env["REDIS_SENTINEL_PORT"], "--user", env["REDIS_SENTINEL_USER"],
+			"--pass", env["REDIS_SENTINEL_PASSWORD"], "--no-auth-warning", "sentinel", "replicas", "imapgate").Output()
 		return strings.Contains(string(out), "slave") && !strings.Contains(string(out), "s_down")
 	})
 	tc := startCluster(t, 3, env["REDIS_SENTINEL_URL"], "[limits]\nmax_per_ip = 4\n", "")

@@ -45,31 +45,13 @@ func (s *peerSetup) startReplicas(mode, redisURL, prefix string, n int) (*replic
 			cl = fmt.Sprintf("[cluster]\nredis = %q\nnode = \"bench%d\"\nkey_prefix = %q\n", redisURL, i, prefix)
 		}
 		cfg := filepath.Join(s.dir, fmt.Sprintf("%s%d.toml", mode, i))
-		os.WriteFile(cfg, []byte(fmt.Sprintf(`
-[listen]
-address = %q
-[tls]
-cert = %q
-[upstream]
-address = %q
-[table]
-max = 9900
-[limits]
-max_per_ip = %d
-max_preauth_per_ip = %d
-max_per_prefix = 0
-max_per_user_ip = 0
-rate_per_ip = "0"
-rate_per_prefix = "0"
-[limits.action]
-max_per_ip = "close"
-max_preauth_per_ip = "close"
-[log]
-output = "file:%s"
-[admin]
-address = "unix:%s"
-%s`, addr, s.cert, s.upstream, perIPLimit, perIPLimit, filepath.Join(s.dir, mode+".log"), sock, cl)), 0o644)
-		cmd := exec.Command("taskset", "-c", strconv.Itoa(s.core), s.gate, "-config", cfg, "-grace", "0s")
+		os.WriteFile(cfg, []byte(s.gateConfig(addr, filepath.Join(s.dir, mode+".log"), sock, true, cl)), 0o644)
+		args := []string{"-c", strconv.Itoa(s.core), s.gate, "-config", cfg, "-grace", "0s"}
+		if s.profile != "" && i == 0 {
+			// Replica 0 of each mode; the last round's profiles stay.
+			args = append(args, "-cpuprofile", s.profile+"."+mode)
+		}
+		cmd := exec.Command("taskset", args...)
 		cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
 		cmd.Stderr = os.Stderr
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -240,11 +222,15 @@ func newRedisInfo(url string) redisInfo {
 	return r
 }
 
-// groupSessions runs n full sessions spread over the replicas and returns
-// each one's time from dial to greeting.
-func groupSessions(g *replicaGroup, n, workers int) ([]time.Duration, error) {
+// groupSessions runs n full sessions spread over the replicas, each
+// worker pausing pace after each, and returns each one's time from dial
+// to greeting.
+func groupSessions(g *replicaGroup, n, workers int, pace time.Duration) ([]time.Duration, error) {
 	lat := make([]time.Duration, n)
 	err := parallel(n, workers, func(i int) error {
+		if pace > 0 {
+			time.Sleep(pace)
+		}
 		start := time.Now()
 		ic, err := dialIMAP(g.peers[i%len(g.peers)].addr, source(i))
 		if err != nil {
@@ -301,10 +287,36 @@ func groupFlood(g *replicaGroup, attempts int) (float64, error) {
 	return float64(g.cpu()-before) / float64(time.Microsecond) / float64(attempts), nil
 }
 
+// clusterRun is the cluster scenario's flags.
+type clusterRun struct {
+	url                                  string
+	replicas, rounds, sessions, attempts int
+	redisCore                            int           // -1: Redis stays where it is
+	pace                                 time.Duration // between the latency phase's sessions
+}
+
+// pinRedis pins the Redis server to core and returns the undo (its
+// former affinity).
+func pinRedis(pid, core int) func() {
+	out, err := exec.Command("taskset", "-pc", strconv.Itoa(core), strconv.Itoa(pid)).Output()
+	check(err)
+	// "pid N's current affinity list: 0,1\n..."
+	first, _, _ := strings.Cut(string(out), "\n")
+	_, old, _ := strings.Cut(first, "list: ")
+	return func() { exec.Command("taskset", "-pc", strings.TrimSpace(old), strconv.Itoa(pid)).Run() }
+}
+
 // clusterBench runs the cluster scenario and prints its table.
-func clusterBench(s *peerSetup, redisURL string, replicas, rounds, sessions, attempts int) {
+func clusterBench(s *peerSetup, run clusterRun) {
+	redisURL, replicas, rounds, sessions, attempts := run.url, run.replicas, run.rounds, run.sessions, run.attempts
 	r := newRedisInfo(redisURL)
-	fmt.Printf("cluster scenario: %d replicas on core %d, Redis pid %d, %d rounds\n", replicas, s.core, r.pid, rounds)
+	where := "unpinned"
+	if run.redisCore >= 0 && r.pid != 0 {
+		defer pinRedis(r.pid, run.redisCore)()
+		where = fmt.Sprintf("pinned to core %d", run.redisCore)
+	}
+	fmt.Printf("cluster scenario: %d replicas on core %d, Redis pid %d %s, %d rounds; latency phase: one session at a time, %s apart\n",
+		replicas, s.core, r.pid, where, rounds, run.pace)
 	type fig struct {
 		session, flood, greet50, greet99, admit50, admit99, evalsha, redisCPU, hits []float64
 	}
@@ -320,7 +332,7 @@ func clusterBench(s *peerSetup, redisURL string, replicas, rounds, sessions, att
 			check(err)
 			f := res[mode]
 			cpu0, ev0, rc0 := g.cpu(), r.evalshas(), r.cpu()
-			lat, err := groupSessions(g, sessions, 8)
+			lat, err := groupSessions(g, sessions, 8, 0)
 			check(err)
 			time.Sleep(200 * time.Millisecond)
 			cpu := g.cpu() - cpu0
@@ -330,7 +342,7 @@ func clusterBench(s *peerSetup, redisURL string, replicas, rounds, sessions, att
 			// Latency without load: sessions one at a time, so the figure
 			// is the round trip and not the wait for a saturated core.
 			_, c0 := g.admitHistogram()
-			lat, err = groupSessions(g, sessions/4, 1)
+			lat, err = groupSessions(g, sessions/4, 1, run.pace)
 			check(err)
 			sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 			f.greet50 = append(f.greet50, float64(lat[len(lat)/2])/1e3)

@@ -72,11 +72,13 @@ func main() {
 	attempts := flag.Int("flood", 3000, "refused attempts in the flood scenario")
 	peersFlag := flag.String("peers", "haproxy,imapgate,nginx", "peers to measure")
 	serverCore := flag.Int("core", 0, "the core the proxies are pinned to (run this tool on another)")
-	profile := flag.String("cpuprofile", "", "write imapgate's CPU profile to `file` (its last run)")
+	profile := flag.String("cpuprofile", "", "write imapgate's CPU profile to `file` (its last run; with -cluster, replica 0's of the last round to file.standalone and file.cluster)")
 	only := flag.String("only", "", "comma-separated scenarios to run (session, idle, bulk, flood, table); default all")
 	baseline := flag.String("baseline", "", "also measure this imapgate `binary` as peer \"baseline\" (A/B of a change)")
 	clusterURL := flag.String("cluster", "", "run the cluster scenario instead: replicas with and without [cluster] sharing the Redis at this `URL`")
 	replicas := flag.Int("replicas", 2, "replicas in the cluster scenario")
+	redisCore := flag.Int("redis-core", -1, "cluster scenario: pin the Redis server to this core for the run (taskset -p; its affinity is restored after); -1 leaves it where it is")
+	pace := flag.Duration("pace", 0, "cluster scenario: pause between the sessions run one at a time (latency figures); 0: back to back, as before")
 	floodConns := flag.Int("flood-conns", 10000, "table scenario: flood connections held against the proxy")
 	floodAddrs := flag.Int("flood-addrs", 1000, "table scenario: addresses the flood comes from")
 	honest := flag.Int("honest", 200, "table scenario: honest sessions measured without and during each flood")
@@ -123,7 +125,7 @@ func main() {
 	}
 
 	if *clusterURL != "" {
-		clusterBench(setup, *clusterURL, *replicas, *rounds, *sessions, *attempts)
+		clusterBench(setup, clusterRun{url: *clusterURL, replicas: *replicas, rounds: *rounds, sessions: *sessions, attempts: *attempts, redisCore: *redisCore, pace: *pace})
 		return
 	}
 

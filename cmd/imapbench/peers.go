@@ -55,46 +55,10 @@ func (s *peerSetup) start(name, profile string) (*peer, error) {
 	case "imapgate", "baseline", "imapgate-kernel":
 		cfg := filepath.Join(s.dir, "imapgate.toml")
 		if profile == "flood" {
-			os.WriteFile(cfg, []byte(fmt.Sprintf(`
-[listen]
-address = %q
-[tls]
-cert = %q
-[upstream]
-address = %q
-[log]
-output = "file:%s"
-[admin]
-address = "unix:%s"
-`, addr, s.cert, s.upstream, filepath.Join(s.dir, "imapgate.log"), filepath.Join(s.dir, "admin.sock"))+kernelSection(name)), 0o644)
+			os.WriteFile(cfg, []byte(s.gateConfig(addr, filepath.Join(s.dir, "imapgate.log"), filepath.Join(s.dir, "admin.sock"), false, kernelSection(name))), 0o644)
 			break
 		}
-		os.WriteFile(cfg, []byte(fmt.Sprintf(`
-[listen]
-address = %q
-[tls]
-cert = %q
-[upstream]
-address = %q
-[table]
-max = 9900
-[timeouts]
-established = "35m"
-[limits]
-max_per_ip = %d
-max_preauth_per_ip = %d
-max_per_prefix = 0
-max_per_user_ip = 0
-rate_per_ip = "0"
-rate_per_prefix = "0"
-[limits.action]
-max_per_ip = "close"
-max_preauth_per_ip = "close"
-[log]
-output = "file:%s"
-[admin]
-address = "unix:%s"
-`, addr, s.cert, s.upstream, perIPLimit, perIPLimit, filepath.Join(s.dir, "imapgate.log"), filepath.Join(s.dir, "admin.sock"))+kernelSection(name)), 0o644)
+		os.WriteFile(cfg, []byte(s.gateConfig(addr, filepath.Join(s.dir, "imapgate.log"), filepath.Join(s.dir, "admin.sock"), true, kernelSection(name))), 0o644)
 	}
 	switch name {
 	case "imapgate", "baseline", "imapgate-kernel":
@@ -238,4 +202,42 @@ func (p *peer) rss() int64 {
 		}
 	}
 	return 0
+}
+
+// gateConfig is imapgate's configuration in the scenarios (the peers'
+// and the cluster's): a log file and an admin socket; with sessionLimits
+// the same limits as the other peers (perIPLimit, closing), a table of
+// 9,900 and a 35-minute IDLE (the flood profile keeps the defaults);
+// extra is TOML appended ([kernel], [cluster]).
+func (s *peerSetup) gateConfig(addr, logPath, adminSock string, sessionLimits bool, extra string) string {
+	cfg := fmt.Sprintf(`
+[listen]
+address = %q
+[tls]
+cert = %q
+[upstream]
+address = %q
+[log]
+output = "file:%s"
+[admin]
+address = "unix:%s"
+`, addr, s.cert, s.upstream, logPath, adminSock)
+	if sessionLimits {
+		cfg += fmt.Sprintf(`[table]
+max = 9900
+[timeouts]
+established = "35m"
+[limits]
+max_per_ip = %d
+max_preauth_per_ip = %d
+max_per_prefix = 0
+max_per_user_ip = 0
+rate_per_ip = "0"
+rate_per_prefix = "0"
+[limits.action]
+max_per_ip = "close"
+max_preauth_per_ip = "close"
+`, perIPLimit, perIPLimit)
+	}
+	return cfg + extra
 }

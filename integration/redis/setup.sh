@@ -9,9 +9,16 @@
 # the default user disabled:
 #   $PORT_MAIN (16379)     the shared Redis most tests use
 #   $PORT_OUTAGE (16381)   one the outage test stops and starts
+#   $PORT_TICKETS (16384)  one the ticket-rotation outage test stops and starts
 #   $PORT_A (16382), $PORT_B (16383)
 #                          master and replica watched by one sentinel on
-#                          $PORT_SENTINEL (26379), master name "imapgate"
+#                          $PORT_SENTINEL (26379), master name "imapgate";
+#                          the sentinel requires its own ACL user
+#                          "sentinel" (password in $DIR/env)
+#   $CLUSTER_PORTS (16391, 16392, 16393)
+#                          a Redis Cluster of three masters, no replicas
+#                          (a user "setup" with every right, for
+#                          redis-cli --cluster create, besides "imapgate")
 #
 #   setup.sh install          apt-get redis-server and redis-sentinel (services not started)
 #   setup.sh start            start every instance and the sentinel
@@ -29,8 +36,11 @@ PORT_MAIN=${IMAPGATE_REDIS_PORT:-16379}
 PORT_OUTAGE=16381
 PORT_A=16382
 PORT_B=16383
+PORT_TICKETS=16384
 PORT_SENTINEL=26379
+CLUSTER_PORTS="16391 16392 16393"
 USER=imapgate
+SENTINEL_USER=sentinel
 
 say() { printf '[redis-setup] %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
@@ -47,12 +57,13 @@ install_packages() {
     if [ -n "$guard" ]; then rm -f /usr/sbin/policy-rc.d; fi
 }
 
-password() {
-    if [ ! -f "$DIR/password" ]; then
+password() { # [name]: the imapgate user's, or another user's
+    local f="$DIR/${1:-password}"
+    if [ ! -f "$f" ]; then
         mkdir -p "$DIR"; chmod 700 "$DIR"
-        head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$DIR/password"
+        head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$f"
     fi
-    cat "$DIR/password"
+    cat "$f"
 }
 
 write_conf() { # port [replicaof-port]
@@ -82,6 +93,31 @@ masteruser $USER
 masterauth $pass
 CONF
     if [ -n "$of" ]; then echo "replicaof 127.0.0.1 $of" >>"$conf"; fi
+    if [ -n "${CLUSTER_NODE:-}" ]; then
+        cat >>"$conf" <<CONF
+cluster-enabled yes
+cluster-config-file $DIR/$port/nodes.conf
+cluster-node-timeout 2000
+user setup on >$(password setup-password) ~* &* +@all
+CONF
+    fi
+}
+
+# create_cluster joins the three cluster instances into one Redis Cluster
+# (every slot on a master), unless they already are one.
+create_cluster() {
+    local first=${CLUSTER_PORTS%% *} addrs="" p i
+    rcli() { redis-cli --user setup --pass "$(password setup-password)" --no-auth-warning "$@"; }
+    if rcli -p "$first" cluster info | grep -q '^cluster_state:ok'; then return 0; fi
+    for p in $CLUSTER_PORTS; do addrs="$addrs 127.0.0.1:$p"; done
+    # shellcheck disable=SC2086
+    rcli --cluster create $addrs --cluster-replicas 0 --cluster-yes >"$DIR/cluster-create.log" 2>&1 ||
+        die "redis-cli --cluster create failed (see $DIR/cluster-create.log)"
+    for i in $(seq 1 100); do
+        if rcli -p "$first" cluster info | grep -q '^cluster_state:ok'; then return 0; fi
+        sleep 0.05
+    done
+    die "the Redis Cluster on $CLUSTER_PORTS did not reach cluster_state:ok"
 }
 
 wait_port() {
@@ -93,11 +129,24 @@ wait_port() {
     die "redis on $port did not answer"
 }
 
+# detached runs a daemon without the descriptors this script inherited
+# beyond 0-2: a daemon started under `flock LOCK go test …` would
+# otherwise hold LOCK for as long as it runs.
+detached() {
+    (
+        for fd in /proc/self/fd/*; do
+            fd=${fd##*/}
+            if [ "$fd" -gt 2 ] 2>/dev/null; then eval "exec $fd>&-" 2>/dev/null || true; fi
+        done
+        exec "$@"
+    )
+}
+
 start_port() {
     local port=$1
     [ -f "$DIR/$port/redis.conf" ] || die "no instance on $port (run start first)"
     if [ -f "$DIR/$port/redis.pid" ] && kill -0 "$(cat "$DIR/$port/redis.pid")" 2>/dev/null; then return 0; fi
-    redis-server "$DIR/$port/redis.conf"
+    detached redis-server "$DIR/$port/redis.conf"
     wait_port "$port"
 }
 
@@ -112,9 +161,15 @@ stop_port() {
 }
 
 start_sentinel() {
-    local conf="$DIR/sentinel/sentinel.conf" pass
+    local conf="$DIR/sentinel/sentinel.conf" pass spass
     pass=$(password)
+    spass=$(password sentinel-password)
     mkdir -p "$DIR/sentinel"
+    # A sentinel.conf of an older setup.sh (no ACL user) is written anew.
+    if [ -f "$conf" ] && ! grep -q "^user $SENTINEL_USER " "$conf"; then
+        if [ -f "$DIR/sentinel/sentinel.pid" ]; then kill "$(cat "$DIR/sentinel/sentinel.pid")" 2>/dev/null || true; sleep 0.2; fi
+        rm -f "$conf" "$DIR/sentinel/sentinel.pid"
+    fi
     if [ ! -f "$conf" ]; then
         cat >"$conf" <<CONF
 bind 127.0.0.1
@@ -129,27 +184,37 @@ sentinel auth-pass imapgate $pass
 sentinel down-after-milliseconds imapgate 1000
 sentinel failover-timeout imapgate 3000
 sentinel parallel-syncs imapgate 1
+user default off
+user $SENTINEL_USER on >$spass allchannels +@all
 CONF
     fi
     if [ -f "$DIR/sentinel/sentinel.pid" ] && kill -0 "$(cat "$DIR/sentinel/sentinel.pid")" 2>/dev/null; then return 0; fi
-    redis-sentinel "$conf"
+    detached redis-sentinel "$conf"
     local i
     for i in $(seq 1 100); do
-        if redis-cli -p "$PORT_SENTINEL" ping 2>/dev/null | grep -q PONG; then return 0; fi
+        if redis-cli -p "$PORT_SENTINEL" --user "$SENTINEL_USER" --pass "$spass" --no-auth-warning ping 2>/dev/null | grep -q PONG; then return 0; fi
         sleep 0.05
     done
     die "sentinel did not answer"
 }
 
 write_env() {
-    local pass
+    local pass spass cl="" p
     pass=$(password)
+    spass=$(password sentinel-password)
+    for p in ${CLUSTER_PORTS#* }; do cl="$cl&addr=127.0.0.1:$p"; done
     cat >"$DIR/env" <<ENV
 REDIS_URL=redis://$USER:$pass@127.0.0.1:$PORT_MAIN
 REDIS_OUTAGE_URL=redis://$USER:$pass@127.0.0.1:$PORT_OUTAGE
 REDIS_OUTAGE_PORT=$PORT_OUTAGE
-REDIS_SENTINEL_URL=redis://$USER:$pass@127.0.0.1:$PORT_SENTINEL?master_set=imapgate
+REDIS_TICKETS_URL=redis://$USER:$pass@127.0.0.1:$PORT_TICKETS
+REDIS_TICKETS_PORT=$PORT_TICKETS
+REDIS_SENTINEL_URL=redis://$USER:$pass@127.0.0.1:$PORT_SENTINEL?master_set=imapgate&sentinel_username=$SENTINEL_USER&sentinel_password=$spass
 REDIS_SENTINEL_PORT=$PORT_SENTINEL
+REDIS_SENTINEL_USER=$SENTINEL_USER
+REDIS_SENTINEL_PASSWORD=$spass
+REDIS_CLUSTER_URL=redis://$USER:$pass@127.0.0.1:${CLUSTER_PORTS%% *}?${cl#&}
+REDIS_CLUSTER_PORTS=$(echo $CLUSTER_PORTS | tr ' ' ,)
 REDIS_SENTINEL_PORTS=$PORT_A,$PORT_B
 REDIS_SETUP=$(cd "$(dirname "$0")" && pwd)/setup.sh
 REDIS_DIR=$DIR
@@ -161,20 +226,22 @@ case "${1:-}" in
 install) install_packages ;;
 start)
     command -v redis-server >/dev/null && command -v redis-sentinel >/dev/null || die "redis-server and redis-sentinel missing (setup.sh install)"
-    write_conf "$PORT_MAIN"; write_conf "$PORT_OUTAGE"
+    write_conf "$PORT_MAIN"; write_conf "$PORT_OUTAGE"; write_conf "$PORT_TICKETS"
     SENTINEL_PAIR=1 write_conf "$PORT_A"; SENTINEL_PAIR=1 write_conf "$PORT_B" "$PORT_A"
-    for p in "$PORT_MAIN" "$PORT_OUTAGE" "$PORT_A" "$PORT_B"; do start_port "$p"; done
+    for p in $CLUSTER_PORTS; do CLUSTER_NODE=1 write_conf "$p"; done
+    for p in "$PORT_MAIN" "$PORT_OUTAGE" "$PORT_TICKETS" "$PORT_A" "$PORT_B" $CLUSTER_PORTS; do start_port "$p"; done
+    create_cluster
     start_sentinel
     write_env
-    say "redis on 127.0.0.1:$PORT_MAIN, $PORT_OUTAGE; master $PORT_A, replica $PORT_B, sentinel $PORT_SENTINEL; env in $DIR/env"
+    say "redis on 127.0.0.1:$PORT_MAIN, $PORT_OUTAGE, $PORT_TICKETS; master $PORT_A, replica $PORT_B, sentinel $PORT_SENTINEL (with auth); cluster on $CLUSTER_PORTS; env in $DIR/env"
     ;;
 stop)
     if [ -f "$DIR/sentinel/sentinel.pid" ]; then kill "$(cat "$DIR/sentinel/sentinel.pid")" 2>/dev/null || true; fi
-    for p in "$PORT_MAIN" "$PORT_OUTAGE" "$PORT_A" "$PORT_B"; do stop_port "$p"; done
+    for p in "$PORT_MAIN" "$PORT_OUTAGE" "$PORT_TICKETS" "$PORT_A" "$PORT_B" $CLUSTER_PORTS; do stop_port "$p"; done
     rm -rf "$DIR"
     ;;
 stop-port) stop_port "${2:?port}" ;;
 start-port) start_port "${2:?port}" ;;
 env) cat "$DIR/env" ;;
-*) sed -n '2,27p' "$0"; exit 2 ;;
+*) sed -n '2,35p' "$0"; exit 2 ;;
 esac

@@ -1,0 +1,143 @@
+package integration
+
+// Redis Cluster and Sentinel with AUTH (integration/redis/setup.sh start
+// runs both): the URL forms of the README, through real servers.
+
+import (
+	"fmt"
+	"net/url"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// slotElsewhere returns a key prefix whose hash tag's slot is not served by
+// the first node of the cluster URL, so a client that did not switch to
+// cluster mode would get MOVED for every call.
+func slotElsewhere(t *testing.T, clusterURL string) string {
+	t.Helper()
+	u, err := url.Parse(clusterURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pass, _ := u.User.Password()
+	for i := 0; i < 50; i++ {
+		prefix := fmt.Sprintf("imapgate-c%d-%d", time.Now().UnixNano(), i)
+		out, _ := exec.Command("redis-cli", "-h", u.Hostname(), "-p", u.Port(), "--user", u.User.Username(), "--pass", pass,
+			"--no-auth-warning", "EXISTS", "{"+prefix+"}:nodes").CombinedOutput()
+		if strings.Contains(string(out), "MOVED") {
+			return prefix
+		}
+	}
+	t.Fatal("no prefix found whose slot is on another node than the URL's first")
+	return ""
+}
+
+// settledShared fails the test unless every node is on the shared limits
+// and none ever fell back.
+func (tc *testCluster) settledShared() {
+	tc.t.Helper()
+	for _, g := range tc.nodes {
+		if d, f := g.metric("imapgate_cluster_degraded"), g.metric("imapgate_cluster_fallbacks_total"); d != 0 || f != 0 {
+			tc.t.Fatalf("%s: degraded %v, fallbacks %v: not on the shared limits throughout", g.id, d, f)
+		}
+	}
+}
+
+// Redis Cluster (three masters): the URL names one node and the others
+// by addr; the keys' slot is on another node than the first, so only a
+// client in cluster mode reaches it. max_per_ip = 4 holds exactly over
+// three imapgate nodes.
+func TestRealRedisClusterModeSharesLimits(t *testing.T) {
+	env := redisEnv(t)
+	curl := env["REDIS_CLUSTER_URL"]
+	if curl == "" {
+		t.Fatal("no REDIS_CLUSTER_URL: run integration/redis/setup.sh start again")
+	}
+	tc := startClusterPrefix(t, 3, curl, slotElsewhere(t, curl), "[limits]\nmax_per_ip = 4\n", "")
+	if got := tc.attempt(40, src("127.0.22.1"), nil); got != 4 {
+		t.Fatalf("40 concurrent attempts from one address over 3 nodes (Redis Cluster) admitted %d, want exactly 4", got)
+	}
+	held := tc.hold(3, "127.0.22.2", func(i int) int { return i % 3 })
+	defer closeAll(held)
+	c := redisClient(t, curl) // rueidis in cluster mode, as imapgate
+	if n := tc.sharedCount(c, "127.0.22.2"); n != 3 {
+		t.Fatalf("shared count in the Redis Cluster %d, want 3", n)
+	}
+	tc.settledShared()
+	// The URL with one node only: rueidis learns the others from it.
+	one, _, _ := strings.Cut(curl, "?")
+	n4 := tc.add(one, "[limits]\nmax_per_ip = 4\n", "")
+	ic, ok, _ := connect("127.0.22.2", n4.addr, clusterClientTLS)
+	if !ok {
+		t.Fatal("the 4th session (3 held) refused by a node given one cluster address")
+	}
+	defer ic.c.Close()
+	if _, ok, _ := connect("127.0.22.2", tc.nodes[0].addr, clusterClientTLS); ok {
+		t.Fatal("a 5th session admitted")
+	}
+	tc.settledShared()
+}
+
+// Redis Cluster: a ban from failed logins on node 1 (stored and published
+// through the cluster) refuses the address on nodes 2 and 3 within 1 s.
+func TestRealRedisClusterModeBanPropagates(t *testing.T) {
+	env := redisEnv(t)
+	curl := env["REDIS_CLUSTER_URL"]
+	if curl == "" {
+		t.Fatal("no REDIS_CLUSTER_URL: run integration/redis/setup.sh start again")
+	}
+	tc := startClusterPrefix(t, 3, curl, slotElsewhere(t, curl), banLimits, "")
+	tc.banByFailedLogins("127.0.23.1", tc.nodes[0], tc.nodes[1:])
+	if _, ok, _ := connect("127.0.23.2", tc.nodes[2].addr, clusterClientTLS); !ok {
+		t.Fatal("another address refused")
+	}
+	// The ban is stored too: a node started afterwards refuses the address.
+	late := tc.add(curl, banLimits, "")
+	if _, ok, _ := connect("127.0.23.1", late.addr, clusterClientTLS); ok {
+		t.Fatal("a node started after the ban admits the banned address")
+	}
+	tc.settledShared()
+}
+
+// Sentinel that requires AUTH: with sentinel_username and
+// sentinel_password in the URL the nodes reach the master and share
+// exact limits; without them the sentinel refuses them and the node runs
+// on local limits, and says so.
+func TestRealRedisSentinelWithAuth(t *testing.T) {
+	env := redisEnv(t)
+	surl := env["REDIS_SENTINEL_URL"]
+	if !strings.Contains(surl, "sentinel_password=") {
+		t.Fatal("REDIS_SENTINEL_URL lacks the sentinel's credentials: run integration/redis/setup.sh start again")
+	}
+	for _, p := range strings.Split(env["REDIS_SENTINEL_PORTS"], ",") {
+		exec.Command("bash", env["REDIS_SETUP"], "start-port", p).Run()
+	}
+	tc := startCluster(t, 2, surl, "[limits]\nmax_per_ip = 4\n", "")
+	if got := tc.attempt(12, src("127.0.24.1"), nil); got != 4 {
+		t.Fatalf("12 concurrent attempts over 2 nodes through an authenticated sentinel admitted %d, want exactly 4", got)
+	}
+	tc.settledShared()
+
+	u, _ := url.Parse(surl)
+	q := u.Query()
+	q.Del("sentinel_username")
+	q.Del("sentinel_password")
+	u.RawQuery = q.Encode()
+	bad := startCluster(t, 1, u.String(), "[limits]\nmax_per_ip = 4\n", "")
+	g := bad.nodes[0]
+	if v := g.metric("imapgate_cluster_degraded"); v != 1 {
+		t.Fatalf("without the sentinel's credentials: degraded = %v, want 1", v)
+	}
+	var b []byte
+	waitFor(t, "the log to say Redis is unreachable", func() bool {
+		b, _ = os.ReadFile(g.logPath)
+		return strings.Contains(string(b), "unreachable at start")
+	})
+	if strings.Contains(string(b), env["REDIS_SENTINEL_PASSWORD"]) {
+		t.Fatal("the log shows the sentinel's password")
+	}
+	t.Logf("without the sentinel's credentials: %s", strings.TrimSpace(lastLines(string(b), 3)))
+}
