@@ -27,6 +27,9 @@ type Sources struct {
 	Certs interface{ Expiry() map[string]time.Time }
 	// Parked counts relay directions waiting without a goroutine.
 	Parked func() int
+	// ParkedSilent counts connections waiting for their client's first
+	// TLS record without a goroutine.
+	ParkedSilent func() int
 	// LogDropped reads, per log output ("stderr", "syslog", "file"), the
 	// lines it could not take.
 	LogDropped map[string]func() uint64
@@ -210,6 +213,7 @@ var (
 	descOpenFiles    = prometheus.NewDesc("imapgate_open_files", "Open file descriptors.", nil, nil)
 	descOpenMax      = prometheus.NewDesc("imapgate_open_files_limit", "Soft limit on open file descriptors.", nil, nil)
 	descParked       = prometheus.NewDesc("imapgate_relay_parked_directions", "Relay directions idle in the poller, holding no goroutine (two per idle session).", nil, nil)
+	descParkedSilent = prometheus.NewDesc("imapgate_parked_silent_connections", "Connections waiting in the poller for their client's first TLS record, holding no goroutine.", nil, nil)
 	descLogDropped   = prometheus.NewDesc("imapgate_log_lines_dropped_total", "Log lines the output could not take (syslog down, disk full); syslog and file lines go to stderr instead.", []string{"output"}, nil)
 
 	descEarlyDropSilent = prometheus.NewDesc("imapgate_table_early_drop_silent_total", "Early drops that took a silent entry (nothing whole from the client yet); also in imapgate_table_early_drop_total.", nil, nil)
@@ -226,7 +230,7 @@ var (
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConns, descCount, descMax, descEarlyDrop, descInsertFailed, descTimeouts,
-		descReaped, descBytes, descBansActive, descTracked, descCertExpiry, descOpenFiles, descOpenMax, descParked, descLogDropped,
+		descReaped, descBytes, descBansActive, descTracked, descCertExpiry, descOpenFiles, descOpenMax, descParked, descParkedSilent, descLogDropped,
 		descEarlyDropSilent, descSilentTimeouts, descKernelElements, descKernelAdded, descKernelPackets, descKernelBytes,
 		descKernelRecreated, descHostCount, descHostMax, descHostBuckets} {
 		ch <- d
@@ -282,6 +286,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if c.src.Parked != nil {
 		ch <- prometheus.MustNewConstMetric(descParked, prometheus.GaugeValue, float64(c.src.Parked()))
+	}
+	if c.src.ParkedSilent != nil {
+		ch <- prometheus.MustNewConstMetric(descParkedSilent, prometheus.GaugeValue, float64(c.src.ParkedSilent()))
 	}
 	for output, n := range c.src.LogDropped {
 		ch <- prometheus.MustNewConstMetric(descLogDropped, prometheus.CounterValue, float64(n()), output)
