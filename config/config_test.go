@@ -103,6 +103,8 @@ func TestErrorsNameFileLineAndKey(t *testing.T) {
 		{"negative spray", "[limits.auth_failures]\nspray_failures = -1\n", 2, "limits.auth_failures.spray_failures", "negative"},
 		{"known_good window", "[limits.known_good]\n\nwindow = \"0s\"\n", 3, "limits.known_good.window", "positive"},
 		{"known_good min_users", "[limits.known_good]\nmin_users = 20\n", 2, "limits.known_good.min_users", "0 (off)"},
+		{"kernel table name", "[kernel]\nnftables = true\ntable = \"my-gate\"\n", 3, "kernel.table", "nftables table name"},
+		{"negative prefix_addresses", "[kernel.escalation]\nprefix_addresses = -1\n", 2, "kernel.escalation.prefix_addresses", "negative"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
