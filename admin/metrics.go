@@ -219,7 +219,7 @@ var (
 	descEarlyDropSilent = prometheus.NewDesc("imapgate_table_early_drop_silent_total", "Early drops that took a silent entry (nothing whole from the client yet); also in imapgate_table_early_drop_total.", nil, nil)
 	descSilentTimeouts  = prometheus.NewDesc("imapgate_table_silent_timeouts_total", "Silent entries closed by timeouts.silent; also in imapgate_table_timeouts_total.", nil, nil)
 	descKernelElements  = prometheus.NewDesc("imapgate_kernel_set_elements", "Addresses and prefixes in the nftables sets, by family.", []string{"family"}, nil)
-	descKernelAdded     = prometheus.NewDesc("imapgate_kernel_additions_total", "Additions to the nftables sets, by reason (ban, escalation); dry-run additions included.", []string{"reason"}, nil)
+	descKernelAdded     = prometheus.NewDesc("imapgate_kernel_additions_total", "Additions to the nftables sets, by reason (ban, escalation, prefix_escalation); dry-run additions included.", []string{"reason"}, nil)
 	descKernelPackets   = prometheus.NewDesc("imapgate_kernel_dropped_packets_total", "Packets (connection attempts) dropped by imapgate's nftables rules, from their counters.", nil, nil)
 	descKernelBytes     = prometheus.NewDesc("imapgate_kernel_dropped_bytes_total", "Bytes dropped by imapgate's nftables rules, from their counters.", nil, nil)
 	descKernelRecreated = prometheus.NewDesc("imapgate_kernel_table_recreated_total", "Times imapgate found its nftables table flushed or deleted and made it again.", nil, nil)
@@ -256,7 +256,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		if ks, ok := c.src.Kernel(); ok {
 			ch <- prometheus.MustNewConstMetric(descKernelElements, prometheus.GaugeValue, float64(ks.Elements4), "ipv4")
 			ch <- prometheus.MustNewConstMetric(descKernelElements, prometheus.GaugeValue, float64(ks.Elements6), "ipv6")
-			for _, r := range []string{kernel.ReasonBan, kernel.ReasonEscalation} {
+			for _, r := range []string{kernel.ReasonBan, kernel.ReasonEscalation, kernel.ReasonPrefixEscalation} {
 				ch <- prometheus.MustNewConstMetric(descKernelAdded, prometheus.CounterValue, float64(ks.Added[r]), r)
 			}
 			ch <- prometheus.MustNewConstMetric(descKernelPackets, prometheus.CounterValue, float64(ks.Packets))

@@ -321,3 +321,63 @@ func TestRealNftablesTwoGatewaysTwoTables(t *testing.T) {
 		t.Fatalf("tables after one stopped: %v", names)
 	}
 }
+
+// A flood spread over the addresses of one /24 escalates the /24 in the
+// kernel (logged, counted, listed by ctl bans); another address of that
+// /24 is dropped with it, an exempt one still logs in.
+func TestRealNftablesPrefixFloodSparesExempt(t *testing.T) {
+	if !netnstest.Enter(t, netnstest.Options{}) {
+		return
+	}
+	peer := netnstest.NewPeer(t, 8) // 198.18.0.2 .. 198.18.0.9
+	flood, bystander, exempt := peer.Sources[:6], peer.Sources[6], peer.Sources[7]
+	d := newDaemon(t)
+	d.listen = peer.LocalAddr.String() + ":0"
+	d.start("[log]\noutput = \"file:"+d.log+"\"\n"+`
+[limits]
+max_per_ip = 1
+exempt = ["`+exempt.String()+`"]
+[limits.action]
+max_per_ip = "close"
+[kernel]
+nftables = true
+[kernel.escalation]
+refusals = 10
+prefix_addresses = 4
+`, nil, nil)
+	d.waitLine("kernel nftables table inet imapgate on ports")
+	for _, src := range flood {
+		c, err := peerLogin(d, peer, src, "demo", "demo") // holds its one slot
+		if err != nil {
+			t.Fatalf("%s: %v", src, err)
+		}
+		defer c.Close()
+	}
+	// Each flood address hammers until the kernel drops it (bounded).
+	for _, src := range flood {
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+			c, err := peer.Dial(src, d.addr, time.Second)
+			if err != nil {
+				break
+			}
+			c.Read(make([]byte, 1)) // closed before TLS
+			c.Close()
+		}
+	}
+	d.waitLine("kernel: dropping new connections from 198.18.0.0/24 for ") // 30 s, less the time to the next Sync
+	if c, err := peer.Dial(bystander, d.addr, time.Second); err == nil {
+		c.Close()
+		t.Fatal("another address of the dropped /24 connected")
+	}
+	c, err := peerLogin(d, peer, exempt, "demo", "demo")
+	if err != nil {
+		t.Fatalf("the exempt address inside the dropped /24: %v", err)
+	}
+	c.Close()
+	if got := d.metric(`imapgate_kernel_additions_total{reason="prefix_escalation"}`); got != 1 {
+		t.Fatalf("prefix escalations counted: %v", got)
+	}
+	if out := d.ctl("bans"); !strings.Contains(out, "198.18.0.0/24") || !strings.Contains(out, "prefix_escalation") {
+		t.Fatalf("ctl bans:\n%s", out)
+	}
+}
