@@ -27,6 +27,9 @@ type Sources struct {
 	Certs interface{ Expiry() map[string]time.Time }
 	// Parked counts relay directions waiting without a goroutine.
 	Parked func() int
+	// ParkedSilent counts connections waiting for their client's first
+	// TLS record without a goroutine.
+	ParkedSilent func() int
 	// LogDropped reads, per log output ("stderr", "syslog", "file"), the
 	// lines it could not take.
 	LogDropped map[string]func() uint64
@@ -210,12 +213,13 @@ var (
 	descOpenFiles    = prometheus.NewDesc("imapgate_open_files", "Open file descriptors.", nil, nil)
 	descOpenMax      = prometheus.NewDesc("imapgate_open_files_limit", "Soft limit on open file descriptors.", nil, nil)
 	descParked       = prometheus.NewDesc("imapgate_relay_parked_directions", "Relay directions idle in the poller, holding no goroutine (two per idle session).", nil, nil)
+	descParkedSilent = prometheus.NewDesc("imapgate_parked_silent_connections", "Connections waiting in the poller for their client's first TLS record, holding no goroutine.", nil, nil)
 	descLogDropped   = prometheus.NewDesc("imapgate_log_lines_dropped_total", "Log lines the output could not take (syslog down, disk full); syslog and file lines go to stderr instead.", []string{"output"}, nil)
 
 	descEarlyDropSilent = prometheus.NewDesc("imapgate_table_early_drop_silent_total", "Early drops that took a silent entry (nothing whole from the client yet); also in imapgate_table_early_drop_total.", nil, nil)
 	descSilentTimeouts  = prometheus.NewDesc("imapgate_table_silent_timeouts_total", "Silent entries closed by timeouts.silent; also in imapgate_table_timeouts_total.", nil, nil)
 	descKernelElements  = prometheus.NewDesc("imapgate_kernel_set_elements", "Addresses and prefixes in the nftables sets, by family.", []string{"family"}, nil)
-	descKernelAdded     = prometheus.NewDesc("imapgate_kernel_additions_total", "Additions to the nftables sets, by reason (ban, escalation); dry-run additions included.", []string{"reason"}, nil)
+	descKernelAdded     = prometheus.NewDesc("imapgate_kernel_additions_total", "Additions to the nftables sets, by reason (ban, escalation, prefix_escalation); dry-run additions included.", []string{"reason"}, nil)
 	descKernelPackets   = prometheus.NewDesc("imapgate_kernel_dropped_packets_total", "Packets (connection attempts) dropped by imapgate's nftables rules, from their counters.", nil, nil)
 	descKernelBytes     = prometheus.NewDesc("imapgate_kernel_dropped_bytes_total", "Bytes dropped by imapgate's nftables rules, from their counters.", nil, nil)
 	descKernelRecreated = prometheus.NewDesc("imapgate_kernel_table_recreated_total", "Times imapgate found its nftables table flushed or deleted and made it again.", nil, nil)
@@ -226,7 +230,7 @@ var (
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConns, descCount, descMax, descEarlyDrop, descInsertFailed, descTimeouts,
-		descReaped, descBytes, descBansActive, descTracked, descCertExpiry, descOpenFiles, descOpenMax, descParked, descLogDropped,
+		descReaped, descBytes, descBansActive, descTracked, descCertExpiry, descOpenFiles, descOpenMax, descParked, descParkedSilent, descLogDropped,
 		descEarlyDropSilent, descSilentTimeouts, descKernelElements, descKernelAdded, descKernelPackets, descKernelBytes,
 		descKernelRecreated, descHostCount, descHostMax, descHostBuckets} {
 		ch <- d
@@ -252,7 +256,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		if ks, ok := c.src.Kernel(); ok {
 			ch <- prometheus.MustNewConstMetric(descKernelElements, prometheus.GaugeValue, float64(ks.Elements4), "ipv4")
 			ch <- prometheus.MustNewConstMetric(descKernelElements, prometheus.GaugeValue, float64(ks.Elements6), "ipv6")
-			for _, r := range []string{kernel.ReasonBan, kernel.ReasonEscalation} {
+			for _, r := range []string{kernel.ReasonBan, kernel.ReasonEscalation, kernel.ReasonPrefixEscalation} {
 				ch <- prometheus.MustNewConstMetric(descKernelAdded, prometheus.CounterValue, float64(ks.Added[r]), r)
 			}
 			ch <- prometheus.MustNewConstMetric(descKernelPackets, prometheus.CounterValue, float64(ks.Packets))
@@ -282,6 +286,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if c.src.Parked != nil {
 		ch <- prometheus.MustNewConstMetric(descParked, prometheus.GaugeValue, float64(c.src.Parked()))
+	}
+	if c.src.ParkedSilent != nil {
+		ch <- prometheus.MustNewConstMetric(descParkedSilent, prometheus.GaugeValue, float64(c.src.ParkedSilent()))
 	}
 	for output, n := range c.src.LogDropped {
 		ch <- prometheus.MustNewConstMetric(descLogDropped, prometheus.CounterValue, float64(n()), output)

@@ -315,7 +315,7 @@ type BanInfo struct {
 	// Key are refused (never in the kernel's sets).
 	User   string    `json:"user,omitempty"`
 	Until  time.Time `json:"until"`
-	Reason string    `json:"reason"`            // "ban" or "escalation"
+	Reason string    `json:"reason"`            // "ban", "escalation" or "prefix_escalation"
 	Kernel bool      `json:"kernel"`            // in the nftables sets
 	DryRun bool      `json:"dry_run,omitempty"` // would be in them, but for dry run
 }

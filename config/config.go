@@ -313,16 +313,21 @@ type Cluster struct {
 // Kernel is [kernel]: drops in the Linux kernel (package kernel) and the
 // watch on the host's conntrack table.
 type Kernel struct {
-	// NFTables makes imapgate own the nftables table "inet imapgate" and
+	// NFTables makes imapgate own the nftables table "inet <Table>" and
 	// drop banned and escalated addresses' new connections there, before
 	// conntrack. Needs CAP_NET_ADMIN; without it imapgate says so once and
-	// goes on with the userspace limits.
+	// goes on with the userspace limits. A reload turns it on or off.
 	NFTables bool `toml:"nftables"`
+	// Table names imapgate's nftables table (family inet): two instances
+	// on one host need two names. A letter, then up to 31 letters, digits
+	// and underscores. A reload to another name removes the old table.
+	Table string `toml:"table"`
 	// DryRun logs what would enter the sets and adds nothing.
 	DryRun     bool             `toml:"dry_run"`
 	Escalation KernelEscalation `toml:"escalation"`
 	// ConntrackWatch reads the host's conntrack fill every this often and
-	// warns at 80 % and 95 %; "0s" turns the watch off.
+	// warns at 80 % and 95 %; "0s" turns the watch off. Only this [kernel]
+	// key needs a restart.
 	ConntrackWatch Duration `toml:"conntrack_watch"`
 }
 
@@ -332,6 +337,10 @@ type KernelEscalation struct {
 	Window   Duration `toml:"window"`
 	First    Duration `toml:"first"`
 	Max      Duration `toml:"max"`
+	// PrefixAddresses: a prefix (limits.ipv4_prefix, ipv6_prefix) with
+	// this many of its addresses dropped by escalation at once is dropped
+	// whole; 0: only refusals by the per-prefix limits escalate a prefix.
+	PrefixAddresses int `toml:"prefix_addresses"`
 }
 
 // Error is a problem in a config file at a line and key.

@@ -109,6 +109,8 @@ func TestErrorsNameFileLineAndKey(t *testing.T) {
 		{"redis addr", "[cluster]\nredis = \"redis://h:1?addr=h2\"\n", 2, "cluster.redis", "want host:port"},
 		{"redis db", "[cluster]\nredis = \"redis://h:1?db=x\"\n", 2, "cluster.redis", "database number"},
 		{"redis no host", "[cluster]\nredis = \"redis://:SECRET@:1\"\n", 2, "cluster.redis", "no host"},
+		{"kernel table name", "[kernel]\nnftables = true\ntable = \"my-gate\"\n", 3, "kernel.table", "nftables table name"},
+		{"negative prefix_addresses", "[kernel.escalation]\nprefix_addresses = -1\n", 2, "kernel.escalation.prefix_addresses", "negative"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

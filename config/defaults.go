@@ -70,10 +70,13 @@ func Default() *Config {
 			OverLimitHold: Duration(250 * time.Millisecond), TicketKeys: true, TicketRotation: Duration(time.Hour)},
 		Kernel: Kernel{
 			// kernel.DefaultEscalation: more than 100 refusals in 10 s; 30 s,
-			// doubling to 10 min.
+			// doubling to 10 min; a prefix when 4 of its addresses are
+			// dropped at once.
+			Table: "imapgate",
 			Escalation: KernelEscalation{
 				Refusals: 100, Window: Duration(10 * time.Second),
 				First: Duration(30 * time.Second), Max: Duration(10 * time.Minute),
+				PrefixAddresses: 4,
 			},
 			ConntrackWatch: Duration(10 * time.Second),
 		},

@@ -68,6 +68,12 @@ func (c *Config) validate() []problem {
 	ps = append(ps, c.validateLimits()...)
 	ps = append(ps, c.validateLog()...)
 	ps = append(ps, c.validateCluster()...)
+	if !validNftName(c.Kernel.Table) {
+		add("kernel.table", "want a letter, then up to 31 letters, digits or underscores (an nftables table name), got %q", c.Kernel.Table)
+	}
+	if c.Kernel.Escalation.PrefixAddresses < 0 {
+		add("kernel.escalation.prefix_addresses", "must not be negative (0: only per-prefix limit refusals escalate a prefix), got %d", c.Kernel.Escalation.PrefixAddresses)
+	}
 	if e := c.Kernel.Escalation; e.Refusals < 0 {
 		add("kernel.escalation.refusals", "must not be negative (0 turns escalation off), got %d", e.Refusals)
 	} else if e.Refusals > 0 && (e.Window <= 0 || e.First <= 0 || e.Max < e.First) {
@@ -84,6 +90,24 @@ func (c *Config) validate() []problem {
 		}
 	}
 	return ps
+}
+
+// validNftName reports whether s is a table name nft(8) takes unquoted
+// (an identifier: a letter, then letters, digits, "_", "/", "."; narrowed
+// here to letters, digits and "_", and to 32 bytes of the kernel's 256).
+func validNftName(s string) bool {
+	if len(s) == 0 || len(s) > 32 {
+		return false
+	}
+	for i, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z':
+		case i > 0 && (r >= '0' && r <= '9' || r == '_'):
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 func (c *Config) validateUpstream() []problem {

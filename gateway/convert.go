@@ -95,9 +95,12 @@ func TableConfig(c *config.Config) conntable.Config {
 }
 
 // Escalation converts [kernel.escalation].
-func Escalation(c *config.Config) kernel.Escalation {
-	e := c.Kernel.Escalation
-	return kernel.Escalation{Refusals: e.Refusals, Window: e.Window.D(), First: e.First.D(), Max: e.Max.D()}
+func Escalation(c *config.Config) kernel.Escalation { return escalationOf(c.Kernel) }
+
+func escalationOf(k config.Kernel) kernel.Escalation {
+	e := k.Escalation
+	return kernel.Escalation{Refusals: e.Refusals, Window: e.Window.D(), First: e.First.D(), Max: e.Max.D(),
+		PrefixAddrs: e.PrefixAddresses}
 }
 
 // LoginBounds converts [login] and the upstream's greeting timeout and ID.

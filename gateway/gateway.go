@@ -260,15 +260,18 @@ func upstreamTLS(u config.Upstream) (*tls.Config, error) {
 // says why. Everything is built and checked first (certificates loaded,
 // policy validated, the table's new bounds checked, the upstream built)
 // into a new Snapshot; one atomic store then puts all of it in force.
-// Live sessions and limit counters are untouched.
+// Live sessions and limit counters are untouched. A changed [kernel]
+// (conntrack_watch aside) then remakes the nftables path (reloadKernel):
+// on, off, another table name, dry run or escalation.
 func (g *Gate) Reload(cfg *config.Config) error {
 	g.reload.Lock()
 	defer g.reload.Unlock()
 	old := g.cur.Load().Config
 	if cfg.Upstream.Mode != old.Upstream.Mode || cfg.TLS.MinVersion != old.TLS.MinVersion ||
-		cfg.TLS.PostQuantum != old.TLS.PostQuantum || cfg.Cluster != old.Cluster || cfg.Kernel != old.Kernel ||
+		cfg.TLS.PostQuantum != old.TLS.PostQuantum || cfg.Cluster != old.Cluster ||
+		cfg.Kernel.ConntrackWatch != old.Kernel.ConntrackWatch ||
 		(len(old.Listen.ProxyProtocolFrom) == 0) != (len(cfg.Listen.ProxyProtocolFrom) == 0) {
-		return errors.New("[cluster], [kernel], upstream.mode, tls.min_version, tls.post_quantum and turning proxy_protocol_from on or off need a restart")
+		return errors.New("[cluster], kernel.conntrack_watch, upstream.mode, tls.min_version, tls.post_quantum and turning proxy_protocol_from on or off need a restart")
 	}
 	if cfg.Table.Buckets != old.Table.Buckets {
 		return errors.New("table.buckets cannot change without a restart")
@@ -279,6 +282,9 @@ func (g *Gate) Reload(cfg *config.Config) error {
 	}
 	g.cur.Store(snap) // everything is checked: put it in force
 	g.Server.ForgetUpstreamProblems()
+	// [kernel] last: a table that cannot be made is logged, as at start,
+	// and the reload stands (the userspace limits apply).
+	g.reloadKernel(cfg.Kernel)
 	return nil
 }
 

@@ -46,10 +46,10 @@ func TestReloadAllOrNothing(t *testing.T) {
 	if err := g.Reload(&restart); err == nil {
 		t.Fatal("upstream.mode changed without a restart")
 	}
-	kern := next
-	kern.Kernel.NFTables = true
-	if err := g.Reload(&kern); err == nil {
-		t.Fatal("[kernel] changed without a restart")
+	watch := next
+	watch.Kernel.ConntrackWatch = config.Duration(3e9)
+	if err := g.Reload(&watch); err == nil {
+		t.Fatal("kernel.conntrack_watch changed without a restart")
 	}
 	silent := next
 	silent.Timeouts.Silent = config.Duration(3e9)

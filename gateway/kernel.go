@@ -9,20 +9,30 @@ import (
 	"sync/atomic"
 	"time"
 
+	"imapgate/config"
 	"imapgate/courierlog"
 	"imapgate/kernel"
 	"imapgate/limiter"
 )
 
 // kernelPath is [kernel]: the nftables path (nil when off or unavailable;
-// note says which) and the watch on the host's conntrack table. Both run
-// until stop is closed (Gate.Close). [kernel] needs a restart.
+// note says which) and the watch on the host's conntrack table. The watch
+// runs until stop is closed (Gate.Close); the nftables path until its own
+// kstop is closed (a reload that changes [kernel], or Gate.Close). mu
+// serialises starting and stopping the nftables path (StartKernel, a
+// reload, Close) and guards what it sets.
 type kernelPath struct {
 	kern      atomic.Pointer[kernel.Kernel]
-	note      string
 	conntrack *kernel.ConntrackWatch
 	stop      chan struct{}
 	stopOnce  sync.Once
+
+	mu     sync.Mutex
+	note   string
+	ports  []uint16
+	kstop  chan struct{} // the running Kernel's Run; nil when none
+	cfg    config.Kernel // what the running path (or its absence) was made from
+	closed bool
 }
 
 // StartKernel starts the host conntrack watch ([kernel] conntrack_watch)
@@ -37,19 +47,69 @@ func (g *Gate) StartKernel(lns []net.Listener) {
 		kp.conntrack.Check() // a first reading for the startup report
 		go kp.conntrack.Run(kp.stop, d)
 	}
-	if !cfg.Kernel.NFTables {
-		kp.note = "nftables off"
-		return
-	}
 	var ports []uint16
 	for _, ln := range lns {
 		if ta, ok := ln.Addr().(*net.TCPAddr); ok && !slices.Contains(ports, uint16(ta.Port)) {
 			ports = append(ports, uint16(ta.Port))
 		}
 	}
+	g.Limiter.OnKnownGood(func(a netip.Addr, until time.Time) {
+		if k := kp.kern.Load(); k != nil {
+			k.Good(a, until)
+		}
+	})
+	kp.mu.Lock()
+	defer kp.mu.Unlock()
+	kp.ports = ports
+	g.startNFTablesLocked(cfg.Kernel)
+}
+
+// reloadKernel applies a reloaded [kernel]: when anything but
+// conntrack_watch changed, the running nftables path is stopped (its table
+// removed) and a new one made from c, with the escalations in force
+// carried over; bans come back from the limiter at its first Sync. Before
+// StartKernel it does nothing.
+func (g *Gate) reloadKernel(c config.Kernel) {
+	kp := &g.kernel
+	kp.mu.Lock()
+	defer kp.mu.Unlock()
+	if kp.ports == nil || kp.closed {
+		return
+	}
+	c.ConntrackWatch = kp.cfg.ConntrackWatch
+	if c == kp.cfg {
+		return
+	}
+	var carried []kernel.Member
+	if k := kp.kern.Load(); k != nil {
+		carried = k.Members(time.Now())
+	}
+	g.stopNFTablesLocked()
+	g.startNFTablesLocked(c)
+	if k := kp.kern.Load(); k != nil {
+		k.Carry(carried, time.Now())
+	}
+	g.Log.Message(courierlog.Info, "imapgate: [kernel] reloaded: "+kp.note)
+}
+
+// startNFTablesLocked opens the nftables path for c, if c turns it on;
+// kp.mu is held.
+func (g *Gate) startNFTablesLocked(c config.Kernel) {
+	kp := &g.kernel
+	kp.cfg = c
+	if !c.NFTables {
+		kp.note = "nftables off"
+		return
+	}
+	name := c.Table
+	if name == "" {
+		name = "imapgate"
+	}
 	k, err := kernel.Open(kernel.Options{
-		Ports: ports, DryRun: cfg.Kernel.DryRun, Escalation: Escalation(cfg),
+		Ports: kp.ports, DryRun: c.DryRun, Escalation: escalationOf(c), Table: name,
 		Exempt: g.neverDropped, Bans: g.Limiter.Bans, Log: g.Log.Message,
+		PrefixOf: func(a netip.Addr) netip.Prefix { return g.Limiter.Policy().PrefixOf(a) },
+		Keep:     g.keepLists,
 	})
 	if err != nil {
 		kp.note = "nftables unavailable"
@@ -58,22 +118,44 @@ func (g *Gate) StartKernel(lns []net.Listener) {
 		return
 	}
 	kp.kern.Store(k)
-	kp.note = fmt.Sprintf("nftables table inet imapgate on ports %v", ports)
-	if cfg.Kernel.DryRun {
+	kp.note = fmt.Sprintf("nftables table inet %s on ports %v", name, kp.ports)
+	if c.DryRun {
 		kp.note += " (dry run)"
 	}
-	go k.Run(kp.stop, time.Second)
+	kp.kstop = make(chan struct{})
+	go k.Run(kp.kstop, time.Second)
+}
+
+// stopNFTablesLocked stops the running nftables path, if any, and removes
+// its table; kp.mu is held.
+func (g *Gate) stopNFTablesLocked() {
+	kp := &g.kernel
+	if kp.kstop != nil {
+		close(kp.kstop)
+		kp.kstop = nil
+	}
+	if k := kp.kern.Swap(nil); k != nil {
+		if err := k.Close(); err != nil {
+			g.Log.Message(courierlog.Info, fmt.Sprintf("imapgate: removing the nftables table: %v", err))
+		}
+	}
 }
 
 // closeKernel stops the watch and removes the nftables table.
 func (g *Gate) closeKernel() {
 	kp := &g.kernel
 	kp.stopOnce.Do(func() { close(kp.stop) })
-	if k := kp.kern.Load(); k != nil {
-		if err := k.Close(); err != nil {
-			g.Log.Message(courierlog.Info, fmt.Sprintf("imapgate: removing the nftables table: %v", err))
-		}
-	}
+	kp.mu.Lock()
+	defer kp.mu.Unlock()
+	kp.closed = true
+	g.stopNFTablesLocked()
+}
+
+// keepLists are the networks never dropped in the kernel, even inside a
+// dropped prefix: limits.exempt and limits.allow.
+func (g *Gate) keepLists() []netip.Prefix {
+	p := g.Limiter.Policy()
+	return append(slices.Clip(p.Exempt), p.Allow...)
 }
 
 // neverDropped: exempt, allow-listed and known-good addresses (an office
@@ -101,9 +183,15 @@ var escalating = [limiter.NumReasons]bool{
 	limiter.MaxPerIP: true, limiter.MaxPerPrefix: true, limiter.MaxPreauthPerIP: true,
 }
 
-// refused is the proxy's OnRefused: it feeds escalation.
+// refused is the proxy's OnRefused: it feeds escalation (a per-prefix
+// limit's refusals also count toward the prefix's).
 func (g *Gate) refused(addr netip.Addr, r limiter.Reason) {
-	if k := g.kernel.kern.Load(); k != nil && r < limiter.NumReasons && escalating[r] {
+	k := g.kernel.kern.Load()
+	switch {
+	case k == nil || r >= limiter.NumReasons || !escalating[r]:
+	case r == limiter.RatePerPrefix || r == limiter.MaxPerPrefix:
+		k.RefusedPrefix(addr, time.Now())
+	default:
 		k.Refused(addr, time.Now())
 	}
 }
@@ -141,7 +229,9 @@ func (g *Gate) KernelNote() string {
 	if c, ok := g.kernel.conntrack.Last(); ok {
 		ct = c.String()
 	}
+	g.kernel.mu.Lock()
 	note := g.kernel.note
+	g.kernel.mu.Unlock()
 	if note == "" {
 		note = "not started"
 	}

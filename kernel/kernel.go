@@ -12,10 +12,17 @@
 // element's timeout; and flooders: an address refused more than
 // Escalation.Refusals times within Escalation.Window by a connection or rate
 // limit (Kernel.Refused) is dropped for Escalation.First, doubling with each
-// escalation up to Escalation.Max. Exempt addresses never enter. Every
-// element has a timeout, so nothing imapgate adds outlives it unbounded;
-// Close removes the table, and Sync recreates it if an administrator
-// flushed or deleted it.
+// escalation up to Escalation.Max. A prefix (Options.PrefixOf: the
+// limiter's aggregation prefix, /24 and /64 by default) is dropped the same
+// way when Escalation.PrefixAddrs of its addresses are dropped by
+// escalation at once, or when more than Escalation.Refusals refusals by a
+// per-prefix limit (RefusedPrefix) come from it within Escalation.Window.
+// Exempt addresses never enter; the keep sets (Options.Keep: the exempt
+// and allow lists; Good: known-good addresses) are matched before the
+// drops, so a dropped prefix never drops them. Every ban element has a
+// timeout, so nothing imapgate adds outlives it unbounded (a keep element
+// only ever lets a packet past this table's drops); Close removes the
+// table, and Sync recreates it if an administrator flushed or deleted it.
 //
 // Each addition and expiry is logged in courier's shape, rate-limited like
 // refusal lines (50 per 5 s, then "kernel: N callbacks suppressed").
@@ -44,11 +51,15 @@ type Escalation struct {
 	Window   time.Duration // counting window
 	First    time.Duration // first kernel drop; doubles with each escalation
 	Max      time.Duration // longest kernel drop
+	// PrefixAddrs: a prefix with this many of its addresses dropped by
+	// escalation at once is dropped whole (same durations, counted per
+	// prefix); 0: only per-prefix limit refusals escalate a prefix.
+	PrefixAddrs int
 }
 
 // DefaultEscalation: more than 100 refusals in 10 s; 30 s, doubling to
 // 10 min.
-var DefaultEscalation = Escalation{Refusals: 100, Window: 10 * time.Second, First: 30 * time.Second, Max: 10 * time.Minute}
+var DefaultEscalation = Escalation{Refusals: 100, Window: 10 * time.Second, First: 30 * time.Second, Max: 10 * time.Minute, PrefixAddrs: 4}
 
 // Options configure a Kernel.
 type Options struct {
@@ -72,15 +83,23 @@ type Options struct {
 	// Table names the nftables table (family inet); "" means "imapgate".
 	// Tests use their own.
 	Table string
-	// MaxTracked bounds the addresses whose refusals are counted for
-	// escalation; 0 means 65,536.
+	// MaxTracked bounds the addresses (and, separately, the prefixes and
+	// the known-good addresses) tracked for escalation and the keep sets;
+	// 0 means 65,536.
 	MaxTracked int
+	// PrefixOf gives an address's prefix for prefix escalation (the
+	// limiter's Policy.PrefixOf); nil means /24 for IPv4, /64 for IPv6.
+	PrefixOf func(netip.Addr) netip.Prefix
+	// Keep lists what is never dropped even inside a dropped prefix
+	// (limits.exempt and limits.allow), read at each Sync; nil: nothing.
+	Keep func() []netip.Prefix
 }
 
 // Reasons an element is in a set, the label of Stats.Added.
 const (
-	ReasonBan        = "ban"
-	ReasonEscalation = "escalation"
+	ReasonBan              = "ban"
+	ReasonEscalation       = "escalation"
+	ReasonPrefixEscalation = "prefix_escalation"
 )
 
 // Member is one element of the sets, for ctl bans.
@@ -104,6 +123,8 @@ type backend interface {
 	ensure() (recreated bool, err error)
 	add(p netip.Prefix, timeout time.Duration) error
 	del(p netip.Prefix) error
+	keep(p netip.Prefix, timeout time.Duration) error // timeout 0: none
+	unkeep(p netip.Prefix) error
 	counters() (packets, bytes uint64, err error)
 	close() error
 }
@@ -121,7 +142,11 @@ type Kernel struct {
 	members map[netip.Prefix]Member
 	added   map[string]uint64
 	recr    uint64
-	closed  bool // Close ran: Sync must not make the table again
+	closed  bool                       // Close ran: Sync must not make the table again
+	kept    map[netip.Prefix]time.Time // in the keep sets, until (zero: no timeout)
+
+	goodMu sync.Mutex
+	good   map[netip.Addr]time.Time // known-good addresses (Good), until
 
 	esc     escalator
 	pending chan escalated
@@ -129,9 +154,10 @@ type Kernel struct {
 }
 
 type escalated struct {
-	a       netip.Addr
+	p       netip.Prefix // an address is a full-length prefix
 	d       time.Duration
-	n       int
+	n       int // refusals (by a per-prefix limit, for a prefix) in the window
+	addrs   int // for a prefix: its addresses dropped at once
 	level   int
 	started time.Time
 }
@@ -158,29 +184,66 @@ func Open(o Options) (*Kernel, error) {
 }
 
 func newKernel(o Options, be backend) *Kernel {
+	if o.PrefixOf == nil {
+		o.PrefixOf = defaultPrefixOf
+	}
 	return &Kernel{
 		o: o, be: be,
 		members: make(map[netip.Prefix]Member),
-		added:   map[string]uint64{ReasonBan: 0, ReasonEscalation: 0},
-		esc:     escalator{cfg: o.Escalation, max: o.MaxTracked, m: make(map[netip.Addr]*escState)},
+		kept:    make(map[netip.Prefix]time.Time),
+		good:    make(map[netip.Addr]time.Time),
+		added:   map[string]uint64{ReasonBan: 0, ReasonEscalation: 0, ReasonPrefixEscalation: 0},
+		esc: escalator{cfg: o.Escalation, max: o.MaxTracked, prefixOf: o.PrefixOf,
+			m: make(map[netip.Addr]*escState), pm: make(map[netip.Prefix]*prefixState)},
 		pending: make(chan escalated, 256),
 		logRate: throttle.New(5*time.Second, 50),
 	}
 }
 
+// defaultPrefixOf: /24 for IPv4, /64 for IPv6 (the limiter's defaults).
+func defaultPrefixOf(a netip.Addr) netip.Prefix {
+	bits := 64
+	if a.Is4() {
+		bits = 24
+	}
+	p, _ := a.Prefix(bits)
+	return p
+}
+
 // Refused counts a refusal of a by a connection or rate limit at now; a
 // sustained burst escalates a to a kernel drop (applied by the next Sync,
-// within a second). It never blocks.
-func (k *Kernel) Refused(a netip.Addr, now time.Time) {
+// within a second), and enough of a prefix's addresses dropped at once
+// escalate the prefix. It never blocks.
+func (k *Kernel) Refused(a netip.Addr, now time.Time) { k.refused(a, false, now) }
+
+// RefusedPrefix is Refused for a refusal by a per-prefix limit
+// (max_per_prefix, rate_per_prefix): it also counts toward the prefix's
+// own escalation.
+func (k *Kernel) RefusedPrefix(a netip.Addr, now time.Time) { k.refused(a, true, now) }
+
+func (k *Kernel) refused(a netip.Addr, prefixLimit bool, now time.Time) {
 	a = a.Unmap()
 	if k.o.Exempt != nil && k.o.Exempt(a) {
 		return
 	}
-	if e, ok := k.esc.refused(a, now); ok {
+	for _, e := range k.esc.refused(a, prefixLimit, now) {
 		select {
 		case k.pending <- e:
 		default: // full: the next refusal tries again
 		}
+	}
+}
+
+// Good says that a is known-good until until (Limiter.OnKnownGood): the
+// next Sync puts it in the keep sets, so a dropped prefix of its never
+// drops it. It never blocks on the kernel; beyond Options.MaxTracked
+// addresses, new ones are not kept.
+func (k *Kernel) Good(a netip.Addr, until time.Time) {
+	a = a.Unmap()
+	k.goodMu.Lock()
+	defer k.goodMu.Unlock()
+	if _, ok := k.good[a]; ok || len(k.good) < k.o.MaxTracked {
+		k.good[a] = until
 	}
 }
 
@@ -210,6 +273,7 @@ func (k *Kernel) Sync(now time.Time) {
 				k.be.add(p, m.Until.Sub(now))
 			}
 		}
+		clear(k.kept) // syncKeep puts them back
 	}
 	banned := map[netip.Prefix]bool{}
 	if k.o.Bans != nil {
@@ -228,17 +292,27 @@ func (k *Kernel) Sync(now time.Time) {
 	for {
 		select {
 		case e := <-k.pending:
-			p := netip.PrefixFrom(e.a, e.a.BitLen())
+			p := e.p
 			if m, ok := k.members[p]; ok && !m.Until.Before(e.started.Add(e.d)) {
 				continue
 			}
-			k.put(p, e.started.Add(e.d), now, ReasonEscalation,
-				fmt.Sprintf("%d refusals in %s, level %d", e.n, k.o.Escalation.Window, e.level))
+			if p.Bits() == p.Addr().BitLen() {
+				k.put(p, e.started.Add(e.d), now, ReasonEscalation,
+					fmt.Sprintf("%d refusals in %s, level %d", e.n, k.o.Escalation.Window, e.level))
+				continue
+			}
+			if k.o.Exempt != nil && k.o.Exempt(p.Addr()) {
+				continue // a known-good or listed network (its first address stands for it)
+			}
+			k.put(p, e.started.Add(e.d), now, ReasonPrefixEscalation,
+				fmt.Sprintf("%d of its addresses dropped, %d refusals by per-prefix limits in %s, level %d",
+					e.addrs, e.n, k.o.Escalation.Window, e.level))
 			continue
 		default:
 		}
 		break
 	}
+	k.syncKeep(now)
 	for p, m := range k.members {
 		switch {
 		case !m.Until.After(now):
@@ -287,6 +361,11 @@ func (k *Kernel) put(p netip.Prefix, until, now time.Time, reason, why string) {
 	if d <= 0 {
 		return
 	}
+	for q, m := range k.members {
+		if q != p && q.Bits() < p.Bits() && q.Contains(p.Addr()) && m.DryRun == k.o.DryRun {
+			return // inside a dropped prefix already (a set's intervals must not overlap)
+		}
+	}
 	m := Member{Prefix: p, Until: until, Reason: reason, DryRun: k.o.DryRun}
 	if k.o.DryRun {
 		k.members[p] = m
@@ -296,6 +375,14 @@ func (k *Kernel) put(p netip.Prefix, until, now time.Time, reason, why string) {
 	}
 	if _, ok := k.members[p]; ok {
 		k.be.del(p) // extended: the element's timeout is fixed when it is added
+	}
+	for q, m := range k.members {
+		// A set's intervals must not overlap: what p covers goes, even
+		// if it was to be dropped longer than p (it may escalate again).
+		if q != p && p.Contains(q.Addr()) && q.Bits() > p.Bits() && !m.DryRun {
+			k.be.del(q)
+			delete(k.members, q)
+		}
 	}
 	if err := k.be.add(p, until.Sub(now)); err != nil {
 		k.logf(courierlog.Err, "kernel: adding %s: %v", prefixString(p), err)
@@ -325,6 +412,19 @@ func (k *Kernel) logf(p courierlog.Priority, format string, args ...any) {
 	}
 	if ok {
 		k.o.Log(p, fmt.Sprintf(format, args...))
+	}
+}
+
+// Carry puts the escalations among ms (another Kernel's Members, before a
+// reload replaced it) in force here until their own end; bans come back
+// from Options.Bans at the next Sync. Nothing in dry run.
+func (k *Kernel) Carry(ms []Member, now time.Time) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, m := range ms {
+		if m.Reason != ReasonBan && !m.DryRun && m.Until.After(now) {
+			k.put(m.Prefix, m.Until, now, m.Reason, "kept across a reload")
+		}
 	}
 }
 
@@ -391,13 +491,16 @@ func (k *Kernel) Close() error {
 	return k.be.close()
 }
 
-// escalator counts refusals per address in fixed windows.
+// escalator counts refusals per address, and per-prefix-limit refusals
+// and escalated addresses per prefix, in fixed windows.
 type escalator struct {
-	cfg Escalation
-	max int
-	mu  sync.Mutex
-	m   map[netip.Addr]*escState
-	// dropped counts refusals not tracked because m was full.
+	cfg      Escalation
+	max      int
+	prefixOf func(netip.Addr) netip.Prefix
+	mu       sync.Mutex
+	m        map[netip.Addr]*escState
+	pm       map[netip.Prefix]*prefixState
+	// dropped counts refusals not tracked because m or pm was full.
 	dropped atomic.Uint64
 }
 
@@ -409,34 +512,67 @@ type escState struct {
 	until       time.Time // its kernel drop ends
 }
 
-// refused counts one refusal of a at now, and returns an escalation when
-// this one crosses the threshold.
-func (e *escalator) refused(a netip.Addr, now time.Time) (escalated, bool) {
-	c := e.cfg
-	if c.Refusals <= 0 || c.Window <= 0 || c.First <= 0 {
-		return escalated{}, false
+// prefixState is escState for a prefix, with its addresses dropped by
+// escalation and until when.
+type prefixState struct {
+	escState
+	addrs map[netip.Addr]time.Time
+}
+
+// on reports whether escalation is configured at all.
+func (c Escalation) on() bool { return c.Refusals > 0 && c.Window > 0 && c.First > 0 }
+
+// refused counts one refusal of a at now (prefixLimit: by a per-prefix
+// limit), and returns the escalations it causes: a's, its prefix's, or
+// both.
+func (e *escalator) refused(a netip.Addr, prefixLimit bool, now time.Time) []escalated {
+	if !e.cfg.on() {
+		return nil
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	var out []escalated
 	s := e.m[a]
 	if s == nil {
 		if len(e.m) >= e.max {
 			e.prune(now)
-			if len(e.m) >= e.max {
-				e.dropped.Add(1)
-				return escalated{}, false
-			}
 		}
-		s = &escState{windowStart: now}
-		e.m[a] = s
+		if len(e.m) < e.max {
+			s = &escState{windowStart: now}
+			e.m[a] = s
+		} else {
+			e.dropped.Add(1)
+		}
 	}
+	var addrEsc *escalated
+	if s != nil {
+		if x, ok := s.count(e.cfg, now, 1); ok {
+			x.p = netip.PrefixFrom(a, a.BitLen())
+			out = append(out, x)
+			addrEsc = &out[0]
+		}
+	}
+	if x, ok := e.prefixRefused(a, prefixLimit, addrEsc, now); ok {
+		out = append(out, x)
+	}
+	return out
+}
+
+// count adds n refusals at now to s's window and escalates s when they
+// pass the threshold; the caller holds mu.
+func (s *escState) count(c Escalation, now time.Time, n int) (escalated, bool) {
 	if now.Sub(s.windowStart) >= c.Window {
 		s.windowStart, s.n = now, 0
 	}
-	s.n++
+	s.n += n
 	if s.n <= c.Refusals || now.Before(s.until) {
 		return escalated{}, false
 	}
+	return s.escalate(c, now), true
+}
+
+// escalate drops s for its next duration: First, doubling up to Max.
+func (s *escState) escalate(c Escalation, now time.Time) escalated {
 	// A quiet spell as long as the longest drop forgives past escalations.
 	if !s.last.IsZero() && now.Sub(s.last) > c.Max*4 {
 		s.level = 0
@@ -449,15 +585,148 @@ func (e *escalator) refused(a netip.Addr, now time.Time) (escalated, bool) {
 	s.last, s.until = now, now.Add(d)
 	n := s.n
 	s.windowStart, s.n = now, 0
-	return escalated{a: a, d: d, n: n, level: s.level, started: now}, true
+	return escalated{d: d, n: n, level: s.level, started: now}
 }
 
-// prune forgets addresses with no refusal for a window and no drop in
-// force (the caller holds mu).
+// prefixRefused counts a's refusal toward its prefix (if prefixLimit) and
+// a's escalation (if any) among the prefix's dropped addresses; the
+// caller holds mu.
+func (e *escalator) prefixRefused(a netip.Addr, prefixLimit bool, addrEsc *escalated, now time.Time) (escalated, bool) {
+	if !prefixLimit && addrEsc == nil {
+		return escalated{}, false
+	}
+	pf := e.prefixOf(a)
+	if !pf.IsValid() || pf.Bits() >= a.BitLen() {
+		return escalated{}, false
+	}
+	ps := e.pm[pf]
+	if ps == nil {
+		if len(e.pm) >= e.max {
+			e.prune(now)
+		}
+		if len(e.pm) >= e.max {
+			e.dropped.Add(1)
+			return escalated{}, false
+		}
+		ps = &prefixState{escState: escState{windowStart: now}, addrs: map[netip.Addr]time.Time{}}
+		e.pm[pf] = ps
+	}
+	if addrEsc != nil {
+		ps.addrs[a] = addrEsc.started.Add(addrEsc.d)
+	}
+	for x, until := range ps.addrs {
+		if !until.After(now) {
+			delete(ps.addrs, x)
+		}
+	}
+	n := 0
+	if prefixLimit {
+		n = 1
+	}
+	x, ok := ps.count(e.cfg, now, n)
+	if !ok && e.cfg.PrefixAddrs > 0 && len(ps.addrs) >= e.cfg.PrefixAddrs && !now.Before(ps.until) {
+		x, ok = ps.escalate(e.cfg, now), true
+	}
+	if !ok {
+		return escalated{}, false
+	}
+	x.p, x.addrs = pf, len(ps.addrs)
+	return x, true
+}
+
+// prune forgets addresses and prefixes with no refusal for a window and
+// no drop in force (the caller holds mu).
 func (e *escalator) prune(now time.Time) {
 	for a, s := range e.m {
-		if now.Sub(s.windowStart) >= e.cfg.Window && !now.Before(s.until) && now.Sub(s.last) > e.cfg.Max*4 {
+		if s.idle(e.cfg, now) {
 			delete(e.m, a)
 		}
 	}
+	for p, s := range e.pm {
+		if s.idle(e.cfg, now) && len(s.addrs) == 0 {
+			delete(e.pm, p)
+		}
+	}
+}
+
+func (s *escState) idle(c Escalation, now time.Time) bool {
+	return now.Sub(s.windowStart) >= c.Window && !now.Before(s.until) && now.Sub(s.last) > c.Max*4
+}
+
+// syncKeep makes the keep sets hold Options.Keep's prefixes (no timeout)
+// and the known-good addresses outside them (until their known-good time
+// ends); the caller holds k.mu. A known-good address's element is renewed
+// only when its time has grown by more than a minute.
+func (k *Kernel) syncKeep(now time.Time) {
+	want := map[netip.Prefix]time.Time{}
+	var lists []netip.Prefix
+	if k.o.Keep != nil {
+		for _, p := range k.o.Keep() {
+			if p.IsValid() {
+				lists = append(lists, unmapPrefix(p))
+			}
+		}
+	}
+	sort.Slice(lists, func(i, j int) bool { return lists[i].Bits() < lists[j].Bits() })
+	covered := func(p netip.Prefix) bool {
+		for _, q := range lists {
+			if q.Bits() < p.Bits() && q.Contains(p.Addr()) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, p := range lists {
+		if !covered(p) {
+			want[p] = time.Time{}
+		}
+	}
+	k.goodMu.Lock()
+	for a, until := range k.good {
+		p := netip.PrefixFrom(a, a.BitLen())
+		switch {
+		case !until.After(now):
+			delete(k.good, a)
+		case !covered(p):
+			if _, listed := want[p]; !listed {
+				want[p] = until
+			}
+		}
+	}
+	k.goodMu.Unlock()
+	for p, until := range k.kept {
+		w, ok := want[p]
+		if ok && (w.IsZero() == until.IsZero()) && w.Sub(until) <= time.Minute {
+			continue
+		}
+		k.be.unkeep(p) // an error: it had timed out already
+		delete(k.kept, p)
+	}
+	for p, until := range want {
+		if _, ok := k.kept[p]; ok {
+			continue
+		}
+		var d time.Duration
+		if !until.IsZero() {
+			d = until.Sub(now)
+		}
+		if err := k.be.keep(p, d); err != nil {
+			k.logf(courierlog.Err, "kernel: keeping %s: %v", prefixString(p), err)
+			continue
+		}
+		k.kept[p] = until
+	}
+}
+
+// Kept lists the keep sets' elements (exempt, allow and known-good), for
+// tests and ctl.
+func (k *Kernel) Kept() []netip.Prefix {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	out := make([]netip.Prefix, 0, len(k.kept))
+	for p := range k.kept {
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
+	return out
 }

@@ -1,16 +1,20 @@
 package kernel
 
 import (
+	"maps"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
+	"imapgate/courierlog"
 	"imapgate/limiter"
 )
 
 // fake is a backend in memory.
 type fake struct {
 	els     map[netip.Prefix]time.Duration
+	kept    map[netip.Prefix]time.Duration
 	missing bool
 }
 
@@ -18,17 +22,20 @@ func (f *fake) ensure() (bool, error) {
 	if f.missing {
 		f.missing = false
 		f.els = map[netip.Prefix]time.Duration{}
+		f.kept = map[netip.Prefix]time.Duration{}
 		return true, nil
 	}
 	return false, nil
 }
-func (f *fake) add(p netip.Prefix, d time.Duration) error { f.els[p] = d; return nil }
-func (f *fake) del(p netip.Prefix) error                  { delete(f.els, p); return nil }
-func (f *fake) counters() (uint64, uint64, error)         { return 0, 0, nil }
-func (f *fake) close() error                              { return nil }
+func (f *fake) add(p netip.Prefix, d time.Duration) error  { f.els[p] = d; return nil }
+func (f *fake) del(p netip.Prefix) error                   { delete(f.els, p); return nil }
+func (f *fake) keep(p netip.Prefix, d time.Duration) error { f.kept[p] = d; return nil }
+func (f *fake) unkeep(p netip.Prefix) error                { delete(f.kept, p); return nil }
+func (f *fake) counters() (uint64, uint64, error)          { return 0, 0, nil }
+func (f *fake) close() error                               { return nil }
 
 func newFake(o Options) (*Kernel, *fake) {
-	f := &fake{els: map[netip.Prefix]time.Duration{}}
+	f := &fake{els: map[netip.Prefix]time.Duration{}, kept: map[netip.Prefix]time.Duration{}}
 	if o.MaxTracked == 0 {
 		o.MaxTracked = 1 << 16
 	}
@@ -138,5 +145,98 @@ func TestUserBansStayOutOfTheKernel(t *testing.T) {
 	}
 	if kernelBan(limiter.Ban{}) {
 		t.Error("a ban without a key went to the kernel")
+	}
+}
+
+// Enough addresses of one prefix escalated at once escalate the prefix:
+// one element for the /24 replaces its addresses' (a set's intervals must
+// not overlap), logged and counted as a prefix escalation; later
+// escalations inside it add nothing. Refusals by a per-prefix limit alone,
+// spread thinly over many addresses, escalate the prefix too. A prefix
+// Exempt reports (a known-good network) never enters.
+func TestPrefixEscalation(t *testing.T) {
+	var logs []string
+	k, f := newFake(Options{Escalation: DefaultEscalation,
+		Log: func(_ courierlog.Priority, m string) { logs = append(logs, m) }})
+	now := time.Unix(1_000_000, 0)
+	for i := 1; i <= 6; i++ {
+		for j := 0; j <= 100; j++ {
+			k.Refused(netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}), now)
+		}
+		k.Sync(now)
+	}
+	net24 := netip.MustParsePrefix("192.0.2.0/24")
+	if len(f.els) != 1 || f.els[net24] != 30*time.Second {
+		t.Fatalf("elements %v, want the /24 alone for 30s", f.els)
+	}
+	if m := k.Members(now); len(m) != 1 || m[0].Reason != ReasonPrefixEscalation || k.Stats().Added[ReasonPrefixEscalation] != 1 {
+		t.Fatalf("members %+v, stats %+v", m, k.Stats())
+	}
+	if want := "kernel: dropping new connections from 192.0.2.0/24 for 30s (4 of its addresses dropped, 0 refusals by per-prefix limits in 10s, level 1)"; !slices.Contains(logs, want) {
+		t.Fatalf("log %q", logs)
+	}
+
+	k, f = newFake(Options{Escalation: DefaultEscalation})
+	for i := 0; i <= 100; i++ {
+		k.RefusedPrefix(netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}), now)
+	}
+	k.Sync(now)
+	if len(f.els) != 1 || f.els[netip.MustParsePrefix("198.51.100.0/24")] != 30*time.Second {
+		t.Fatalf("per-prefix limit refusals: elements %v", f.els)
+	}
+
+	good := netip.MustParsePrefix("203.0.113.0/24")
+	k, f = newFake(Options{Escalation: DefaultEscalation, Exempt: func(a netip.Addr) bool { return good.Contains(a) && a == good.Addr() }})
+	for i := 0; i <= 100; i++ {
+		k.RefusedPrefix(netip.AddrFrom4([4]byte{203, 0, 113, byte(i + 1)}), now)
+	}
+	k.Sync(now)
+	if len(f.els) != 0 {
+		t.Fatalf("a known-good prefix entered: %v", f.els)
+	}
+}
+
+// The keep sets hold the exempt and allow networks (without timeout, a
+// network inside another once) and the known-good addresses outside them
+// (until their known-good time ends); what leaves the lists leaves the
+// sets at the next Sync.
+func TestKeepSets(t *testing.T) {
+	lists := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("10.1.0.0/16"), netip.MustParsePrefix("::ffff:192.0.2.5/128")}
+	k, f := newFake(Options{Escalation: DefaultEscalation, Keep: func() []netip.Prefix { return lists }})
+	now := time.Unix(1_000_000, 0)
+	k.Good(netip.MustParseAddr("10.2.3.4"), now.Add(time.Hour))
+	k.Good(netip.MustParseAddr("::ffff:198.51.100.9"), now.Add(time.Hour))
+	k.Sync(now)
+	want := map[netip.Prefix]time.Duration{
+		netip.MustParsePrefix("10.0.0.0/8"):      0,
+		netip.MustParsePrefix("192.0.2.5/32"):    0,
+		netip.MustParsePrefix("198.51.100.9/32"): time.Hour,
+	}
+	if !maps.Equal(f.kept, want) {
+		t.Fatalf("kept %v, want %v", f.kept, want)
+	}
+	lists = lists[1:]
+	k.Sync(now.Add(2 * time.Hour)) // the known-good time is over too
+	want = map[netip.Prefix]time.Duration{netip.MustParsePrefix("10.1.0.0/16"): 0, netip.MustParsePrefix("192.0.2.5/32"): 0}
+	if !maps.Equal(f.kept, want) {
+		t.Fatalf("kept %v, want %v", f.kept, want)
+	}
+}
+
+// Carry puts another Kernel's escalations (not its bans: those come back
+// from the limiter) in force until their own end.
+func TestCarryEscalations(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	ms := []Member{
+		{Prefix: netip.MustParsePrefix("192.0.2.66/32"), Until: now.Add(20 * time.Second), Reason: ReasonEscalation},
+		{Prefix: netip.MustParsePrefix("198.51.100.0/24"), Until: now.Add(time.Minute), Reason: ReasonPrefixEscalation},
+		{Prefix: netip.MustParsePrefix("192.0.2.7/32"), Until: now.Add(time.Hour), Reason: ReasonBan},
+		{Prefix: netip.MustParsePrefix("192.0.2.8/32"), Until: now.Add(-time.Second), Reason: ReasonEscalation},
+	}
+	k, f := newFake(Options{Escalation: DefaultEscalation})
+	k.Carry(ms, now)
+	want := map[netip.Prefix]time.Duration{ms[0].Prefix: 20 * time.Second, ms[1].Prefix: time.Minute}
+	if !maps.Equal(f.els, want) {
+		t.Fatalf("elements %v, want %v", f.els, want)
 	}
 }

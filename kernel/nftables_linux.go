@@ -12,14 +12,21 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// nft is the backend: one inet table with two interval sets with timeouts
-// (ban4, ban6) and a chain at raw prerouting with, per family and port,
+// nft is the backend: one inet table with four interval sets with timeouts
+// (ban4, ban6; keep4, keep6) and a chain at raw prerouting with, first,
+// per family
+//
+//	meta nfproto ipv4 ip saddr @keep4 accept
+//
+// (addresses never dropped: the drop rules below are skipped for them,
+// whatever prefix of theirs is in ban4), then per family and port
 //
 //	meta nfproto ipv4 meta l4proto tcp tcp dport PORT
 //	tcp flags & (syn|ack) == syn ip saddr @ban4 counter drop
 //
 // (ip6 saddr @ban6 for IPv6): a SYN that would open a connection, before
-// conntrack makes an entry for it.
+// conntrack makes an entry for it. An accept ends only this chain: other
+// tables' chains still see the packet.
 type nft struct {
 	conn  *nftables.Conn
 	name  string
@@ -27,8 +34,13 @@ type nft struct {
 	table *nftables.Table
 	set4  *nftables.Set
 	set6  *nftables.Set
+	keep4 *nftables.Set
+	keep6 *nftables.Set
 	chain *nftables.Chain
 }
+
+// keepRules is the number of rules before the drop rules.
+const keepRules = 2
 
 func openBackend(name string, ports []uint16) (backend, error) {
 	c, err := nftables.New()
@@ -60,7 +72,9 @@ func (n *nft) create() error {
 	n.table = n.conn.AddTable(&nftables.Table{Name: n.name, Family: nftables.TableFamilyINet})
 	n.set4 = &nftables.Set{Table: n.table, Name: "ban4", KeyType: nftables.TypeIPAddr, Interval: true, HasTimeout: true}
 	n.set6 = &nftables.Set{Table: n.table, Name: "ban6", KeyType: nftables.TypeIP6Addr, Interval: true, HasTimeout: true}
-	for _, s := range []*nftables.Set{n.set4, n.set6} {
+	n.keep4 = &nftables.Set{Table: n.table, Name: "keep4", KeyType: nftables.TypeIPAddr, Interval: true, HasTimeout: true}
+	n.keep6 = &nftables.Set{Table: n.table, Name: "keep6", KeyType: nftables.TypeIP6Addr, Interval: true, HasTimeout: true}
+	for _, s := range []*nftables.Set{n.set4, n.set6, n.keep4, n.keep6} {
 		if err := n.conn.AddSet(s, nil); err != nil {
 			return err
 		}
@@ -70,11 +84,24 @@ func (n *nft) create() error {
 		Name: "prerouting", Table: n.table, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw, Policy: &accept,
 	})
+	n.conn.AddRule(&nftables.Rule{Table: n.table, Chain: n.chain, Exprs: keepRule(unix.NFPROTO_IPV4, 12, 4, n.keep4)})
+	n.conn.AddRule(&nftables.Rule{Table: n.table, Chain: n.chain, Exprs: keepRule(unix.NFPROTO_IPV6, 8, 16, n.keep6)})
 	for _, port := range n.ports {
 		n.conn.AddRule(&nftables.Rule{Table: n.table, Chain: n.chain, Exprs: dropRule(unix.NFPROTO_IPV4, 12, 4, n.set4, port)})
 		n.conn.AddRule(&nftables.Rule{Table: n.table, Chain: n.chain, Exprs: dropRule(unix.NFPROTO_IPV6, 8, 16, n.set6, port)})
 	}
 	return n.conn.Flush()
+}
+
+// keepRule accepts (ends this chain for) a source address in set.
+func keepRule(family byte, off, size uint32, set *nftables.Set) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{family}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: size},
+		&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID},
+		&expr.Verdict{Kind: expr.VerdictAccept},
+	}
 }
 
 // dropRule matches family, TCP, the port, a SYN without ACK and a source
@@ -102,7 +129,7 @@ func dropRule(family byte, off, size uint32, set *nftables.Set, port uint16) []e
 // makes them again if not.
 func (n *nft) ensure() (bool, error) {
 	rules, err := n.conn.GetRules(n.table, n.chain)
-	if err == nil && len(rules) == 2*len(n.ports) {
+	if err == nil && len(rules) == keepRules+2*len(n.ports) {
 		return false, nil
 	}
 	n.conn.DelTable(n.table)
@@ -124,24 +151,36 @@ func elements(p netip.Prefix, timeout time.Duration) []nftables.SetElement {
 	return els
 }
 
-func (n *nft) setFor(p netip.Prefix) *nftables.Set {
-	if p.Addr().Is4() {
+func (n *nft) setFor(p netip.Prefix, keep bool) *nftables.Set {
+	switch {
+	case keep && p.Addr().Is4():
+		return n.keep4
+	case keep:
+		return n.keep6
+	case p.Addr().Is4():
 		return n.set4
 	}
 	return n.set6
 }
 
-func (n *nft) add(p netip.Prefix, timeout time.Duration) error {
+func (n *nft) add(p netip.Prefix, timeout time.Duration) error { return n.put(p, timeout, false) }
+func (n *nft) del(p netip.Prefix) error                        { return n.remove(p, false) }
+
+// keep adds p to the keep sets; timeout 0: none (the set's default).
+func (n *nft) keep(p netip.Prefix, timeout time.Duration) error { return n.put(p, timeout, true) }
+func (n *nft) unkeep(p netip.Prefix) error                      { return n.remove(p, true) }
+
+func (n *nft) put(p netip.Prefix, timeout time.Duration, keep bool) error {
 	els := elements(p, timeout.Round(time.Millisecond))
-	if err := n.conn.SetAddElements(n.setFor(p), els); err != nil {
+	if err := n.conn.SetAddElements(n.setFor(p, keep), els); err != nil {
 		return err
 	}
 	return n.conn.Flush()
 }
 
-func (n *nft) del(p netip.Prefix) error {
+func (n *nft) remove(p netip.Prefix, keep bool) error {
 	els := elements(p, 0)
-	if err := n.conn.SetDeleteElements(n.setFor(p), els); err != nil {
+	if err := n.conn.SetDeleteElements(n.setFor(p, keep), els); err != nil {
 		return err
 	}
 	return n.conn.Flush()

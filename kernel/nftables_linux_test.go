@@ -354,3 +354,50 @@ func TestRealNftablesWithoutCapability(t *testing.T) {
 	}
 	t.Logf("Open: %v", err)
 }
+
+// A flood spread over 20 addresses of one /24 escalates the /24: its
+// other addresses are dropped too, but an exempt address and a known-good
+// one in it still connect (the keep sets' accept comes before the drops).
+func TestRealNftablesPrefixEscalationSparesKept(t *testing.T) {
+	if !netnstest.Enter(t, netnstest.Options{}) {
+		return
+	}
+	peer := netnstest.NewPeer(t, 23) // 198.18.0.2 .. 198.18.0.24, one /24
+	flood, bystander, exempt, good := peer.Sources[:20], peer.Sources[20], peer.Sources[21], peer.Sources[22]
+	l := listenOn(t, peer.LocalAddr.String(), peer)
+	var logs logLines
+	k, err := Open(Options{Ports: []uint16{l.port}, Escalation: DefaultEscalation, Log: logs.log,
+		Exempt: func(a netip.Addr) bool { return a == exempt },
+		Keep:   func() []netip.Prefix { return []netip.Prefix{netip.PrefixFrom(exempt, 32)} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	now := time.Now()
+	k.Good(good, now.Add(time.Hour))
+	for _, a := range flood {
+		for i := 0; i <= 100; i++ {
+			k.Refused(a, now)
+		}
+	}
+	k.Sync(now)
+	if !logs.has("kernel: dropping new connections from 198.18.0.0/24 for 30s (4 of its addresses dropped") {
+		t.Fatalf("log: %q", logs.lines)
+	}
+	for _, src := range []netip.Addr{flood[0], flood[19], bystander} {
+		if l.connects(src.String()) {
+			t.Fatalf("%s connected inside the dropped /24", src)
+		}
+	}
+	for _, src := range []netip.Addr{exempt, good} {
+		if !l.connects(src.String()) {
+			t.Fatalf("%s (kept) was dropped with its /24", src)
+		}
+	}
+	if m := k.Members(now); len(m) != 1 || m[0].Reason != ReasonPrefixEscalation {
+		t.Fatalf("members %+v", m)
+	}
+	if kept := k.Kept(); len(kept) != 2 {
+		t.Fatalf("kept %v", kept)
+	}
+}

@@ -117,7 +117,10 @@ func (t *goodTable) good(k key, n int64) bool {
 // With the tier on (kg.MinUsers > 0), k becomes or stays known-good until
 // n+kg.Window if kg.MinUsers distinct users logged in within the current
 // count, which restarts kg.Window after it began.
-func (t *goodTable) login(k key, uh uint64, n int64, kg *KnownGood) {
+//
+// It returns until, the end of k's known-good time, when k is known-good
+// after this login; else 0.
+func (t *goodTable) login(k key, uh uint64, n int64, kg *KnownGood) (until int64) {
 	h := maphash.Bytes(t.seed, k[:])
 	s := &t.shards[h%numShards]
 	h |= 1
@@ -142,7 +145,7 @@ func (t *goodTable) login(k key, uh uint64, n int64, kg *KnownGood) {
 		in.last[0], in.tag[0] = n, tag
 	}
 	if kg.MinUsers <= 0 {
-		return
+		return 0
 	}
 	if n-in.since > int64(kg.Window) {
 		in.n, in.since = 0, n
@@ -154,7 +157,22 @@ func (t *goodTable) login(k key, uh uint64, n int64, kg *KnownGood) {
 	if int(in.n) >= kg.MinUsers {
 		tab.sets[i/ways][i%ways].until.Store(n + int64(kg.Window))
 		t.any.Store(true)
+		return n + int64(kg.Window)
 	}
+	return 0
+}
+
+// OnKnownGood sets f to be called, in the goroutine of a successful login,
+// with the address and the end of its known-good time each time a login
+// makes or keeps an address known-good (the kernel's keep set: such an
+// address is never dropped, even when its prefix is). f must be quick;
+// nil stops the calls.
+func (l *Limiter) OnKnownGood(f func(a netip.Addr, until time.Time)) {
+	if f == nil {
+		l.onGood.Store(nil)
+		return
+	}
+	l.onGood.Store(&f)
 }
 
 // shared reports whether, at n, a user other than the one with hash uh

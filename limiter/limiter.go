@@ -24,6 +24,7 @@ type Limiter struct {
 
 	rateIP, ratePrefix *rateTable
 	goodIP, goodPrefix *goodTable
+	onGood             atomic.Pointer[func(netip.Addr, time.Time)] // OnKnownGood's
 	fails              *failTable
 	wouldRefuse        [NumReasons]atomic.Uint64
 	cl                 clusterState // shared state, if any (SetShared)

@@ -188,7 +188,11 @@ func (t *Ticket) LoginSucceeded(now time.Time, user string) {
 	p := l.policy()
 	n := now.UnixNano()
 	uh := l.userHash(user)
-	l.goodIP.login(t.k, uh, n, &p.KnownGood)
+	if until := l.goodIP.login(t.k, uh, n, &p.KnownGood); until != 0 {
+		if f := l.onGood.Load(); f != nil {
+			(*f)(t.addr, time.Unix(0, until))
+		}
+	}
 	l.goodPrefix.login(t.pk.addr, uh, n, &p.KnownGood)
 	f := l.fails
 	f.mu.Lock()

@@ -58,6 +58,11 @@ func (l *Limiter) remember(t *Ticket, res SharedResult, now time.Time) {
 	l.cl.over.put(k, until.UnixNano(), res.Reason, res.Limit)
 }
 
+// Pending reports whether Confirm still has shared limits to ask about
+// (a ticket Admit left pending, with [cluster]): the connection must reach
+// Confirm before anything else is done for it. False for a nil ticket.
+func (t *Ticket) Pending() bool { return !t.none() && t.cl.pending }
+
 // Confirm asks the shared state, for a ticket Admit left pending, whether
 // the connection is within the shared limits, and takes its places there;
 // d is Admit's decision, which it returns updated. Without shared state,

@@ -14,7 +14,10 @@ import (
 // serveRaw is Serve's loop for a plain TCP listener with a limiter: the
 // limiter decides in the accept loop, and a connection refused before TLS
 // is closed there (on Linux before Go's poller ever sees it) and costs no
-// goroutine. An admitted one goes to its own goroutine.
+// goroutine. An admitted one goes to its own goroutine; on Linux with the
+// Poller, only once its client has sent a whole first TLS record: until
+// then it waits in the poller as a bare descriptor with its table entry
+// (park.go).
 func (s *Server) serveRaw(ln *net.TCPListener) error {
 	acc, err := sock.NewAcceptor(ln)
 	if err != nil {
@@ -32,11 +35,26 @@ func (s *Server) serveRaw(ln *net.TCPListener) error {
 	var backoff time.Duration
 	for {
 		var pending admission // the admitted connection being handed over
-		conn, local, err := acc.Accept(func(remote netip.AddrPort) bool {
+		admit := func(remote netip.AddrPort) bool {
 			var keep bool
 			pending, keep = s.decide(upstream.Client{Remote: remote})
 			return keep
-		})
+		}
+		var (
+			conn  net.Conn
+			fd    = -1
+			local netip.AddrPort
+			err   error
+		)
+		if s.park.poller != nil {
+			// A bare descriptor: park makes it a net.Conn only once the
+			// client has sent its first record.
+			if fd, err = acc.AcceptFD(admit); err == nil {
+				local = sock.LocalAddrFD(fd)
+			}
+		} else {
+			conn, local, err = acc.Accept(admit)
+		}
 		if err != nil {
 			pending.ticket.Release() // admitted, but its socket is gone
 			if s.closing() {
@@ -51,9 +69,17 @@ func (s *Server) serveRaw(ln *net.TCPListener) error {
 		backoff = 0
 		pending.client.Local = local
 		if !s.startSession() {
-			conn.Close()
+			if fd >= 0 {
+				sock.CloseFD(fd)
+			} else {
+				conn.Close()
+			}
 			pending.ticket.Release()
 			return ErrServerClosed
+		}
+		if fd >= 0 {
+			s.parkNew(fd, pending)
+			continue
 		}
 		go s.serveConn(conn, pending)
 	}

@@ -22,6 +22,10 @@ type admission struct {
 	ticket   *limiter.Ticket
 	decision limiter.Decision
 	decided  bool
+	// parked: the connection waited in the poller (park.go) with its table
+	// entry taken; first is the bytes its client's first record brought.
+	parked *conntable.Entry
+	first  int
 }
 
 // serveConn owns raw from here on, as tcpproxy's HandleConn does: it runs
@@ -110,6 +114,12 @@ func (c *conn) serve(ctx context.Context, a admission) (r *relay) {
 // on to TLS.
 func (c *conn) admit(ctx context.Context, a admission) bool {
 	s := c.srv
+	if a.parked != nil {
+		// Admitted, confirmed and in the table already: its first record
+		// is whole.
+		c.client, c.ticket, c.entry = a.client, a.ticket, a.parked
+		return c.preauthSlot(ctx, a.first, nil)
+	}
 	if !a.decided {
 		// With a proxyproto listener this reads the PROXY header, bounded
 		// by its ReadHeaderTimeout, here in the connection's goroutine.
@@ -156,6 +166,15 @@ func (c *conn) admit(ctx context.Context, a admission) bool {
 	// at once; a silent flood's never comes, and goes at the silent
 	// timeout, or first when the table is full).
 	n, err := sock.WaitFirstRecord(c.raw)
+	return c.preauthSlot(ctx, n, err)
+}
+
+// preauthSlot goes on from the client's first record (n bytes queued, 0 if
+// the client closed first, -1 if not waited for; err if the wait was cut
+// off): it marks the entry heard and waits for a pre-login slot if the
+// ticket needs one. It reports whether the connection may go on to TLS.
+func (c *conn) preauthSlot(ctx context.Context, n int, err error) bool {
+	s, entry := c.srv, c.entry
 	switch {
 	case err == nil && n == 0:
 		return false // the client closed before a whole record

@@ -133,6 +133,7 @@ type lifecycle struct {
 type parking struct {
 	poller *sock.Poller // nil where unavailable
 	parked atomic.Int64 // relay directions waiting in the poller
+	silent atomic.Int64 // connections waiting for a first record (park.go)
 	stop   sync.Once
 }
 

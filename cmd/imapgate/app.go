@@ -69,7 +69,7 @@ func newApp(cfg *config.Config, f flags) (*app, error) {
 	top := admin.NewTop(1024)
 	o.Instrument = func(g *gateway.Gate) (proxy.Events, proxy.Tracker) {
 		a.metrics = admin.NewMetrics(reg, admin.Sources{Table: g.Table, Limiter: g.Limiter, Certs: g,
-			Parked: func() int { return g.Server.Parked() }, LogDropped: a.logs.Dropped(),
+			Parked: func() int { return g.Server.Parked() }, ParkedSilent: func() int { return g.Server.ParkedSilent() }, LogDropped: a.logs.Dropped(),
 			Kernel: g.KernelStats, Conntrack: g.Conntrack}, top)
 		return a.metrics, a.metrics
 	}

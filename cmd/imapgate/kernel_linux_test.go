@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -239,4 +240,144 @@ nftables = true
 		t.Fatal("max_per_ip 1 let a second session in")
 	}
 	d.waitLine("Maximum connection limit reached for ::ffff:127.0.0.1")
+}
+
+// inetTables lists the namespace's inet nftables tables.
+func inetTables(t *testing.T) []string {
+	t.Helper()
+	nc, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts, err := nc.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, tb := range ts {
+		names = append(names, tb.Name)
+	}
+	return names
+}
+
+// reloadWith rewrites the daemon's config file, replacing old by new, and
+// reloads it with ctl reload.
+func (d *daemon) reloadWith(old, new string) {
+	d.t.Helper()
+	path := filepath.Join(d.dir, "imapgate.toml")
+	b, _ := os.ReadFile(path)
+	if !strings.Contains(string(b), old) {
+		d.t.Fatalf("%q not in the config:\n%s", old, b)
+	}
+	os.WriteFile(path, []byte(strings.Replace(string(b), old, new, 1)), 0o644)
+	if s := d.ctl("reload"); !strings.Contains(s, "reloaded: true") {
+		d.t.Fatalf("ctl reload: %s\nlog:\n%s", s, d.logText())
+	}
+}
+
+// A reload applies [kernel]: on makes the table, a new name moves it (the
+// old one goes), off removes it.
+func TestRealNftablesReloadOnRenameOff(t *testing.T) {
+	if !netnstest.Enter(t, netnstest.Options{}) {
+		return
+	}
+	d := startDaemon(t, "[kernel]\nnftables = false\ntable = \"gate_a\"\n", nil, nil)
+	if names := inetTables(t); len(names) != 0 {
+		t.Fatalf("tables with nftables off: %v", names)
+	}
+	d.reloadWith("nftables = false", "nftables = true")
+	d.waitLine("[kernel] reloaded: nftables table inet gate_a on ports")
+	if names := inetTables(t); !slices.Equal(names, []string{"gate_a"}) {
+		t.Fatalf("tables after turning nftables on: %v", names)
+	}
+	d.reloadWith(`table = "gate_a"`, `table = "gate_b"`)
+	d.waitLine("[kernel] reloaded: nftables table inet gate_b on ports")
+	if names := inetTables(t); !slices.Equal(names, []string{"gate_b"}) {
+		t.Fatalf("tables after the rename: %v", names)
+	}
+	d.reloadWith("nftables = true", "nftables = false")
+	d.waitLine("[kernel] reloaded: nftables off")
+	if names := inetTables(t); len(names) != 0 {
+		t.Fatalf("tables after turning nftables off: %v", names)
+	}
+}
+
+// Two instances on one host with different kernel.table names keep a
+// table each; stopping one leaves the other's.
+func TestRealNftablesTwoGatewaysTwoTables(t *testing.T) {
+	if !netnstest.Enter(t, netnstest.Options{}) {
+		return
+	}
+	a := startDaemon(t, "[kernel]\nnftables = true\ntable = \"gate_one\"\n", nil, nil)
+	a.waitLine("kernel nftables table inet gate_one on ports")
+	b := startDaemon(t, "[kernel]\nnftables = true\ntable = \"gate_two\"\n", nil, nil)
+	b.waitLine("kernel nftables table inet gate_two on ports")
+	if names := inetTables(t); !slices.Equal(names, []string{"gate_one", "gate_two"}) {
+		t.Fatalf("tables: %v", names)
+	}
+	a.cmd.Process.Signal(os.Interrupt)
+	<-a.exit
+	if names := inetTables(t); !slices.Equal(names, []string{"gate_two"}) {
+		t.Fatalf("tables after one stopped: %v", names)
+	}
+}
+
+// A flood spread over the addresses of one /24 escalates the /24 in the
+// kernel (logged, counted, listed by ctl bans); another address of that
+// /24 is dropped with it, an exempt one still logs in.
+func TestRealNftablesPrefixFloodSparesExempt(t *testing.T) {
+	if !netnstest.Enter(t, netnstest.Options{}) {
+		return
+	}
+	peer := netnstest.NewPeer(t, 8) // 198.18.0.2 .. 198.18.0.9
+	flood, bystander, exempt := peer.Sources[:6], peer.Sources[6], peer.Sources[7]
+	d := newDaemon(t)
+	d.listen = peer.LocalAddr.String() + ":0"
+	d.start("[log]\noutput = \"file:"+d.log+"\"\n"+`
+[limits]
+max_per_ip = 1
+exempt = ["`+exempt.String()+`"]
+[limits.action]
+max_per_ip = "close"
+[kernel]
+nftables = true
+[kernel.escalation]
+refusals = 10
+prefix_addresses = 4
+`, nil, nil)
+	d.waitLine("kernel nftables table inet imapgate on ports")
+	for _, src := range flood {
+		c, err := peerLogin(d, peer, src, "demo", "demo") // holds its one slot
+		if err != nil {
+			t.Fatalf("%s: %v", src, err)
+		}
+		defer c.Close()
+	}
+	// Each flood address hammers until the kernel drops it (bounded).
+	for _, src := range flood {
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+			c, err := peer.Dial(src, d.addr, time.Second)
+			if err != nil {
+				break
+			}
+			c.Read(make([]byte, 1)) // closed before TLS
+			c.Close()
+		}
+	}
+	d.waitLine("kernel: dropping new connections from 198.18.0.0/24 for ") // 30 s, less the time to the next Sync
+	if c, err := peer.Dial(bystander, d.addr, time.Second); err == nil {
+		c.Close()
+		t.Fatal("another address of the dropped /24 connected")
+	}
+	c, err := peerLogin(d, peer, exempt, "demo", "demo")
+	if err != nil {
+		t.Fatalf("the exempt address inside the dropped /24: %v", err)
+	}
+	c.Close()
+	if got := d.metric(`imapgate_kernel_additions_total{reason="prefix_escalation"}`); got != 1 {
+		t.Fatalf("prefix escalations counted: %v", got)
+	}
+	if out := d.ctl("bans"); !strings.Contains(out, "198.18.0.0/24") || !strings.Contains(out, "prefix_escalation") {
+		t.Fatalf("ctl bans:\n%s", out)
+	}
 }

@@ -51,6 +51,21 @@ func (a *Acceptor) Close() error { return a.file.Close() }
 // may survive (back off and accept again) has a Temporary method; an
 // error after admit kept a connection means that connection is gone.
 func (a *Acceptor) Accept(admit func(remote netip.AddrPort) bool) (net.Conn, netip.AddrPort, error) {
+	fd, err := a.AcceptFD(admit)
+	if err != nil {
+		return nil, netip.AddrPort{}, err
+	}
+	c, err := ConnFD(fd)
+	if err != nil {
+		return nil, netip.AddrPort{}, temporary{err}
+	}
+	return c, AddrPort(c.LocalAddr()), nil // on a wildcard listener, the address the client reached
+}
+
+// AcceptFD is Accept without the net.Conn: it returns the kept
+// connection's bare non-blocking descriptor, which the caller owns (ConnFD
+// makes it a net.Conn, CloseFD closes it). Errors as Accept's.
+func (a *Acceptor) AcceptFD(admit func(remote netip.AddrPort) bool) (int, error) {
 	for {
 		var (
 			nfd    int
@@ -70,21 +85,34 @@ func (a *Acceptor) Accept(admit func(remote netip.AddrPort) bool) (net.Conn, net
 			}
 		}
 		if err := a.rc.Read(accept); err != nil {
-			return nil, netip.AddrPort{}, err
+			return -1, err
 		}
 		if errors.Is(aerr, syscall.ECONNABORTED) {
 			continue
 		}
 		if aerr != nil {
-			return nil, netip.AddrPort{}, temporary{fmt.Errorf("accept4: %w", aerr)}
+			return -1, temporary{fmt.Errorf("accept4: %w", aerr)}
 		}
-		c, err := newAcceptedConn(nfd)
-		if err != nil {
-			return nil, netip.AddrPort{}, temporary{err}
-		}
-		return c, AddrPort(c.LocalAddr()), nil // on a wildcard listener, the address the client reached
+		return nfd, nil
 	}
 }
+
+// LocalAddrFD returns the address the client of socket fd reached
+// (getsockname), IPv4-mapped addresses unmapped; the zero AddrPort if the
+// socket is gone.
+func LocalAddrFD(fd int) netip.AddrPort {
+	var rsa syscall.RawSockaddrAny
+	size := uint32(unsafe.Sizeof(rsa))
+	_, _, errno := syscall.RawSyscall(syscall.SYS_GETSOCKNAME, uintptr(fd),
+		uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&size)))
+	if errno != 0 {
+		return netip.AddrPort{}
+	}
+	return rawSockaddrAddrPort(&rsa)
+}
+
+// CloseFD closes a socket AcceptFD returned, without the scheduler.
+func CloseFD(fd int) { closeRaw(fd) }
 
 // accept4Raw and closeRaw make their system calls without telling the Go
 // scheduler (RawSyscall). Both return at once on a non-blocking listener

@@ -3,6 +3,7 @@
 package sock
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 )
@@ -38,3 +39,14 @@ func (a *Acceptor) Accept(admit func(remote netip.AddrPort) bool) (net.Conn, net
 		c.Close()
 	}
 }
+
+// AcceptFD is Linux-only (Raw is false here): it always fails.
+func (a *Acceptor) AcceptFD(func(netip.AddrPort) bool) (int, error) {
+	return -1, errors.New("sock: no raw accept here")
+}
+
+// LocalAddrFD, CloseFD and ConnFD are Linux-only; they are never reached
+// here (Raw is false).
+func LocalAddrFD(int) netip.AddrPort { return netip.AddrPort{} }
+func CloseFD(int)                    {}
+func ConnFD(int) (net.Conn, error)   { return nil, errors.New("sock: no raw accept here") }

@@ -9,6 +9,10 @@ import (
 	"unsafe"
 )
 
+// ConnFD makes fd, a socket AcceptFD returned, a *net.TCPConn; see
+// newAcceptedConn. fd is closed either way.
+func ConnFD(fd int) (net.Conn, error) { return newAcceptedConn(fd) }
+
 // newAcceptedConn takes ownership of fd, a non-blocking socket accepted
 // raw, and makes it a *net.TCPConn (net.FileConn: a dup, then the usual
 // setup, TCP_NODELAY included; fd itself is closed). A Conn doing its own

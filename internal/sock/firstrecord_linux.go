@@ -55,3 +55,40 @@ func WaitFirstRecord(c net.Conn) (int, error) {
 	}
 	return n, nil
 }
+
+// FirstRecordFD looks, without reading and without blocking, at what the
+// client of socket fd has sent: n > 0 bytes are queued and hold its whole
+// first TLS record (RFC 8446 §5.1); n == 0: it closed or reset first;
+// n < 0: not yet, and need is how many bytes the first record takes in all
+// (5 while the header is incomplete), the low-water mark to wait for
+// (SetRcvLowat).
+func FirstRecordFD(fd int) (n, need int) {
+	var hdr [5]byte
+	r, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&hdr[0])), uintptr(len(hdr)),
+		syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+	switch {
+	case e == syscall.EAGAIN || e == syscall.EINTR:
+		return -1, len(hdr)
+	case e != 0 || r == 0:
+		return 0, 0
+	case r < uintptr(len(hdr)):
+		return -1, len(hdr)
+	}
+	need = len(hdr) + (int(hdr[3])<<8 | int(hdr[4]))
+	var queued int32
+	if _, _, e := syscall.RawSyscall(syscall.SYS_IOCTL, uintptr(fd), unix.SIOCINQ, uintptr(unsafe.Pointer(&queued))); e != 0 {
+		return len(hdr), need // cannot tell: let the handshake find out
+	}
+	if int(queued) < need {
+		return -1, need
+	}
+	return int(queued), need
+}
+
+// SetRcvLowat sets fd's SO_RCVLOWAT: epoll reports it readable only once n
+// bytes are queued (or on a close or reset), so a client that sends half a
+// record and stalls wakes no one (tcp(7); the kernel caps n at half the
+// receive buffer). 1 is the default.
+func SetRcvLowat(fd, n int) error {
+	return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, n)
+}
