@@ -124,14 +124,38 @@ func (c *Cluster) releaseArgs(keys, args []string, qs []*limiter.SharedRelease) 
 		key      string
 		now, dur int64 // µs, ns
 	}
-	dec := map[string]int{}
+	if len(qs) == 0 {
+		return keys, append(args, "0", "0")
+	}
+	// Count keys in first-seen order: a scan while there are few (the
+	// usual batch, and the admission call's), a map past 16.
 	var order []string
+	var dec []int
+	var idx map[string]int
 	var resp []respend
 	count := func(k string) {
-		if dec[k] == 0 {
-			order = append(order, k)
+		if idx != nil {
+			if i, ok := idx[k]; ok {
+				dec[i]++
+				return
+			}
+		} else {
+			for i, o := range order {
+				if o == k {
+					dec[i]++
+					return
+				}
+			}
 		}
-		dec[k]++
+		order, dec = append(order, k), append(dec, 1)
+		if idx != nil {
+			idx[k] = len(order) - 1
+		} else if len(order) > 16 {
+			idx = make(map[string]int, 2*len(order))
+			for i, o := range order {
+				idx[o] = i
+			}
+		}
 	}
 	for _, q := range qs {
 		if q.Total {
@@ -154,8 +178,8 @@ func (c *Cluster) releaseArgs(keys, args []string, qs []*limiter.SharedRelease) 
 		}
 	}
 	args = append(args, strconv.Itoa(len(order)), strconv.Itoa(len(resp)))
-	for _, k := range order {
-		keys, args = append(keys, k), append(args, strconv.Itoa(dec[k]))
+	for i, k := range order {
+		keys, args = append(keys, k), append(args, strconv.Itoa(dec[i]))
 	}
 	for _, r := range resp {
 		keys, args = append(keys, r.key), append(args, strconv.FormatInt(r.now, 10), micros(r.dur))

@@ -79,16 +79,31 @@ func (t *Ticket) Confirm(ctx context.Context, now time.Time, d Decision) Decisio
 			q.DryRun |= 1 << r
 		}
 	}
-	q.Releases = l.takeReleases(maxReleaseBatch)
+	// This node's queued releases ride along (applied before the check).
+	// A release batch already in flight may reach the shared state after
+	// this call: if the shared counts then refuse, ask once more when
+	// those batches are answered, so a place freed on this node before
+	// Confirm is never refused (nor the refusal remembered).
+	mark, others := l.flightMark()
+	var id uint64
+	q.Releases, id = l.takeReleases(maxReleaseBatch)
 	ctx, cancel := context.WithTimeout(ctx, l.cl.timeout)
 	defer cancel()
 	l.cl.calls.Add(1)
 	res, err := l.cl.s.Admit(ctx, q)
-	if q.Releases != nil {
-		defer l.releasesDone() // after down, if it failed
+	if err == nil && others && res.Refused && res.RetryAt.IsZero() {
+		l.waitFlights(mark)
+		q.Releases = nil // applied by the first call
+		l.cl.calls.Add(1)
+		res, err = l.cl.s.Admit(ctx, q)
 	}
 	if err != nil {
 		l.down(err)
+	}
+	if id != 0 {
+		l.releasesDone(id)
+	}
+	if err != nil {
 		// Decide again under the local limits, from scratch.
 		t.releaseLocal()
 		nt, nd := l.admitCluster(t.addr, now)

@@ -38,11 +38,12 @@ var errDetached = errors.New("shared state detached (node closing)")
 // flight.
 type releaseQueue struct {
 	mu       sync.Mutex
-	idle     sync.Cond // flying dropped to 0
+	idle     sync.Cond // a batch was answered
 	pending  []*SharedRelease
-	armed    bool // a flush is scheduled
-	flying   int  // batches taken, not answered yet
-	waiters  int  // in waitReleases (for tests)
+	armed    bool                // a flush is scheduled
+	seq      uint64              // batches taken so far
+	flying   map[uint64]struct{} // batches taken (by number), not answered yet
+	waiters  int                 // in waitReleases or waitFlights (for tests)
 	window   time.Duration
 	detached bool // DetachShared: nothing is queued any more
 	// after schedules f after d (time.AfterFunc; tests replace it).
@@ -51,6 +52,7 @@ type releaseQueue struct {
 
 func (q *releaseQueue) init(window time.Duration) {
 	q.idle.L = &q.mu
+	q.flying = map[uint64]struct{}{}
 	q.window = window
 	q.after = func(d time.Duration, f func()) { time.AfterFunc(d, f) }
 }
@@ -69,33 +71,66 @@ func (l *Limiter) queueRelease(r *SharedRelease) {
 	}
 }
 
-// takeReleases takes the queue for a call, counted in flight until done
-// is called; nil if it is empty.
-func (l *Limiter) takeReleases(n int) []*SharedRelease {
+// takeReleases takes up to n releases of the queue for a call, in
+// flight under the number id until releasesDone(id); nil if the queue is
+// empty.
+func (l *Limiter) takeReleases(n int) (b []*SharedRelease, id uint64) {
 	q := &l.cl.rq
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if len(q.pending) == 0 {
-		return nil
+		return nil, 0
 	}
 	n = min(n, len(q.pending))
-	b := q.pending[:n:n]
+	b = q.pending[:n:n]
 	q.pending = q.pending[n:]
 	if len(q.pending) == 0 {
 		q.pending = nil
 	}
-	q.flying++
-	return b
+	q.seq++
+	q.flying[q.seq] = struct{}{}
+	return b, q.seq
 }
 
-// releasesDone ends a batch taken by takeReleases.
-func (l *Limiter) releasesDone() {
+// releasesDone ends batch id of takeReleases.
+func (l *Limiter) releasesDone(id uint64) {
 	q := &l.cl.rq
 	q.mu.Lock()
-	if q.flying--; q.flying == 0 {
-		q.idle.Broadcast()
-	}
+	delete(q.flying, id)
+	q.idle.Broadcast()
 	q.mu.Unlock()
+}
+
+// flightMark is the number of the last batch taken, and whether any
+// batch is in flight.
+func (l *Limiter) flightMark() (mark uint64, flying bool) {
+	q := &l.cl.rq
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.seq, len(q.flying) > 0
+}
+
+// waitFlights waits until every batch numbered up to mark is answered
+// (each call has the cluster deadline); later batches do not hold it up.
+func (l *Limiter) waitFlights(mark uint64) {
+	q := &l.cl.rq
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.waiters++
+	defer func() { q.waiters-- }()
+	for {
+		older := false
+		for id := range q.flying {
+			if id <= mark {
+				older = true
+				break
+			}
+		}
+		if !older {
+			return
+		}
+		q.idle.Wait()
+	}
 }
 
 // dropReleases forgets the queue: the caller switched to local limits,
@@ -113,7 +148,7 @@ func (l *Limiter) waitReleases() {
 	q := &l.cl.rq
 	q.mu.Lock()
 	q.waiters++
-	for q.flying > 0 {
+	for len(q.flying) > 0 {
 		q.idle.Wait()
 	}
 	q.waiters--
@@ -134,7 +169,7 @@ func (l *Limiter) flushTimer() {
 // queue).
 func (l *Limiter) flushReleases() {
 	for {
-		b := l.takeReleases(maxReleaseBatch)
+		b, id := l.takeReleases(maxReleaseBatch)
 		if b == nil {
 			return
 		}
@@ -145,7 +180,7 @@ func (l *Limiter) flushReleases() {
 		if err != nil {
 			l.down(err)
 		}
-		l.releasesDone()
+		l.releasesDone(id)
 		if err != nil {
 			return
 		}

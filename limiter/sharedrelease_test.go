@@ -159,6 +159,40 @@ func TestSharedReleaseNoDoubleAcrossRepublish(t *testing.T) {
 	}
 }
 
+// An admission on the node while a batch with one of its releases is in
+// flight: refused by the shared count that lacks the release, it asks
+// again once the batch is answered, and is admitted.
+func TestSharedReleaseInFlightNotRefused(t *testing.T) {
+	p := unlimited()
+	p.Limits.MaxPerIP = 2
+	f := newFake()
+	n := sharedNodes(t, f, p, "n1")[0]
+	a := addr("192.0.2.96")
+	t1, _ := admitShared(n, a, t0)
+	admitShared(n, a, t0)
+	t1.Release()
+	f.block, f.entered = make(chan struct{}), make(chan struct{}, 1)
+	flushed := make(chan struct{})
+	go func() { f.fire(); close(flushed) }()
+	<-f.entered
+	admitted := make(chan *Ticket)
+	go func() { tk, _ := admitShared(n, a, t0); admitted <- tk }()
+	for waiting(n) == 0 {
+		runtime.Gosched()
+	}
+	close(f.block)
+	<-flushed
+	if tk := <-admitted; tk == nil {
+		t.Fatal("a place freed on this node, its release in flight, was refused")
+	}
+	if f.sum("a:192.0.2.96") != 2 {
+		t.Fatalf("shared count %d, want 2", f.sum("a:192.0.2.96"))
+	}
+	if _, d := n.Admit(a, t0); d.Refused {
+		t.Fatal("the spurious first refusal was remembered")
+	}
+}
+
 // waiting is how many callers wait for the batches in flight.
 func waiting(l *Limiter) int {
 	q := &l.cl.rq
