@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"errors"
+	"math"
 	"sync"
 	"time"
 )
@@ -144,16 +145,7 @@ func (l *Limiter) dropReleases() {
 
 // waitReleases waits until no batch is in flight (each call has the
 // cluster deadline).
-func (l *Limiter) waitReleases() {
-	q := &l.cl.rq
-	q.mu.Lock()
-	q.waiters++
-	for len(q.flying) > 0 {
-		q.idle.Wait()
-	}
-	q.waiters--
-	q.mu.Unlock()
-}
+func (l *Limiter) waitReleases() { l.waitFlights(math.MaxUint64) }
 
 // flushTimer runs ReleaseWindow after a release found the queue unarmed.
 func (l *Limiter) flushTimer() {

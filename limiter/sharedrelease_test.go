@@ -7,6 +7,20 @@ import (
 	"testing"
 )
 
+// oneOfTwoReleased: a node with max_per_ip 2 admitted two sessions from
+// addr a and released the first; its release is queued. held is the
+// second.
+func oneOfTwoReleased(t *testing.T, a string) (f *fakeShared, n *Limiter, ip netip.Addr, held *Ticket) {
+	p := unlimited()
+	p.Limits.MaxPerIP = 2
+	f = newFake()
+	n = sharedNodes(t, f, p, "n1")[0]
+	t1, _ := admitShared(n, addr(a), t0)
+	held, _ = admitShared(n, addr(a), t0)
+	t1.Release()
+	return f, n, addr(a), held
+}
+
 // Releases within one window go in one Release call, each with the places
 // it held; nothing is sent before the window passes, and the session's
 // Release returns at once.
@@ -52,14 +66,7 @@ func TestSharedReleaseBatchContent(t *testing.T) {
 // before its check: a place freed on this node is never refused by the
 // shared count, and the release costs no call of its own.
 func TestSharedReleaseRidesOnAdmission(t *testing.T) {
-	p := unlimited()
-	p.Limits.MaxPerIP = 2
-	f := newFake()
-	n := sharedNodes(t, f, p, "n1")[0]
-	a := addr("192.0.2.92")
-	t1, _ := admitShared(n, a, t0)
-	admitShared(n, a, t0)
-	t1.Release()
+	f, n, a, _ := oneOfTwoReleased(t, "192.0.2.92")
 	calls := f.calls
 	if tk, d := admitShared(n, a, t0); tk == nil {
 		t.Fatalf("a place freed on this node refused: %+v", d)
@@ -77,13 +84,7 @@ func TestSharedReleaseRidesOnAdmission(t *testing.T) {
 // left, one too high, are corrected by the next Republish; nothing of the
 // failed batch is sent again.
 func TestSharedReleaseBatchFailureRepublished(t *testing.T) {
-	p := unlimited()
-	f := newFake()
-	n := sharedNodes(t, f, p, "n1")[0]
-	a := addr("192.0.2.93")
-	t1, _ := admitShared(n, a, t0)
-	t2, _ := admitShared(n, a, t0)
-	t1.Release()
+	f, n, _, t2 := oneOfTwoReleased(t, "192.0.2.93")
 	f.fail = true
 	f.fire()
 	if n.SharedUp() || f.downs != 1 {
@@ -163,14 +164,7 @@ func TestSharedReleaseNoDoubleAcrossRepublish(t *testing.T) {
 // flight: refused by the shared count that lacks the release, it asks
 // again once the batch is answered, and is admitted.
 func TestSharedReleaseInFlightNotRefused(t *testing.T) {
-	p := unlimited()
-	p.Limits.MaxPerIP = 2
-	f := newFake()
-	n := sharedNodes(t, f, p, "n1")[0]
-	a := addr("192.0.2.96")
-	t1, _ := admitShared(n, a, t0)
-	admitShared(n, a, t0)
-	t1.Release()
+	f, n, a, _ := oneOfTwoReleased(t, "192.0.2.96")
 	f.block, f.entered = make(chan struct{}), make(chan struct{}, 1)
 	flushed := make(chan struct{})
 	go func() { f.fire(); close(flushed) }()
@@ -204,13 +198,7 @@ func waiting(l *Limiter) int {
 // DetachShared (the node closing) sends the queued releases at once and
 // leaves the node on local limits for good.
 func TestSharedReleaseDetachFlushes(t *testing.T) {
-	p := unlimited()
-	f := newFake()
-	n := sharedNodes(t, f, p, "n1")[0]
-	a := addr("192.0.2.95")
-	t1, _ := admitShared(n, a, t0)
-	t2, _ := admitShared(n, a, t0)
-	t1.Release()
+	f, n, _, t2 := oneOfTwoReleased(t, "192.0.2.95")
 	n.DetachShared()
 	if len(f.batches) != 1 || len(f.batches[0]) != 1 || f.sum("a:192.0.2.95") != 1 {
 		t.Fatalf("batches %+v, shared count %d; want the release sent", f.batches, f.sum("a:192.0.2.95"))
