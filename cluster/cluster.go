@@ -101,10 +101,15 @@ func (c *Cluster) Start(l *limiter.Limiter) {
 	go c.subscribe()
 }
 
-// Close stops the loop and the subscriber and closes the client. The
-// node's share stays until its liveness expires (or it restarts).
+// Close sends the releases not sent yet (limiter.DetachShared; the
+// limiter stays on local limits), stops the loop and the subscriber and
+// closes the client. The node's share stays until its liveness expires
+// (or it restarts).
 func (c *Cluster) Close() {
 	c.once.Do(func() {
+		if c.l != nil {
+			c.l.DetachShared()
+		}
 		close(c.stop)
 		if cl := c.cli.Load(); cl != nil {
 			(*cl).Close()

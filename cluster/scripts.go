@@ -54,6 +54,26 @@ local function respend(key, interval, now)
   if tat < now then tat = now end
   setTat(key, tat + interval, now)
 end
+-- applyReleases gives back a batch of releases (limiter.SharedRelease,
+-- encoded by releaseArgs) from KEYS[k] and ARGV[a] on: ARGV[a] = d, the
+-- number of counts to decrement, ARGV[a + 1] = r, the number of
+-- re-spends; KEYS[k .. k+d-1] the counts, ARGV[a+2 .. a+1+d] by how much
+-- (this node's field; dropped at 0 or below, and the key from the node's
+-- key set); KEYS[k+d .. k+d+r-1] rate keys, each with two ARGV after the
+-- decrements: now µs, interval µs. Returns the KEYS index past the batch.
+local function applyReleases(node, set, k, a)
+  local d, r = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  for i = 0, d - 1 do
+    local key = KEYS[k + i]
+    if redis.call('HINCRBY', key, node, -tonumber(ARGV[a + 2 + i])) <= 0 then
+      redis.call('HDEL', key, node)
+      redis.call('SREM', set, key)
+    end
+  end
+  for i = 0, r - 1 do
+    respend(KEYS[k + d + i], tonumber(ARGV[a + 3 + d + 2 * i]), tonumber(ARGV[a + 2 + d + 2 * i]))
+  end
+end
 local function refund(key, interval, now)
   if interval <= 0 then return end
   local tat = tonumber(redis.call('GET', key) or '0')
@@ -61,15 +81,18 @@ local function refund(key, interval, now)
 end
 `
 
-// admitScript: one admission. Rates (GCRA, as limiter's rateTable) and
-// the total, per-address and per-prefix counts are all checked, then
-// all taken, or none. Reason numbers are limiter.Reason's.
+// admitScript: one admission. This node's queued releases
+// (SharedAdmit.Releases) are applied first; then rates (GCRA, as
+// limiter's rateTable) and the total, per-address and per-prefix counts
+// are all checked, then all taken, or none. Reason numbers are
+// limiter.Reason's.
 //
 // KEYS: nodes, total, addr count, prefix count, addr rate, prefix rate,
-// this node's key set, the address's failure marker.
+// this node's key set, the address's failure marker, then the releases'
+// keys (applyReleases).
 // ARGV: node, now µs, exempt, max_connections, max_per_ip,
 // max_per_prefix, addr interval µs, addr burst, prefix interval µs,
-// prefix burst, dry-run mask.
+// prefix burst, dry-run mask, then the releases' arguments.
 // Returns {code, reason, limit, would, retry-at µs, failures}; code -1:
 // this node is not registered (Redis lost its data).
 var admitScript = rueidis.NewLuaScript(common + `
@@ -77,6 +100,7 @@ local node = ARGV[1]
 local now = tonumber(ARGV[2])
 readAlive(KEYS[1])
 if not alive[node] then return {-1, 0, 0, 0, 0, 0} end
+applyReleases(node, KEYS[7], 9, 12)
 dry = tonumber(ARGV[11])
 local tats = {}
 local function rate(key, interval, burst, reason)
@@ -117,18 +141,11 @@ end
 return {0, 0, 0, would, 0, redis.call('EXISTS', KEYS[8])}
 `)
 
-// releaseScript gives back places and re-spends refunded tokens.
-// KEYS: total, addr count, prefix count, user count, node key set, addr
-// rate, prefix rate. ARGV: node, total?, addr?, prefix?, user?, now µs,
-// addr respend µs, prefix respend µs.
+// releaseScript gives back a batch of releases (applyReleases).
+// KEYS: this node's key set, then the releases' keys. ARGV: node, then
+// the releases' arguments.
 var releaseScript = rueidis.NewLuaScript(common + `
-local node = ARGV[1]
-for i = 1, 4 do
-  if ARGV[i + 1] == '1' then decr(KEYS[i], node, KEYS[5]) end
-end
-local now = tonumber(ARGV[6])
-respend(KEYS[6], tonumber(ARGV[7]), now)
-respend(KEYS[7], tonumber(ARGV[8]), now)
+applyReleases(ARGV[1], KEYS[1], 2, 2)
 return 1
 `)
 

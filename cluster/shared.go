@@ -79,11 +79,13 @@ func (c *Cluster) Admit(ctx context.Context, q *limiter.SharedAdmit) (limiter.Sh
 	}
 	ai, ab := rateArgs(q.Limits.RatePerIP, !q.Exempt)
 	pi, pb := rateArgs(q.Limits.RatePerPrefix, !q.Exempt)
-	res, err := c.exec(ctx, "admit", admitScript, cl,
+	keys, args := c.releaseArgs(
 		[]string{c.k.nodes, c.k.total, c.addrKey(q.Addr), c.prefixKey(q.Prefix), c.rateAddrKey(q.Addr),
 			c.ratePrefixKey(q.Prefix), c.k.nodeSet(c.o.Node), c.k.p + "f:m:" + q.Addr.String()},
 		[]string{c.o.Node, strconv.FormatInt(q.Now.UnixMicro(), 10), b01(q.Exempt), strconv.Itoa(q.Limits.MaxConnections),
-			strconv.Itoa(q.Limits.MaxPerIP), strconv.Itoa(q.Limits.MaxPerPrefix), ai, ab, pi, pb, strconv.Itoa(int(q.DryRun))}).AsIntSlice()
+			strconv.Itoa(q.Limits.MaxPerIP), strconv.Itoa(q.Limits.MaxPerPrefix), ai, ab, pi, pb, strconv.Itoa(int(q.DryRun))},
+		q.Releases)
+	res, err := c.exec(ctx, "admit", admitScript, cl, keys, args).AsIntSlice()
 	if err != nil {
 		return r, err
 	}
@@ -101,17 +103,88 @@ func (c *Cluster) Admit(ctx context.Context, q *limiter.SharedAdmit) (limiter.Sh
 	return r, nil
 }
 
-// Release implements limiter.Shared.
-func (c *Cluster) Release(ctx context.Context, q *limiter.SharedRelease) error {
+// Release implements limiter.Shared: one script call for the batch.
+func (c *Cluster) Release(ctx context.Context, qs []*limiter.SharedRelease) error {
 	cl, err := c.conn()
 	if err != nil {
 		return err
 	}
-	return c.exec(ctx, "release", releaseScript, cl,
-		[]string{c.k.total, c.addrKey(q.Addr), c.prefixKey(q.Prefix), c.userKey(q.Addr, q.User), c.k.nodeSet(c.o.Node),
-			c.rateAddrKey(q.Addr), c.ratePrefixKey(q.Prefix)},
-		[]string{c.o.Node, b01(q.Total), b01(q.IP), b01(q.InPrefix), b01(q.User != ""),
-			strconv.FormatInt(q.Now.UnixMicro(), 10), micros(q.RespendIP), micros(q.RespendPrefix)}).Error()
+	keys, args := c.releaseArgs([]string{c.k.nodeSet(c.o.Node)}, []string{c.o.Node}, qs)
+	if err := c.exec(ctx, "release", releaseScript, cl, keys, args).Error(); err != nil {
+		return fmt.Errorf("release of %d sessions: %w", len(qs), err)
+	}
+	return nil
+}
+
+// releaseArgs appends to a script's keys and args the batch qs in the
+// form applyReleases reads: the decrements summed per count key (in the
+// order first seen), then the re-spends in order, each with its time.
+func (c *Cluster) releaseArgs(keys, args []string, qs []*limiter.SharedRelease) ([]string, []string) {
+	type respend struct {
+		key      string
+		now, dur int64 // µs, ns
+	}
+	if len(qs) == 0 {
+		return keys, append(args, "0", "0")
+	}
+	// Count keys in first-seen order: a scan while there are few (the
+	// usual batch, and the admission call's), a map past 16.
+	var order []string
+	var dec []int
+	var idx map[string]int
+	var resp []respend
+	count := func(k string) {
+		if idx != nil {
+			if i, ok := idx[k]; ok {
+				dec[i]++
+				return
+			}
+		} else {
+			for i, o := range order {
+				if o == k {
+					dec[i]++
+					return
+				}
+			}
+		}
+		order, dec = append(order, k), append(dec, 1)
+		if idx != nil {
+			idx[k] = len(order) - 1
+		} else if len(order) > 16 {
+			idx = make(map[string]int, 2*len(order))
+			for i, o := range order {
+				idx[o] = i
+			}
+		}
+	}
+	for _, q := range qs {
+		if q.Total {
+			count(c.k.total)
+		}
+		if q.IP {
+			count(c.addrKey(q.Addr))
+		}
+		if q.InPrefix {
+			count(c.prefixKey(q.Prefix))
+		}
+		if q.User != "" {
+			count(c.userKey(q.Addr, q.User))
+		}
+		if q.RespendIP > 0 {
+			resp = append(resp, respend{c.rateAddrKey(q.Addr), q.Now.UnixMicro(), q.RespendIP})
+		}
+		if q.RespendPrefix > 0 {
+			resp = append(resp, respend{c.ratePrefixKey(q.Prefix), q.Now.UnixMicro(), q.RespendPrefix})
+		}
+	}
+	args = append(args, strconv.Itoa(len(order)), strconv.Itoa(len(resp)))
+	for i, k := range order {
+		keys, args = append(keys, k), append(args, strconv.Itoa(dec[i]))
+	}
+	for _, r := range resp {
+		keys, args = append(keys, r.key), append(args, strconv.FormatInt(r.now, 10), micros(r.dur))
+	}
+	return keys, args
 }
 
 // Login implements limiter.Shared.

@@ -21,9 +21,12 @@ type Shared interface {
 	// Admit checks every shared limit of a new connection and takes its
 	// places in all the counts and rate buckets, or in none.
 	Admit(ctx context.Context, q *SharedAdmit) (SharedResult, error)
-	// Release gives back places taken by Admit or Login, and re-spends
-	// rate tokens that Login gave back for a login that then failed.
-	Release(ctx context.Context, q *SharedRelease) error
+	// Release gives back, in one atomic call and in order, the places
+	// that the releases in qs name (taken by Admit or Login), and
+	// re-spends rate tokens that Login gave back for a login that then
+	// failed. Either all of qs is applied or, with an error, possibly
+	// none: the Limiter then degrades and Republish corrects the counts.
+	Release(ctx context.Context, qs []*SharedRelease) error
 	// Login takes a place for a user on an address (max_per_user_ip) and
 	// gives back the connection's rate tokens.
 	Login(ctx context.Context, q *SharedLogin) (SharedResult, error)
@@ -56,6 +59,10 @@ type SharedAdmit struct {
 	Limits Limits
 	DryRun uint16 // bit r: limit r only records WouldRefuse
 	Now    time.Time
+	// Releases are this node's releases not sent yet (see
+	// ReleaseWindow), applied as Release would apply them, in the same
+	// atomic call, before the limits are checked; nil for none.
+	Releases []*SharedRelease
 }
 
 // SharedResult is the answer of Shared.Admit and Shared.Login.
@@ -155,6 +162,8 @@ type clusterState struct {
 	// unbans made while down, for the next Republish.
 	unbansMu sync.Mutex
 	unbans   []Ban
+	// rq: releases waiting to be sent, batches in flight.
+	rq releaseQueue
 }
 
 // ticketCluster is what a ticket holds in the shared state.
@@ -187,6 +196,7 @@ func (l *Limiter) SetShared(s Shared, hold, timeout time.Duration) {
 	l.cl.hold = hold
 	l.cl.timeout = timeout
 	l.cl.over = newOverTable(1 << 16)
+	l.cl.rq.init(ReleaseWindow)
 }
 
 // SharedUp reports whether the shared state is in use (false without one,
@@ -214,12 +224,14 @@ func (l *Limiter) SharedFailed(err error) {
 	}
 }
 
-// down switches to local limits after a failed shared call.
+// down switches to local limits after a failed shared call, and drops
+// the releases not sent yet (the next Republish carries them).
 func (l *Limiter) down(err error) {
 	l.cl.fails.Add(1)
 	l.cl.mu.Lock()
 	was := l.cl.up
 	l.cl.up = false
+	l.dropReleases()
 	l.cl.mu.Unlock()
 	if was {
 		l.cl.s.Down(err)
@@ -247,8 +259,15 @@ func (l *Limiter) ctx() (context.Context, context.CancelFunc) {
 // Republish hands this node's share to the shared state (Shared.Publish)
 // and, once the share published is the one in force, switches from local
 // limits back to the shared ones. The Shared calls it when it answers
-// again; ctx bounds each attempt.
+// again; ctx bounds each attempt. It first switches to local limits (if
+// it was up), drops the releases not sent and waits for the release
+// batches in flight (each bounded by the cluster deadline), so that no
+// release lands after the share it publishes. After DetachShared it
+// fails.
 func (l *Limiter) Republish(ctx context.Context, now time.Time) error {
+	if err := l.quiesceReleases(); err != nil {
+		return err
+	}
 	for attempt := 0; ; attempt++ {
 		d0 := l.cl.dirty.Load()
 		s := l.snapshot(now)
@@ -259,6 +278,10 @@ func (l *Limiter) Republish(ctx context.Context, now time.Time) error {
 		l.cl.unbans = l.cl.unbans[len(s.Unbans):]
 		l.cl.unbansMu.Unlock()
 		l.cl.mu.Lock()
+		if l.detached() {
+			l.cl.mu.Unlock()
+			return errDetached
+		}
 		if l.cl.dirty.Load() == d0 || attempt >= 4 {
 			// After five tries under constant churn the share is off by
 			// the few changes of the last try; the next republish

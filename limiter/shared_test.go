@@ -19,6 +19,34 @@ type fakeShared struct {
 	calls  int
 	downs  int
 	unbans []Ban // received by Publish
+	// batches are the Release calls' releases, in order; admitRel the
+	// releases carried by Admit calls.
+	batches  [][]SharedRelease
+	admitRel []SharedRelease
+	// block, if set, holds Release calls until it is closed; entered
+	// gets a value as each one starts. flying counts Release calls in
+	// progress; Publish fails the test (badPublish) if one is.
+	block      chan struct{}
+	entered    chan struct{}
+	flying     int
+	badPublish bool
+	// timers are the release flushes the nodes scheduled (the stepped
+	// clock of ReleaseWindow): fire runs them.
+	tmu    sync.Mutex
+	timers []func()
+}
+
+// fire runs the release flushes scheduled so far, as if ReleaseWindow
+// had passed, and reports how many ran.
+func (f *fakeShared) fire() int {
+	f.tmu.Lock()
+	ts := f.timers
+	f.timers = nil
+	f.tmu.Unlock()
+	for _, t := range ts {
+		t()
+	}
+	return len(ts)
 }
 
 type fakeNode struct {
@@ -52,6 +80,10 @@ func (n fakeNode) Admit(_ context.Context, q *SharedAdmit) (SharedResult, error)
 	if n.fail {
 		return SharedResult{}, errFake
 	}
+	for _, r := range q.Releases {
+		n.admitRel = append(n.admitRel, *r)
+		n.apply(r)
+	}
 	a := "a:" + q.Addr.String()
 	if m := q.Limits.MaxConnections; m > 0 && n.sum("total") >= m {
 		return SharedResult{Refused: true, Reason: MaxConnections, Limit: m}, nil
@@ -66,20 +98,41 @@ func (n fakeNode) Admit(_ context.Context, q *SharedAdmit) (SharedResult, error)
 	return SharedResult{}, nil
 }
 
-func (n fakeNode) Release(_ context.Context, q *SharedRelease) error {
+func (n fakeNode) Release(_ context.Context, qs []*SharedRelease) error {
+	n.mu.Lock()
+	n.calls++
+	n.flying++
+	block, entered := n.block, n.entered
+	n.mu.Unlock()
+	if entered != nil {
+		entered <- struct{}{}
+	}
+	if block != nil {
+		<-block
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.calls++
+	n.flying--
 	if n.fail {
 		return errFake
 	}
+	var b []SharedRelease
+	for _, q := range qs {
+		b = append(b, *q)
+		n.apply(q)
+	}
+	n.batches = append(n.batches, b)
+	return nil
+}
+
+// apply gives back one release's places; the caller holds mu.
+func (n fakeNode) apply(q *SharedRelease) {
 	if q.Total {
 		n.add("total", n.node, -1)
 	}
 	if q.IP {
 		n.add("a:"+q.Addr.String(), n.node, -1)
 	}
-	return nil
 }
 
 func (n fakeNode) Login(context.Context, *SharedLogin) (SharedResult, error) {
@@ -105,6 +158,9 @@ func (n fakeNode) Publish(_ context.Context, s *Snapshot) error {
 	if n.fail {
 		return errFake
 	}
+	if n.flying > 0 {
+		n.badPublish = true
+	}
 	n.unbans = append(n.unbans, s.Unbans...)
 	for _, m := range n.counts {
 		delete(m, n.node)
@@ -121,6 +177,11 @@ func sharedNodes(t *testing.T, f *fakeShared, p Policy, names ...string) []*Limi
 	for _, name := range names {
 		l := newLimiter(t, p)
 		l.SetShared(fakeNode{f, name}, 250*time.Millisecond, 50*time.Millisecond)
+		l.cl.rq.after = func(_ time.Duration, fn func()) {
+			f.tmu.Lock()
+			f.timers = append(f.timers, fn)
+			f.tmu.Unlock()
+		}
 		if err := l.Republish(context.Background(), t0); err != nil {
 			t.Fatal(err)
 		}
@@ -158,6 +219,7 @@ func TestSharedLimitExactAcrossNodes(t *testing.T) {
 		t.Fatalf("admitted %d (shared count %d), want 4", len(held), f.sum("a:192.0.2.70"))
 	}
 	held[0].Release()
+	f.fire()
 	if f.sum("a:192.0.2.70") != 3 {
 		t.Fatalf("shared count %d after a release", f.sum("a:192.0.2.70"))
 	}
@@ -191,6 +253,7 @@ func TestSharedRefusalRememberedWithoutRoundTrip(t *testing.T) {
 	}
 	// n2's session ends: n1 learns it only by asking, after the hold.
 	t1.Release()
+	f.fire()
 	if _, d := n[0].Admit(a, t0.Add(200*time.Millisecond)); !d.Refused {
 		t.Fatal("hold forgotten early")
 	}
@@ -239,6 +302,7 @@ func TestSharedDownLocalLimitsAndRepublish(t *testing.T) {
 		t.Fatal("admitted over the shared limit after recovery (5 held)")
 	}
 	local[1].Release()
+	f.fire()
 	if got := f.counts["a:192.0.2.72"]["n1"]; got != 2 {
 		t.Fatalf("n1's share %d after a release, want 2", got)
 	}

@@ -84,12 +84,31 @@ func (t *Ticket) Confirm(ctx context.Context, now time.Time, d Decision) Decisio
 			q.DryRun |= 1 << r
 		}
 	}
+	// This node's queued releases ride along (applied before the check).
+	// A release batch already in flight may reach the shared state after
+	// this call: if the shared counts then refuse, ask once more when
+	// those batches are answered, so a place freed on this node before
+	// Confirm is never refused (nor the refusal remembered).
+	mark, others := l.flightMark()
+	var id uint64
+	q.Releases, id = l.takeReleases(maxReleaseBatch)
 	ctx, cancel := context.WithTimeout(ctx, l.cl.timeout)
 	defer cancel()
 	l.cl.calls.Add(1)
 	res, err := l.cl.s.Admit(ctx, q)
+	if err == nil && others && res.Refused && res.RetryAt.IsZero() {
+		l.waitFlights(mark)
+		q.Releases = nil // applied by the first call
+		l.cl.calls.Add(1)
+		res, err = l.cl.s.Admit(ctx, q)
+	}
 	if err != nil {
 		l.down(err)
+	}
+	if id != 0 {
+		l.releasesDone(id)
+	}
+	if err != nil {
 		// Decide again under the local limits, from scratch.
 		t.releaseLocal()
 		nt, nd := l.admitCluster(t.addr, now)
@@ -164,8 +183,9 @@ func (t *Ticket) releaseLocal() {
 }
 
 // releaseCluster is Release with shared state: this node's counts, and
-// the shared counts unless the shared state is down (then Republish
-// carries the change) or the ticket was never confirmed there.
+// the shared counts (queued, see ReleaseWindow) unless the shared state is
+// down (then Republish carries the change) or the ticket was never
+// confirmed there.
 func (t *Ticket) releaseCluster() {
 	l := t.l
 	counted, pending := t.counted, t.cl.pending
@@ -182,30 +202,9 @@ func (t *Ticket) releaseCluster() {
 	if counted&countedTotal != 0 {
 		l.cl.over.forget(overKey{kind: overAll})
 	}
-	if l.local(t.releaseCounts) {
-		return
-	}
-	t.releaseCounts()
+	var r *SharedRelease
 	if !pending {
-		t.releaseShared(counted, user, time.Now())
+		r = t.sharedRelease(counted, user, time.Now())
 	}
-}
-
-// releaseShared gives back, in the shared state, what a ticket held
-// there, after the local release.
-func (t *Ticket) releaseShared(counted uint8, user string, now time.Time) {
-	l := t.l
-	q := &SharedRelease{Addr: t.addr, Prefix: t.prefix, User: user, Now: now,
-		Total: counted&countedTotal != 0, IP: counted&countedIP != 0, InPrefix: counted&countedPrefix != 0,
-		RespendIP: t.cl.refundIP, RespendPrefix: t.cl.refundPrefix}
-	if !q.Total && !q.IP && !q.InPrefix && q.User == "" && q.RespendIP == 0 && q.RespendPrefix == 0 {
-		return
-	}
-	t.cl.refundIP, t.cl.refundPrefix = 0, 0
-	ctx, cancel := l.ctx()
-	defer cancel()
-	l.cl.calls.Add(1)
-	if err := l.cl.s.Release(ctx, q); err != nil {
-		l.down(err)
-	}
+	l.releaseOrQueue(t.releaseCounts, r)
 }

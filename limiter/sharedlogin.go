@@ -61,15 +61,11 @@ func (t *Ticket) commitUserCluster(ok bool) {
 	if t.hasUser && t.cl.userRemote {
 		user = t.user.user
 	}
-	if l.local(t.releaseUserLocal) {
-		t.cl.refundIP, t.cl.refundPrefix = 0, 0
-		return
-	}
-	t.releaseUserLocal()
-	refIP, refPrefix := t.cl.refundIP, t.cl.refundPrefix
 	t.cl.userRemote = false
-	t.releaseShared(0, user, time.Now())
-	t.spentIP, t.spentPrefix = refIP, refPrefix // a later successful login gives them back again
+	refIP, refPrefix := t.cl.refundIP, t.cl.refundPrefix
+	if l.releaseOrQueue(t.releaseUserLocal, t.sharedRelease(0, user, time.Now())) {
+		t.spentIP, t.spentPrefix = refIP, refPrefix // a later successful login gives them back again
+	}
 }
 
 // loginSucceededCluster gives back, in the shared state, rate tokens not

@@ -27,7 +27,9 @@ import (
 // time Redis adds (the replicas' own histogram of the admission script's
 // round trip), and Redis commands per admitted session (INFO
 // commandstats: EVALSHA calls during the session runs, heartbeats and
-// ban syncs included).
+// ban syncs included). With -baseline BINARY, a third group, "baseline",
+// runs that imapgate with [cluster] in the same alternation (an A/B of a
+// change to the cluster code, in one run).
 
 type replicaGroup struct {
 	mode  string // "standalone" or "cluster"
@@ -40,13 +42,16 @@ func (s *peerSetup) startReplicas(mode, redisURL, prefix string, n int) (*replic
 	for i := 0; i < n; i++ {
 		addr := freePort()
 		sock := filepath.Join(s.dir, fmt.Sprintf("%s%d.sock", mode, i))
-		cl := ""
-		if mode == "cluster" {
+		cl, gate := "", s.gate
+		if mode == "baseline" {
+			gate = s.baseline
+		}
+		if mode != "standalone" {
 			cl = fmt.Sprintf("[cluster]\nredis = %q\nnode = \"bench%d\"\nkey_prefix = %q\n", redisURL, i, prefix)
 		}
 		cfg := filepath.Join(s.dir, fmt.Sprintf("%s%d.toml", mode, i))
 		os.WriteFile(cfg, []byte(s.gateConfig(addr, filepath.Join(s.dir, mode+".log"), sock, true, cl)), 0o644)
-		args := []string{"-c", strconv.Itoa(s.core), s.gate, "-config", cfg, "-grace", "0s"}
+		args := []string{"-c", strconv.Itoa(s.core), gate, "-config", cfg, "-grace", "0s"}
 		if s.profile != "" && i == 0 {
 			// Replica 0 of each mode; the last round's profiles stay.
 			args = append(args, "-cpuprofile", s.profile+"."+mode)
@@ -320,12 +325,15 @@ func clusterBench(s *peerSetup, run clusterRun) {
 	type fig struct {
 		session, flood, greet50, greet99, admit50, admit99, evalsha, redisCPU, hits []float64
 	}
-	res := map[string]*fig{"standalone": {}, "cluster": {}}
+	res := map[string]*fig{"standalone": {}, "cluster": {}, "baseline": {}}
+	all := []string{"standalone", "cluster"}
+	if s.baseline != "" {
+		all = append(all, "baseline")
+	}
 	for round := 0; round < rounds; round++ {
-		modes := []string{"standalone", "cluster"}
-		if round%2 == 1 {
-			modes = []string{"cluster", "standalone"}
-		}
+		// Each round starts with the next group: standalone, cluster,
+		// standalone… (or with baseline: s c b, c b s, b s c).
+		modes := append(append([]string(nil), all[round%len(all):]...), all[:round%len(all)]...)
 		for _, mode := range modes {
 			prefix := fmt.Sprintf("imapgate-bench%d", time.Now().UnixNano())
 			g, err := s.startReplicas(mode, redisURL, prefix, replicas)
@@ -347,7 +355,7 @@ func clusterBench(s *peerSetup, run clusterRun) {
 			sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 			f.greet50 = append(f.greet50, float64(lat[len(lat)/2])/1e3)
 			f.greet99 = append(f.greet99, float64(lat[len(lat)*99/100])/1e3)
-			if mode == "cluster" {
+			if mode != "standalone" {
 				b, c := g.admitHistogram()
 				for i := range c {
 					if i < len(c0) {
@@ -385,5 +393,19 @@ func clusterBench(s *peerSetup, run clusterRun) {
 		medianF(cl.greet50), medianF(cl.greet99), medianF(cl.greet50)-medianF(st.greet50), medianF(cl.greet99)-medianF(st.greet99))
 	fmt.Fprintf(tw, "Redis commands (EVALSHA) per admitted session\t-\t%.2f\t-\t<= 2\n", medianF(cl.evalsha))
 	fmt.Fprintf(tw, "Redis CPU per admitted session (µs)\t-\t%.1f\t-\t-\n", medianF(cl.redisCPU))
+	tw.Flush()
+	if s.baseline == "" {
+		return
+	}
+	bl := res["baseline"]
+	fmt.Printf("\nbaseline %s (with [cluster]) in the same run:\n", s.baseline)
+	tw = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "figure\tbaseline\tcluster\tbaseline/standalone\tcluster/baseline")
+	fmt.Fprintf(tw, "server CPU per admitted session (ms)\t%.3f\t%.3f\t%s\t%s\n", medianF(bl.session), medianF(cl.session), ratio(bl.session, st.session), ratio(cl.session, bl.session))
+	fmt.Fprintf(tw, "server CPU per refused attempt of a known offender (µs)\t%.1f\t%.1f\t%s\t%s\n", medianF(bl.flood), medianF(cl.flood), ratio(bl.flood, st.flood), ratio(cl.flood, bl.flood))
+	fmt.Fprintf(tw, "admission script round trip p50 / p99, one at a time (µs)\t%.0f / %.0f\t%.0f / %.0f\t-\t-\n", medianF(bl.admit50), medianF(bl.admit99), medianF(cl.admit50), medianF(cl.admit99))
+	fmt.Fprintf(tw, "time to greeting p50, one at a time (µs)\t%.0f\t%.0f\t-\t-\n", medianF(bl.greet50), medianF(cl.greet50))
+	fmt.Fprintf(tw, "Redis commands (EVALSHA) per admitted session\t%.2f\t%.2f\t-\t-\n", medianF(bl.evalsha), medianF(cl.evalsha))
+	fmt.Fprintf(tw, "Redis CPU per admitted session (µs)\t%.1f\t%.1f\t-\t%s\n", medianF(bl.redisCPU), medianF(cl.redisCPU), ratio(cl.redisCPU, bl.redisCPU))
 	tw.Flush()
 }

@@ -74,7 +74,7 @@ func main() {
 	serverCore := flag.Int("core", 0, "the core the proxies are pinned to (run this tool on another)")
 	profile := flag.String("cpuprofile", "", "write imapgate's CPU profile to `file` (its last run; with -cluster, replica 0's of the last round to file.standalone and file.cluster)")
 	only := flag.String("only", "", "comma-separated scenarios to run (session, idle, bulk, flood, table); default all")
-	baseline := flag.String("baseline", "", "also measure this imapgate `binary` as peer \"baseline\" (A/B of a change)")
+	baseline := flag.String("baseline", "", "also measure this imapgate `binary` as peer \"baseline\" (A/B of a change; with -cluster, a third group of replicas running it with [cluster])")
 	clusterURL := flag.String("cluster", "", "run the cluster scenario instead: replicas with and without [cluster] sharing the Redis at this `URL`")
 	replicas := flag.Int("replicas", 2, "replicas in the cluster scenario")
 	redisCore := flag.Int("redis-core", -1, "cluster scenario: pin the Redis server to this core for the run (taskset -p; its affinity is restored after); -1 leaves it where it is")
