@@ -2,12 +2,10 @@ package proxy
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"time"
 
 	"imapgate/conntable"
-	"imapgate/courierlog"
 	"imapgate/internal/sock"
 )
 
@@ -180,7 +178,7 @@ func (p *parkedConn) release(report bool) {
 		case t.NeedsWait():
 			s.report(t.CutOff(), false) // cut off while silent, as a cut-off wait is
 		case r == conntable.Timeout:
-			s.log.Message(courierlog.Debug, fmt.Sprintf("ip=[%s], TLS handshake timed out.", courierlog.Addr(p.a.client.Remote.Addr())))
+			s.handshakeTimedOut(p.a.client.Remote.Addr())
 		}
 	}
 	t.Release()

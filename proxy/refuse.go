@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"net/netip"
 	"time"
 
 	"imapgate/courierlog"
@@ -43,6 +44,19 @@ func (s *Server) report(d limiter.Decision, afterTLS bool) {
 	}
 	s.logLimit(d, d.Reason, d.Limit, "")
 	s.events.Refused(d.Reason.String(), afterTLS)
+}
+
+// handshakeTimedOut logs that the client at addr never completed its TLS
+// handshake in time, throttled as the refusal lines are (50 per 5 s, then
+// "handshake timeout: N callbacks suppressed" with the next line).
+func (s *Server) handshakeTimedOut(addr netip.Addr) {
+	ok, suppressed := s.timeoutLog.Allow(time.Now())
+	if suppressed > 0 {
+		s.log.Message(courierlog.Warning, fmt.Sprintf("handshake timeout: %d callbacks suppressed", suppressed))
+	}
+	if ok {
+		s.log.Message(courierlog.Debug, fmt.Sprintf("ip=[%s], TLS handshake timed out.", courierlog.Addr(addr)))
+	}
 }
 
 // refuseWithBye completes the TLS handshake (under the table's handshake

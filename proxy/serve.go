@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
-	"fmt"
 	"net"
 	"time"
 
@@ -183,7 +182,7 @@ func (c *conn) preauthSlot(ctx context.Context, n int, err error) bool {
 	}
 	if err != nil && !c.ticket.NeedsWait() {
 		if entry.Killed() == conntable.Timeout {
-			s.log.Message(courierlog.Debug, fmt.Sprintf("ip=[%s], TLS handshake timed out.", courierlog.Addr(c.client.Remote.Addr())))
+			s.handshakeTimedOut(c.client.Remote.Addr())
 		}
 		return false
 	}
@@ -217,7 +216,7 @@ func (c *conn) handshake() bool {
 	c.srv.events.Handshake(time.Since(start), err)
 	if err != nil {
 		if c.entry.Killed() == conntable.Timeout {
-			c.srv.log.Message(courierlog.Debug, fmt.Sprintf("ip=[%s], TLS handshake timed out.", courierlog.Addr(c.client.Remote.Addr())))
+			c.srv.handshakeTimedOut(c.client.Remote.Addr())
 		}
 		return false
 	}

@@ -114,6 +114,9 @@ type Server struct {
 	// refusalLog throttles refusal lines per limit, as the kernel throttles
 	// "table full": a flood must not become a disk flood.
 	refusalLog [limiter.NumReasons]*throttle.Throttle
+	// timeoutLog throttles the "TLS handshake timed out." lines the same
+	// way: a silent flood times out thousands of connections at once.
+	timeoutLog *throttle.Throttle
 	// problems are upstream misconfigurations seen (upstreamcheck.go).
 	problems [numProblems]atomic.Pointer[upstreamReport]
 }
@@ -174,6 +177,7 @@ func New(opts Options) (*Server, error) {
 	for i := range s.refusalLog {
 		s.refusalLog[i] = newRefusalThrottle()
 	}
+	s.timeoutLog = newRefusalThrottle()
 	s.own.Store(NewSettings(opts.Upstream, opts.Login))
 	s.settings = s.own.Load
 	return s, nil

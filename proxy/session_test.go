@@ -495,3 +495,34 @@ func TestIdleSessionParks(t *testing.T) {
 		t.Fatalf("%d directions still parked after the session ended", p.srv.Parked())
 	}
 }
+
+// A silent flood times out many connections at once: their "TLS handshake
+// timed out." lines are throttled as refusal lines are, 50 per 5 s.
+func TestHandshakeTimeoutLinesAreThrottled(t *testing.T) {
+	up := fakeUpstream(t, simpleServer)
+	p := startProxy(t, up.upstream(), proxyConfig{table: conntable.Config{Max: 128}})
+	const silent = 60
+	for i := 0; i < silent; i++ {
+		raw, err := net.Dial("tcp", p.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer raw.Close()
+	}
+	waitCount(t, p, silent)
+	if n := p.srv.Table().Expire(time.Now().Add(11 * time.Second)); n != silent {
+		t.Fatalf("the timeout killed %d, want %d", n, silent)
+	}
+	waitEmpty(t, p)
+	waitLog(t, p, "TLS handshake timed out")
+	time.Sleep(50 * time.Millisecond) // any line past the cap would be written by now
+	n := 0
+	for _, l := range p.log.Lines() {
+		if strings.Contains(l, "TLS handshake timed out") {
+			n++
+		}
+	}
+	if n != 50 {
+		t.Fatalf("%d handshake timeout lines for %d timeouts, want the throttle's 50", n, silent)
+	}
+}
