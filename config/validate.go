@@ -292,12 +292,19 @@ var RedisURLKeys = []string{"addr", "master_set", "sentinel_username", "sentinel
 func RedisURLProblem(s string) string {
 	u, err := url.Parse(s)
 	switch {
-	case err != nil:
+	case err != nil && strings.Contains(err.Error(), "invalid port"):
+		return "the port is not a number; want redis://[user:password@]host:port[?key=value…]"
+	case err != nil && strings.Contains(err.Error(), "invalid URL escape"):
+		return "a % that starts no escape (write a % in the user or password as %25)"
+	case err != nil: // url's message would quote the password
 		return "not a URL; want redis://[user:password@]host:port[?key=value…], rediss://… or unix://"
 	case u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix":
 		return fmt.Sprintf("scheme %q: want redis://, rediss:// or unix://", u.Scheme)
 	case u.Scheme != "unix" && u.Hostname() == "":
 		return "no host"
+	}
+	if p := u.Port(); u.Scheme != "unix" && p != "" && !validPort(p) {
+		return fmt.Sprintf("port %s: want 1 to 65535", p)
 	}
 	q := u.Query()
 	for k, vs := range q {
@@ -311,6 +318,8 @@ func RedisURLProblem(s string) string {
 	for _, a := range q["addr"] {
 		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
 			return fmt.Sprintf("addr=%q: want host:port", a)
+		} else if !validPort(port) {
+			return fmt.Sprintf("addr=%q: port %s: want 1 to 65535", a, port)
 		}
 	}
 	if n, err := strconv.Atoi(q.Get("db")); q.Has("db") && (err != nil || n < 0) {
@@ -323,4 +332,10 @@ func RedisURLProblem(s string) string {
 		return "sentinel_username without sentinel_password"
 	}
 	return ""
+}
+
+// validPort reports whether p is a TCP port number, 1 to 65535.
+func validPort(p string) bool {
+	n, err := strconv.Atoi(p)
+	return err == nil && n >= 1 && n <= 65535
 }
