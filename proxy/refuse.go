@@ -109,7 +109,8 @@ func (s *Server) logLimit(d limiter.Decision, r limiter.Reason, limit int, suffi
 	case limiter.RatePerPrefix:
 		log.Refused(courierlog.Warning, "Network connection rate limit reached", a, prefix+suffix)
 	case limiter.Banned:
-		log.Refused(courierlog.Warning, "Connection refused after too many failed logins", a, suffix)
+		// Not "after failed logins": ctl ban and a cluster's bans land here too.
+		log.Refused(courierlog.Warning, "Connection refused, address banned", a, suffix)
 	case limiter.Deny:
 		log.Refused(courierlog.Info, "Connection denied", a, suffix)
 	case limiter.NotAllowed:
