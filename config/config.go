@@ -135,6 +135,14 @@ func (c *Config) Origin(key string) string {
 	return "default"
 }
 
+// setOrigin records where key's value came from when not from the file.
+func (c *Config) setOrigin(key, from string) {
+	if c.origin == nil {
+		c.origin = make(map[string]string)
+	}
+	c.origin[key] = from
+}
+
 // IsSet reports whether the file set key (dotted, e.g. "listen.address").
 func (c *Config) IsSet(key string) bool { return c.defined[key] }
 
@@ -439,6 +447,7 @@ func Parse(name, text string) (*Config, error) {
 	// only a file that sets both inconsistently is refused.
 	if l := &c.Limits; !c.IsSet("limits.max_preauth_per_ip") && l.MaxPerIP > 0 && l.MaxPreauthPerIP > l.MaxPerIP {
 		l.MaxPreauthPerIP = l.MaxPerIP
+		c.setOrigin("limits.max_preauth_per_ip", "default, lowered to max_per_ip")
 	}
 	loc := newLocator(text)
 	var errs Errors

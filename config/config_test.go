@@ -135,3 +135,18 @@ func TestErrorsNameFileLineAndKey(t *testing.T) {
 		})
 	}
 }
+
+// Lowering max_per_ip alone lowers max_preauth_per_ip with it, and -check
+// says so rather than calling the lowered value the default.
+func TestPreauthLoweredWithMaxPerIPSaysSo(t *testing.T) {
+	c, err := Parse("imapgate.toml", "[limits]\nmax_per_ip = 2\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Limits.MaxPreauthPerIP != 2 {
+		t.Fatalf("max_preauth_per_ip %d, want 2 (lowered with max_per_ip)", c.Limits.MaxPreauthPerIP)
+	}
+	if o := c.Origin("limits.max_preauth_per_ip"); o != "default, lowered to max_per_ip" {
+		t.Fatalf("origin %q", o)
+	}
+}

@@ -191,6 +191,7 @@ func (c *Config) ApplyCourier(file string) (warnings []string, err error) {
 	}
 	if l := &c.Limits; !c.IsSet("limits.max_preauth_per_ip") && l.MaxPerIP > 0 && l.MaxPreauthPerIP > l.MaxPerIP {
 		l.MaxPreauthPerIP = l.MaxPerIP
+		c.setOrigin("limits.max_preauth_per_ip", "default, lowered to max_per_ip")
 	}
 	if vars["IMAP_TLS_REQUIRED"] == "1" {
 		warnings = append(warnings, fmt.Sprintf("%s: IMAP_TLS_REQUIRED=1: courier's plain port will refuse LOGIN from imapgate (LOGINDISABLED); set it to 0 there, or use upstream TLS", from["IMAP_TLS_REQUIRED"]))
