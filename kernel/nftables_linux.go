@@ -208,3 +208,18 @@ func (n *nft) close() error {
 	n.conn.CloseLasting()
 	return err
 }
+
+// Probe reports whether this process can use nftables, as Open would need,
+// without changing anything: it lists the tables over netlink (nfnetlink
+// wants CAP_NET_ADMIN even to read). The error names the usual cause.
+func Probe() error {
+	c, err := nftables.New()
+	if err != nil {
+		return explain(fmt.Errorf("netlink: %w", err))
+	}
+	defer c.CloseLasting()
+	if _, err := c.ListTables(); err != nil {
+		return explain(fmt.Errorf("netlink: %w", err))
+	}
+	return nil
+}

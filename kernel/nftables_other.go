@@ -3,3 +3,6 @@
 package kernel
 
 func openBackend(string, []uint16) (backend, error) { return nil, ErrUnsupported }
+
+// Probe reports that nftables cannot be used here (not Linux).
+func Probe() error { return ErrUnsupported }

@@ -27,6 +27,13 @@ func checkRuntime(cfg *config.Config, f flags) error {
 	if of.short != "" {
 		fmt.Fprintln(os.Stderr, "imapgate: warning:", of.short)
 	}
+	if cfg.Kernel.NFTables {
+		if perr := kernel.Probe(); perr != nil {
+			fmt.Fprintf(os.Stderr, "imapgate: warning: [kernel] nftables = true, but nftables cannot be used: %v; imapgate would go on with the userspace limits only\n", perr)
+		} else {
+			fmt.Fprintf(os.Stdout, "imapgate: kernel: nftables usable (table inet %s)\n", cfg.Kernel.Table)
+		}
+	}
 	checkConntrack(os.Stdout, "/")
 	return err
 }

@@ -240,6 +240,14 @@ nftables = true
 		t.Fatal("max_per_ip 1 let a second session in")
 	}
 	d.waitLine("Maximum connection limit reached for ::ffff:127.0.0.1")
+
+	// -check, as the unit's ExecStartPre runs it, says the same before a start.
+	out, _ := exec.Command(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
+		"--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", bin,
+		"-check", "-config", filepath.Join(d.dir, "imapgate.toml")).CombinedOutput()
+	if !strings.Contains(string(out), "[kernel] nftables = true, but nftables cannot be used") || !strings.Contains(string(out), "CAP_NET_ADMIN") {
+		t.Fatalf("-check without CAP_NET_ADMIN does not warn:\n%s", out)
+	}
 }
 
 // inetTables lists the namespace's inet nftables tables.
