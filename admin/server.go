@@ -46,6 +46,9 @@ type Options struct {
 	// Cluster, if set, is the cluster's status for /status (nodes alive,
 	// their sessions, Redis health and latency, degraded or not).
 	Cluster func(context.Context) *cluster.Status
+	// Kernel, if set, says what the kernel path is (nftables on, off or
+	// unavailable, and the table) and the host's conntrack fill, for /status.
+	Kernel func() string
 	// KernelMembers lists the nftables sets' elements ([kernel] nftables);
 	// nil or an empty list when off.
 	KernelMembers func(now time.Time) []kernel.Member
@@ -162,6 +165,7 @@ type Status struct {
 	// start or the last reload (LOGINDISABLED, PRIVACYREQUIRED), with fixes.
 	UpstreamProblems []string        `json:"upstream_problems,omitempty"`
 	Cluster          *cluster.Status `json:"cluster,omitempty"`
+	Kernel           string          `json:"kernel,omitempty"`
 	Info             map[string]any  `json:"info,omitempty"`
 }
 
@@ -194,6 +198,9 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	}
 	if s.o.Cluster != nil {
 		st.Cluster = s.o.Cluster(r.Context())
+	}
+	if s.o.Kernel != nil {
+		st.Kernel = s.o.Kernel()
 	}
 	writeJSON(w, st)
 }

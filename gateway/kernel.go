@@ -224,7 +224,12 @@ func (g *Gate) Conntrack() (kernel.Conntrack, bool) { return g.kernel.conntrack.
 
 // KernelNote says, for the startup report, what the kernel path is and
 // the host's conntrack fill.
-func (g *Gate) KernelNote() string {
+func (g *Gate) KernelNote() string { return "kernel " + g.KernelState() }
+
+// KernelState is KernelNote without its "kernel " (ctl status, /status):
+// "nftables table inet NAME on ports [P…]", "nftables off" or "nftables
+// unavailable", then "; host conntrack " and its fill or "not loaded".
+func (g *Gate) KernelState() string {
 	ct := "not loaded"
 	if c, ok := g.kernel.conntrack.Last(); ok {
 		ct = c.String()
@@ -235,5 +240,5 @@ func (g *Gate) KernelNote() string {
 	if note == "" {
 		note = "not started"
 	}
-	return fmt.Sprintf("kernel %s; host conntrack %s", note, ct)
+	return fmt.Sprintf("%s; host conntrack %s", note, ct)
 }

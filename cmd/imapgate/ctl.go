@@ -210,6 +210,9 @@ func (c *ctlClient) status(w io.Writer, raw bool) error {
 	if len(s.WouldRefuse) > 0 {
 		fmt.Fprintf(w, "dry run      %s\n", mapString(s.WouldRefuse))
 	}
+	if s.Kernel != "" {
+		fmt.Fprintf(w, "kernel       %s\n", s.Kernel)
+	}
 	if c := s.Cluster; c != nil {
 		printCluster(w, c)
 	}

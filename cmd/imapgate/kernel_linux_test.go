@@ -303,10 +303,16 @@ func TestRealNftablesReloadOnRenameOff(t *testing.T) {
 	if names := inetTables(t); !slices.Equal(names, []string{"gate_b"}) {
 		t.Fatalf("tables after the rename: %v", names)
 	}
+	if s := d.ctl("status"); !strings.Contains(s, "kernel       nftables table inet gate_b on ports") {
+		t.Fatalf("ctl status does not show the kernel path:\n%s", s)
+	}
 	d.reloadWith("nftables = true", "nftables = false")
 	d.waitLine("[kernel] reloaded: nftables off")
 	if names := inetTables(t); len(names) != 0 {
 		t.Fatalf("tables after turning nftables off: %v", names)
+	}
+	if s := d.ctl("status"); !strings.Contains(s, "kernel       nftables off; host conntrack") {
+		t.Fatalf("ctl status does not show the kernel path off:\n%s", s)
 	}
 }
 
