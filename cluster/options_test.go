@@ -37,7 +37,8 @@ func TestParseURL(t *testing.T) {
 		{name: "two master_sets", url: "redis://u:pw@h:1?master_set=a&master_set=b", err: `"master_set" given 2 times`},
 		{name: "bad scheme", url: "http://u:pw@h:1", err: "want redis://"},
 		{name: "no host", url: "redis://u:pw@:1", err: "no host"},
-		{name: "not a URL", url: "redis://u:pw@h:1:%zz", err: "not a URL"},
+		{name: "port not a number", url: "redis://u:pw@h:1:%zz", err: "port is not a number"},
+		{name: "bad escape", url: "redis://u:p%zzw@h:1", err: "%25"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
