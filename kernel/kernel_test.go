@@ -240,3 +240,29 @@ func TestCarryEscalations(t *testing.T) {
 		t.Fatalf("elements %v, want %v", f.els, want)
 	}
 }
+
+// An escalation wakes Run, which syncs at once: the flooder is in the set
+// long before Run's tick (an hour here) would come.
+func TestEscalationSyncsWithoutWaitingForTheTick(t *testing.T) {
+	k, _ := newFake(Options{Escalation: DefaultEscalation})
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { k.Run(stop, time.Hour); close(done) }()
+	defer func() { close(stop); <-done }()
+	now := time.Now()
+	for i := 0; i <= DefaultEscalation.Refusals; i++ {
+		k.Refused(flooder, now)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		for _, m := range k.Members(time.Now()) {
+			if m.Prefix == netip.PrefixFrom(flooder, 32) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the escalation waited for Run's tick")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

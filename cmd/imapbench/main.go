@@ -70,6 +70,7 @@ func main() {
 	idle := flag.Int("idle", 9000, "idle sessions (each needs 2 descriptors here and 2 in the proxy)")
 	fetches := flag.Int("fetches", 64, "1 MiB FETCHes per bulk session")
 	attempts := flag.Int("flood", 3000, "refused attempts in the flood scenario")
+	floodHonest := flag.Int("flood-honest", 200, "flood scenario: honest sessions timed without the flood and during it (each side)")
 	peersFlag := flag.String("peers", "haproxy,imapgate,nginx", "peers to measure")
 	serverCore := flag.Int("core", 0, "the core the proxies are pinned to (run this tool on another)")
 	profile := flag.String("cpuprofile", "", "write imapgate's CPU profile to `file` (its last run; with -cluster, replica 0's of the last round to file.standalone and file.cluster)")
@@ -160,7 +161,7 @@ func main() {
 				fmt.Printf(" session %.3f ms", r.value)
 			}
 			if run("flood") {
-				f, err := flood(p, *attempts)
+				f, err := flood(p, *attempts, *floodHonest)
 				check(err)
 				add("flood-cpu", name, f.cpu)
 				add("flood-latency", name, f.latency)
