@@ -86,16 +86,9 @@ func (c *Cluster) Admit(ctx context.Context, q *limiter.SharedAdmit) (limiter.Sh
 			strconv.Itoa(q.Limits.MaxPerIP), strconv.Itoa(q.Limits.MaxPerPrefix), ai, ab, pi, pb, strconv.Itoa(int(q.DryRun))},
 		q.Releases)
 	res, err := c.exec(ctx, "admit", admitScript, cl, keys, args).AsIntSlice()
-	if err != nil {
+	if r, err = verdict("admit", res, err, 6); err != nil {
 		return r, err
 	}
-	if len(res) < 6 {
-		return r, fmt.Errorf("admit: short answer %v", res)
-	}
-	if res[0] < 0 {
-		return r, errNotRegistered
-	}
-	r.Refused, r.Reason, r.Limit, r.WouldRefuse = res[0] == 1, limiter.Reason(res[1]), int(res[2]), uint16(res[3])
 	if res[4] > 0 {
 		r.RetryAt = time.UnixMicro(res[4])
 	}
@@ -198,14 +191,24 @@ func (c *Cluster) Login(ctx context.Context, q *limiter.SharedLogin) (limiter.Sh
 		[]string{c.k.nodes, c.userKey(q.Addr, q.User), c.k.nodeSet(c.o.Node), c.rateAddrKey(q.Addr), c.ratePrefixKey(q.Prefix)},
 		[]string{c.o.Node, strconv.Itoa(q.MaxPerUserIP), strconv.Itoa(int(q.DryRun)), strconv.FormatInt(q.Now.UnixMicro(), 10),
 			micros(q.RefundIP), micros(q.RefundPrefix)}).AsIntSlice()
-	if err != nil {
+	return verdict("login", res, err, 4)
+}
+
+// verdict decodes what the admission and login scripts answer first:
+// refused (1), the reason, the limit and the dry-run bits, in an answer of
+// at least want integers (Redis's bytes are checked, not trusted); -1 in
+// the first says this node is not registered.
+func verdict(op string, res []int64, err error, want int) (limiter.SharedResult, error) {
+	var r limiter.SharedResult
+	switch {
+	case err != nil:
 		return r, err
-	}
-	if len(res) < 4 {
-		return r, fmt.Errorf("login: short answer %v", res)
-	}
-	if res[0] < 0 {
+	case len(res) < want:
+		return r, fmt.Errorf("%s: short answer %v", op, res)
+	case res[0] < 0:
 		return r, errNotRegistered
+	case res[1] < 0 || res[1] >= int64(limiter.NumReasons):
+		return r, fmt.Errorf("%s: reason %d out of range", op, res[1])
 	}
 	r.Refused, r.Reason, r.Limit, r.WouldRefuse = res[0] == 1, limiter.Reason(res[1]), int(res[2]), uint16(res[3])
 	return r, nil
