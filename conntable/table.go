@@ -435,6 +435,10 @@ func (t *Table) Run(stop <-chan struct{}, interval time.Duration) {
 			return
 		case now := <-tick.C:
 			t.Expire(now)
+			// The count of "table full" lines no later line carried.
+			if n := t.full.Flush(now); n > 0 {
+				t.logFull(fmt.Sprintf("conntable: %d callbacks suppressed", n))
+			}
 		}
 	}
 }

@@ -411,6 +411,14 @@ func prefixString(p netip.Prefix) string {
 	return p.String()
 }
 
+// flushLog writes the count of kernel lines that no later line carried
+// (Run calls it every tick).
+func (k *Kernel) flushLog() {
+	if n := k.logRate.Flush(time.Now()); n > 0 && k.o.Log != nil {
+		k.o.Log(courierlog.Warning, fmt.Sprintf("kernel: %d callbacks suppressed", n))
+	}
+}
+
 func (k *Kernel) logf(p courierlog.Priority, format string, args ...any) {
 	if k.o.Log == nil {
 		return
@@ -493,6 +501,7 @@ func (k *Kernel) Run(stop <-chan struct{}, interval time.Duration) {
 		case now := <-t.C:
 			k.Sync(now)
 			last = now
+			k.flushLog()
 		case <-k.wake:
 			if later != nil {
 				continue // already scheduled

@@ -46,6 +46,34 @@ func (s *Server) report(d limiter.Decision, afterTLS bool) {
 	s.events.Refused(d.Reason.String(), afterTLS)
 }
 
+// flushSuppressedEvery calls flushSuppressed every interval until stop.
+func (s *Server) flushSuppressedEvery(stop <-chan struct{}, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-t.C:
+			s.flushSuppressed(now)
+		}
+	}
+}
+
+// flushSuppressed writes the "N callbacks suppressed" lines that no later
+// line has carried (the flood stopped): without it, a flood's last
+// interval would never show in the log how much it hid.
+func (s *Server) flushSuppressed(now time.Time) {
+	for r, th := range s.refusalLog {
+		if n := th.Flush(now); n > 0 {
+			s.log.Message(courierlog.Warning, fmt.Sprintf("%s: %d callbacks suppressed", limiter.Reason(r), n))
+		}
+	}
+	if n := s.timeoutLog.Flush(now); n > 0 {
+		s.log.Message(courierlog.Warning, fmt.Sprintf("handshake timeout: %d callbacks suppressed", n))
+	}
+}
+
 // handshakeTimedOut logs that the client at addr never completed its TLS
 // handshake in time, throttled as the refusal lines are (50 per 5 s, then
 // "handshake timeout: N callbacks suppressed" with the next line).

@@ -221,7 +221,10 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.life.listeners[ln] = struct{}{}
 	s.life.mu.Unlock()
-	s.life.reaper.Do(func() { go s.table.Run(s.life.stop, time.Second) })
+	s.life.reaper.Do(func() {
+		go s.table.Run(s.life.stop, time.Second)
+		go s.flushSuppressedEvery(s.life.stop, 5*time.Second)
+	})
 	defer func() {
 		s.life.mu.Lock()
 		delete(s.life.listeners, ln)

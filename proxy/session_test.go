@@ -525,4 +525,8 @@ func TestHandshakeTimeoutLinesAreThrottled(t *testing.T) {
 	if n != 50 {
 		t.Fatalf("%d handshake timeout lines for %d timeouts, want the throttle's 50", n, silent)
 	}
+	// No later line carries the count of the 10 suppressed: the flush,
+	// after the interval, writes it.
+	p.srv.FlushSuppressed(time.Now().Add(6 * time.Second))
+	waitLog(t, p, "handshake timeout: 10 callbacks suppressed")
 }

@@ -41,3 +41,19 @@ func (r *Throttle) Allow(now time.Time) (ok bool, suppressed int) {
 	r.missed++
 	return false, 0
 }
+
+// Flush returns, once the interval in which messages were suppressed has
+// passed, how many were, and starts a new interval; otherwise 0. The
+// kernel reports the count only with the next message, which may never
+// come once a flood stops: a caller that calls Flush now and then writes
+// it at the latest one call after the interval ends.
+func (r *Throttle) Flush(now time.Time) (suppressed int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.missed == 0 || now.Sub(r.begin) < r.interval {
+		return 0
+	}
+	suppressed = r.missed
+	r.begin, r.printed, r.missed = now, 0, 0
+	return suppressed
+}
