@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -256,6 +257,27 @@ func upstreamTLS(u config.Upstream) (*tls.Config, error) {
 	return tc, nil
 }
 
+// Changed names a setting and whether a reload changed it (RestartOnly).
+type Changed struct {
+	Key     string
+	Changed bool
+}
+
+// RestartOnly returns an error naming the settings among keys that a
+// reload changed (they cannot change without one), or nil if none did.
+func RestartOnly(keys ...Changed) error {
+	var changed []string
+	for _, k := range keys {
+		if k.Changed {
+			changed = append(changed, k.Key)
+		}
+	}
+	if len(changed) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%s changed, which needs a restart", strings.Join(changed, ", "))
+}
+
 // Reload puts cfg in force for new connections, or changes nothing and
 // says why. Everything is built and checked first (certificates loaded,
 // policy validated, the table's new bounds checked, the upstream built)
@@ -267,14 +289,16 @@ func (g *Gate) Reload(cfg *config.Config) error {
 	g.reload.Lock()
 	defer g.reload.Unlock()
 	old := g.cur.Load().Config
-	if cfg.Upstream.Mode != old.Upstream.Mode || cfg.TLS.MinVersion != old.TLS.MinVersion ||
-		cfg.TLS.PostQuantum != old.TLS.PostQuantum || cfg.Cluster != old.Cluster ||
-		cfg.Kernel.ConntrackWatch != old.Kernel.ConntrackWatch ||
-		(len(old.Listen.ProxyProtocolFrom) == 0) != (len(cfg.Listen.ProxyProtocolFrom) == 0) {
-		return errors.New("[cluster], kernel.conntrack_watch, upstream.mode, tls.min_version, tls.post_quantum and turning proxy_protocol_from on or off need a restart")
-	}
-	if cfg.Table.Buckets != old.Table.Buckets {
-		return errors.New("table.buckets cannot change without a restart")
+	if err := RestartOnly(
+		Changed{"upstream.mode", cfg.Upstream.Mode != old.Upstream.Mode},
+		Changed{"tls.min_version", cfg.TLS.MinVersion != old.TLS.MinVersion},
+		Changed{"tls.post_quantum", cfg.TLS.PostQuantum != old.TLS.PostQuantum},
+		Changed{"[cluster]", cfg.Cluster != old.Cluster},
+		Changed{"kernel.conntrack_watch", cfg.Kernel.ConntrackWatch != old.Kernel.ConntrackWatch},
+		Changed{"listen.proxy_protocol_from (on or off)", (len(old.Listen.ProxyProtocolFrom) == 0) != (len(cfg.Listen.ProxyProtocolFrom) == 0)},
+		Changed{"table.buckets", cfg.Table.Buckets != old.Table.Buckets},
+	); err != nil {
+		return err
 	}
 	snap, err := g.build(cfg)
 	if err != nil {

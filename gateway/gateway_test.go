@@ -43,13 +43,14 @@ func TestReloadAllOrNothing(t *testing.T) {
 	}
 	restart := next
 	restart.Upstream.Mode = "exec"
-	if err := g.Reload(&restart); err == nil {
-		t.Fatal("upstream.mode changed without a restart")
+	if err := g.Reload(&restart); err == nil || err.Error() != "upstream.mode changed, which needs a restart" {
+		t.Fatalf("upstream.mode changed without a restart, or said %v", err)
 	}
 	watch := next
 	watch.Kernel.ConntrackWatch = config.Duration(3e9)
-	if err := g.Reload(&watch); err == nil {
-		t.Fatal("kernel.conntrack_watch changed without a restart")
+	watch.TLS.PostQuantum = !next.TLS.PostQuantum
+	if err := g.Reload(&watch); err == nil || err.Error() != "tls.post_quantum, kernel.conntrack_watch changed, which needs a restart" {
+		t.Fatalf("kernel.conntrack_watch and tls.post_quantum changed without a restart, or said %v", err)
 	}
 	silent := next
 	silent.Timeouts.Silent = config.Duration(3e9)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -182,8 +181,12 @@ func (a *app) tryReload() error {
 		return err
 	}
 	old := a.gate.Config()
-	if (cfg.Listen.Address != old.Listen.Address && !a.activated) || cfg.Log != old.Log || cfg.Admin != old.Admin {
-		return errors.New("listen.address, [log] and [admin] need a restart")
+	if err := gateway.RestartOnly(
+		gateway.Changed{Key: "listen.address", Changed: cfg.Listen.Address != old.Listen.Address && !a.activated},
+		gateway.Changed{Key: "[log]", Changed: cfg.Log != old.Log},
+		gateway.Changed{Key: "[admin]", Changed: cfg.Admin != old.Admin},
+	); err != nil {
+		return err
 	}
 	return a.gate.Reload(cfg)
 }
