@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"imapgate/internal/throttle"
+	"imapgate/internal/tick"
 )
 
 // Config sizes the table and sets the state timeouts.
@@ -427,20 +428,13 @@ func States() []State { return []State{Handshake, Preauth, Established, Closing}
 
 // Run calls Expire every interval until stop is closed.
 func (t *Table) Run(stop <-chan struct{}, interval time.Duration) {
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case now := <-tick.C:
-			t.Expire(now)
-			// The count of "table full" lines no later line carried.
-			if n := t.full.Flush(now); n > 0 {
-				t.logFull(fmt.Sprintf("conntable: %d callbacks suppressed", n))
-			}
+	tick.Every(stop, interval, func(now time.Time) {
+		t.Expire(now)
+		// The count of "table full" lines no later line carried.
+		if n := t.full.Flush(now); n > 0 {
+			t.logFull(fmt.Sprintf("conntable: %d callbacks suppressed", n))
 		}
-	}
+	})
 }
 
 // KillAll kills every live entry for r (shutdown) and returns how many.

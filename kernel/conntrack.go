@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"imapgate/courierlog"
+	"imapgate/internal/tick"
 )
 
 // Conntrack is the host's connection-tracking table, as the kernel shows
@@ -126,14 +127,5 @@ func (w *ConntrackWatch) Last() (Conntrack, bool) {
 
 // Run checks every interval until stop is closed.
 func (w *ConntrackWatch) Run(stop <-chan struct{}, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-			w.Check()
-		}
-	}
+	tick.Every(stop, interval, func(time.Time) { w.Check() })
 }

@@ -46,20 +46,6 @@ func (s *Server) report(d limiter.Decision, afterTLS bool) {
 	s.events.Refused(d.Reason.String(), afterTLS)
 }
 
-// flushSuppressedEvery calls flushSuppressed every interval until stop.
-func (s *Server) flushSuppressedEvery(stop <-chan struct{}, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case now := <-t.C:
-			s.flushSuppressed(now)
-		}
-	}
-}
-
 // flushSuppressed writes the "N callbacks suppressed" lines that no later
 // line has carried (the flood stopped): without it, a flood's last
 // interval would never show in the log how much it hid.

@@ -23,6 +23,7 @@ import (
 	"imapgate/courierlog"
 	"imapgate/internal/sock"
 	"imapgate/internal/throttle"
+	"imapgate/internal/tick"
 	"imapgate/limiter"
 	"imapgate/upstream"
 )
@@ -223,7 +224,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.life.mu.Unlock()
 	s.life.reaper.Do(func() {
 		go s.table.Run(s.life.stop, time.Second)
-		go s.flushSuppressedEvery(s.life.stop, 5*time.Second)
+		go tick.Every(s.life.stop, 5*time.Second, s.flushSuppressed)
 	})
 	defer func() {
 		s.life.mu.Lock()
