@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -13,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"imapgate/internal/redistest"
 	"imapgate/limiter"
 )
 
@@ -105,17 +105,11 @@ func evalshaStats(b *testing.B, c *Cluster) (calls int64, usec float64) {
 }
 
 func benchURL(b *testing.B) string {
-	env, err := os.ReadFile("/tmp/imapgate-redis/env")
+	url, err := redistest.Lookup("REDIS_URL")
 	if err != nil {
-		b.Skip("run integration/redis/setup.sh start")
+		b.Skip(err)
 	}
-	for _, l := range strings.Split(string(env), "\n") {
-		if v, ok := strings.CutPrefix(l, "REDIS_URL="); ok {
-			return v
-		}
-	}
-	b.Skip("no REDIS_URL")
-	return ""
+	return url
 }
 
 // benchNode starts a node on the Redis of setup.sh, with rates off, and

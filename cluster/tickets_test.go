@@ -6,42 +6,16 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"os/exec"
-	"strings"
 	"testing"
 	"time"
 
 	"imapgate/certs"
+	"imapgate/internal/redistest"
 	"imapgate/limiter"
 )
 
-func redisURL(t *testing.T) string { return redisEnv(t, "REDIS_URL") }
-
-// redisEnv reads a key of the file integration/redis/setup.sh writes, or
-// fails (CI) or skips.
-func redisEnv(t *testing.T, key string) string {
-	t.Helper()
-	path := os.Getenv("IMAPGATE_REDIS")
-	if path == "" {
-		path = "/tmp/imapgate-redis/env"
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		msg := fmt.Sprintf("real Redis not set up (%v): run sudo integration/redis/setup.sh install && sudo integration/redis/setup.sh start", err)
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, key+"="); ok {
-			return v
-		}
-	}
-	t.Fatalf("no %s in %s (run integration/redis/setup.sh start again)", key, path)
-	return ""
-}
+func redisURL(t *testing.T) string { return redistest.Get(t, "REDIS_URL") }
 
 // Two nodes share the ticket keys; rotations (one node at a time, by the
 // lease) move prev <- cur <- next <- new, and both nodes install each
@@ -200,7 +174,7 @@ func (n *tlsNode) holds(k [3]string) bool {
 // lease, rotates them, both install the result, and a ticket issued during
 // the outage still resumes on the other node.
 func TestRealRedisTicketKeysAcrossOutage(t *testing.T) {
-	url, port, setup := redisEnv(t, "REDIS_TICKETS_URL"), redisEnv(t, "REDIS_TICKETS_PORT"), redisEnv(t, "REDIS_SETUP")
+	url, port, setup := redistest.Get(t, "REDIS_TICKETS_URL"), redistest.Get(t, "REDIS_TICKETS_PORT"), redistest.Get(t, "REDIS_SETUP")
 	run := func(args ...string) {
 		if out, err := exec.Command("bash", append([]string{setup}, args...)...).CombinedOutput(); err != nil {
 			t.Fatalf("setup.sh %v: %v\n%s", args, err, out)

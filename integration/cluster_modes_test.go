@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"imapgate/internal/redistest"
 )
 
 // slotElsewhere returns a key prefix whose hash tag's slot is not served by
@@ -51,7 +53,7 @@ func (tc *testCluster) settledShared() {
 // client in cluster mode reaches it. max_per_ip = 4 holds exactly over
 // three imapgate nodes.
 func TestRealRedisClusterModeSharesLimits(t *testing.T) {
-	env := redisEnv(t)
+	env := redistest.Env(t)
 	curl := env["REDIS_CLUSTER_URL"]
 	if curl == "" {
 		t.Fatal("no REDIS_CLUSTER_URL: run integration/redis/setup.sh start again")
@@ -84,7 +86,7 @@ func TestRealRedisClusterModeSharesLimits(t *testing.T) {
 // Redis Cluster: a ban from failed logins on node 1 (stored and published
 // through the cluster) refuses the address on nodes 2 and 3 within 1 s.
 func TestRealRedisClusterModeBanPropagates(t *testing.T) {
-	env := redisEnv(t)
+	env := redistest.Env(t)
 	curl := env["REDIS_CLUSTER_URL"]
 	if curl == "" {
 		t.Fatal("no REDIS_CLUSTER_URL: run integration/redis/setup.sh start again")
@@ -107,7 +109,7 @@ func TestRealRedisClusterModeBanPropagates(t *testing.T) {
 // exact limits; without them the sentinel refuses them and the node runs
 // on local limits, and says so.
 func TestRealRedisSentinelWithAuth(t *testing.T) {
-	env := redisEnv(t)
+	env := redistest.Env(t)
 	surl := env["REDIS_SENTINEL_URL"]
 	if !strings.Contains(surl, "sentinel_password=") {
 		t.Fatal("REDIS_SENTINEL_URL lacks the sentinel's credentials: run integration/redis/setup.sh start again")

@@ -29,31 +29,8 @@ import (
 	"github.com/redis/rueidis"
 
 	"imapgate/certs"
+	"imapgate/internal/redistest"
 )
-
-// redisEnv reads the file setup.sh writes, or fails (CI) or skips.
-func redisEnv(t *testing.T) map[string]string {
-	t.Helper()
-	path := os.Getenv("IMAPGATE_REDIS")
-	if path == "" {
-		path = "/tmp/imapgate-redis/env"
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		msg := fmt.Sprintf("real Redis not set up (%v): run sudo integration/redis/setup.sh install && sudo integration/redis/setup.sh start", err)
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	env := map[string]string{}
-	for _, l := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(l, "="); ok {
-			env[k] = v
-		}
-	}
-	return env
-}
 
 var (
 	gateBinOnce sync.Once
@@ -402,7 +379,7 @@ func (tc *testCluster) sharedCount(c rueidis.Client, addr string) int {
 func src(s string) func(int) string { return func(int) string { return s } }
 
 func TestRealRedisMaxPerIPAcrossThreeNodes(t *testing.T) {
-	env := redisEnv(t)
+	env := redistest.Env(t)
 	tc := startCluster(t, 3, env["REDIS_URL"], "[limits]\nmax_per_ip = 4\n", "")
 	if got := tc.attempt(40, src("127.0.13.1"), nil); got != 4 {
 		t.Fatalf("40 concurrent attempts from one address over 3 nodes admitted %d, want exactly 4", got)
@@ -410,7 +387,7 @@ func TestRealRedisMaxPerIPAcrossThreeNodes(t *testing.T) {
 }
 
 func TestRealRedisMaxConnectionsAcrossThreeNodes(t *testing.T) {
-	env := redisEnv(t)
+	env := redistest.Env(t)
 	tc := startCluster(t, 3, env["REDIS_URL"], "[limits]\nmax_connections = 4\n", "")
 	from := func(i int) string { return fmt.Sprintf("127.0.14.%d", i+1) }
 	if got := tc.attempt(40, from, nil); got != 4 {
@@ -419,7 +396,7 @@ func TestRealRedisMaxConnectionsAcrossThreeNodes(t *testing.T) {
 }
 
 func TestRealRedisMaxPerUserIPAcrossThreeNodes(t *testing.T) {
-	env := redisEnv(t)
+	env := redistest.Env(t)
 	tc := startCluster(t, 3, env["REDIS_URL"], "[limits]\nmax_per_user_ip = 4\n", "")
 	login := func(ic *gateConn) bool {
 		r, err := ic.cmd("a", "LOGIN demo demo")
@@ -476,7 +453,7 @@ func (tc *testCluster) banByFailedLogins(src string, at *gateNode, others []*gat
 // A ban made by failed logins on node 1 refuses the address on nodes 2
 // and 3 within 1 s.
 func TestRealRedisBanOnOneNodeEnforcedByAll(t *testing.T) {
-	env := redisEnv(t)
+	env := redistest.Env(t)
 	tc := startCluster(t, 3, env["REDIS_URL"], banLimits, "")
 	const from = "127.0.16.1"
 	tc.banByFailedLogins(from, tc.nodes[0], tc.nodes[1:])
@@ -517,7 +494,7 @@ func TestRealRedisBanOnOneNodeEnforcedByAll(t *testing.T) {
 
 // A TLS session from node 1 resumes on node 2: the ticket keys are shared.
 func TestRealRedisTLSSessionResumesOnAnotherNode(t *testing.T) {
-	env := redisEnv(t)
+	env := redistest.Env(t)
 	tc := startCluster(t, 2, env["REDIS_URL"], "", "")
 	for _, g := range tc.nodes {
 		waitFor(t, g.id+" to install the shared ticket keys", func() bool {
@@ -551,7 +528,7 @@ func TestRealRedisTLSSessionResumesOnAnotherNode(t *testing.T) {
 // node restarted under the same id clears its stale share before it
 // accepts, without waiting for node_ttl.
 func TestRealRedisKilledNodeStopsCounting(t *testing.T) {
-	env := redisEnv(t)
+	env := redistest.Env(t)
 	c := redisClient(t, env["REDIS_URL"])
 	tc := startCluster(t, 3, env["REDIS_URL"], "[limits]\nmax_per_ip = 4\n", `node_ttl = "2s"`)
 	const from = "127.0.18.1"
@@ -594,7 +571,7 @@ func TestRealRedisKilledNodeStopsCounting(t *testing.T) {
 }
 
 func TestRealRedisRestartedNodeClearsItsStaleShare(t *testing.T) {
-	env := redisEnv(t)
+	env := redistest.Env(t)
 	c := redisClient(t, env["REDIS_URL"])
 	tc := startCluster(t, 2, env["REDIS_URL"], "[limits]\nmax_per_ip = 4\n", `node_ttl = "60s"`)
 	const from = "127.0.19.1"
@@ -620,7 +597,7 @@ func TestRealRedisRestartedNodeClearsItsStaleShare(t *testing.T) {
 // local limits apply within 1 s, nothing crashes; Redis back (empty): the
 // nodes republish their shares and the counts are the truth again.
 func TestRealRedisOutageDegradesAndRecovers(t *testing.T) {
-	env := redisEnv(t)
+	env := redistest.Env(t)
 	setup, port := env["REDIS_SETUP"], env["REDIS_OUTAGE_PORT"]
 	run := func(args ...string) {
 		if out, err := exec.Command("bash", append([]string{setup}, args...)...).CombinedOutput(); err != nil {
@@ -695,7 +672,7 @@ func TestRealRedisOutageDegradesAndRecovers(t *testing.T) {
 // the URL): the nodes follow the new master and the limits hold across
 // the switch.
 func TestRealRedisSentinelFailover(t *testing.T) {
-	env := redisEnv(t)
+	env := redistest.Env(t)
 	setup := env["REDIS_SETUP"]
 	sentinel := redisClient(t, "redis://"+env["REDIS_SENTINEL_USER"]+":"+env["REDIS_SENTINEL_PASSWORD"]+"@127.0.0.1:"+env["REDIS_SENTINEL_PORT"])
 	master := func() string {
