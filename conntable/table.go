@@ -242,7 +242,7 @@ func (t *Table) Insert(client, local netip.AddrPort, kill Killer) (*Entry, error
 func (t *Table) logTableFull(now time.Time) {
 	if ok, suppressed := t.full.Allow(now); ok {
 		if suppressed > 0 {
-			t.logFull(fmt.Sprintf("conntable: %d callbacks suppressed", suppressed))
+			t.logFull(throttle.Suppressed("conntable", suppressed))
 		}
 		t.logFull("conntable: table full, dropping connection")
 	}
@@ -432,7 +432,7 @@ func (t *Table) Run(stop <-chan struct{}, interval time.Duration) {
 		t.Expire(now)
 		// The count of "table full" lines no later line carried.
 		if n := t.full.Flush(now); n > 0 {
-			t.logFull(fmt.Sprintf("conntable: %d callbacks suppressed", n))
+			t.logFull(throttle.Suppressed("conntable", n))
 		}
 	})
 }

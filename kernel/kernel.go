@@ -415,7 +415,7 @@ func prefixString(p netip.Prefix) string {
 // (Run calls it every tick).
 func (k *Kernel) flushLog() {
 	if n := k.logRate.Flush(time.Now()); n > 0 && k.o.Log != nil {
-		k.o.Log(courierlog.Warning, fmt.Sprintf("kernel: %d callbacks suppressed", n))
+		k.o.Log(courierlog.Warning, throttle.Suppressed("kernel", n))
 	}
 }
 
@@ -425,7 +425,7 @@ func (k *Kernel) logf(p courierlog.Priority, format string, args ...any) {
 	}
 	ok, suppressed := k.logRate.Allow(time.Now())
 	if suppressed > 0 {
-		k.o.Log(courierlog.Warning, fmt.Sprintf("kernel: %d callbacks suppressed", suppressed))
+		k.o.Log(courierlog.Warning, throttle.Suppressed("kernel", suppressed))
 	}
 	if ok {
 		k.o.Log(p, fmt.Sprintf(format, args...))

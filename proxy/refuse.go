@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"imapgate/courierlog"
+	"imapgate/internal/throttle"
 	"imapgate/limiter"
 )
 
@@ -52,11 +53,11 @@ func (s *Server) report(d limiter.Decision, afterTLS bool) {
 func (s *Server) flushSuppressed(now time.Time) {
 	for r, th := range s.refusalLog {
 		if n := th.Flush(now); n > 0 {
-			s.log.Message(courierlog.Warning, fmt.Sprintf("%s: %d callbacks suppressed", limiter.Reason(r), n))
+			s.log.Message(courierlog.Warning, throttle.Suppressed(limiter.Reason(r).String(), n))
 		}
 	}
 	if n := s.timeoutLog.Flush(now); n > 0 {
-		s.log.Message(courierlog.Warning, fmt.Sprintf("handshake timeout: %d callbacks suppressed", n))
+		s.log.Message(courierlog.Warning, throttle.Suppressed("handshake timeout", n))
 	}
 }
 
@@ -66,7 +67,7 @@ func (s *Server) flushSuppressed(now time.Time) {
 func (s *Server) handshakeTimedOut(addr netip.Addr) {
 	ok, suppressed := s.timeoutLog.Allow(time.Now())
 	if suppressed > 0 {
-		s.log.Message(courierlog.Warning, fmt.Sprintf("handshake timeout: %d callbacks suppressed", suppressed))
+		s.log.Message(courierlog.Warning, throttle.Suppressed("handshake timeout", suppressed))
 	}
 	if ok {
 		s.log.Message(courierlog.Debug, fmt.Sprintf("ip=[%s], TLS handshake timed out.", courierlog.Addr(addr)))
@@ -92,7 +93,7 @@ func (s *Server) logLimit(d limiter.Decision, r limiter.Reason, limit int, suffi
 	log, a := s.log, d.Addr
 	ok, suppressed := s.refusalLog[r].Allow(time.Now())
 	if suppressed > 0 {
-		log.Message(courierlog.Warning, fmt.Sprintf("%s: %d callbacks suppressed", r, suppressed))
+		log.Message(courierlog.Warning, throttle.Suppressed(r.String(), suppressed))
 	}
 	if !ok {
 		return

@@ -3,6 +3,7 @@
 package throttle
 
 import (
+	"strconv"
 	"sync"
 	"time"
 )
@@ -56,4 +57,10 @@ func (r *Throttle) Flush(now time.Time) (suppressed int) {
 	suppressed = r.missed
 	r.begin, r.printed, r.missed = now, 0, 0
 	return suppressed
+}
+
+// Suppressed is the kernel's line for n messages of source that a
+// throttle suppressed: "source: n callbacks suppressed".
+func Suppressed(source string, n int) string {
+	return source + ": " + strconv.Itoa(n) + " callbacks suppressed"
 }
