@@ -71,7 +71,7 @@ func main() {
 	fetches := flag.Int("fetches", 64, "1 MiB FETCHes per bulk session")
 	attempts := flag.Int("flood", 3000, "refused attempts in the flood scenario")
 	floodHonest := flag.Int("flood-honest", 200, "flood scenario: honest sessions timed without the flood and during it (each side)")
-	peersFlag := flag.String("peers", "haproxy,imapgate,nginx", "peers to measure")
+	peersFlag := flag.String("peers", "haproxy,imapgate,nginx", "peers to measure (haproxy, imapgate, nginx, imapgate-kernel, baseline; floor: accept and close only, built from integration/bench/floor.c, flood scenario only)")
 	serverCore := flag.Int("core", 0, "the core the proxies are pinned to (run this tool on another)")
 	profile := flag.String("cpuprofile", "", "write imapgate's CPU profile to `file` (its last run; with -cluster, replica 0's of the last round to file.standalone and file.cluster)")
 	only := flag.String("only", "", "comma-separated scenarios to run (session, idle, bulk, flood, table); default all")
@@ -154,6 +154,18 @@ func main() {
 			p, err := setup.start(name, "")
 			check(err)
 			fmt.Printf("round %d: %s (pid %d) ...", round+1, name, p.pid)
+			if name == "floor" {
+				// Accept and close only: the flood's refusals are all it has.
+				if run("flood") {
+					f, err := flood(p, *attempts, *floodHonest)
+					check(err)
+					add("flood-cpu", name, f.cpu)
+					add("flood-latency", name, f.latency)
+					fmt.Printf(" flood %.1f µs/%.0f µs\n", f.cpu.value, f.latency.value)
+				}
+				p.stop()
+				continue
+			}
 			if run("session") {
 				r, err := fullSessions(p, *sessions, 8)
 				check(err)
@@ -206,6 +218,7 @@ func main() {
 		}
 	}
 	report(os.Stdout, peers, results)
+	floorReport(os.Stdout, results)
 	if run("admission") || len(want) == 0 {
 		admission(os.Stdout)
 	}
@@ -356,6 +369,36 @@ func report(w *os.File, peers []string, results map[string]map[string][]float64)
 		fmt.Fprintln(tw)
 	}
 	tw.Flush()
+}
+
+// floorReport sets the flood's CPU per refused attempt against peer
+// "floor" (accept and close, nothing else), round by round: each peer's
+// multiple of the floor, and what its own code adds above it. A budget
+// stated against HAProxy is below what any proxy can reach when it is
+// below the floor.
+func floorReport(w *os.File, results map[string]map[string][]float64) {
+	cpu := results["flood-cpu"]
+	floor := cpu["floor"]
+	if len(floor) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nflood CPU per refused attempt against the floor (accept4 and close only, %.1f µs, median of %d rounds):\n", medianF(floor), len(floor))
+	for _, name := range []string{"haproxy", "nginx", "imapgate", "baseline"} {
+		vs := cpu[name]
+		if len(vs) == 0 {
+			continue
+		}
+		var above []float64
+		for i := 0; i < len(vs) && i < len(floor); i++ {
+			above = append(above, vs[i]-floor[i])
+		}
+		r, _ := pairedRatio(vs, floor)
+		fmt.Fprintf(w, "  %-9s %.2f× the floor; its own code %+.1f µs per attempt\n", name, r, medianF(above))
+	}
+	if h := cpu["haproxy"]; len(h) > 0 {
+		r, _ := pairedRatio(floor, h)
+		fmt.Fprintf(w, "  the floor is %.2f× HAProxy's figure\n", r)
+	}
 }
 
 // admission measures imapgate's admission decision with 1 M addresses

@@ -123,6 +123,13 @@ stream {
 }
 `, s.dir, s.dir, host, port, s.certOnly, s.keyOnly, perIPLimit, s.upstream)), 0o644)
 		args = []string{"nginx", "-p", s.dir, "-c", cfg}
+	case "floor":
+		bin, err := s.buildFloor()
+		if err != nil {
+			return nil, err
+		}
+		host, port, _ := net.SplitHostPort(addr)
+		args = []string{bin, host, port}
 	default:
 		return nil, fmt.Errorf("unknown peer %s", name)
 	}
@@ -143,6 +150,20 @@ stream {
 	}
 	p.stop()
 	return nil, fmt.Errorf("%s did not start listening on %s", name, addr)
+}
+
+// buildFloor compiles integration/bench/floor.c (peer "floor": accept and
+// close, nothing else) with the system's C compiler, once per run.
+func (s *peerSetup) buildFloor() (string, error) {
+	bin := filepath.Join(s.dir, "floor")
+	if _, err := os.Stat(bin); err == nil {
+		return bin, nil
+	}
+	out, err := exec.Command("cc", "-O2", "-o", bin, "integration/bench/floor.c").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("peer floor: building integration/bench/floor.c with cc (run from the repository root; apt-get install gcc): %v\n%s", err, out)
+	}
+	return bin, nil
 }
 
 // clientTimeout is HAProxy's timeout client for the profile.
