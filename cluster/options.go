@@ -116,6 +116,20 @@ func RedactURL(s string) string {
 // Redacted is the Redis URL without its passwords, for logs and status.
 func (c *Cluster) Redacted() string { return RedactURL(c.o.URL) }
 
+// NewClient returns a Redis client made as a node makes its own (o's
+// URL, timeouts and TLS; no client-side cache, no retries), for tools
+// that measure or probe what a node would meet. Close it after use.
+func NewClient(o Options) (rueidis.Client, error) {
+	if err := o.defaults(); err != nil {
+		return nil, err
+	}
+	copt, err := clientOption(o)
+	if err != nil {
+		return nil, err
+	}
+	return rueidis.NewClient(copt)
+}
+
 func clientOption(o Options) (rueidis.ClientOption, error) {
 	copt, err := ParseURL(o.URL)
 	if err != nil {

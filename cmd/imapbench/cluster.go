@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"math"
 	"net"
@@ -17,6 +18,8 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"imapgate/cluster"
 )
 
 // The cluster scenario: the same replicas of imapgate (-replicas, all on
@@ -198,16 +201,64 @@ func (r redisInfo) cli(args ...string) string {
 
 // evalshas counts the EVALSHA and EVAL calls Redis has served.
 func (r redisInfo) evalshas() int64 {
-	var n int64
+	n, _ := r.scriptStats()
+	return n
+}
+
+// scriptStats reads the EVALSHA and EVAL calls Redis has served and the
+// µs it spent in them (INFO commandstats).
+func (r redisInfo) scriptStats() (calls int64, usec float64) {
 	for _, l := range strings.Split(r.cli("INFO", "commandstats"), "\n") {
 		if strings.HasPrefix(l, "cmdstat_evalsha:") || strings.HasPrefix(l, "cmdstat_eval:") {
 			_, rest, _ := strings.Cut(l, "calls=")
-			v, _, _ := strings.Cut(rest, ",")
+			v, rest, _ := strings.Cut(rest, ",")
 			x, _ := strconv.ParseInt(v, 10, 64)
-			n += x
+			calls += x
+			_, rest, _ = strings.Cut(rest, "usec=")
+			u, _, _ := strings.Cut(rest, ",")
+			us, _ := strconv.ParseFloat(u, 64)
+			usec += us
 		}
 	}
-	return n
+	return calls, usec
+}
+
+// rttFloor runs imapbench -rtt-child on core (GOMAXPROCS=1, as a
+// replica): n PINGs one at a time through rueidis, with the replicas'
+// client options. Its p50 and p99 (µs) are the round trip any Redis call
+// costs a replica there, the floor under the admission script's.
+func rttFloor(url string, core, n int) (p50, p99 float64, err error) {
+	cmd := exec.Command("taskset", "-c", strconv.Itoa(core), os.Args[0], "-rtt-child", url, "-sessions", strconv.Itoa(n))
+	cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
+	out, err := cmd.Output()
+	if err != nil {
+		return 0, 0, fmt.Errorf("rtt child: %w", err)
+	}
+	var r rttResult
+	if err := json.Unmarshal(out, &r); err != nil {
+		return 0, 0, fmt.Errorf("rtt child: %w", err)
+	}
+	return r.P50, r.P99, nil
+}
+
+type rttResult struct{ P50, P99 float64 }
+
+// rttChild is the -rtt-child process: n PINGs, one at a time, through a
+// rueidis client made as a replica makes it; p50 and p99 in µs as JSON.
+func rttChild(url string, n int) {
+	c, err := cluster.NewClient(cluster.Options{URL: url, Node: "imapbench-rtt"})
+	check(err)
+	defer c.Close()
+	ctx := context.Background()
+	lat := make([]time.Duration, 0, n)
+	for i := 0; i < n; i++ {
+		start := time.Now()
+		check(c.Do(ctx, c.B().Ping().Build()).Error())
+		lat = append(lat, time.Since(start))
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	json.NewEncoder(os.Stdout).Encode(rttResult{
+		P50: float64(lat[len(lat)/2]) / 1e3, P99: float64(lat[len(lat)*99/100]) / 1e3})
 }
 
 func (r redisInfo) cpu() time.Duration {
@@ -324,6 +375,7 @@ func clusterBench(s *peerSetup, run clusterRun) {
 		replicas, s.core, r.pid, where, rounds, run.pace)
 	type fig struct {
 		session, flood, greet50, greet99, admit50, admit99, evalsha, redisCPU, hits []float64
+		scriptUsec, ping50, ping99                                                  []float64
 	}
 	res := map[string]*fig{"standalone": {}, "cluster": {}, "baseline": {}}
 	all := []string{"standalone", "cluster"}
@@ -350,8 +402,12 @@ func clusterBench(s *peerSetup, run clusterRun) {
 			// Latency without load: sessions one at a time, so the figure
 			// is the round trip and not the wait for a saturated core.
 			_, c0 := g.admitHistogram()
+			sc0, su0 := r.scriptStats()
 			lat, err = groupSessions(g, sessions/4, 1, run.pace)
 			check(err)
+			if sc1, su1 := r.scriptStats(); mode != "standalone" && sc1 > sc0 {
+				f.scriptUsec = append(f.scriptUsec, (su1-su0)/float64(sc1-sc0))
+			}
 			sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 			f.greet50 = append(f.greet50, float64(lat[len(lat)/2])/1e3)
 			f.greet99 = append(f.greet99, float64(lat[len(lat)*99/100])/1e3)
@@ -364,6 +420,9 @@ func clusterBench(s *peerSetup, run clusterRun) {
 				}
 				f.admit50 = append(f.admit50, quantile(b, c, 0.5))
 				f.admit99 = append(f.admit99, quantile(b, c, 0.99))
+				p50, p99, err := rttFloor(redisURL, s.core, sessions/4)
+				check(err)
+				f.ping50, f.ping99 = append(f.ping50, p50), append(f.ping99, p99)
 			}
 			h0 := g.metricSum("imapgate_cluster_local_cache_hits_total")
 			fl, err := groupFlood(g, attempts)
@@ -389,6 +448,8 @@ func clusterBench(s *peerSetup, run clusterRun) {
 	fmt.Fprintf(tw, "server CPU per refused attempt of a known offender (µs)\t%.1f\t%.1f\t%s\t<= 1.1\n", medianF(st.flood), medianF(cl.flood), ratio(cl.flood, st.flood))
 	fmt.Fprintf(tw, "refused attempts answered from memory (no Redis call)\t-\t%.1f%%\t-\t-\n", 100*medianF(cl.hits))
 	fmt.Fprintf(tw, "admission script round trip p50 / p99, one session at a time (µs)\t-\t%.0f / %.0f\t-\tp99 <= 300\n", medianF(cl.admit50), medianF(cl.admit99))
+	fmt.Fprintf(tw, "  of which: Redis's own time per script call, the latency phase's (µs)\t-\t%.0f\t-\t-\n", medianF(cl.scriptUsec))
+	fmt.Fprintf(tw, "  floor: PING round trip, one at a time, rueidis on the replicas' core, p50 / p99 (µs)\t-\t%.0f / %.0f\t-\t-\n", medianF(cl.ping50), medianF(cl.ping99))
 	fmt.Fprintf(tw, "time to greeting p50 / p99, one session at a time (µs)\t%.0f / %.0f\t%.0f / %.0f\t+%.0f / %+.0f\t-\n", medianF(st.greet50), medianF(st.greet99),
 		medianF(cl.greet50), medianF(cl.greet99), medianF(cl.greet50)-medianF(st.greet50), medianF(cl.greet99)-medianF(st.greet99))
 	fmt.Fprintf(tw, "Redis commands (EVALSHA) per admitted session\t-\t%.2f\t-\t<= 2\n", medianF(cl.evalsha))

@@ -85,10 +85,15 @@ func main() {
 	honest := flag.Int("honest", 200, "table scenario: honest sessions measured without and during each flood")
 	flag.IntVar(&honestNice, "honest-nice", -10, "flood and table scenarios: the honest clients' process runs at this nice value (negative needs root; 0: as the flood), so that the flood generator, which shares its core, does not slow them: the figures are then the proxy's")
 	honestChildAddr := flag.String("honest-child", "", "internal: run -honest honest sessions against `addr` and print their figures as JSON")
+	rttChildURL := flag.String("rtt-child", "", "internal: time -sessions Redis PINGs one at a time through rueidis at this `URL` and print p50 and p99 as JSON")
 	netns := flag.Bool("netns", false, "run in a network namespace of its own (unshare -n, as root): needed for peer imapgate-kernel, whose nftables table must not touch the host's")
 	flag.Parse()
 	if *honestChildAddr != "" {
 		honestChild(*honestChildAddr, *honest)
+		return
+	}
+	if *rttChildURL != "" {
+		rttChild(*rttChildURL, *sessions)
 		return
 	}
 	if *netns {
