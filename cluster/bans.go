@@ -85,8 +85,8 @@ func (c *Cluster) syncBans(ctx context.Context, cl rueidisClient, full bool) err
 	return nil
 }
 
-// subscribe applies published bans and ticket-key rotations as they come,
-// reconnecting while the cluster runs.
+// subscribe applies published bans, known-good entries and ticket-key
+// rotations as they come, reconnecting while the cluster runs.
 func (c *Cluster) subscribe() {
 	defer c.wg.Done()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -119,6 +119,11 @@ func (c *Cluster) message(m rueidisMessage) {
 		addr, user, _ := strings.Cut(rest, " ")
 		if a, err := netip.ParseAddr(addr); err == nil {
 			c.l.ApplyUnbanUser(a, user)
+		}
+	case "good":
+		field, value, _ := strings.Cut(rest, " ")
+		if k, until, ok := parseGood(field, value); ok {
+			c.l.LearnKnownGood(k, until, time.Now())
 		}
 	case "tk":
 		if c.tickets != nil {

@@ -44,6 +44,9 @@ type Cluster struct {
 	rtt           atomic.Int64 // last heartbeat's round trip, ns
 	alive         atomic.Int64
 	banVer        string
+	goodVer       string    // good:v at the last syncGood
+	goodSynced    time.Time // when the known-good hash was last reloaded
+	goodQ         chan goodEntry
 	swept         bool // this node's stale share cleared since start
 	dupWarned     bool
 
@@ -69,7 +72,7 @@ func New(o Options) (*Cluster, error) {
 	id := make([]byte, 8)
 	rand.Read(id)
 	c := &Cluster{o: o, copt: copt, k: newKeys(o.KeyPrefix), inst: hex.EncodeToString(id),
-		kick: make(chan struct{}, 1), stop: make(chan struct{})}
+		kick: make(chan struct{}, 1), stop: make(chan struct{}), goodQ: make(chan goodEntry, goodQueue)}
 	c.degradedSince.Store(time.Now().UnixNano())
 	c.m = newMetrics(c)
 	return c, nil
@@ -96,9 +99,10 @@ func (c *Cluster) Start(l *limiter.Limiter) {
 	} else {
 		c.o.Log(fmt.Sprintf("imapgate: cluster: node %s joined through Redis %s (%d nodes alive)", c.o.Node, c.Redacted(), c.alive.Load()))
 	}
-	c.wg.Add(2)
+	c.wg.Add(3)
 	go c.loop()
 	go c.subscribe()
+	go c.shareGood()
 }
 
 // Close sends the releases not sent yet (limiter.DetachShared; the
@@ -159,7 +163,8 @@ func (c *Cluster) Down(err error) {
 
 // bringUp makes the node part of the cluster: the shared secret, its
 // stale share cleared (once per start), liveness, its share published
-// (which switches the limiter to the shared limits), bans and ticket keys.
+// (which switches the limiter to the shared limits), bans, the known-good
+// tier and ticket keys.
 func (c *Cluster) bringUp(ctx context.Context) error {
 	cl, err := c.client()
 	if err != nil {
@@ -183,6 +188,9 @@ func (c *Cluster) bringUp(ctx context.Context) error {
 		return err
 	}
 	if err := c.syncBans(ctx, cl, true); err != nil {
+		return err
+	}
+	if err := c.syncGood(ctx, cl, true); err != nil {
 		return err
 	}
 	if c.tickets != nil {

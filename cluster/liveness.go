@@ -47,8 +47,8 @@ func (c *Cluster) loop() {
 
 var errLost = errors.New("this node's registration is gone (Redis restarted empty, or failed over to a replica that lacked it)")
 
-// beat renews liveness, drops dead nodes' shares, syncs bans and keeps the
-// ticket keys current.
+// beat renews liveness, drops dead nodes' shares, syncs bans and the
+// known-good tier and keeps the ticket keys current.
 func (c *Cluster) beat() error {
 	cl, err := c.conn()
 	if err != nil {
@@ -65,6 +65,9 @@ func (c *Cluster) beat() error {
 		}
 	}
 	if err := c.syncBans(ctx, cl, false); err != nil {
+		return err
+	}
+	if err := c.syncGood(ctx, cl, false); err != nil {
 		return err
 	}
 	if c.tickets != nil {

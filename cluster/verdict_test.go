@@ -30,3 +30,28 @@ func TestVerdictRejectsBadAnswers(t *testing.T) {
 		t.Errorf("a refusal by max_per_user_ip decoded as %+v, %v", r, err)
 	}
 }
+
+// Known-good entries come from Redis (stored or published): anything but
+// a prefix and a positive µs time is refused, not applied.
+func TestParseGoodRejectsBadEntries(t *testing.T) {
+	for _, c := range []struct {
+		field, value string
+		ok           bool
+	}{
+		{"192.0.2.1/32", "1800000000000000", true},
+		{"2001:db8::/64", "1800000000000000", true},
+		{"192.0.2.1", "1800000000000000", false},
+		{"192.0.2.1/33", "1800000000000000", false},
+		{"192.0.2.1/32", "soon", false},
+		{"192.0.2.1/32", "-5", false},
+		{"192.0.2.1/32", "", false},
+	} {
+		k, until, ok := parseGood(c.field, c.value)
+		if ok != c.ok {
+			t.Errorf("parseGood(%q, %q) ok = %v", c.field, c.value, ok)
+		}
+		if ok && (k.String() != c.field || until.UnixMicro() != 1800000000000000) {
+			t.Errorf("parseGood(%q, %q) = %v %v", c.field, c.value, k, until)
+		}
+	}
+}

@@ -751,3 +751,52 @@ func TestRealRedisSentinelFailover(t *testing.T) {
 	// The old master comes back as a replica.
 	exec.Command("bash", setup, "start-port", old).Run()
 }
+
+// The known-good tier found on one node reaches the others, and a node
+// that joins later loads it: an office over the ordinary max_per_ip is
+// admitted on every node, not only on the one its users logged in
+// through. Without the sharing, n2 and n3 refuse it for good (they check
+// the ordinary limit against the shared count and never admit a login to
+// learn from).
+func TestRealRedisKnownGoodReachesEveryNode(t *testing.T) {
+	env := redistest.Env(t)
+	const limits = `
+[limits]
+max_per_ip = 2
+[limits.known_good]
+min_users = 1
+max_per_ip = 20
+`
+	tc := startCluster(t, 2, env["REDIS_URL"], limits, "")
+	const office = "127.0.17.1"
+	ic, ok, err := connect(office, tc.nodes[0].addr, clusterClientTLS)
+	if err != nil || !ok {
+		t.Fatalf("first connection refused: %v", err)
+	}
+	if r, err := ic.cmd("a", "LOGIN demo demo"); err != nil || !strings.HasPrefix(r, "a OK") {
+		t.Fatalf("LOGIN answered %q, %v", r, err)
+	}
+	// Three more sessions on n1: the office is over the ordinary limit.
+	tc.hold(3, office, func(int) int { return 0 })
+	start := time.Now()
+	waitFor(t, "n2 to admit the office (known-good learned from n1)", func() bool {
+		ic, ok, _ := connect(office, tc.nodes[1].addr, clusterClientTLS)
+		if ok {
+			ic.c.Close()
+		}
+		return ok
+	})
+	t.Logf("n2 admitted the office %s after the login on n1", time.Since(start).Round(time.Millisecond))
+	// A node that joins now loads the tier before it serves.
+	n3 := tc.add(env["REDIS_URL"], limits, "")
+	ic3, ok, err := connect(office, n3.addr, clusterClientTLS)
+	if err != nil || !ok {
+		t.Fatalf("n3, started after the login, refused the office (%v)", err)
+	}
+	ic3.c.Close()
+	// Another address is held to the ordinary limit on every node.
+	if got := tc.attempt(6, src("127.0.17.2"), nil); got != 2 {
+		t.Fatalf("an ordinary address was admitted %d times, want 2", got)
+	}
+	ic.c.Close()
+}

@@ -16,7 +16,7 @@ import (
 //
 // Like rateTable it is set-associative (4 ways per set) and sharded, and a
 // shard grows with use: it doubles when three quarters full or when a new
-// key's set is full, up to the bound (size ways, 16 + 72 bytes each). At
+// key's set is full, up to the bound (size ways, 16 + 80 bytes each). At
 // the bound a new key whose set is full takes the way that matters least:
 // the one that is not known-good and logged in longest ago. With 4 ways,
 // sets start to fill at about a quarter of the bound, so that is the
@@ -53,13 +53,14 @@ type goodSet [ways]struct {
 	until atomic.Int64  // known-good until, unix nanoseconds; 0: never was
 }
 
-// goodInfo is what writers keep about a key, 72 bytes.
+// goodInfo is what writers keep about a key, 80 bytes.
 type goodInfo struct {
-	since int64    // start of the current count, unix nanoseconds
-	last  [2]int64 // the latest login, and the latest of another user than last[0]'s
-	tag   [2]uint32
-	users [MaxKnownGoodUsers]uint32 // the distinct users (tags) who logged in since `since`
-	n     uint8                     // users in use
+	since  int64    // start of the current count, unix nanoseconds
+	shared int64    // the known-good time last handed to the shared state, or learned from it
+	last   [2]int64 // the latest login, and the latest of another user than last[0]'s
+	tag    [2]uint32
+	users  [MaxKnownGoodUsers]uint32 // the distinct users (tags) who logged in since `since`
+	n      uint8                     // users in use
 }
 
 func newGoodTable(size int) *goodTable {
@@ -119,8 +120,12 @@ func (t *goodTable) good(k key, n int64) bool {
 // count, which restarts kg.Window after it began.
 //
 // It returns until, the end of k's known-good time, when k is known-good
-// after this login; else 0.
-func (t *goodTable) login(k key, uh uint64, n int64, kg *KnownGood) (until int64) {
+// after this login; else 0. share says that until should go to the
+// shared state (the other replicas): k just became known-good, or its
+// time moved a 24th of the window (an hour by default) past what was
+// shared or learned last, so a busy office costs Redis a call an hour,
+// not one per login.
+func (t *goodTable) login(k key, uh uint64, n int64, kg *KnownGood) (until int64, share bool) {
 	h := maphash.Bytes(t.seed, k[:])
 	s := &t.shards[h%numShards]
 	h |= 1
@@ -145,7 +150,7 @@ func (t *goodTable) login(k key, uh uint64, n int64, kg *KnownGood) (until int64
 		in.last[0], in.tag[0] = n, tag
 	}
 	if kg.MinUsers <= 0 {
-		return 0
+		return 0, false
 	}
 	if n-in.since > int64(kg.Window) {
 		in.n, in.since = 0, n
@@ -154,12 +159,68 @@ func (t *goodTable) login(k key, uh uint64, n int64, kg *KnownGood) (until int64
 		in.users[in.n] = tag
 		in.n++
 	}
-	if int(in.n) >= kg.MinUsers {
-		tab.sets[i/ways][i%ways].until.Store(n + int64(kg.Window))
-		t.any.Store(true)
-		return n + int64(kg.Window)
+	if int(in.n) < kg.MinUsers {
+		return 0, false
 	}
-	return 0
+	w := &tab.sets[i/ways][i%ways]
+	until = max(n+int64(kg.Window), w.until.Load()) // a later time learned from another node stays
+	w.until.Store(until)
+	t.any.Store(true)
+	if until-in.shared >= int64(kg.Window)/24 {
+		in.shared, share = until, true
+	}
+	return until, share
+}
+
+// learn makes k known-good until `until` (unix nanoseconds) at n, as
+// another replica found it; a later time already known stays. The time
+// learned counts as shared, so it is not handed back.
+func (t *goodTable) learn(k key, until, n int64) {
+	h := maphash.Bytes(t.seed, k[:])
+	s := &t.shards[h%numShards]
+	h |= 1
+	s.Lock()
+	defer s.Unlock()
+	tab := s.tab.Load()
+	i := tab.find(h)
+	if i < 0 {
+		for len(tab.sets) < s.maxSets && (s.used >= len(tab.sets)*ways*3/4 || tab.full(h)) {
+			tab = s.grow(tab)
+		}
+		i = s.take(tab, h, n)
+	}
+	if w := &tab.sets[i/ways][i%ways]; until > w.until.Load() {
+		w.until.Store(until)
+	}
+	in := &tab.info[i]
+	in.shared = max(in.shared, until)
+	t.any.Store(true)
+}
+
+// LearnKnownGood makes k known-good until `until`, as another replica
+// found it (package cluster shares the tier through Shared.KnownGood, so
+// that a replica that restarted, or that never saw the office's users log
+// in, gives it the tier's limits too): k is an address (a /32 or /128) or
+// an aggregation prefix of this node's policy ([limits] ipv4_prefix,
+// ipv6_prefix); a prefix of another length is ignored, as this node does
+// not count by it. Nothing is learned with the tier off or a time past.
+// A learned address also goes to OnKnownGood's function (the kernel's
+// keep set).
+func (l *Limiter) LearnKnownGood(k netip.Prefix, until, now time.Time) {
+	p := l.policy()
+	if p.KnownGood.MinUsers <= 0 || !until.After(now) || !k.IsValid() {
+		return
+	}
+	a := k.Addr().Unmap().WithZone("")
+	switch {
+	case k.Bits() == k.Addr().BitLen():
+		l.goodIP.learn(addrKey(a), until.UnixNano(), now.UnixNano())
+		if f := l.onGood.Load(); f != nil {
+			(*f)(a, until)
+		}
+	case p.PrefixOf(a) == k.Masked():
+		l.goodPrefix.learn(prefixKeyOf(k.Masked()).addr, until.UnixNano(), now.UnixNano())
+	}
 }
 
 // OnKnownGood sets f to be called, in the goroutine of a successful login,

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"hash/maphash"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -188,12 +189,17 @@ func (t *Ticket) LoginSucceeded(now time.Time, user string) {
 	p := l.policy()
 	n := now.UnixNano()
 	uh := l.userHash(user)
-	if until := l.goodIP.login(t.k, uh, n, &p.KnownGood); until != 0 {
+	if until, share := l.goodIP.login(t.k, uh, n, &p.KnownGood); until != 0 {
 		if f := l.onGood.Load(); f != nil {
 			(*f)(t.addr, time.Unix(0, until))
 		}
+		if share && l.cl.s != nil {
+			l.cl.s.KnownGood(netip.PrefixFrom(t.addr, t.addr.BitLen()), time.Unix(0, until))
+		}
 	}
-	l.goodPrefix.login(t.pk.addr, uh, n, &p.KnownGood)
+	if until, share := l.goodPrefix.login(t.pk.addr, uh, n, &p.KnownGood); share && l.cl.s != nil {
+		l.cl.s.KnownGood(p.PrefixOf(t.addr), time.Unix(0, until))
+	}
 	f := l.fails
 	f.mu.Lock()
 	f.lru.Remove(userFailKey(t.addr, uh))

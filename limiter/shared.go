@@ -42,6 +42,12 @@ type Shared interface {
 	Ban(ctx context.Context, b Ban) error
 	Unban(ctx context.Context, k netip.Prefix) error
 	UnbanUser(ctx context.Context, a netip.Addr, user string) error
+	// KnownGood hands the other nodes an address (a host prefix) or an
+	// aggregation prefix that logins here made known-good until `until`
+	// (they apply it with Limiter.LearnKnownGood). It must not block: it
+	// queues, and an update lost to an outage goes again when the tier's
+	// time next moves (within a 24th of its window).
+	KnownGood(k netip.Prefix, until time.Time)
 	// Publish replaces this node's share of the counts with s, and stores
 	// the bans in s that the shared state lacks.
 	Publish(ctx context.Context, s *Snapshot) error

@@ -30,6 +30,9 @@ type fakeShared struct {
 	entered    chan struct{}
 	flying     int
 	badPublish bool
+	// good are the known-good addresses and prefixes handed over
+	// (KnownGood), by node.
+	good []sharedGood
 	// timers are the release flushes the nodes scheduled (the stepped
 	// clock of ReleaseWindow): fire runs them.
 	tmu    sync.Mutex
@@ -149,6 +152,18 @@ func (n fakeNode) Down(error) {
 	n.mu.Lock()
 	n.downs++
 	n.mu.Unlock()
+}
+
+type sharedGood struct {
+	node  string
+	k     netip.Prefix
+	until time.Time
+}
+
+func (n fakeNode) KnownGood(k netip.Prefix, until time.Time) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.good = append(n.good, sharedGood{n.node, k, until})
 }
 
 // Publish replaces the node's share, as package cluster does.
@@ -343,4 +358,84 @@ func TestSharedUnbanWhileDownIsRepublished(t *testing.T) {
 	if len(f.unbans) != 1 || f.unbans[0].Key != k {
 		t.Fatalf("unbans published %+v, want %s once", f.unbans, k)
 	}
+}
+
+// The known-good tier learned on one node reaches the others: without
+// it, a node that never saw the office's users log in (restarted, or not
+// chosen by round robin) checks the ordinary limits against the shared
+// count, which the office's sessions elsewhere exceed, and refuses it.
+func TestSharedKnownGoodReachesOtherNodes(t *testing.T) {
+	f := newFake()
+	nodes := sharedNodes(t, f, tierPolicy(), "n1", "n2", "n3")
+	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
+	a := addr("192.0.2.90")
+	for i, u := range []string{"ann", "bea", "cid"} {
+		now := t0.Add(time.Duration(i) * time.Minute)
+		tk, d := admitShared(n1, a, now)
+		if tk == nil {
+			t.Fatalf("login %d refused: %v", i, d.Reason)
+		}
+		tk.LoginSucceeded(now, u)
+		tk.LoggedIn()
+		tk.Release()
+		f.fire()
+	}
+	now := t0.Add(3 * time.Minute)
+	want := map[netip.Prefix]bool{netip.MustParsePrefix("192.0.2.90/32"): true, netip.MustParsePrefix("192.0.2.0/24"): true}
+	if len(f.good) != 2 || !want[f.good[0].k] || !want[f.good[1].k] || f.good[0].node != "n1" {
+		t.Fatalf("handed over %v, want the address and its /24 once each, by n1", f.good)
+	}
+	if u := f.good[0].until; !u.Equal(t0.Add(2*time.Minute + time.Hour)) {
+		t.Errorf("until %v, want a window after the third login", u)
+	}
+	// More logins within the hour's 24th hand nothing new over.
+	loginShared(t, n1, a, "dan", now)
+	if len(f.good) != 2 {
+		t.Fatalf("a fourth login handed over again: %v", f.good)
+	}
+	for _, g := range f.good {
+		n2.LearnKnownGood(g.k, g.until, now)
+	}
+	// The office holds 3 sessions on n1: over the ordinary 2.
+	var hold []*Ticket
+	for i := 0; i < 3; i++ {
+		tk, d := admitShared(n1, a, now)
+		if tk == nil {
+			t.Fatalf("n1 refused the office's session %d: %v", i, d.Reason)
+		}
+		hold = append(hold, tk)
+	}
+	if tk, d := admitShared(n2, a, now); tk == nil {
+		t.Errorf("n2, which learned the tier, refused the office: %v", d.Reason)
+	} else {
+		hold = append(hold, tk)
+	}
+	if tk, d := admitShared(n3, a, now); tk != nil || d.Reason != MaxPerIP {
+		t.Errorf("n3, which learned nothing, = %v %v; want the ordinary limit's refusal (the case sharing fixes)", tk != nil, d.Reason)
+	}
+	// A login on n2 does not hand the learned time back.
+	loginShared(t, n2, a, "eve", now)
+	if len(f.good) != 2 {
+		t.Errorf("n2 handed back what it learned: %v", f.good[2:])
+	}
+	for _, tk := range hold {
+		tk.Release()
+	}
+	// Another prefix length than this node's, and times past, are ignored.
+	n3.LearnKnownGood(netip.MustParsePrefix("192.0.2.0/16"), now.Add(time.Hour), now)
+	n3.LearnKnownGood(netip.MustParsePrefix("192.0.2.90/32"), now.Add(-time.Second), now)
+	if n3.KnownGood(a, now) {
+		t.Error("n3 learned a /16 or a time past")
+	}
+}
+
+func loginShared(t *testing.T, l *Limiter, a netip.Addr, user string, now time.Time) {
+	t.Helper()
+	tk, d := admitShared(l, a, now)
+	if tk == nil {
+		t.Fatalf("%s refused: %v", user, d.Reason)
+	}
+	tk.LoginSucceeded(now, user)
+	tk.LoggedIn()
+	tk.Release()
 }
