@@ -29,9 +29,10 @@ type kernelPath struct {
 	mu      sync.Mutex
 	note    string
 	ports   []uint16
-	kstop   chan struct{} // the running Kernel's Run; nil when none
-	cfg     config.Kernel // what the running path (or its absence) and the watch were made from
-	started bool          // StartKernel ran
+	kstop   chan struct{}  // the running Kernel's Run; nil when none
+	carried kernel.Carried // the last Kernel's handover, until a new one takes it
+	cfg     config.Kernel  // what the running path (or its absence) and the watch were made from
+	started bool           // StartKernel ran
 	closed  bool
 }
 
@@ -68,9 +69,11 @@ func (g *Gate) StartKernel(lns []net.Listener) {
 // reloadKernel applies a reloaded [kernel]: a changed conntrack_watch
 // starts, re-times or stops the host conntrack watch; when anything else
 // changed, the running nftables path is stopped (its table removed) and a
-// new one made from c, with the escalations in force carried over; bans
-// come back from the limiter at its first Sync. Before StartKernel it
-// does nothing (StartKernel reads the configuration in force).
+// new one made from c, with the escalations in force and the escalation
+// levels and refusal windows carried over (kernel.Carried; also across an
+// off and on again, or a spell of nftables unavailable); bans come back
+// from the limiter at its first Sync. Before StartKernel it does nothing
+// (StartKernel reads the configuration in force).
 func (g *Gate) reloadKernel(c config.Kernel) {
 	kp := &g.kernel
 	kp.mu.Lock()
@@ -90,20 +93,14 @@ func (g *Gate) reloadKernel(c config.Kernel) {
 	if c == kp.cfg {
 		return
 	}
-	var carried []kernel.Member
-	if k := kp.kern.Load(); k != nil {
-		carried = k.Members(time.Now())
-	}
 	g.stopNFTablesLocked()
 	g.startNFTablesLocked(c)
-	if k := kp.kern.Load(); k != nil {
-		k.Carry(carried, time.Now())
-	}
 	g.Log.Message(courierlog.Info, "imapgate: [kernel] reloaded: "+kp.note)
 }
 
-// startNFTablesLocked opens the nftables path for c, if c turns it on;
-// kp.mu is held.
+// startNFTablesLocked opens the nftables path for c, if c turns it on,
+// with what the last one handed over (kept until a path opens); kp.mu is
+// held.
 func (g *Gate) startNFTablesLocked(c config.Kernel) {
 	kp := &g.kernel
 	kp.cfg = c
@@ -127,6 +124,8 @@ func (g *Gate) startNFTablesLocked(c config.Kernel) {
 			"imapgate: warning: [kernel] nftables = true, but nftables cannot be used: %v; going on with the userspace limits only", err))
 		return
 	}
+	k.Carry(kp.carried, time.Now())
+	kp.carried = kernel.Carried{}
 	kp.kern.Store(k)
 	kp.note = fmt.Sprintf("nftables table inet %s on ports %v", name, kp.ports)
 	if c.DryRun {
@@ -136,8 +135,8 @@ func (g *Gate) startNFTablesLocked(c config.Kernel) {
 	go k.Run(kp.kstop, time.Second)
 }
 
-// stopNFTablesLocked stops the running nftables path, if any, and removes
-// its table; kp.mu is held.
+// stopNFTablesLocked stops the running nftables path, if any, removes its
+// table, and keeps what it hands over for the next one; kp.mu is held.
 func (g *Gate) stopNFTablesLocked() {
 	kp := &g.kernel
 	if kp.kstop != nil {
@@ -148,6 +147,7 @@ func (g *Gate) stopNFTablesLocked() {
 		if err := k.Close(); err != nil {
 			g.Log.Message(courierlog.Info, fmt.Sprintf("imapgate: removing the nftables table: %v", err))
 		}
+		kp.carried = k.Handover(time.Now()) // after Close: no Sync takes from its queue
 	}
 }
 
