@@ -9,17 +9,18 @@ import (
 // Carried is what a Kernel hands on to the one that replaces it when a
 // reload changes [kernel] (Handover, then Carry), or that the gateway
 // keeps while the nftables path is off or unavailable: the escalations in
-// the sets and those queued for the next Sync, and the escalator's state
-// per address and prefix (refusal window, level, last escalation, drop
-// end, and a prefix's dropped addresses). Without it a flooder at level 3
-// would start again at level 1 after any such reload. Bans are not in it:
-// they come back from Options.Bans at the first Sync. The zero value
-// carries nothing.
+// the sets and those queued for the next Sync; the escalator's state per
+// address and prefix (refusal window, level, last escalation, drop end,
+// and a prefix's dropped addresses); and the known-good addresses (Good). Without it a flooder at level 3 would start again at level 1
+// after any such reload, and a known-good address would be dropped with
+// its prefix until it logged in again. Bans are not in it: they come back
+// from Options.Bans at the first Sync. The zero value carries nothing.
 type Carried struct {
 	members []Member
 	pending []escalated
 	m       map[netip.Addr]*escState
 	pm      map[netip.Prefix]*prefixState
+	good    map[netip.Addr]time.Time
 	dryRun  bool
 }
 
@@ -39,6 +40,9 @@ func (k *Kernel) Handover(now time.Time) Carried {
 		}
 		break
 	}
+	k.goodMu.Lock()
+	c.good, k.good = k.good, make(map[netip.Addr]time.Time)
+	k.goodMu.Unlock()
 	e := &k.esc
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -51,10 +55,12 @@ func (k *Kernel) Handover(now time.Time) Carried {
 // escalations in c's sets go into k's until their own end, those queued
 // are queued again (the next Sync adds them, with their own log line),
 // and the escalator's state is k's, so the next escalation of a flooder
-// goes on from its level. Entries the new escalation settings count as
-// forgotten (idle: no refusal for a window, no drop in force, quiet for
-// 4 × Max) are left out, and at most Options.MaxTracked of each kind are
-// taken. c may be carried again: Carry copies it.
+// goes on from its level; the known-good addresses enter the keep sets at
+// the next Sync, until their known-good time ends. Entries the new
+// escalation settings count as forgotten (idle: no refusal for a window,
+// no drop in force, quiet for 4 × Max) are left out, and at most
+// Options.MaxTracked of each kind are taken. c may be carried again: Carry
+// copies it (Good's entries aside, which are values).
 //
 // What is carried stays true under changed [kernel.escalation] settings,
 // so all of it is carried whatever they are: a refusal window is "n
@@ -98,6 +104,11 @@ func (k *Kernel) Carry(c Carried, now time.Time) {
 		}
 	}
 	k.esc.carry(c, wasDry, now)
+	for a, until := range c.good {
+		if until.After(now) {
+			k.Good(a, until)
+		}
+	}
 }
 
 // carry takes c's state as described at Kernel.Carry.

@@ -29,7 +29,8 @@ func host(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, a.BitLen()) }
 // escalations in the sets (not the bans: those come back from the
 // limiter), those queued and not yet synced, and the escalation state, so
 // that a flooder's next drop goes on from its level, an address's
-// refusal window goes on counting, and a prefix's level is kept too.
+// refusal window goes on counting, and a prefix's level is kept too; and
+// the known-good addresses, kept inside a dropped prefix.
 func TestCarryLevelsWindowsAndDrops(t *testing.T) {
 	t0 := time.Unix(1_000_000, 0)
 	old, _ := newFake(Options{Escalation: DefaultEscalation})
@@ -50,6 +51,9 @@ func TestCarryLevelsWindowsAndDrops(t *testing.T) {
 	old.Sync(t1)
 	queued := netip.MustParseAddr("192.0.2.60")
 	flood(old, queued, false, t1) // escalated, not yet synced when the reload comes
+	good, gone := netip.MustParseAddr("198.51.100.200"), netip.MustParseAddr("198.51.100.201")
+	old.Good(good, t1.Add(time.Hour))
+	old.Good(gone, t1)
 	old.Close()
 	c := old.Handover(t1)
 
@@ -61,6 +65,9 @@ func TestCarryLevelsWindowsAndDrops(t *testing.T) {
 	want := map[netip.Prefix]time.Duration{host(flooder): time.Minute, net24: 30 * time.Second, host(queued): 30 * time.Second}
 	if !maps.Equal(f.els, want) {
 		t.Fatalf("elements %v, want %v", f.els, want)
+	}
+	if kept := map[netip.Prefix]time.Duration{host(good): time.Hour}; !maps.Equal(f.kept, kept) {
+		t.Fatalf("kept %v, want the known-good address inside the dropped /24 (%v)", f.kept, kept)
 	}
 	for _, l := range []string{
 		"kernel: dropping new connections from ::ffff:192.0.2.66 for 1m0s (kept across a reload)",
