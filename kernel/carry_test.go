@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"imapgate/courierlog"
+	"imapgate/limiter"
 )
 
 // flood refuses a more than the default threshold at now, by an address
@@ -27,13 +28,17 @@ func host(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, a.BitLen()) }
 
 // A reload's new Kernel takes what the old one hands over: the
 // escalations in the sets (not the bans: those come back from the
-// limiter), those queued and not yet synced, and the escalation state, so
-// that a flooder's next drop goes on from its level, an address's
+// limiter), those queued and not yet synced, and the escalation state,
+// so that a flooder's next drop goes on from its level, an address's
 // refusal window goes on counting, and a prefix's level is kept too; and
-// the known-good addresses, kept inside a dropped prefix.
+// the known-good addresses (not those whose time is over), kept inside a
+// dropped prefix.
 func TestCarryLevelsWindowsAndDrops(t *testing.T) {
 	t0 := time.Unix(1_000_000, 0)
-	old, _ := newFake(Options{Escalation: DefaultEscalation})
+	banned := netip.MustParsePrefix("192.0.2.7/32")
+	old, _ := newFake(Options{Escalation: DefaultEscalation, Bans: func(time.Time) []limiter.Ban {
+		return []limiter.Ban{{Key: banned, Until: t0.Add(time.Hour)}}
+	}})
 	flood(old, flooder, false, t0) // level 1: 30 s
 	old.Sync(t0)
 	t1 := t0.Add(31 * time.Second)
@@ -60,6 +65,9 @@ func TestCarryLevelsWindowsAndDrops(t *testing.T) {
 	var logs []string
 	k, f := newFake(Options{Escalation: DefaultEscalation, Log: func(_ courierlog.Priority, m string) { logs = append(logs, m) }})
 	k.Carry(c, t1)
+	if _, ok := f.els[banned]; ok {
+		t.Fatal("a ban was carried: it comes back from the limiter's list")
+	}
 	k.Sync(t1)
 	net24 := netip.MustParsePrefix("198.51.100.0/24")
 	want := map[netip.Prefix]time.Duration{host(flooder): time.Minute, net24: 30 * time.Second, host(queued): 30 * time.Second}
