@@ -334,8 +334,8 @@ type Kernel struct {
 	DryRun     bool             `toml:"dry_run"`
 	Escalation KernelEscalation `toml:"escalation"`
 	// ConntrackWatch reads the host's conntrack fill every this often and
-	// warns at 80 % and 95 %; "0s" turns the watch off. Only this [kernel]
-	// key needs a restart.
+	// warns at 80 % and 95 %; "0s" turns the watch off. A reload starts,
+	// re-times or stops the watch.
 	ConntrackWatch Duration `toml:"conntrack_watch"`
 }
 

@@ -86,7 +86,6 @@ func New(cfg *config.Config, o Options) (*Gate, error) {
 		return nil, errors.New("gateway: Options.Log is required")
 	}
 	g := &Gate{Log: o.Log, opts: o}
-	g.kernel.stop = make(chan struct{})
 	g.kernel.conntrack = &kernel.ConntrackWatch{Root: "/", Log: o.Log.Message}
 	var err error
 	if g.Table, err = conntable.New(TableConfig(cfg), func(m string) { o.Log.Message(courierlog.Warning, m) }); err != nil {
@@ -282,9 +281,10 @@ func RestartOnly(keys ...Changed) error {
 // says why. Everything is built and checked first (certificates loaded,
 // policy validated, the table's new bounds checked, the upstream built)
 // into a new Snapshot; one atomic store then puts all of it in force.
-// Live sessions and limit counters are untouched. A changed [kernel]
-// (conntrack_watch aside) then remakes the nftables path (reloadKernel):
-// on, off, another table name, dry run or escalation.
+// Live sessions and limit counters are untouched. A changed [kernel] is
+// applied then (reloadKernel): conntrack_watch re-times the host conntrack
+// watch (on, off, another interval); the rest remakes the nftables path
+// (on, off, another table name, dry run or escalation).
 func (g *Gate) Reload(cfg *config.Config) error {
 	g.reload.Lock()
 	defer g.reload.Unlock()
@@ -294,7 +294,6 @@ func (g *Gate) Reload(cfg *config.Config) error {
 		Changed{"tls.min_version", cfg.TLS.MinVersion != old.TLS.MinVersion},
 		Changed{"tls.post_quantum", cfg.TLS.PostQuantum != old.TLS.PostQuantum},
 		Changed{"[cluster]", cfg.Cluster != old.Cluster},
-		Changed{"kernel.conntrack_watch", cfg.Kernel.ConntrackWatch != old.Kernel.ConntrackWatch},
 		Changed{"listen.proxy_protocol_from (on or off)", (len(old.Listen.ProxyProtocolFrom) == 0) != (len(cfg.Listen.ProxyProtocolFrom) == 0)},
 		Changed{"table.buckets", cfg.Table.Buckets != old.Table.Buckets},
 	); err != nil {

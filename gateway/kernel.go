@@ -17,22 +17,23 @@ import (
 
 // kernelPath is [kernel]: the nftables path (nil when off or unavailable;
 // note says which) and the watch on the host's conntrack table. The watch
-// runs until stop is closed (Gate.Close); the nftables path until its own
-// kstop is closed (a reload that changes [kernel], or Gate.Close). mu
-// serialises starting and stopping the nftables path (StartKernel, a
-// reload, Close) and guards what it sets.
+// runs at the interval its SetInterval last set (StartKernel, a reload
+// that changed kernel.conntrack_watch; 0 at Gate.Close); the nftables path
+// until its own kstop is closed (a reload that changes the rest of
+// [kernel], or Gate.Close). mu serialises starting, re-timing and stopping
+// both (StartKernel, a reload, Close) and guards what it sets.
 type kernelPath struct {
 	kern      atomic.Pointer[kernel.Kernel]
 	conntrack *kernel.ConntrackWatch
-	stop      chan struct{}
-	stopOnce  sync.Once
 
-	mu     sync.Mutex
-	note   string
-	ports  []uint16
-	kstop  chan struct{} // the running Kernel's Run; nil when none
-	cfg    config.Kernel // what the running path (or its absence) was made from
-	closed bool
+	mu      sync.Mutex
+	note    string
+	ports   []uint16
+	kstop   chan struct{}  // the running Kernel's Run; nil when none
+	carried kernel.Carried // the last Kernel's handover, until a new one takes it
+	cfg     config.Kernel  // what the running path (or its absence) and the watch were made from
+	started bool           // StartKernel ran
+	closed  bool
 }
 
 // StartKernel starts the host conntrack watch ([kernel] conntrack_watch)
@@ -42,11 +43,6 @@ type kernelPath struct {
 // limits still apply. Call it once, with the listeners, before serving.
 func (g *Gate) StartKernel(lns []net.Listener) {
 	kp := &g.kernel
-	cfg := g.Config()
-	if d := cfg.Kernel.ConntrackWatch.D(); d > 0 {
-		kp.conntrack.Check() // a first reading for the startup report
-		go kp.conntrack.Run(kp.stop, d)
-	}
 	var ports []uint16
 	for _, ln := range lns {
 		if ta, ok := ln.Addr().(*net.TCPAddr); ok && !slices.Contains(ports, uint16(ta.Port)) {
@@ -60,40 +56,51 @@ func (g *Gate) StartKernel(lns []net.Listener) {
 	})
 	kp.mu.Lock()
 	defer kp.mu.Unlock()
-	kp.ports = ports
-	g.startNFTablesLocked(cfg.Kernel)
+	if kp.closed {
+		return
+	}
+	c := g.Config().Kernel // under mu: a reload before this one is in it
+	kp.ports, kp.started = ports, true
+	// A first reading at once, for the startup report.
+	kp.conntrack.SetInterval(c.ConntrackWatch.D())
+	g.startNFTablesLocked(c)
 }
 
-// reloadKernel applies a reloaded [kernel]: when anything but
-// conntrack_watch changed, the running nftables path is stopped (its table
-// removed) and a new one made from c, with the escalations in force
-// carried over; bans come back from the limiter at its first Sync. Before
-// StartKernel it does nothing.
+// reloadKernel applies a reloaded [kernel]: a changed conntrack_watch
+// starts, re-times or stops the host conntrack watch; when anything else
+// changed, the running nftables path is stopped (its table removed) and a
+// new one made from c, with the escalations in force and the escalation
+// levels and refusal windows carried over (kernel.Carried; also across an
+// off and on again, or a spell of nftables unavailable); bans come back
+// from the limiter at its first Sync. Before StartKernel it does nothing
+// (StartKernel reads the configuration in force).
 func (g *Gate) reloadKernel(c config.Kernel) {
 	kp := &g.kernel
 	kp.mu.Lock()
 	defer kp.mu.Unlock()
-	if kp.ports == nil || kp.closed {
+	if !kp.started || kp.closed {
 		return
 	}
-	c.ConntrackWatch = kp.cfg.ConntrackWatch
+	if c.ConntrackWatch != kp.cfg.ConntrackWatch {
+		kp.cfg.ConntrackWatch = c.ConntrackWatch
+		kp.conntrack.SetInterval(c.ConntrackWatch.D())
+		watch := "off"
+		if d := c.ConntrackWatch.D(); d > 0 {
+			watch = "every " + d.String()
+		}
+		g.Log.Message(courierlog.Info, "imapgate: [kernel] reloaded: host conntrack watch "+watch)
+	}
 	if c == kp.cfg {
 		return
 	}
-	var carried []kernel.Member
-	if k := kp.kern.Load(); k != nil {
-		carried = k.Members(time.Now())
-	}
 	g.stopNFTablesLocked()
 	g.startNFTablesLocked(c)
-	if k := kp.kern.Load(); k != nil {
-		k.Carry(carried, time.Now())
-	}
 	g.Log.Message(courierlog.Info, "imapgate: [kernel] reloaded: "+kp.note)
 }
 
-// startNFTablesLocked opens the nftables path for c, if c turns it on;
-// kp.mu is held.
+// startNFTablesLocked opens the nftables path for c, if c turns it on,
+// with what the last one handed over (kept until a path opens); kp.mu is
+// held.
 func (g *Gate) startNFTablesLocked(c config.Kernel) {
 	kp := &g.kernel
 	kp.cfg = c
@@ -117,6 +124,8 @@ func (g *Gate) startNFTablesLocked(c config.Kernel) {
 			"imapgate: warning: [kernel] nftables = true, but nftables cannot be used: %v; going on with the userspace limits only", err))
 		return
 	}
+	k.Carry(kp.carried, time.Now())
+	kp.carried = kernel.Carried{}
 	kp.kern.Store(k)
 	kp.note = fmt.Sprintf("nftables table inet %s on ports %v", name, kp.ports)
 	if c.DryRun {
@@ -126,8 +135,8 @@ func (g *Gate) startNFTablesLocked(c config.Kernel) {
 	go k.Run(kp.kstop, time.Second)
 }
 
-// stopNFTablesLocked stops the running nftables path, if any, and removes
-// its table; kp.mu is held.
+// stopNFTablesLocked stops the running nftables path, if any, removes its
+// table, and keeps what it hands over for the next one; kp.mu is held.
 func (g *Gate) stopNFTablesLocked() {
 	kp := &g.kernel
 	if kp.kstop != nil {
@@ -138,16 +147,18 @@ func (g *Gate) stopNFTablesLocked() {
 		if err := k.Close(); err != nil {
 			g.Log.Message(courierlog.Info, fmt.Sprintf("imapgate: removing the nftables table: %v", err))
 		}
+		kp.carried = k.Handover(time.Now()) // after Close: no Sync takes from its queue
 	}
 }
 
-// closeKernel stops the watch and removes the nftables table.
+// closeKernel stops the watch (its goroutine has ended on return) and
+// removes the nftables table.
 func (g *Gate) closeKernel() {
 	kp := &g.kernel
-	kp.stopOnce.Do(func() { close(kp.stop) })
 	kp.mu.Lock()
 	defer kp.mu.Unlock()
 	kp.closed = true
+	kp.conntrack.SetInterval(0)
 	g.stopNFTablesLocked()
 }
 
@@ -228,11 +239,14 @@ func (g *Gate) KernelNote() string { return "kernel " + g.KernelState() }
 
 // KernelState is KernelNote without its "kernel " (ctl status, /status):
 // "nftables table inet NAME on ports [P…]", "nftables off" or "nftables
-// unavailable", then "; host conntrack " and its fill or "not loaded".
+// unavailable", then "; host conntrack " and its fill, "not loaded" or
+// "not watched" (kernel.conntrack_watch = "0s").
 func (g *Gate) KernelState() string {
 	ct := "not loaded"
 	if c, ok := g.kernel.conntrack.Last(); ok {
 		ct = c.String()
+	} else if g.kernel.conntrack.Interval() == 0 {
+		ct = "not watched"
 	}
 	g.kernel.mu.Lock()
 	note := g.kernel.note

@@ -85,6 +85,9 @@ func ConntrackWarning(c Conntrack, level float64) string {
 // ConntrackWatch reads the table periodically, keeps the last reading for
 // metrics, and warns when the fill crosses a level upwards (once per
 // crossing: it warns again only after the fill has fallen below the level).
+// SetInterval starts, re-times and stops its one goroutine; a re-time keeps
+// the last reading and the levels warned about, so a reload never warns
+// again about a crossing it warned about already.
 type ConntrackWatch struct {
 	Root string                                  // "/" unless testing
 	Log  func(p courierlog.Priority, msg string) // nil: discard
@@ -93,6 +96,11 @@ type ConntrackWatch struct {
 	last   Conntrack
 	ok     bool
 	warned int // levels warned about and not yet left
+
+	run      sync.Mutex // SetInterval, one at a time; guards the three below
+	interval time.Duration
+	stop     chan struct{} // closed to end the goroutine; nil when none runs
+	done     chan struct{} // closed when it has ended
 }
 
 // Check reads the table once and warns if a level was crossed. It returns
@@ -118,14 +126,56 @@ func (w *ConntrackWatch) Check() (Conntrack, bool) {
 	return c, true
 }
 
-// Last is the last reading.
+// Last is the last reading; ok is false when the watch is off or there is
+// no conntrack to read.
 func (w *ConntrackWatch) Last() (Conntrack, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.last, w.ok
 }
 
-// Run checks every interval until stop is closed.
-func (w *ConntrackWatch) Run(stop <-chan struct{}, interval time.Duration) {
-	tick.Every(stop, interval, func(time.Time) { w.Check() })
+// Interval is how often the watch reads the table; 0: it is off.
+func (w *ConntrackWatch) Interval() time.Duration {
+	w.run.Lock()
+	defer w.run.Unlock()
+	return w.interval
+}
+
+// SetInterval makes the watch read the table every d from now on (start
+// and reload): turned on (from 0), it reads once at once, so the startup
+// report and ctl status have figures, then every d; re-timed, the running
+// goroutine ends and one with the new interval starts, the reading and the
+// warned levels kept; turned off (d <= 0), the goroutine has ended when
+// SetInterval returns, and the reading and the warned levels are forgotten
+// (metrics and status show no stale figures; turned on again, it starts
+// afresh, as at start). The same d again changes nothing.
+func (w *ConntrackWatch) SetInterval(d time.Duration) {
+	d = max(d, 0)
+	w.run.Lock()
+	defer w.run.Unlock()
+	if d == w.interval {
+		return
+	}
+	if w.stop != nil {
+		close(w.stop)
+		<-w.done
+		w.stop, w.done = nil, nil
+	}
+	was := w.interval
+	w.interval = d
+	switch {
+	case d == 0:
+		w.mu.Lock()
+		w.last, w.ok, w.warned = Conntrack{}, false, 0
+		w.mu.Unlock()
+		return
+	case was == 0:
+		w.Check()
+	}
+	stop, done := make(chan struct{}), make(chan struct{})
+	w.stop, w.done = stop, done
+	go func() {
+		defer close(done)
+		tick.Every(stop, d, func(time.Time) { w.Check() })
+	}()
 }

@@ -4,7 +4,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"testing/synctest"
+	"time"
 
 	"imapgate/courierlog"
 )
@@ -52,4 +55,68 @@ func TestConntrackWatch(t *testing.T) {
 			t.Errorf("line %d: %q, want %q and the remedy", i, l, want[i])
 		}
 	}
+}
+
+// SetInterval turns the watch on (a first reading at once), re-times it
+// (the next reading one new interval later, no warning repeated) and off
+// (the goroutine ends, the reading is forgotten); on again, it starts
+// afresh. synctest fails the test if the goroutine outlives it.
+func TestConntrackWatchSetInterval(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		root := t.TempDir()
+		var mu sync.Mutex
+		var logged []string
+		warnings := func() int { mu.Lock(); defer mu.Unlock(); return len(logged) }
+		w := &ConntrackWatch{Root: root, Log: func(_ courierlog.Priority, m string) { mu.Lock(); logged = append(logged, m); mu.Unlock() }}
+		count := func(n string) {
+			writeConntrack(t, root, map[string]string{"proc/sys/net/netfilter/nf_conntrack_count": n})
+		}
+		writeConntrack(t, root, map[string]string{"proc/sys/net/netfilter/nf_conntrack_max": "4096"})
+		reads := func(want int) {
+			t.Helper()
+			if c, ok := w.Last(); !ok || c.Count != want {
+				t.Fatalf("last reading %+v %v, want %d entries", c, ok, want)
+			}
+		}
+		count("3400")
+		w.SetInterval(10 * time.Second)
+		reads(3400)
+		if warnings() != 1 {
+			t.Fatalf("turned on over 80%%: %d warnings", warnings())
+		}
+		time.Sleep(5 * time.Second)
+		w.SetInterval(4 * time.Second) // re-timed halfway to the old tick
+		if w.Interval() != 4*time.Second {
+			t.Fatalf("interval %v", w.Interval())
+		}
+		reads(3400) // kept
+		count("3500")
+		time.Sleep(4*time.Second - time.Millisecond)
+		synctest.Wait()
+		reads(3400) // not read yet
+		time.Sleep(time.Millisecond)
+		synctest.Wait()
+		reads(3500) // the new interval, counted from the re-time
+		if warnings() != 1 {
+			t.Fatalf("warned again after a re-time: %q", logged)
+		}
+		w.SetInterval(4 * time.Second) // the same: nothing changes
+		w.SetInterval(0)
+		if _, ok := w.Last(); ok || w.Interval() != 0 {
+			t.Fatal("a reading kept after the watch was turned off")
+		}
+		count("1000")
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		if _, ok := w.Last(); ok {
+			t.Fatal("the watch read the table while off")
+		}
+		count("3400")
+		w.SetInterval(time.Second) // on again: as at start
+		reads(3400)
+		if warnings() != 2 {
+			t.Fatalf("turned on again over 80%%: %q", logged)
+		}
+		w.SetInterval(0)
+	})
 }

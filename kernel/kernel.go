@@ -432,19 +432,6 @@ func (k *Kernel) logf(p courierlog.Priority, format string, args ...any) {
 	}
 }
 
-// Carry puts the escalations among ms (another Kernel's Members, before a
-// reload replaced it) in force here until their own end; bans come back
-// from Options.Bans at the next Sync. Nothing in dry run.
-func (k *Kernel) Carry(ms []Member, now time.Time) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	for _, m := range ms {
-		if m.Reason != ReasonBan && !m.DryRun && m.Until.After(now) {
-			k.put(m.Prefix, m.Until, now, m.Reason, "kept across a reload")
-		}
-	}
-}
-
 // Members lists the elements in the sets at now, soonest to expire first.
 func (k *Kernel) Members(now time.Time) []Member {
 	k.mu.Lock()

@@ -223,24 +223,6 @@ func TestKeepSets(t *testing.T) {
 	}
 }
 
-// Carry puts another Kernel's escalations (not its bans: those come back
-// from the limiter) in force until their own end.
-func TestCarryEscalations(t *testing.T) {
-	now := time.Unix(1_000_000, 0)
-	ms := []Member{
-		{Prefix: netip.MustParsePrefix("192.0.2.66/32"), Until: now.Add(20 * time.Second), Reason: ReasonEscalation},
-		{Prefix: netip.MustParsePrefix("198.51.100.0/24"), Until: now.Add(time.Minute), Reason: ReasonPrefixEscalation},
-		{Prefix: netip.MustParsePrefix("192.0.2.7/32"), Until: now.Add(time.Hour), Reason: ReasonBan},
-		{Prefix: netip.MustParsePrefix("192.0.2.8/32"), Until: now.Add(-time.Second), Reason: ReasonEscalation},
-	}
-	k, f := newFake(Options{Escalation: DefaultEscalation})
-	k.Carry(ms, now)
-	want := map[netip.Prefix]time.Duration{ms[0].Prefix: 20 * time.Second, ms[1].Prefix: time.Minute}
-	if !maps.Equal(f.els, want) {
-		t.Fatalf("elements %v, want %v", f.els, want)
-	}
-}
-
 // An escalation wakes Run, which syncs at once: the flooder is in the set
 // long before Run's tick (an hour here) would come.
 func TestEscalationSyncsWithoutWaitingForTheTick(t *testing.T) {

@@ -395,3 +395,103 @@ prefix_addresses = 4
 		t.Fatalf("ctl bans:\n%s", out)
 	}
 }
+
+// A reload that changes [kernel] carries a flooder's escalation level into
+// the new table, and so does turning nftables off and on again: each next
+// drop is the next level's, in the log and in the element's own timeout
+// in the kernel (1 s, then 2 s after a rename, then 4 s after off and on;
+// without the carry, each would be 1 s again).
+func TestRealNftablesReloadKeepsEscalationLevel(t *testing.T) {
+	if !netnstest.Enter(t, netnstest.Options{}) {
+		return
+	}
+	peer := netnstest.NewPeer(t, 1)
+	flooder := peer.Sources[0]
+	d := newDaemon(t)
+	d.listen = peer.LocalAddr.String() + ":0"
+	d.start("[log]\noutput = \"file:"+d.log+"\"\n"+`
+[limits]
+max_per_ip = 1
+[limits.action]
+max_per_ip = "close"
+[kernel]
+nftables = true
+table = "gate_a"
+[kernel.escalation]
+refusals = 10
+first = "1s"
+max = "1m0s"
+`, nil, nil)
+	d.waitLine("kernel nftables table inet gate_a on ports")
+	c, err := peerLogin(d, peer, flooder, "demo", "demo") // holds its one slot
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	escalations := func() []string {
+		var out []string
+		for _, l := range strings.Split(d.logText(), "\n") {
+			if strings.Contains(l, "kernel: dropping new connections from ::ffff:"+flooder.String()) && strings.Contains(l, " refusals in ") {
+				out = append(out, l)
+			}
+		}
+		return out
+	}
+	// escalate floods until the flooder's nth escalation, which must be
+	// for want at level n, and returns its element's timeout in table.
+	escalate := func(n int, want time.Duration, table string) time.Duration {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); len(escalations()) < n; {
+			if time.Now().After(deadline) {
+				t.Fatalf("no escalation %d; log:\n%s", n, d.logText())
+			}
+			if c, err := peer.Dial(flooder, d.addr, 300*time.Millisecond); err == nil {
+				c.Read(make([]byte, 1)) // closed before TLS
+				c.Close()
+			}
+		}
+		l := escalations()[n-1]
+		if !strings.Contains(l, fmt.Sprintf(" for %s (", want)) || !strings.HasSuffix(l, fmt.Sprintf(", level %d)", n)) {
+			t.Fatalf("escalation %d: %q, want %s at level %d", n, l, want, n)
+		}
+		return elementTimeout(t, table, flooder)
+	}
+	escalate(1, time.Second, "gate_a")
+	d.reloadWith(`table = "gate_a"`, `table = "gate_b"`)
+	d.waitLine("[kernel] reloaded: nftables table inet gate_b on ports")
+	if got := escalate(2, 2*time.Second, "gate_b"); got <= time.Second || got > 2*time.Second {
+		t.Fatalf("the element's timeout at level 2: %v, want 2s", got)
+	}
+	d.reloadWith("nftables = true", "nftables = false")
+	d.waitLine("[kernel] reloaded: nftables off")
+	d.reloadWith("nftables = false", "nftables = true")
+	d.waitLine("[kernel] reloaded: nftables table inet gate_b on ports")
+	if got := escalate(3, 4*time.Second, "gate_b"); got <= 2*time.Second || got > 4*time.Second {
+		t.Fatalf("the element's timeout at level 3: %v, want 4s", got)
+	}
+}
+
+// elementTimeout is the timeout a's element in table's ban4 was added
+// with (the kernel's own record of it).
+func elementTimeout(t *testing.T, table string, a netip.Addr) time.Duration {
+	t.Helper()
+	nc, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := nc.GetSetByName(&nftables.Table{Name: table, Family: nftables.TableFamilyINet}, "ban4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	els, err := nc.GetSetElements(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range els {
+		if k, ok := netip.AddrFromSlice(e.Key); ok && k == a && !e.IntervalEnd {
+			return e.Timeout
+		}
+	}
+	t.Fatalf("%s not in %s's ban4: %+v", a, table, els)
+	return 0
+}
