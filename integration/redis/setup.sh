@@ -7,7 +7,9 @@
 #
 # Instances, each with an ACL user "imapgate" (password in $DIR/env) and
 # the default user disabled:
-#   $PORT_MAIN (16379)     the shared Redis most tests use
+#   $PORT_MAIN (16379)     the shared Redis most tests use (and a user
+#                          "setup" with every right, $REDIS_ADMIN_URL, for
+#                          tests that make ACL users of their own)
 #   $PORT_OUTAGE (16381)   one the outage test stops and starts
 #   $PORT_TICKETS (16384)  one the ticket-rotation outage test stops and starts
 #   $PORT_A (16382), $PORT_B (16383)
@@ -66,6 +68,10 @@ password() { # [name]: the imapgate user's, or another user's
     cat "$f"
 }
 
+# write_conf writes an instance's redis.conf. The Sentinel pair's is kept
+# once written (after a failover the sentinel rewrote it); any other that
+# an older setup.sh wrote differently is replaced, and the instance, if
+# running, stopped so that start runs it with the new one.
 write_conf() { # port [replicaof-port]
     local port=$1 of=${2:-} pass conf acl
     # The shared instances get the rights the README asks for (imapgate's
@@ -76,8 +82,16 @@ write_conf() { # port [replicaof-port]
     pass=$(password)
     conf="$DIR/$port/redis.conf"
     mkdir -p "$DIR/$port"
-    [ -f "$conf" ] && return 0 # kept: after a failover the sentinel rewrote it
-    cat >"$conf" <<CONF
+    if [ -f "$conf" ] && [ -n "${SENTINEL_PAIR:-}" ]; then return 0; fi
+    conf_text "$port" "$of" "$pass" "$acl" >"$conf.new"
+    if [ -f "$conf" ] && cmp -s "$conf" "$conf.new"; then rm -f "$conf.new"; return 0; fi
+    if [ -f "$conf" ]; then say "$port: configuration of an older setup.sh, replaced"; stop_port "$port"; fi
+    mv "$conf.new" "$conf"
+}
+
+conf_text() { # port replicaof-port password acl
+    local port=$1 of=$2 pass=$3 acl=$4
+    cat <<CONF
 bind 127.0.0.1
 port $port
 dir $DIR/$port
@@ -92,15 +106,17 @@ user $USER on >$pass $acl
 masteruser $USER
 masterauth $pass
 CONF
-    if [ -n "$of" ]; then echo "replicaof 127.0.0.1 $of" >>"$conf"; fi
+    if [ -n "$of" ]; then echo "replicaof 127.0.0.1 $of"; fi
     if [ -n "${CLUSTER_NODE:-}" ]; then
-        cat >>"$conf" <<CONF
+        cat <<CONF
 cluster-enabled yes
 cluster-config-file $DIR/$port/nodes.conf
 cluster-node-timeout 2000
-user setup on >$(password setup-password) ~* &* +@all
 CONF
     fi
+    # A user with every right where tests need one: to create the
+    # cluster, to make throwaway ACL users (the main instance).
+    if [ -n "${CLUSTER_NODE:-}${MAIN:-}" ]; then echo "user setup on >$(password setup-password) ~* &* +@all"; fi
 }
 
 # create_cluster joins the three cluster instances into one Redis Cluster
@@ -216,6 +232,7 @@ REDIS_SENTINEL_PASSWORD=$spass
 REDIS_CLUSTER_URL=redis://$USER:$pass@127.0.0.1:${CLUSTER_PORTS%% *}?${cl#&}
 REDIS_CLUSTER_PORTS=$(echo $CLUSTER_PORTS | tr ' ' ,)
 REDIS_SENTINEL_PORTS=$PORT_A,$PORT_B
+REDIS_ADMIN_URL=redis://setup:$(password setup-password)@127.0.0.1:$PORT_MAIN
 REDIS_SETUP=$(cd "$(dirname "$0")" && pwd)/setup.sh
 REDIS_DIR=$DIR
 ENV
@@ -226,7 +243,7 @@ case "${1:-}" in
 install) install_packages ;;
 start)
     command -v redis-server >/dev/null && command -v redis-sentinel >/dev/null || die "redis-server and redis-sentinel missing (setup.sh install)"
-    write_conf "$PORT_MAIN"; write_conf "$PORT_OUTAGE"; write_conf "$PORT_TICKETS"
+    MAIN=1 write_conf "$PORT_MAIN"; write_conf "$PORT_OUTAGE"; write_conf "$PORT_TICKETS"
     SENTINEL_PAIR=1 write_conf "$PORT_A"; SENTINEL_PAIR=1 write_conf "$PORT_B" "$PORT_A"
     for p in $CLUSTER_PORTS; do CLUSTER_NODE=1 write_conf "$p"; done
     for p in "$PORT_MAIN" "$PORT_OUTAGE" "$PORT_TICKETS" "$PORT_A" "$PORT_B" $CLUSTER_PORTS; do start_port "$p"; done
