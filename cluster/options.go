@@ -21,7 +21,8 @@ type Options struct {
 	// addr=host:port; Sentinel by the sentinels' addresses and the
 	// master's name: redis://host:26379?addr=host2:26379&master_set=NAME,
 	// with sentinel_username and sentinel_password if the sentinels
-	// require them.
+	// require them; Redis on this host by its unix socket:
+	// unix://[user:password@]/path/to/redis.sock.
 	URL string
 	// Node is this replica's id, unique in the cluster (default: the host
 	// name).

@@ -94,8 +94,9 @@ func password(t *testing.T, redisURL string) string {
 }
 
 // A good user passes and the line says what answered: the version, the
-// mode (standalone, the Sentinel master, Redis Cluster's masters and the
-// keys' slot), the round trip and the rights checked.
+// mode (standalone, by TCP or the unix socket, the Sentinel master,
+// Redis Cluster's masters and the keys' slot), the round trip and the
+// rights checked.
 func TestRealRedisCheckReportsWhatItFound(t *testing.T) {
 	env := redistest.Env(t)
 	for _, p := range strings.Split(env["REDIS_SENTINEL_PORTS"], ",") {
@@ -104,6 +105,7 @@ func TestRealRedisCheckReportsWhatItFound(t *testing.T) {
 	rights := "user imapgate may run scripts (EVAL, EVALSHA), send the 26 commands imapgate and its scripts send on keys {imapgate}:*, and PUBLISH and SUBSCRIBE on {imapgate}:ev"
 	for _, tt := range []struct{ name, url, mode string }{
 		{"standalone", env["REDIS_URL"], "standalone at 127.0.0.1:16379"},
+		{"unix", redistest.Get(t, "REDIS_UNIX_URL"), "standalone at " + env["REDIS_DIR"] + "/16379/redis.sock"},
 		{"sentinel", env["REDIS_SENTINEL_URL"], "Sentinel master imapgate at 127.0.0.1:1638"},
 		{"cluster", env["REDIS_CLUSTER_URL"], "Redis Cluster of 3 masters"},
 	} {

@@ -83,6 +83,35 @@ func TestRealRedisClusterModeSharesLimits(t *testing.T) {
 	tc.settledShared()
 }
 
+// A node through the unix socket and one through TCP, to the same Redis:
+// max_per_ip = 4 holds exactly over both (unix:// for replicas on
+// Redis's own host).
+func TestRealRedisUnixSocketSharesLimits(t *testing.T) {
+	env := redistest.Env(t)
+	unixURL := redistest.Get(t, "REDIS_UNIX_URL")
+	const limits = "[limits]\nmax_per_ip = 4\n"
+	tc := startCluster(t, 1, env["REDIS_URL"], limits, "")
+	tc.add(unixURL, limits, "")
+	if got := tc.attempt(40, src("127.0.25.1"), nil); got != 4 {
+		t.Fatalf("40 concurrent attempts from one address over a TCP node and a unix-socket node admitted %d, want exactly 4", got)
+	}
+	held := tc.hold(4, "127.0.25.2", func(i int) int { return i % 2 })
+	defer closeAll(held)
+	for _, g := range tc.nodes {
+		if _, ok, _ := connect("127.0.25.2", g.addr, clusterClientTLS); ok {
+			t.Fatalf("a 5th session admitted by %s", g.id)
+		}
+	}
+	if n := tc.sharedCount(redisClient(t, unixURL), "127.0.25.2"); n != 4 {
+		t.Fatalf("shared count read through the socket %d, want 4", n)
+	}
+	out, err := exec.Command(imapgateBinary(t), "ctl", "-admin", tc.nodes[1].admin, "status").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "via unix://imapgate:xxxxx@"+env["REDIS_DIR"]+"/") {
+		t.Fatalf("ctl status of the unix-socket node: %v\n%s", err, out)
+	}
+	tc.settledShared()
+}
+
 // Redis Cluster: a ban from failed logins on node 1 (stored and published
 // through the cluster) refuses the address on nodes 2 and 3 within 1 s.
 func TestRealRedisClusterModeBanPropagates(t *testing.T) {

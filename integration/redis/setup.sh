@@ -9,7 +9,9 @@
 # the default user disabled:
 #   $PORT_MAIN (16379)     the shared Redis most tests use (and a user
 #                          "setup" with every right, $REDIS_ADMIN_URL, for
-#                          tests that make ACL users of their own)
+#                          tests that make ACL users of their own); also on
+#                          the unix socket $DIR/$PORT_MAIN/redis.sock
+#                          ($REDIS_UNIX_URL)
 #   $PORT_OUTAGE (16381)   one the outage test stops and starts
 #   $PORT_TICKETS (16384)  one the ticket-rotation outage test stops and starts
 #   $PORT_A (16382), $PORT_B (16383)
@@ -117,6 +119,9 @@ CONF
     # A user with every right where tests need one: to create the
     # cluster, to make throwaway ACL users (the main instance).
     if [ -n "${CLUSTER_NODE:-}${MAIN:-}" ]; then echo "user setup on >$(password setup-password) ~* &* +@all"; fi
+    # The main instance listens on a unix socket too, in its private
+    # directory (the tests run as root; a Redis user's group would do).
+    if [ -n "${MAIN:-}" ]; then printf 'unixsocket %s\nunixsocketperm 770\n' "$DIR/$port/redis.sock"; fi
 }
 
 # create_cluster joins the three cluster instances into one Redis Cluster
@@ -221,6 +226,7 @@ write_env() {
     for p in ${CLUSTER_PORTS#* }; do cl="$cl&addr=127.0.0.1:$p"; done
     cat >"$DIR/env" <<ENV
 REDIS_URL=redis://$USER:$pass@127.0.0.1:$PORT_MAIN
+REDIS_UNIX_URL=unix://$USER:$pass@$DIR/$PORT_MAIN/redis.sock
 REDIS_OUTAGE_URL=redis://$USER:$pass@127.0.0.1:$PORT_OUTAGE
 REDIS_OUTAGE_PORT=$PORT_OUTAGE
 REDIS_TICKETS_URL=redis://$USER:$pass@127.0.0.1:$PORT_TICKETS
@@ -250,7 +256,7 @@ start)
     create_cluster
     start_sentinel
     write_env
-    say "redis on 127.0.0.1:$PORT_MAIN, $PORT_OUTAGE, $PORT_TICKETS; master $PORT_A, replica $PORT_B, sentinel $PORT_SENTINEL (with auth); cluster on $CLUSTER_PORTS; env in $DIR/env"
+    say "redis on 127.0.0.1:$PORT_MAIN (and $DIR/$PORT_MAIN/redis.sock), $PORT_OUTAGE, $PORT_TICKETS; master $PORT_A, replica $PORT_B, sentinel $PORT_SENTINEL (with auth); cluster on $CLUSTER_PORTS; env in $DIR/env"
     ;;
 stop)
     if [ -f "$DIR/sentinel/sentinel.pid" ]; then kill "$(cat "$DIR/sentinel/sentinel.pid")" 2>/dev/null || true; fi
