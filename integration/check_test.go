@@ -107,7 +107,7 @@ func TestRealRedisCheckReportsWhatItFound(t *testing.T) {
 		{"standalone", env["REDIS_URL"], "standalone at 127.0.0.1:16379"},
 		{"unix", redistest.Get(t, "REDIS_UNIX_URL"), "standalone at " + env["REDIS_DIR"] + "/16379/redis.sock"},
 		{"sentinel", env["REDIS_SENTINEL_URL"], "Sentinel master imapgate at 127.0.0.1:1638"},
-		{"cluster", env["REDIS_CLUSTER_URL"], "Redis Cluster of 3 masters"},
+		{"cluster", env["REDIS_CLUSTER_URL"], "Redis Cluster of 3 masters and 3 replicas"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			expectCheck(t, tt.url, 0, []string{"imapgate: cluster: Redis 7.", tt.mode, "round trip", rights},
