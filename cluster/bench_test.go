@@ -1,9 +1,11 @@
 package cluster
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -104,8 +106,11 @@ func evalshaStats(b *testing.B, c *Cluster) (calls int64, usec float64) {
 	return calls, usec
 }
 
+// benchURL is setup.sh's REDIS_URL, or the key of its env file that
+// IMAPGATE_REDIS_BENCH names (REDIS_UNIX_URL: the same Redis through its
+// unix socket).
 func benchURL(b *testing.B) string {
-	url, err := redistest.Lookup("REDIS_URL")
+	url, err := redistest.Lookup(cmp.Or(os.Getenv("IMAPGATE_REDIS_BENCH"), "REDIS_URL"))
 	if err != nil {
 		b.Skip(err)
 	}

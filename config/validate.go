@@ -306,6 +306,9 @@ func RedisURLProblem(s string) string {
 	if p := u.Port(); u.Scheme != "unix" && p != "" && !validPort(p) {
 		return fmt.Sprintf("port %s: want 1 to 65535", p)
 	}
+	if msg := unixURLProblem(u); msg != "" {
+		return msg
+	}
 	q := u.Query()
 	for k, vs := range q {
 		if !slices.Contains(RedisURLKeys, k) {
@@ -330,6 +333,26 @@ func RedisURLProblem(s string) string {
 	}
 	if q.Has("sentinel_username") && !q.Has("sentinel_password") {
 		return "sentinel_username without sentinel_password"
+	}
+	return ""
+}
+
+// unixURLProblem: a unix:// URL names one Redis on this host by its
+// socket's path (unix:///run/redis/redis.sock, or
+// unix://user:password@/run/…), so a host, more addresses (addr=) and
+// Sentinel (master_set) make no sense there.
+func unixURLProblem(u *url.URL) string {
+	const want = "want unix://[user:password@]/path/to/redis.sock"
+	q := u.Query()
+	switch {
+	case u.Scheme != "unix":
+		return ""
+	case u.Host != "":
+		return fmt.Sprintf("unix:// takes the socket's path, not a host (%q); %s", u.Host, want)
+	case u.Path == "" || strings.HasSuffix(u.Path, "/"):
+		return "unix:// without the socket's path; " + want
+	case q.Has("addr") || q.Has("master_set"):
+		return "addr and master_set are for redis:// and rediss:// (more nodes, Sentinel); unix:// names one Redis on this host"
 	}
 	return ""
 }

@@ -138,9 +138,9 @@ func (g *Gate) startCluster(c config.Cluster, tc *tls.Config) error {
 	if c.Redis == "" {
 		return nil
 	}
-	cl, err := cluster.New(cluster.Options{URL: c.Redis, Node: c.Node, KeyPrefix: c.KeyPrefix, Timeout: c.Timeout.D(),
-		NodeTTL: c.NodeTTL.D(), OverLimitHold: c.OverLimitHold.D(), TLSCAFile: c.TLSCAFile,
-		Log: func(m string) { g.Log.Message(courierlog.Info, m) }})
+	o := ClusterOptions(c)
+	o.Log = func(m string) { g.Log.Message(courierlog.Info, m) }
+	cl, err := cluster.New(o)
 	if err != nil {
 		return err
 	}
@@ -153,6 +153,13 @@ func (g *Gate) startCluster(c config.Cluster, tc *tls.Config) error {
 	cl.Start(g.Limiter)
 	g.Cluster = cl
 	return nil
+}
+
+// ClusterOptions are the options of [cluster]'s node, for the node and
+// for -check's probe alike.
+func ClusterOptions(c config.Cluster) cluster.Options {
+	return cluster.Options{URL: c.Redis, Node: c.Node, KeyPrefix: c.KeyPrefix, Timeout: c.Timeout.D(),
+		NodeTTL: c.NodeTTL.D(), OverLimitHold: c.OverLimitHold.D(), TLSCAFile: c.TLSCAFile}
 }
 
 // GetCertificate is the client side's tls.Config.GetCertificate: the

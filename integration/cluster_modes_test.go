@@ -5,9 +5,11 @@ package integration
 
 import (
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -83,6 +85,35 @@ func TestRealRedisClusterModeSharesLimits(t *testing.T) {
 	tc.settledShared()
 }
 
+// A node through the unix socket and one through TCP, to the same Redis:
+// max_per_ip = 4 holds exactly over both (unix:// for replicas on
+// Redis's own host).
+func TestRealRedisUnixSocketSharesLimits(t *testing.T) {
+	env := redistest.Env(t)
+	unixURL := redistest.Get(t, "REDIS_UNIX_URL")
+	const limits = "[limits]\nmax_per_ip = 4\n"
+	tc := startCluster(t, 1, env["REDIS_URL"], limits, "")
+	tc.add(unixURL, limits, "")
+	if got := tc.attempt(40, src("127.0.25.1"), nil); got != 4 {
+		t.Fatalf("40 concurrent attempts from one address over a TCP node and a unix-socket node admitted %d, want exactly 4", got)
+	}
+	held := tc.hold(4, "127.0.25.2", func(i int) int { return i % 2 })
+	defer closeAll(held)
+	for _, g := range tc.nodes {
+		if _, ok, _ := connect("127.0.25.2", g.addr, clusterClientTLS); ok {
+			t.Fatalf("a 5th session admitted by %s", g.id)
+		}
+	}
+	if n := tc.sharedCount(redisClient(t, unixURL), "127.0.25.2"); n != 4 {
+		t.Fatalf("shared count read through the socket %d, want 4", n)
+	}
+	out, err := exec.Command(imapgateBinary(t), "ctl", "-admin", tc.nodes[1].admin, "status").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "via unix://imapgate:xxxxx@"+env["REDIS_DIR"]+"/") {
+		t.Fatalf("ctl status of the unix-socket node: %v\n%s", err, out)
+	}
+	tc.settledShared()
+}
+
 // Redis Cluster: a ban from failed logins on node 1 (stored and published
 // through the cluster) refuses the address on nodes 2 and 3 within 1 s.
 func TestRealRedisClusterModeBanPropagates(t *testing.T) {
@@ -142,4 +173,193 @@ func TestRealRedisSentinelWithAuth(t *testing.T) {
 		t.Fatal("the log shows the sentinel's password")
 	}
 	t.Logf("without the sentinel's credentials: %s", strings.TrimSpace(lastLines(string(b), 3)))
+}
+
+// clusterAdmin runs redis-cli on one node of the Redis Cluster as
+// setup.sh's user "setup" (CLUSTER FAILOVER and INFO are beyond
+// imapgate's user).
+func clusterAdmin(t *testing.T, addr string, args ...string) string {
+	t.Helper()
+	admin, err := url.Parse(redistest.Get(t, "REDIS_ADMIN_URL"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pass, _ := admin.User.Password()
+	host, port, _ := net.SplitHostPort(addr)
+	out, err := exec.Command("redis-cli", append([]string{"-h", host, "-p", port, "--user", admin.User.Username(),
+		"--pass", pass, "--no-auth-warning"}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("redis-cli -p %s %v: %v\n%s", port, args, err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// slotServers reads CLUSTER NODES on addr: the master serving slot and
+// its replica (host:port each; "" if none).
+func slotServers(t *testing.T, addr string, slot int) (master, replica string) {
+	t.Helper()
+	var masterID string
+	lines := strings.Split(clusterAdmin(t, addr, "CLUSTER", "NODES"), "\n")
+	for _, l := range lines {
+		f := strings.Fields(l)
+		if len(f) < 9 || !strings.Contains(f[2], "master") || strings.Contains(f[2], "fail") {
+			continue
+		}
+		for _, r := range f[8:] {
+			var lo, hi int
+			if n, _ := fmt.Sscanf(r, "%d-%d", &lo, &hi); n == 1 {
+				hi = lo
+			} else if n == 0 {
+				continue
+			}
+			if lo <= slot && slot <= hi {
+				masterID, master = f[0], strings.Split(f[1], "@")[0]
+			}
+		}
+	}
+	for _, l := range lines {
+		if f := strings.Fields(l); len(f) > 3 && f[3] == masterID && strings.Contains(f[2], "slave") && !strings.Contains(f[2], "fail") {
+			replica = strings.Split(f[1], "@")[0]
+		}
+	}
+	return master, replica
+}
+
+// failOver runs CLUSTER FAILOVER (the manual, graceful kind: the master
+// stops writes, the replica catches up, then takes over) on replica and
+// waits until every node of the cluster sees it serve slot.
+func failOver(t *testing.T, replica string, slot int, nodes []string) time.Duration {
+	t.Helper()
+	waitFor(t, replica+" to be in sync with its master", func() bool {
+		return strings.Contains(clusterAdmin(t, replica, "INFO", "replication"), "master_link_status:up")
+	})
+	start := time.Now()
+	if out := clusterAdmin(t, replica, "CLUSTER", "FAILOVER"); out != "OK" {
+		t.Fatalf("CLUSTER FAILOVER on %s: %s", replica, out)
+	}
+	waitFor(t, "every node to see "+replica+" serve the slot", func() bool {
+		for _, n := range nodes {
+			if m, _ := slotServers(t, n, slot); m != replica {
+				return false
+			}
+		}
+		return true
+	})
+	return time.Since(start)
+}
+
+// Redis Cluster, three masters with one replica each: the master serving
+// the keys' slot hands it to its replica (CLUSTER FAILOVER) while three
+// imapgate nodes hold 4 sessions of one address and attempts from it go
+// on, none of which may get in unless a node degraded (the old master
+// holds writes while it hands over; a call past the deadline degrades
+// its node, as any late call does). Afterwards every node is back on
+// the shared limits within seconds, none exited, and the limits are
+// exact (4 of 40; the 4 sessions held still count). Then the slot goes
+// back to the first master, and the same holds.
+func TestRealRedisClusterModeFailover(t *testing.T) {
+	env := redistest.Env(t)
+	curl := env["REDIS_CLUSTER_URL"]
+	var all []string
+	for _, p := range strings.Split(env["REDIS_CLUSTER_PORTS"]+","+redistest.Get(t, "REDIS_CLUSTER_REPLICA_PORTS"), ",") {
+		all = append(all, "127.0.0.1:"+p)
+	}
+	prefix := slotElsewhere(t, curl)
+	slot, err := strconv.Atoi(clusterAdmin(t, all[0], "CLUSTER", "KEYSLOT", "{"+prefix+"}:nodes"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	master, replica := slotServers(t, all[0], slot)
+	if replica == "" {
+		t.Fatalf("slot %d's master %s has no replica: run integration/redis/setup.sh start again (three masters with one replica each)", slot, master)
+	}
+	t.Cleanup(func() { // the layout as before, even if the test failed half way
+		if m, _ := slotServers(t, master, slot); m != master {
+			failOver(t, master, slot, all)
+		}
+	})
+	tc := startClusterPrefix(t, 3, curl, prefix, "[limits]\nmax_per_ip = 4\n", "")
+	if got := tc.attempt(40, src("127.0.26.1"), nil); got != 4 {
+		t.Fatalf("before the failover, 40 concurrent attempts from one address admitted %d, want exactly 4", got)
+	}
+	const from = "127.0.26.2"
+	held := tc.hold(4, from, func(i int) int { return i % 3 })
+	defer closeAll(held)
+	check := func(when, fresh string) {
+		t.Helper()
+		tc.waitShared()
+		if got := tc.attempt(12, src(from), nil); got != 0 {
+			t.Fatalf("%s: %d admitted from an address holding 4 (max_per_ip 4)", when, got)
+		}
+		if got := tc.attempt(40, src(fresh), nil); got != 4 {
+			t.Fatalf("%s: 40 concurrent attempts from one address admitted %d, want exactly 4", when, got)
+		}
+		if n := tc.sharedCount(redisClient(t, curl), from); n != 4 {
+			t.Fatalf("%s: shared count %d, want 4", when, n)
+		}
+		for _, g := range tc.nodes {
+			if g.cmd.ProcessState != nil {
+				t.Fatalf("%s: %s exited", when, g.id)
+			}
+		}
+	}
+	// switch moves the slot to to, while attempts from the address
+	// holding 4 go on: none may be admitted unless a node degraded.
+	switchTo := func(to string) {
+		t.Helper()
+		f0 := tc.fallbacks()
+		stop := make(chan struct{})
+		done := make(chan [2]int)
+		go func() {
+			var n [2]int // attempts, admitted
+			for {
+				select {
+				case <-stop:
+					done <- n
+					return
+				default:
+				}
+				n[0], n[1] = n[0]+3, n[1]+tc.attempt(3, src(from), nil)
+			}
+		}()
+		took := failOver(t, to, slot, all)
+		time.Sleep(200 * time.Millisecond) // and the calls right after
+		close(stop)
+		n := <-done
+		over, f := n[1], tc.fallbacks()-f0
+		t.Logf("slot %d now on %s, %s after CLUSTER FAILOVER; %v fallbacks; %d of %d attempts meanwhile admitted over the limit",
+			slot, to, took.Round(time.Millisecond), f, over, n[0])
+		if f == 0 && over > 0 {
+			t.Fatalf("%d admitted over the limit during the switch, with no node degraded", over)
+		}
+	}
+	switchTo(replica)
+	check("after the failover", "127.0.26.3")
+	switchTo(master)
+	check("after the failback", "127.0.26.4")
+}
+
+// fallbacks is the sum of the nodes' imapgate_cluster_fallbacks_total.
+func (tc *testCluster) fallbacks() float64 {
+	sum := 0.0
+	for _, g := range tc.nodes {
+		sum += g.metric("imapgate_cluster_fallbacks_total")
+	}
+	return sum
+}
+
+// waitShared waits until every node is on the shared limits and none
+// fell back for a second.
+func (tc *testCluster) waitShared() {
+	tc.t.Helper()
+	waitFor(tc.t, "all nodes on the shared limits, for a second", func() bool {
+		for _, g := range tc.nodes {
+			if g.metric("imapgate_cluster_degraded") != 0 {
+				return false
+			}
+		}
+		before := tc.fallbacks()
+		time.Sleep(time.Second)
+		return tc.fallbacks() == before
+	})
 }

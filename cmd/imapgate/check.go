@@ -1,11 +1,15 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"imapgate/certs"
+	"imapgate/cluster"
 	"imapgate/config"
 	"imapgate/gateway"
 	"imapgate/kernel"
@@ -35,7 +39,37 @@ func checkRuntime(cfg *config.Config, f flags) error {
 		}
 	}
 	checkConntrack(os.Stdout, "/")
+	if cerr := checkCluster(os.Stdout, os.Stderr, cfg.Cluster); err == nil {
+		err = cerr
+	}
 	return err
+}
+
+// checkCluster asks Redis what a node would (cluster.Probe) and prints
+// what it found on one line. Redis unreachable is a warning (a node
+// starts on local limits and recovers); refused credentials, missing
+// rights and the like are errors.
+func checkCluster(w, ew io.Writer, c config.Cluster) error {
+	if c.Redis == "" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	rep, err := cluster.Probe(ctx, gateway.ClusterOptions(c))
+	var pe *cluster.ProbeError
+	switch {
+	case errors.As(err, &pe) && pe.Kind == cluster.ProbeUnreachable:
+		fmt.Fprintln(ew, "imapgate: warning: cluster.redis:", err)
+		return nil
+	case err != nil:
+		return fmt.Errorf("cluster.redis: %w", err)
+	}
+	fmt.Fprintln(w, "imapgate: cluster:", rep)
+	if rep.Slow() {
+		fmt.Fprintf(ew, "imapgate: warning: cluster: Redis's round trip is longer than cluster.timeout (%s): "+
+			"a node's calls would be late and it would run on local limits\n", rep.Timeout)
+	}
+	return nil
 }
 
 // checkConntrack prints the host's conntrack table, and the warning a

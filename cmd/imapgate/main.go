@@ -100,7 +100,7 @@ func (f *flags) flagSet() *flag.FlagSet {
 	fs.StringVar(&f.configFile, "config", "", "configuration `file` (TOML; see imapgate.example.toml)")
 	fs.StringVar(&f.courier, "courier-config", "", "courier's `file` (/etc/courier/imapd-ssl or imapd) to take MAXDAEMONS, MAXPERIP, SSLPORT, TLS_CERTFILE and the access file from; -config overrides it")
 	fs.BoolVar(&f.demo, "demo", false, "zero-setup demo: 127.0.0.1:9993, a generated certificate and an in-memory mailbox (demo/demo)")
-	fs.BoolVar(&f.check, "check", false, "check the configuration, print every setting and where it came from, and exit")
+	fs.BoolVar(&f.check, "check", false, "check the configuration and what it names (certificates, open files, nftables, Redis with [cluster]), print every setting and where it came from, and exit")
 	fs.BoolVar(&f.version, "version", false, "print the version, VCS revision and Go version, and exit")
 	fs.BoolVar(&f.manpage, "manpage", false, "print the manual page imapgate(8), in troff, and exit")
 	fs.StringVar(&f.cpuprofile, "cpuprofile", "", "write a CPU profile to `file` until shutdown (diagnostics)")

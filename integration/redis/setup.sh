@@ -7,7 +7,11 @@
 #
 # Instances, each with an ACL user "imapgate" (password in $DIR/env) and
 # the default user disabled:
-#   $PORT_MAIN (16379)     the shared Redis most tests use
+#   $PORT_MAIN (16379)     the shared Redis most tests use (and a user
+#                          "setup" with every right, $REDIS_ADMIN_URL, for
+#                          tests that make ACL users of their own); also on
+#                          the unix socket $DIR/$PORT_MAIN/redis.sock
+#                          ($REDIS_UNIX_URL)
 #   $PORT_OUTAGE (16381)   one the outage test stops and starts
 #   $PORT_TICKETS (16384)  one the ticket-rotation outage test stops and starts
 #   $PORT_A (16382), $PORT_B (16383)
@@ -15,10 +19,16 @@
 #                          $PORT_SENTINEL (26379), master name "imapgate";
 #                          the sentinel requires its own ACL user
 #                          "sentinel" (password in $DIR/env)
-#   $CLUSTER_PORTS (16391, 16392, 16393)
-#                          a Redis Cluster of three masters, no replicas
-#                          (a user "setup" with every right, for
-#                          redis-cli --cluster create, besides "imapgate")
+#   $CLUSTER_PORTS (16391, 16392, 16393), $CLUSTER_REPLICA_PORTS (16394,
+#   16395, 16396)
+#                          a Redis Cluster of three masters, each with one
+#                          replica (created with the masters on the first
+#                          three; a failover test may switch a pair and
+#                          switches it back); a user "setup" with every
+#                          right, for redis-cli --cluster create, CLUSTER
+#                          FAILOVER and replication, besides "imapgate".
+#                          A cluster of another layout (an older setup.sh's
+#                          three masters without replicas) is made anew.
 #
 #   setup.sh install          apt-get redis-server and redis-sentinel (services not started)
 #   setup.sh start            start every instance and the sentinel
@@ -39,6 +49,7 @@ PORT_B=16383
 PORT_TICKETS=16384
 PORT_SENTINEL=26379
 CLUSTER_PORTS="16391 16392 16393"
+CLUSTER_REPLICA_PORTS="16394 16395 16396"
 USER=imapgate
 SENTINEL_USER=sentinel
 
@@ -66,6 +77,10 @@ password() { # [name]: the imapgate user's, or another user's
     cat "$f"
 }
 
+# write_conf writes an instance's redis.conf. The Sentinel pair's is kept
+# once written (after a failover the sentinel rewrote it); any other that
+# an older setup.sh wrote differently is replaced, and the instance, if
+# running, stopped so that start runs it with the new one.
 write_conf() { # port [replicaof-port]
     local port=$1 of=${2:-} pass conf acl
     # The shared instances get the rights the README asks for (imapgate's
@@ -76,8 +91,16 @@ write_conf() { # port [replicaof-port]
     pass=$(password)
     conf="$DIR/$port/redis.conf"
     mkdir -p "$DIR/$port"
-    [ -f "$conf" ] && return 0 # kept: after a failover the sentinel rewrote it
-    cat >"$conf" <<CONF
+    if [ -f "$conf" ] && [ -n "${SENTINEL_PAIR:-}" ]; then return 0; fi
+    conf_text "$port" "$of" "$pass" "$acl" >"$conf.new"
+    if [ -f "$conf" ] && cmp -s "$conf" "$conf.new"; then rm -f "$conf.new"; return 0; fi
+    if [ -f "$conf" ]; then say "$port: configuration of an older setup.sh, replaced"; stop_port "$port"; fi
+    mv "$conf.new" "$conf"
+}
+
+conf_text() { # port replicaof-port password acl
+    local port=$1 of=$2 pass=$3 acl=$4
+    cat <<CONF
 bind 127.0.0.1
 port $port
 dir $DIR/$port
@@ -89,35 +112,76 @@ appendonly no
 protected-mode yes
 user default off
 user $USER on >$pass $acl
-masteruser $USER
-masterauth $pass
 CONF
-    if [ -n "$of" ]; then echo "replicaof 127.0.0.1 $of" >>"$conf"; fi
+    # Replication needs PSYNC and REPLCONF, which "imapgate" lacks in the
+    # cluster: its replicas sync as "setup".
     if [ -n "${CLUSTER_NODE:-}" ]; then
-        cat >>"$conf" <<CONF
+        printf 'masteruser setup\nmasterauth %s\n' "$(password setup-password)"
+    else
+        printf 'masteruser %s\nmasterauth %s\n' "$USER" "$pass"
+    fi
+    if [ -n "$of" ]; then echo "replicaof 127.0.0.1 $of"; fi
+    if [ -n "${CLUSTER_NODE:-}" ]; then
+        cat <<CONF
 cluster-enabled yes
 cluster-config-file $DIR/$port/nodes.conf
 cluster-node-timeout 2000
-user setup on >$(password setup-password) ~* &* +@all
 CONF
     fi
+    # A user with every right where tests need one: to create the
+    # cluster, to make throwaway ACL users (the main instance).
+    if [ -n "${CLUSTER_NODE:-}${MAIN:-}" ]; then echo "user setup on >$(password setup-password) ~* &* +@all"; fi
+    # The main instance listens on a unix socket too, in its private
+    # directory (the tests run as root; a Redis user's group would do).
+    if [ -n "${MAIN:-}" ]; then printf 'unixsocket %s\nunixsocketperm 770\n' "$DIR/$port/redis.sock"; fi
 }
 
-# create_cluster joins the three cluster instances into one Redis Cluster
-# (every slot on a master), unless they already are one.
+rcli() { redis-cli --user setup --pass "$(password setup-password)" --no-auth-warning "$@"; }
+
+# cluster_layout says what the cluster instances form: "ok" (every slot
+# served, three masters each with one replica, six nodes), "forming" (six
+# nodes that know each other, not settled yet: just restarted), or
+# "other" (none yet, or an older setup.sh's layout).
+cluster_layout() {
+    local first=${CLUSTER_PORTS%% *} info nodes masters replicas
+    info=$(rcli -p "$first" cluster info 2>/dev/null) || { echo other; return; }
+    nodes=$(rcli -p "$first" cluster nodes 2>/dev/null)
+    masters=$(echo "$nodes" | awk '$3 ~ /master/ && $3 !~ /fail/ && NF > 8' | wc -l)
+    replicas=$(echo "$nodes" | awk '$3 ~ /slave/ && $3 !~ /fail/' | wc -l)
+    if ! echo "$info" | grep -q '^cluster_known_nodes:6'; then echo other
+    elif echo "$info" | grep -q '^cluster_state:ok' && [ "$masters" = 3 ] && [ "$replicas" = 3 ]; then echo ok
+    else echo forming; fi
+}
+
+# create_cluster makes the six cluster instances one Redis Cluster of
+# three masters with one replica each, unless they are one: a cluster
+# still forming (restarted) is given 10 s; any other is made anew (its
+# instances stopped, their nodes.conf removed, started again).
 create_cluster() {
-    local first=${CLUSTER_PORTS%% *} addrs="" p i
-    rcli() { redis-cli --user setup --pass "$(password setup-password)" --no-auth-warning "$@"; }
-    if rcli -p "$first" cluster info | grep -q '^cluster_state:ok'; then return 0; fi
-    for p in $CLUSTER_PORTS; do addrs="$addrs 127.0.0.1:$p"; done
-    # shellcheck disable=SC2086
-    rcli --cluster create $addrs --cluster-replicas 0 --cluster-yes >"$DIR/cluster-create.log" 2>&1 ||
-        die "redis-cli --cluster create failed (see $DIR/cluster-create.log)"
-    for i in $(seq 1 100); do
-        if rcli -p "$first" cluster info | grep -q '^cluster_state:ok'; then return 0; fi
+    local all="$CLUSTER_PORTS $CLUSTER_REPLICA_PORTS" addrs="" p i
+    for i in $(seq 1 200); do
+        case $(cluster_layout) in
+        ok) return 0 ;;
+        other) break ;;
+        esac
         sleep 0.05
     done
-    die "the Redis Cluster on $CLUSTER_PORTS did not reach cluster_state:ok"
+    say "making the Redis Cluster on $all anew"
+    for p in $all; do stop_port "$p"; rm -f "$DIR/$p/nodes.conf"; start_port "$p"; addrs="$addrs 127.0.0.1:$p"; done
+    # shellcheck disable=SC2086
+    rcli --cluster create $addrs --cluster-replicas 1 --cluster-yes >"$DIR/cluster-create.log" 2>&1 ||
+        die "redis-cli --cluster create failed (see $DIR/cluster-create.log)"
+    for i in $(seq 1 200); do
+        if [ "$(cluster_layout)" = ok ]; then break; fi
+        sleep 0.05
+    done
+    [ "$(cluster_layout)" = ok ] || die "the Redis Cluster on $all did not reach cluster_state:ok with three masters and three replicas"
+    for p in $CLUSTER_REPLICA_PORTS; do
+        for i in $(seq 1 200); do
+            if rcli -p "$p" info replication | grep -q '^master_link_status:up'; then break; fi
+            sleep 0.05
+        done
+    done
 }
 
 wait_port() {
@@ -205,6 +269,7 @@ write_env() {
     for p in ${CLUSTER_PORTS#* }; do cl="$cl&addr=127.0.0.1:$p"; done
     cat >"$DIR/env" <<ENV
 REDIS_URL=redis://$USER:$pass@127.0.0.1:$PORT_MAIN
+REDIS_UNIX_URL=unix://$USER:$pass@$DIR/$PORT_MAIN/redis.sock
 REDIS_OUTAGE_URL=redis://$USER:$pass@127.0.0.1:$PORT_OUTAGE
 REDIS_OUTAGE_PORT=$PORT_OUTAGE
 REDIS_TICKETS_URL=redis://$USER:$pass@127.0.0.1:$PORT_TICKETS
@@ -215,7 +280,9 @@ REDIS_SENTINEL_USER=$SENTINEL_USER
 REDIS_SENTINEL_PASSWORD=$spass
 REDIS_CLUSTER_URL=redis://$USER:$pass@127.0.0.1:${CLUSTER_PORTS%% *}?${cl#&}
 REDIS_CLUSTER_PORTS=$(echo $CLUSTER_PORTS | tr ' ' ,)
+REDIS_CLUSTER_REPLICA_PORTS=$(echo $CLUSTER_REPLICA_PORTS | tr ' ' ,)
 REDIS_SENTINEL_PORTS=$PORT_A,$PORT_B
+REDIS_ADMIN_URL=redis://setup:$(password setup-password)@127.0.0.1:$PORT_MAIN
 REDIS_SETUP=$(cd "$(dirname "$0")" && pwd)/setup.sh
 REDIS_DIR=$DIR
 ENV
@@ -226,22 +293,22 @@ case "${1:-}" in
 install) install_packages ;;
 start)
     command -v redis-server >/dev/null && command -v redis-sentinel >/dev/null || die "redis-server and redis-sentinel missing (setup.sh install)"
-    write_conf "$PORT_MAIN"; write_conf "$PORT_OUTAGE"; write_conf "$PORT_TICKETS"
+    MAIN=1 write_conf "$PORT_MAIN"; write_conf "$PORT_OUTAGE"; write_conf "$PORT_TICKETS"
     SENTINEL_PAIR=1 write_conf "$PORT_A"; SENTINEL_PAIR=1 write_conf "$PORT_B" "$PORT_A"
-    for p in $CLUSTER_PORTS; do CLUSTER_NODE=1 write_conf "$p"; done
-    for p in "$PORT_MAIN" "$PORT_OUTAGE" "$PORT_TICKETS" "$PORT_A" "$PORT_B" $CLUSTER_PORTS; do start_port "$p"; done
+    for p in $CLUSTER_PORTS $CLUSTER_REPLICA_PORTS; do CLUSTER_NODE=1 write_conf "$p"; done
+    for p in "$PORT_MAIN" "$PORT_OUTAGE" "$PORT_TICKETS" "$PORT_A" "$PORT_B" $CLUSTER_PORTS $CLUSTER_REPLICA_PORTS; do start_port "$p"; done
     create_cluster
     start_sentinel
     write_env
-    say "redis on 127.0.0.1:$PORT_MAIN, $PORT_OUTAGE, $PORT_TICKETS; master $PORT_A, replica $PORT_B, sentinel $PORT_SENTINEL (with auth); cluster on $CLUSTER_PORTS; env in $DIR/env"
+    say "redis on 127.0.0.1:$PORT_MAIN (and $DIR/$PORT_MAIN/redis.sock), $PORT_OUTAGE, $PORT_TICKETS; master $PORT_A, replica $PORT_B, sentinel $PORT_SENTINEL (with auth); cluster on $CLUSTER_PORTS with replicas on $CLUSTER_REPLICA_PORTS; env in $DIR/env"
     ;;
 stop)
     if [ -f "$DIR/sentinel/sentinel.pid" ]; then kill "$(cat "$DIR/sentinel/sentinel.pid")" 2>/dev/null || true; fi
-    for p in "$PORT_MAIN" "$PORT_OUTAGE" "$PORT_TICKETS" "$PORT_A" "$PORT_B" $CLUSTER_PORTS; do stop_port "$p"; done
+    for p in "$PORT_MAIN" "$PORT_OUTAGE" "$PORT_TICKETS" "$PORT_A" "$PORT_B" $CLUSTER_PORTS $CLUSTER_REPLICA_PORTS; do stop_port "$p"; done
     rm -rf "$DIR"
     ;;
 stop-port) stop_port "${2:?port}" ;;
 start-port) start_port "${2:?port}" ;;
 env) cat "$DIR/env" ;;
-*) sed -n '2,35p' "$0"; exit 2 ;;
+*) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 2 ;;
 esac
