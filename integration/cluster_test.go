@@ -13,6 +13,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -59,14 +60,26 @@ func imapgateBinary(t *testing.T) string {
 	return gateBin
 }
 
+// freeAddr returns a loopback address and port no socket uses now, for a
+// node to listen on. The address is a random 127.77.x.y, not 127.0.0.1:
+// a port found free on 127.0.0.1 and closed again was taken meanwhile by
+// another test's socket there (its listener or a connection's source
+// port) before the node bound it; on an address of its own only a
+// wildcard listener on the same port can collide.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for try := 0; ; try++ {
+		ip := fmt.Sprintf("127.77.%d.%d", 1+rand.IntN(254), 1+rand.IntN(254))
+		ln, err := net.Listen("tcp", ip+":0")
+		if err != nil {
+			if try < 10 {
+				continue
+			}
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		return ln.Addr().String()
 	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // clusterCert writes one certificate (and key) for every node, as a
