@@ -9,6 +9,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -195,7 +196,13 @@ type redisInfo struct {
 }
 
 func (r redisInfo) cli(args ...string) string {
-	out, _ := exec.Command("redis-cli", append([]string{"-u", r.url, "--no-auth-warning"}, args...)...).Output()
+	conn := []string{"-u", r.url}
+	if u, err := url.Parse(r.url); err == nil && u.Scheme == "unix" {
+		// redis-cli -u takes redis:// and rediss:// only.
+		pass, _ := u.User.Password()
+		conn = []string{"-s", u.Path, "--user", u.User.Username(), "--pass", pass}
+	}
+	out, _ := exec.Command("redis-cli", append(append(conn, "--no-auth-warning"), args...)...).Output()
 	return string(out)
 }
 
