@@ -126,21 +126,9 @@ func (t *goodTable) good(k key, n int64) bool {
 // shared or learned last, so a busy office costs Redis a call an hour,
 // not one per login.
 func (t *goodTable) login(k key, uh uint64, n int64, kg *KnownGood) (until int64, share bool) {
-	h := maphash.Bytes(t.seed, k[:])
-	s := &t.shards[h%numShards]
-	h |= 1
-	s.Lock()
+	s, h := t.lock(k)
 	defer s.Unlock()
-	tab := s.tab.Load()
-	i := tab.find(h)
-	if i < 0 {
-		// Grow rather than forget a key: at three quarters full, or when
-		// h's set is full.
-		for len(tab.sets) < s.maxSets && (s.used >= len(tab.sets)*ways*3/4 || tab.full(h)) {
-			tab = s.grow(tab)
-		}
-		i = s.take(tab, h, n)
-	}
+	tab, i := s.slot(h, n)
 	in := &tab.info[i]
 	tag := userTag(uh)
 	if in.last[0] == 0 || in.tag[0] == tag {
@@ -176,19 +164,9 @@ func (t *goodTable) login(k key, uh uint64, n int64, kg *KnownGood) (until int64
 // another replica found it; a later time already known stays. The time
 // learned counts as shared, so it is not handed back.
 func (t *goodTable) learn(k key, until, n int64) {
-	h := maphash.Bytes(t.seed, k[:])
-	s := &t.shards[h%numShards]
-	h |= 1
-	s.Lock()
+	s, h := t.lock(k)
 	defer s.Unlock()
-	tab := s.tab.Load()
-	i := tab.find(h)
-	if i < 0 {
-		for len(tab.sets) < s.maxSets && (s.used >= len(tab.sets)*ways*3/4 || tab.full(h)) {
-			tab = s.grow(tab)
-		}
-		i = s.take(tab, h, n)
-	}
+	tab, i := s.slot(h, n)
 	if w := &tab.sets[i/ways][i%ways]; until > w.until.Load() {
 		w.until.Store(until)
 	}
@@ -239,10 +217,7 @@ func (l *Limiter) OnKnownGood(f func(a netip.Addr, until time.Time)) {
 // shared reports whether, at n, a user other than the one with hash uh
 // logged in from k within window, or k is known-good (if tier).
 func (t *goodTable) shared(k key, uh uint64, n, window int64, tier bool) bool {
-	h := maphash.Bytes(t.seed, k[:])
-	s := &t.shards[h%numShards]
-	h |= 1
-	s.Lock()
+	s, h := t.lock(k)
 	defer s.Unlock()
 	tab := s.tab.Load()
 	i := tab.find(h)
@@ -258,6 +233,30 @@ func (t *goodTable) shared(k key, uh uint64, n, window int64, tier bool) bool {
 		other = in.last[1]
 	}
 	return other != 0 && n-other <= window
+}
+
+// lock locks k's shard and returns it with k's hash as the ways hold it
+// (never 0, which marks an empty way).
+func (t *goodTable) lock(k key) (*goodShard, uint64) {
+	h := maphash.Bytes(t.seed, k[:])
+	s := &t.shards[h%numShards]
+	s.Lock()
+	return s, h | 1
+}
+
+// slot returns the shard's table and the index of h's way in it, giving
+// h a way at n if it has none. The shard grows rather than forget a key
+// (at three quarters full, or when h's set is full), up to its bound. The
+// shard's lock is held.
+func (s *goodShard) slot(h uint64, n int64) (*goodTab, int) {
+	tab := s.tab.Load()
+	if i := tab.find(h); i >= 0 {
+		return tab, i
+	}
+	for len(tab.sets) < s.maxSets && (s.used >= len(tab.sets)*ways*3/4 || tab.full(h)) {
+		tab = s.grow(tab)
+	}
+	return tab, s.take(tab, h, n)
 }
 
 // find returns the index of h's way, or -1.

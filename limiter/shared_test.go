@@ -370,14 +370,7 @@ func TestSharedKnownGoodReachesOtherNodes(t *testing.T) {
 	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
 	a := addr("192.0.2.90")
 	for i, u := range []string{"ann", "bea", "cid"} {
-		now := t0.Add(time.Duration(i) * time.Minute)
-		tk, d := admitShared(n1, a, now)
-		if tk == nil {
-			t.Fatalf("login %d refused: %v", i, d.Reason)
-		}
-		tk.LoginSucceeded(now, u)
-		tk.LoggedIn()
-		tk.Release()
+		loginShared(t, n1, a, u, t0.Add(time.Duration(i)*time.Minute))
 		f.fire()
 	}
 	now := t0.Add(3 * time.Minute)
