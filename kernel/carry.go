@@ -83,8 +83,15 @@ func (k *Kernel) Carry(c Carried, now time.Time) {
 	wasDry := c.dryRun && !k.o.DryRun
 	k.mu.Lock()
 	for _, m := range c.members {
-		if m.Reason != ReasonBan && !m.DryRun && m.Until.After(now) {
-			k.put(m.Prefix, m.Until, now, m.Reason, "kept across a reload")
+		switch {
+		case m.DryRun || !m.Until.After(now):
+		case m.Reason == ReasonBan:
+			if k.carriedBans == nil {
+				k.carriedBans = make(map[netip.Prefix]time.Time)
+			}
+			k.carriedBans[m.Prefix] = m.Until
+		default:
+			k.put(m.Prefix, m.Until, now, m.Reason, "kept across a reload", true)
 		}
 	}
 	k.mu.Unlock()

@@ -168,3 +168,34 @@ func TestCarryAcrossDryRun(t *testing.T) {
 		t.Fatalf("into a dry run: elements %v, members %v, log %q", df.els, dry.Members(t1), logs)
 	}
 }
+
+// What a reload carries is not counted again: the new Kernel's additions
+// are its own (the gateway adds the old one's), so a drop or a ban in
+// force across a reload counts once in imapgate_kernel_additions_total.
+func TestCarryCountsNothingAgain(t *testing.T) {
+	t0 := time.Unix(1_000_000, 0)
+	banned, later := netip.MustParsePrefix("192.0.2.7/32"), netip.MustParsePrefix("192.0.2.8/32")
+	bans := []limiter.Ban{{Key: banned, Until: t0.Add(time.Hour)}}
+	opts := Options{Escalation: DefaultEscalation, Bans: func(time.Time) []limiter.Ban { return bans }}
+	old, _ := newFake(opts)
+	flood(old, flooder, false, t0)
+	old.Sync(t0)
+	if got := old.Stats().Added; got[ReasonBan] != 1 || got[ReasonEscalation] != 1 {
+		t.Fatalf("old Kernel's additions %v, want a ban and an escalation", got)
+	}
+	old.Close()
+	k, f := newFake(opts)
+	k.Carry(old.Handover(t0), t0)
+	k.Sync(t0)
+	if _, ok := f.els[banned]; !ok || len(f.els) != 2 {
+		t.Fatalf("elements %v, want the ban and the flooder again", f.els)
+	}
+	if got := k.Stats().Added; got[ReasonBan] != 0 || got[ReasonEscalation] != 0 {
+		t.Fatalf("the new Kernel counted what it was handed: %v", got)
+	}
+	bans = append(bans, limiter.Ban{Key: later, Until: t0.Add(time.Hour)})
+	k.Sync(t0.Add(time.Second))
+	if got := k.Stats().Added; got[ReasonBan] != 1 {
+		t.Fatalf("a ban made after the reload: additions %v, want it counted", got)
+	}
+}

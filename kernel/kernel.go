@@ -144,6 +144,9 @@ type Kernel struct {
 	recr    uint64
 	closed  bool                       // Close ran: Sync must not make the table again
 	kept    map[netip.Prefix]time.Time // in the keep sets, until (zero: no timeout)
+	// carriedBans are the bans the Kernel before a reload had in its sets
+	// (Carry): the first Sync adds them again without counting them.
+	carriedBans map[netip.Prefix]time.Time
 
 	goodMu sync.Mutex
 	good   map[netip.Addr]time.Time // known-good addresses (Good), until
@@ -295,8 +298,10 @@ func (k *Kernel) Sync(now time.Time) {
 			if m, ok := k.members[p]; ok && !m.Until.Before(b.Until) {
 				continue
 			}
-			k.put(p, b.Until, now, ReasonBan, "banned")
+			until, carried := k.carriedBans[p]
+			k.put(p, b.Until, now, ReasonBan, "banned", carried && !b.Until.After(until))
 		}
+		k.carriedBans = nil
 	}
 	for {
 		select {
@@ -307,7 +312,7 @@ func (k *Kernel) Sync(now time.Time) {
 			}
 			if p.Bits() == p.Addr().BitLen() {
 				k.put(p, e.started.Add(e.d), now, ReasonEscalation,
-					fmt.Sprintf("%d refusals in %s, level %d", e.n, k.o.Escalation.Window, e.level))
+					fmt.Sprintf("%d refusals in %s, level %d", e.n, k.o.Escalation.Window, e.level), false)
 				continue
 			}
 			if k.o.Exempt != nil && k.o.Exempt(p.Addr()) {
@@ -315,7 +320,7 @@ func (k *Kernel) Sync(now time.Time) {
 			}
 			k.put(p, e.started.Add(e.d), now, ReasonPrefixEscalation,
 				fmt.Sprintf("%d of its addresses dropped, %d refusals by per-prefix limits in %s, level %d",
-					e.addrs, e.n, k.o.Escalation.Window, e.level))
+					e.addrs, e.n, k.o.Escalation.Window, e.level), false)
 			continue
 		default:
 		}
@@ -364,8 +369,10 @@ func rangeEnd(p netip.Prefix) ([]byte, bool) {
 	return nil, false
 }
 
-// put adds p until until; the caller holds k.mu.
-func (k *Kernel) put(p netip.Prefix, until, now time.Time, reason, why string) {
+// put adds p until until; the caller holds k.mu. An addition counts
+// towards Stats.Added under reason unless carried (the Kernel before a
+// reload counted it, and the gateway adds its counts to this one's).
+func (k *Kernel) put(p netip.Prefix, until, now time.Time, reason, why string, carried bool) {
 	d := until.Sub(now).Round(time.Second)
 	if d <= 0 {
 		return
@@ -378,7 +385,9 @@ func (k *Kernel) put(p netip.Prefix, until, now time.Time, reason, why string) {
 	m := Member{Prefix: p, Until: until, Reason: reason, DryRun: k.o.DryRun}
 	if k.o.DryRun {
 		k.members[p] = m
-		k.added[reason]++
+		if !carried {
+			k.added[reason]++
+		}
 		k.logf(courierlog.Warning, "kernel: would drop new connections from %s for %s (%s; dry run: not added)", prefixString(p), d, why)
 		return
 	}
@@ -398,7 +407,9 @@ func (k *Kernel) put(p netip.Prefix, until, now time.Time, reason, why string) {
 		return
 	}
 	k.members[p] = m
-	k.added[reason]++
+	if !carried {
+		k.added[reason]++
+	}
 	k.logf(courierlog.Warning, "kernel: dropping new connections from %s for %s (%s)", prefixString(p), d, why)
 }
 

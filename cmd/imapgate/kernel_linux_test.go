@@ -457,6 +457,7 @@ max = "1m0s"
 		return elementTimeout(t, table, flooder)
 	}
 	escalate(1, time.Second, "gate_a")
+	dropped := d.metric("imapgate_kernel_dropped_packets_total")
 	d.reloadWith(`table = "gate_a"`, `table = "gate_b"`)
 	d.waitLine("[kernel] reloaded: nftables table inet gate_b on ports")
 	if got := escalate(2, 2*time.Second, "gate_b"); got <= time.Second || got > 2*time.Second {
@@ -468,6 +469,15 @@ max = "1m0s"
 	d.waitLine("[kernel] reloaded: nftables table inet gate_b on ports")
 	if got := escalate(3, 4*time.Second, "gate_b"); got <= 2*time.Second || got > 4*time.Second {
 		t.Fatalf("the element's timeout at level 3: %v, want 4s", got)
+	}
+	// The counters go on across the reloads: three escalations, each
+	// counted once (a drop carried into the next table is not a new
+	// one), and the packets dropped by the first table still counted.
+	if got := d.metric(`imapgate_kernel_additions_total{reason="escalation"}`); got != 3 {
+		t.Errorf("imapgate_kernel_additions_total{reason=\"escalation\"} = %v after three escalations across two reloads, want 3", got)
+	}
+	if got := d.metric("imapgate_kernel_dropped_packets_total"); got < dropped {
+		t.Errorf("imapgate_kernel_dropped_packets_total went back from %v to %v across the reloads", dropped, got)
 	}
 }
 
