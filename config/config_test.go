@@ -120,6 +120,9 @@ func TestErrorsNameFileLineAndKey(t *testing.T) {
 		{"redis no host", "[cluster]\nredis = \"redis://:SECRET@:1\"\n", 2, "cluster.redis", "no host"},
 		{"kernel table name", "[kernel]\nnftables = true\ntable = \"my-gate\"\n", 3, "kernel.table", "nftables table name"},
 		{"negative prefix_addresses", "[kernel.escalation]\nprefix_addresses = -1\n", 2, "kernel.escalation.prefix_addresses", "negative"},
+		{"escalation first over max", "[kernel.escalation]\nrefusals = 10\nmax = \"1m\"\nfirst = \"2m\"\n", 3, "kernel.escalation.max", "at least first (2m0s)"},
+		{"escalation window zero", "[kernel.escalation]\n\nwindow = \"0s\"\n", 3, "kernel.escalation.window", "positive"},
+		{"conntrack_watch too often", "[kernel]\nconntrack_watch = \"1ms\"\n", 2, "kernel.conntrack_watch", "between 1s and 1h"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -76,8 +76,21 @@ func (c *Config) validate() []problem {
 	}
 	if e := c.Kernel.Escalation; e.Refusals < 0 {
 		add("kernel.escalation.refusals", "must not be negative (0 turns escalation off), got %d", e.Refusals)
-	} else if e.Refusals > 0 && (e.Window <= 0 || e.First <= 0 || e.Max < e.First) {
-		add("kernel.escalation", "window and first must be positive and max at least first when refusals is set")
+	} else if e.Refusals > 0 {
+		if e.Window <= 0 {
+			add("kernel.escalation.window", "must be positive when refusals is set, got %s", e.Window.D())
+		}
+		if e.First <= 0 {
+			add("kernel.escalation.first", "must be positive when refusals is set, got %s", e.First.D())
+		} else if e.Max < e.First {
+			add("kernel.escalation.max", "must be at least first (%s), got %s", e.First.D(), e.Max.D())
+		}
+	}
+	// The watch reads three /proc files each time; below a second that
+	// costs CPU for nothing (a typo of "1ms" for "1m" took 12 % of a core,
+	// "1ns" all of one) and the table cannot fill faster than it warns.
+	if d := c.Kernel.ConntrackWatch.D(); d != 0 && (d < time.Second || d > time.Hour) {
+		add("kernel.conntrack_watch", "must be 0s (off) or between 1s and 1h, got %s", d)
 	}
 	if a := c.Admin.Address; a != "" && !strings.HasPrefix(a, "unix:") {
 		host, _, err := net.SplitHostPort(a)

@@ -86,7 +86,8 @@ func New(cfg *config.Config, o Options) (*Gate, error) {
 		return nil, errors.New("gateway: Options.Log is required")
 	}
 	g := &Gate{Log: o.Log, opts: o}
-	g.kernel.conntrack = &kernel.ConntrackWatch{Root: "/", Log: o.Log.Message}
+	g.kernel.conntrack = &kernel.ConntrackWatch{Root: "/", Log: o.Log.Message,
+		NFTablesOn: func() bool { return g.kernel.kern.Load() != nil }}
 	var err error
 	if g.Table, err = conntable.New(TableConfig(cfg), func(m string) { o.Log.Message(courierlog.Warning, m) }); err != nil {
 		return nil, err

@@ -71,15 +71,23 @@ func ReadConntrack(root string) (c Conntrack, ok bool) {
 // ConntrackLevels are the fills (percent) at which the watch warns.
 var ConntrackLevels = []float64{80, 95}
 
-// ConntrackRemedy is the seed's remedy, for the warnings.
-const ConntrackRemedy = "raise net.netfilter.nf_conntrack_max, set hashsize (/sys/module/nf_conntrack/parameters/hashsize) to max/4, " +
-	"shorten net.netfilter.nf_conntrack_tcp_timeout_time_wait and _close_wait, or enable [kernel] nftables so banned and flooding addresses make no entries"
+// ConntrackRemedy is the seed's remedy, for the warnings; with nftables
+// off, imapgate's own kernel path is suggested too.
+func ConntrackRemedy(nftablesOn bool) string {
+	r := "raise net.netfilter.nf_conntrack_max, set hashsize (/sys/module/nf_conntrack/parameters/hashsize) to max/4, " +
+		"shorten net.netfilter.nf_conntrack_tcp_timeout_time_wait and _close_wait"
+	if nftablesOn {
+		return r
+	}
+	return r + ", or enable [kernel] nftables so banned and flooding addresses make no entries"
+}
 
 // ConntrackWarning is the warning for c at level (percent), in the shape
-// of imapgate's other kernel lines.
-func ConntrackWarning(c Conntrack, level float64) string {
+// of imapgate's other kernel lines; nftablesOn says whether imapgate's
+// nftables path runs (the remedy then does not suggest it).
+func ConntrackWarning(c Conntrack, level float64, nftablesOn bool) string {
 	return fmt.Sprintf("kernel: warning: conntrack table over %.0f%% full: %s; when full the kernel drops every new connection (\"nf_conntrack: table full, dropping packet\"): %s",
-		level, c, ConntrackRemedy)
+		level, c, ConntrackRemedy(nftablesOn))
 }
 
 // ConntrackWatch reads the table periodically, keeps the last reading for
@@ -91,6 +99,9 @@ func ConntrackWarning(c Conntrack, level float64) string {
 type ConntrackWatch struct {
 	Root string                                  // "/" unless testing
 	Log  func(p courierlog.Priority, msg string) // nil: discard
+	// NFTablesOn reports whether imapgate's nftables path runs, for the
+	// warning's remedy; nil: it does not.
+	NFTablesOn func() bool
 
 	mu     sync.Mutex
 	last   Conntrack
@@ -120,7 +131,7 @@ func (w *ConntrackWatch) Check() (Conntrack, bool) {
 		}
 	}
 	if level > w.warned && w.Log != nil {
-		w.Log(courierlog.Warning, ConntrackWarning(c, ConntrackLevels[level-1]))
+		w.Log(courierlog.Warning, ConntrackWarning(c, ConntrackLevels[level-1], w.NFTablesOn != nil && w.NFTablesOn()))
 	}
 	w.warned = level
 	return c, true

@@ -51,9 +51,18 @@ func TestConntrackWatch(t *testing.T) {
 		t.Fatalf("log %q", logged)
 	}
 	for i, l := range logged {
-		if !strings.Contains(l, want[i]) || !strings.Contains(l, "hashsize") || !strings.Contains(l, "nf_conntrack_max") {
+		if !strings.Contains(l, want[i]) || !strings.Contains(l, "hashsize") || !strings.Contains(l, "nf_conntrack_max") ||
+			!strings.Contains(l, "enable [kernel] nftables") {
 			t.Errorf("line %d: %q, want %q and the remedy", i, l, want[i])
 		}
+	}
+	// With imapgate's nftables path running, the remedy does not suggest
+	// turning it on.
+	w.NFTablesOn = func() bool { return true }
+	writeConntrack(t, root, map[string]string{"proc/sys/net/netfilter/nf_conntrack_count": "4000"})
+	w.Check()
+	if l := logged[len(logged)-1]; !strings.Contains(l, "over 95% full") || strings.Contains(l, "nftables") || !strings.Contains(l, "hashsize") {
+		t.Errorf("with nftables on: %q", l)
 	}
 }
 

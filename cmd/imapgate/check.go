@@ -31,14 +31,16 @@ func checkRuntime(cfg *config.Config, f flags) error {
 	if of.short != "" {
 		fmt.Fprintln(os.Stderr, "imapgate: warning:", of.short)
 	}
+	nftablesOn := false
 	if cfg.Kernel.NFTables {
 		if perr := kernel.Probe(); perr != nil {
 			fmt.Fprintf(os.Stderr, "imapgate: warning: [kernel] nftables = true, but nftables cannot be used: %v; imapgate would go on with the userspace limits only\n", perr)
 		} else {
 			fmt.Fprintf(os.Stdout, "imapgate: kernel: nftables usable (table inet %s)\n", cfg.Kernel.Table)
+			nftablesOn = true
 		}
 	}
-	checkConntrack(os.Stdout, "/")
+	checkConntrack(os.Stdout, "/", nftablesOn)
 	if cerr := checkCluster(os.Stdout, os.Stderr, cfg.Cluster); err == nil {
 		err = cerr
 	}
@@ -73,8 +75,9 @@ func checkCluster(w, ew io.Writer, c config.Cluster) error {
 }
 
 // checkConntrack prints the host's conntrack table, and the warning a
-// running imapgate would log for its fill.
-func checkConntrack(w io.Writer, root string) {
+// running imapgate would log for its fill (nftablesOn: with its nftables
+// path running).
+func checkConntrack(w io.Writer, root string, nftablesOn bool) {
 	c, ok := kernel.ReadConntrack(root)
 	if !ok {
 		fmt.Fprintln(w, "imapgate: host conntrack: not loaded (nothing to watch)")
@@ -83,7 +86,7 @@ func checkConntrack(w io.Writer, root string) {
 	fmt.Fprintf(w, "imapgate: host conntrack: %s\n", c)
 	for i := len(kernel.ConntrackLevels) - 1; i >= 0; i-- {
 		if l := kernel.ConntrackLevels[i]; c.Percent() >= l {
-			fmt.Fprintln(w, "imapgate:", kernel.ConntrackWarning(c, l))
+			fmt.Fprintln(w, "imapgate:", kernel.ConntrackWarning(c, l, nftablesOn))
 			break
 		}
 	}
