@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -171,9 +172,22 @@ func (c *ctlClient) do(method, path string, q url.Values) ([]byte, error) {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode/100 != 2 {
-		return nil, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
+		return nil, ctlError(resp.Status, body)
 	}
 	return body, nil
+}
+
+// ctlError is the admin endpoint's refusal as an admin reads it: the
+// error it gave in its JSON ({"error": …}; a reload's several problems one
+// per line), else the status and the body.
+func ctlError(status string, body []byte) error {
+	var e struct {
+		Error string `json:"error"`
+	}
+	if json.Unmarshal(body, &e) == nil && e.Error != "" {
+		return errors.New(e.Error)
+	}
+	return fmt.Errorf("%s: %s", status, strings.TrimSpace(string(body)))
 }
 
 // get fetches path into v; with raw it prints the JSON instead and
