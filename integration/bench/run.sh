@@ -11,5 +11,6 @@ if ! command -v haproxy >/dev/null || ! [ -e /usr/lib/nginx/modules/ngx_stream_m
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q haproxy nginx libnginx-mod-stream util-linux >/dev/null
     [ -n "$guard" ] && rm -f /usr/sbin/policy-rc.d
 fi
-go build -o /tmp/imapbench ./cmd/imapbench
-exec taskset -c 1 /tmp/imapbench -core 0 "$@"
+bench=$(mktemp -d)/imapbench # a path of its own: another run may be building
+go build -o "$bench" ./cmd/imapbench
+exec taskset -c 1 "$bench" -core 0 "$@"
