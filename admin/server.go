@@ -84,6 +84,7 @@ func New(o Options) *Server {
 	s.mux.HandleFunc("GET /conns", s.conns)
 	s.mux.HandleFunc("GET /top", s.top)
 	s.mux.HandleFunc("GET /bans", s.bans)
+	s.mux.HandleFunc("GET /knowngood", s.knownGood)
 	s.mux.HandleFunc("POST /kill", s.local(s.kill))
 	s.mux.HandleFunc("POST /unban", s.local(s.unban))
 	s.mux.HandleFunc("POST /ban", s.local(s.ban))
@@ -153,13 +154,16 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 
 // Status is /status.
 type Status struct {
-	Uptime      string            `json:"uptime"`
-	Count       int               `json:"count"`
-	Max         int               `json:"max"`
-	Buckets     int               `json:"buckets"`
-	States      map[string]int    `json:"states"`
-	Stats       conntable.Stats   `json:"stats"`
-	Bans        int               `json:"bans"`
+	Uptime  string          `json:"uptime"`
+	Count   int             `json:"count"`
+	Max     int             `json:"max"`
+	Buckets int             `json:"buckets"`
+	States  map[string]int  `json:"states"`
+	Stats   conntable.Stats `json:"stats"`
+	Bans    int             `json:"bans"`
+	// KnownGood counts the addresses and networks the known-good tier
+	// gives its limits to now (learned here, or from the cluster).
+	KnownGood   KnownGoodCount    `json:"known_good"`
 	WouldRefuse map[string]uint64 `json:"dry_run_would_refuse,omitempty"`
 	// UpstreamProblems are misconfigurations of the upstream seen since
 	// start or the last reload (LOGINDISABLED, PRIVACYREQUIRED), with fixes.
@@ -184,6 +188,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	}
 	if l := s.o.Limiter; l != nil {
 		st.Bans = len(l.Bans(time.Now()))
+		st.KnownGood.Addresses, st.KnownGood.Networks = l.KnownGoodCount(time.Now())
 		for r := limiter.Reason(0); r < limiter.NumReasons; r++ {
 			if n := l.WouldRefuse(r); n > 0 {
 				if st.WouldRefuse == nil {
@@ -354,6 +359,46 @@ func (s *Server) bans(w http.ResponseWriter, _ *http.Request) {
 		out = append(out, BanInfo{Key: m.Prefix.String(), Until: m.Until, Reason: m.Reason, Kernel: !m.DryRun, DryRun: m.DryRun})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Until.Before(out[j].Until) })
+	writeJSON(w, out)
+}
+
+// KnownGoodCount is Status's count of the known-good tier.
+type KnownGoodCount struct {
+	Addresses int `json:"addresses"`
+	Networks  int `json:"networks"`
+}
+
+// KnownGoodInfo answers GET /knowngood?addr=A: what the known-good tier
+// knows of A and of its network.
+type KnownGoodInfo struct {
+	Addr         string     `json:"addr"`
+	Network      string     `json:"network"`
+	AddrUntil    *time.Time `json:"addr_until,omitempty"`    // known-good until; absent: not known-good
+	NetworkUntil *time.Time `json:"network_until,omitempty"` // the same for the network
+	AddrUsers    int        `json:"addr_users"`              // distinct users counted in the current window
+	NetworkUsers int        `json:"network_users"`
+	MinUsers     int        `json:"min_users"` // users that make it known-good; 0: the tier is off
+}
+
+func (s *Server) knownGood(w http.ResponseWriter, r *http.Request) {
+	a, err := netip.ParseAddr(r.URL.Query().Get("addr"))
+	if err != nil {
+		http.Error(w, "knowngood needs addr=ADDRESS", http.StatusBadRequest)
+		return
+	}
+	if s.o.Limiter == nil {
+		http.Error(w, "no limiter", http.StatusNotImplemented)
+		return
+	}
+	k := s.o.Limiter.KnownGoodOf(a, time.Now())
+	out := KnownGoodInfo{Addr: a.Unmap().String(), Network: k.Prefix.String(), AddrUsers: k.AddrUsers,
+		NetworkUsers: k.PrefixUsers, MinUsers: k.MinUsers}
+	if !k.AddrUntil.IsZero() {
+		out.AddrUntil = &k.AddrUntil
+	}
+	if !k.PrefixUntil.IsZero() {
+		out.NetworkUntil = &k.PrefixUntil
+	}
 	writeJSON(w, out)
 }
 

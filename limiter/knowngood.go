@@ -344,3 +344,78 @@ func (t *goodTable) Len() int {
 	}
 	return n
 }
+
+// KnownGoodInfo is what the known-good tier knows of an address and of
+// its aggregation prefix, for an admin's question (ctl knowngood).
+type KnownGoodInfo struct {
+	Prefix                 netip.Prefix // the address's aggregation prefix
+	AddrUntil, PrefixUntil time.Time    // end of the known-good time; zero: not known-good
+	// AddrUsers and PrefixUsers are the distinct users counted in the
+	// current window (the tier needs MinUsers); a user's logins count once.
+	AddrUsers, PrefixUsers int
+	MinUsers               int // the policy's; 0: the tier is off
+}
+
+// KnownGoodOf reports what the tier knows of a at now: the tier's times
+// whether learned here or from another replica (LearnKnownGood), and the
+// users counted here. One locked lookup per table.
+func (l *Limiter) KnownGoodOf(a netip.Addr, now time.Time) KnownGoodInfo {
+	p := l.policy()
+	a = a.Unmap().WithZone("")
+	info := KnownGoodInfo{Prefix: p.PrefixOf(a), MinUsers: p.KnownGood.MinUsers}
+	n := now.UnixNano()
+	until, users := l.goodIP.of(addrKey(a), n, int64(p.KnownGood.Window))
+	if until > n {
+		info.AddrUntil = time.Unix(0, until)
+	}
+	info.AddrUsers = users
+	until, users = l.goodPrefix.of(prefixKeyOf(info.Prefix).addr, n, int64(p.KnownGood.Window))
+	if until > n {
+		info.PrefixUntil = time.Unix(0, until)
+	}
+	info.PrefixUsers = users
+	return info
+}
+
+// KnownGoodCount counts the addresses and prefixes known-good at now
+// (a scan of both tables, shard by shard: for status, not a hot path).
+func (l *Limiter) KnownGoodCount(now time.Time) (addrs, prefixes int) {
+	n := now.UnixNano()
+	return l.goodIP.count(n), l.goodPrefix.count(n)
+}
+
+// of returns k's known-good end and the users counted in its window at
+// n (none once the window that began the count is over).
+func (t *goodTable) of(k key, n, window int64) (until int64, users int) {
+	s, h := t.lock(k)
+	defer s.Unlock()
+	tab := s.tab.Load()
+	i := tab.find(h)
+	if i < 0 {
+		return 0, 0
+	}
+	in := &tab.info[i]
+	if n-in.since <= window {
+		users = int(in.n)
+	}
+	return tab.sets[i/ways][i%ways].until.Load(), users
+}
+
+// count returns how many keys are known-good at n.
+func (t *goodTable) count(n int64) int {
+	c := 0
+	for i := range t.shards {
+		s := &t.shards[i]
+		s.Lock()
+		tab := s.tab.Load()
+		for si := range tab.sets {
+			for w := range tab.sets[si] {
+				if tab.sets[si][w].hash.Load() != 0 && tab.sets[si][w].until.Load() > n {
+					c++
+				}
+			}
+		}
+		s.Unlock()
+	}
+	return c
+}

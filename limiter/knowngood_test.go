@@ -346,3 +346,33 @@ func TestManyMailboxesOnOnePCWithMaxPerIPFour(t *testing.T) {
 		t.Fatalf("fifth session of one user: %+v", d)
 	}
 }
+
+// An admin can ask what the tier knows of an address: its users counted,
+// its known-good end and its network's, and how many are known-good.
+func TestKnownGoodOf(t *testing.T) {
+	l := newLimiter(t, tierPolicy())
+	a := addr("192.0.2.90")
+	if k := l.KnownGoodOf(a, t0); !k.AddrUntil.IsZero() || k.AddrUsers != 0 || k.MinUsers != 3 || k.Prefix.String() != "192.0.2.0/24" {
+		t.Fatalf("before any login: %+v", k)
+	}
+	loginAs(t, l, a, "ann", t0)
+	loginAs(t, l, a, "bea", t0.Add(time.Minute))
+	if k := l.KnownGoodOf(a, t0.Add(time.Minute)); !k.AddrUntil.IsZero() || k.AddrUsers != 2 || k.PrefixUsers != 2 {
+		t.Fatalf("two users: %+v", k)
+	}
+	loginAs(t, l, a, "cid", t0.Add(2*time.Minute))
+	now := t0.Add(3 * time.Minute)
+	k := l.KnownGoodOf(a, now)
+	if want := t0.Add(2*time.Minute + time.Hour); !k.AddrUntil.Equal(want) || !k.PrefixUntil.Equal(want) || k.AddrUsers != 3 {
+		t.Fatalf("three users: %+v, want known-good until %v", k, want)
+	}
+	if ad, px := l.KnownGoodCount(now); ad != 1 || px != 1 {
+		t.Fatalf("KnownGoodCount = %d, %d; want 1, 1", ad, px)
+	}
+	if ad, px := l.KnownGoodCount(t0.Add(3 * time.Hour)); ad != 0 || px != 0 {
+		t.Fatalf("KnownGoodCount after the window = %d, %d", ad, px)
+	}
+	if k := l.KnownGoodOf(a, t0.Add(3*time.Hour)); !k.AddrUntil.IsZero() || k.AddrUsers != 0 {
+		t.Fatalf("after the window: %+v", k)
+	}
+}

@@ -24,7 +24,7 @@ import (
 )
 
 const ctlUsage = `usage: imapgate ctl [-admin ADDR | -config FILE] [-json] [-token T] COMMAND
-  status                    table fill, states, counters, bans
+  status                    table fill, states, counters, bans, known-good count
   top [N]                   top addresses and networks: live connections, refusals, failed logins
   conns [addr=A] [prefix=P] [user=U] [state=S]
                             live connections (like conntrack -L)
@@ -36,6 +36,8 @@ const ctlUsage = `usage: imapgate ctl [-admin ADDR | -config FILE] [-json] [-tok
                             (default the auth-failure ban_time); with [cluster], on every node
   unban ADDR|CIDR [USER]    lift a ban from failed logins, and its kernel drop (with USER: that user's ban on ADDR only);
                             with [cluster], on every node
+  knowngood ADDR            whether ADDR and its network get the known-good tier's limits, until when,
+                            or how many users have logged in from it towards it
   reload                    re-read the configuration and certificates
   reopen-logs               reopen the log file after rotation, or reconnect to syslog (like SIGUSR1)
 `
@@ -111,6 +113,12 @@ func ctl(args []string, stdout, stderr io.Writer) int {
 			q.Set("user", rest[2])
 		}
 		err = c.post(stdout, "/ban", q, *asJSON)
+	case "knowngood":
+		if len(rest) != 1 {
+			err = fmt.Errorf("knowngood needs an address")
+			break
+		}
+		err = c.knownGood(stdout, rest[0], *asJSON)
 	case "reload":
 		err = c.post(stdout, "/reload", nil, *asJSON)
 	case "reopen-logs":
@@ -218,6 +226,7 @@ func (c *ctlClient) status(w io.Writer, raw bool) error {
 		st.Insert, st.InsertFailed, st.EarlyDrop, st.Timeout, st.Reaped)
 	fmt.Fprintf(w, "relayed      %s from clients, %s to clients\n", bytesString(st.RxBytes), bytesString(st.TxBytes))
 	fmt.Fprintf(w, "bans         %d\n", s.Bans)
+	fmt.Fprintf(w, "known-good   %d addresses, %d networks\n", s.KnownGood.Addresses, s.KnownGood.Networks)
 	for _, p := range s.UpstreamProblems {
 		fmt.Fprintf(w, "UPSTREAM     %s\n", p)
 	}
@@ -309,6 +318,29 @@ func (c *ctlClient) bans(w io.Writer, raw bool) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", key, user, b.Until.UTC().Format(time.RFC3339), b.Reason, where)
 	}
 	return tw.Flush()
+}
+
+// knownGood prints what the known-good tier knows of addr and its
+// network: known-good until when, or the users counted towards it.
+func (c *ctlClient) knownGood(w io.Writer, addr string, raw bool) error {
+	var k admin.KnownGoodInfo
+	if done, err := c.get(w, "/knowngood", url.Values{"addr": {addr}}, raw, &k); done || err != nil {
+		return err
+	}
+	if k.MinUsers == 0 {
+		fmt.Fprintln(w, "the known-good tier is off ([limits.known_good] min_users = 0)")
+		return nil
+	}
+	line := func(what string, until *time.Time, users int) {
+		if until != nil {
+			fmt.Fprintf(w, "%-20s known-good until %s\n", what, until.UTC().Format(time.RFC3339))
+			return
+		}
+		fmt.Fprintf(w, "%-20s not known-good: %d of %d users logged in within the window\n", what, users, k.MinUsers)
+	}
+	line(k.Addr, k.AddrUntil, k.AddrUsers)
+	line(k.Network, k.NetworkUntil, k.NetworkUsers)
+	return nil
 }
 
 func (c *ctlClient) conns(w io.Writer, filters []string, raw bool) error {
