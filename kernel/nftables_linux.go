@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"time"
 
@@ -28,6 +29,7 @@ import (
 // conntrack makes an entry for it. An accept ends only this chain: other
 // tables' chains still see the packet.
 type nft struct {
+	claim net.Listener // holds the table's name in this network namespace (claimTable)
 	conn  *nftables.Conn
 	name  string
 	ports []uint16
@@ -43,18 +45,43 @@ type nft struct {
 const keepRules = 2
 
 func openBackend(name string, ports []uint16) (backend, error) {
+	claim, err := claimTable(name)
+	if err != nil {
+		return nil, err
+	}
 	c, err := nftables.New()
 	if err != nil {
+		claim.Close()
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
-	n := &nft{conn: c, name: name, ports: ports}
-	// A table left by a run that did not stop cleanly goes first.
+	n := &nft{claim: claim, conn: c, name: name, ports: ports}
+	// A table left by a run that did not stop cleanly goes first (no
+	// running imapgate holds its name: claimTable).
 	n.conn.DelTable(&nftables.Table{Name: name, Family: nftables.TableFamilyINet})
 	n.conn.Flush() // no such table: an error to ignore
 	if err := n.create(); err != nil {
+		claim.Close()
 		return nil, explain(err)
 	}
 	return n, nil
+}
+
+// claimTable holds table name for this process in its network namespace,
+// where nftables tables live, until the listener is closed or the process
+// ends however it ends: an abstract unix socket, whose names are per
+// namespace and freed by the kernel. A second imapgate given the same
+// kernel.table had taken the first one's table for one left by a crash and
+// replaced it with rules for its own ports; the first dropped nothing on
+// its ports until it noticed the table gone.
+func claimTable(name string) (net.Listener, error) {
+	ln, err := net.Listen("unix", "@imapgate/nftables/"+name)
+	if errors.Is(err, unix.EADDRINUSE) {
+		return nil, fmt.Errorf("table inet %s is in use by another imapgate in this network namespace: give each instance its own kernel.table", name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("claiming table %s: %w", name, err)
+	}
+	return ln, nil
 }
 
 // explain names the usual causes of a failure to use nftables.
@@ -206,6 +233,7 @@ func (n *nft) close() error {
 	n.conn.DelTable(n.table)
 	err := n.conn.Flush()
 	n.conn.CloseLasting()
+	n.claim.Close() // after the table is gone: the name is free for another
 	return err
 }
 

@@ -329,6 +329,13 @@ func TestRealNftablesTwoGatewaysTwoTables(t *testing.T) {
 	if names := inetTables(t); !slices.Equal(names, []string{"gate_one", "gate_two"}) {
 		t.Fatalf("tables: %v", names)
 	}
+	// A third given a table name in use is refused it (it would have
+	// replaced the first one's table with rules for its own port).
+	c := startDaemon(t, "[kernel]\nnftables = true\ntable = \"gate_one\"\n", nil, nil)
+	c.waitLine("table inet gate_one is in use by another imapgate in this network namespace")
+	if names := inetTables(t); !slices.Equal(names, []string{"gate_one", "gate_two"}) {
+		t.Fatalf("tables with the third running: %v", names)
+	}
 	a.cmd.Process.Signal(os.Interrupt)
 	<-a.exit
 	if names := inetTables(t); !slices.Equal(names, []string{"gate_two"}) {
