@@ -51,6 +51,9 @@ func (r Report) String() string {
 // timeouts, the sentinels' own user) and checks what the node will need,
 // changing nothing imapgate keeps:
 //
+//   - the first address speaks what the URL's scheme says (transport:
+//     TLS for rediss://, RESP otherwise; a mismatch is ProbeConfig, found
+//     within 2 s, and so is a unix socket this user may not open);
 //   - Redis answers: with master_set, a sentinel (the first that
 //     answers) knows the master, so that its refusal is told apart from
 //     the master's; Redis's version (HELLO) and mode (standalone, the
@@ -78,8 +81,11 @@ func Probe(ctx context.Context, o Options) (Report, error) {
 		return Report{}, &ProbeError{Kind: ProbeConfig, msg: err.Error()}
 	}
 	p := &prober{o: o, copt: copt, k: newKeys(o.KeyPrefix), call: max(20*o.Timeout, time.Second),
-		user: cmp.Or(copt.Username, "default")}
+		user: cmp.Or(copt.Username, "default"), unix: strings.HasPrefix(o.URL, "unix:")}
 	r := Report{User: p.user, TLS: copt.TLSConfig != nil, Timeout: o.Timeout}
+	if err := p.transport(ctx); err != nil {
+		return r, err
+	}
 	if copt.Sentinel.MasterSet != "" {
 		if err := p.sentinels(ctx); err != nil {
 			return r, err
@@ -111,6 +117,7 @@ type prober struct {
 	k    keys
 	call time.Duration // each call's deadline
 	user string
+	unix bool // a unix:// URL: InitAddress[0] is the socket's path
 }
 
 // redis names the Redis side of the messages.

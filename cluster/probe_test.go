@@ -43,6 +43,13 @@ func TestKindOf(t *testing.T) {
 		{&tls.CertificateVerificationError{Err: errors.New("x")}, ProbeConfig},
 		{tls.RecordHeaderError{Msg: "first record does not look like a TLS handshake"}, ProbeConfig},
 		{refused, ProbeUnreachable},
+		// a unix socket this user may not open (mode 700, another owner)
+		{&net.OpError{Op: "dial", Net: "unix", Err: os.NewSyscallError("connect", syscall.EACCES)}, ProbeConfig},
+		// a TLS port that wants a client certificate
+		{&net.OpError{Op: "remote error", Err: errors.New("tls: certificate required")}, ProbeConfig},
+		// a reset alone is no proof of a mismatch (transport looks further)
+		{&net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ECONNRESET)}, ProbeUnreachable},
+		{&net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.EHOSTUNREACH)}, ProbeUnreachable},
 		{&net.DNSError{Err: "no such host", Name: "redis.example"}, ProbeUnreachable},
 		{context.DeadlineExceeded, ProbeUnreachable},
 		{os.ErrDeadlineExceeded, ProbeUnreachable},
@@ -118,6 +125,42 @@ func TestProbeMessages(t *testing.T) {
 		}
 		if strings.Contains(e.Error(), "s3cret") {
 			t.Errorf("%q quotes a password", e)
+		}
+	}
+}
+
+// The mistakes that leave a replica on local limits for good say what
+// to change: a unix socket this user may not open, a server that wants a
+// client certificate, one whose certificate does not verify.
+func TestProbeMessagesTransport(t *testing.T) {
+	copt, err := ParseURL("unix://imapgate:s3cret@/run/redis/redis-server.sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix := &prober{copt: copt, k: newKeys("imapgate"), user: "imapgate", unix: true}
+	copt, err = ParseURL("rediss://imapgate:s3cret@10.0.0.5:6379")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tcp := &prober{copt: copt, k: newKeys("imapgate"), user: "imapgate"}
+	for _, tt := range []struct {
+		p    *prober
+		err  error
+		want string
+	}{
+		{unix, &net.OpError{Op: "dial", Net: "unix", Err: os.NewSyscallError("connect", syscall.EACCES)},
+			"Redis at /run/redis/redis-server.sock: permission denied on the socket (connecting: dial unix: connect: permission denied): " +
+				"add the user imapgate runs as to the socket's group (adduser imapgate redis) or fix its mode"},
+		{tcp, &net.OpError{Op: "remote error", Err: errors.New("tls: certificate required")},
+			"Redis at 10.0.0.5:6379 wants a client certificate (connecting: remote error: tls: certificate required), " +
+				"which imapgate does not send: set tls-auth-clients no"},
+		{tcp, &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}},
+			"Redis at 10.0.0.5:6379: its certificate does not verify (connecting: tls: failed to verify certificate: " +
+				"x509: certificate signed by unknown authority): give the CA that signed it in cluster.tls_ca_file"},
+	} {
+		e := tt.p.describe(tt.p.redis(), "connecting", tt.err)
+		if e.Kind != ProbeConfig || !strings.Contains(e.Error(), tt.want) {
+			t.Errorf("kind %d, %q\nwant kind %d, %q", e.Kind, e, ProbeConfig, tt.want)
 		}
 	}
 }

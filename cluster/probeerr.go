@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"regexp"
 	"slices"
 	"strings"
@@ -35,8 +36,12 @@ const (
 	ProbeRights
 	// ProbeConfig: anything else that stays wrong until the
 	// configuration changes: the URL, a replica named as the master
-	// (READONLY), TLS that fails, a master_set the sentinels do not know,
-	// a server that is not Redis, an answer imapgate cannot use.
+	// (READONLY), TLS that fails (a certificate that does not verify, a
+	// server that wants a client certificate), a scheme that does not
+	// match the server (rediss:// to a plain Redis, redis:// to a TLS
+	// port), a unix socket this user may not open, a master_set the
+	// sentinels do not know, a server that is not Redis, an answer
+	// imapgate cannot use.
 	ProbeConfig
 )
 
@@ -57,17 +62,14 @@ func (e *ProbeError) Error() string { return e.msg }
 // network's or the client's.
 func kindOf(err error) ProbeKind {
 	var (
-		unknownCA x509.UnknownAuthorityError
-		hostname  x509.HostnameError
-		invalid   x509.CertificateInvalidError
-		verify    *tls.CertificateVerificationError
-		header    tls.RecordHeaderError
-		redisErr  *rueidis.RedisError
+		header   tls.RecordHeaderError
+		redisErr *rueidis.RedisError
 	)
 	code, _, _ := strings.Cut(err.Error(), " ")
 	switch {
-	case errors.As(err, &unknownCA), errors.As(err, &hostname), errors.As(err, &invalid),
-		errors.As(err, &verify), errors.As(err, &header):
+	case isCertError(err), errors.As(err, &header), isTLSAlert(err):
+		return ProbeConfig
+	case errors.Is(err, fs.ErrPermission): // EACCES, EPERM: a unix socket's mode, a local policy
 		return ProbeConfig
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		return ProbeUnreachable
@@ -83,6 +85,17 @@ func kindOf(err error) ProbeKind {
 		return ProbeConfig
 	}
 	return ProbeUnreachable
+}
+
+// isCertError reports a server certificate that does not verify.
+func isCertError(err error) bool {
+	var (
+		unknownCA x509.UnknownAuthorityError
+		hostname  x509.HostnameError
+		invalid   x509.CertificateInvalidError
+		verify    *tls.CertificateVerificationError
+	)
+	return errors.As(err, &unknownCA) || errors.As(err, &hostname) || errors.As(err, &invalid) || errors.As(err, &verify)
 }
 
 // isRedisCode reports whether a message's first word is an error code
@@ -153,6 +166,15 @@ func (p *prober) explain(s side, doing string, err error) *ProbeError {
 		rule := aclRule(msg, p.k)
 		return &ProbeError{Kind: kind, Missing: []string{rule},
 			msg: fmt.Sprintf("%s refused user %s (%s: %s): add %s to its ACL", s.who, user, doing, msg, rule)}
+	case errors.Is(err, fs.ErrPermission) && p.unix:
+		text = fmt.Sprintf("%s: permission denied on the socket (%s: %s): add the user imapgate runs as to the "+
+			"socket's group (adduser imapgate redis) or fix its mode (unixsocketperm 770 in redis.conf)", s.who, doing, msg)
+	case isCertError(err):
+		text = fmt.Sprintf("%s: its certificate does not verify (%s: %s): give the CA that signed it in "+
+			"cluster.tls_ca_file, and name the host in the URL as the certificate does", s.who, doing, msg)
+	case isTLSAlert(err) && (strings.Contains(msg, "certificate required") || strings.Contains(msg, "bad certificate")):
+		text = fmt.Sprintf("%s wants a client certificate (%s: %s), which imapgate does not send: "+
+			"set tls-auth-clients no (or optional) in its redis.conf; the password authenticates imapgate", s.who, doing, msg)
 	case code == "READONLY":
 		text = fmt.Sprintf("%s is a replica (%s): name the master, or the sentinels with master_set", s.who, msg)
 	case strings.Contains(msg, "unknown message type"):

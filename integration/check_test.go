@@ -25,6 +25,13 @@ import (
 func runCheck(t *testing.T, redisURL string) (int, string) {
 	t.Helper()
 	dir := t.TempDir()
+	return runCheckCmd(t, exec.Command(imapgateBinary(t), "-check", "-config", checkConfig(t, dir, redisURL, "")))
+}
+
+// checkConfig writes a configuration for -check in dir: cluster.redis is
+// redisURL, extra more keys of [cluster].
+func checkConfig(t *testing.T, dir, redisURL, extra string) string {
+	t.Helper()
 	cfg := fmt.Sprintf(`
 [listen]
 address = "127.0.0.1:0"
@@ -35,12 +42,20 @@ address = "embedded"
 [cluster]
 redis = %q
 node = "check"
-`, clusterCert(t, dir), redisURL)
+%s
+`, clusterCert(t, dir), redisURL, extra)
 	path := filepath.Join(dir, "check.toml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command(imapgateBinary(t), "-check", "-config", path).CombinedOutput()
+	return path
+}
+
+// runCheckCmd runs cmd (imapgate -check) and returns its exit code and
+// output.
+func runCheckCmd(t *testing.T, cmd *exec.Cmd) (int, string) {
+	t.Helper()
+	out, err := cmd.CombinedOutput()
 	var exit *exec.ExitError
 	if err != nil && !errors.As(err, &exit) {
 		t.Fatal(err)
