@@ -53,10 +53,12 @@ type Cluster struct {
 	tickets *ticketKeys
 	m       *metrics
 
-	kick chan struct{}
-	stop chan struct{}
-	wg   sync.WaitGroup
-	once sync.Once
+	kick   chan struct{}
+	stop   chan struct{}
+	ctx    context.Context // the loop's calls; cancelled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	once   sync.Once
 }
 
 // New checks o and prepares the Redis client; nothing connects before
@@ -73,6 +75,7 @@ func New(o Options) (*Cluster, error) {
 	rand.Read(id)
 	c := &Cluster{o: o, copt: copt, k: newKeys(o.KeyPrefix), inst: hex.EncodeToString(id),
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), goodQ: make(chan goodEntry, goodQueue)}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.degradedSince.Store(time.Now().UnixNano())
 	c.m = newMetrics(c)
 	return c, nil
@@ -106,20 +109,43 @@ func (c *Cluster) Start(l *limiter.Limiter) {
 }
 
 // Close sends the releases not sent yet (limiter.DetachShared; the
-// limiter stays on local limits), stops the loop and the subscriber and
-// closes the client. The node's share stays until its liveness expires
-// (or it restarts).
+// limiter stays on local limits), stops the loop, the subscriber and the
+// known-good sharer, takes the node out of Redis (leave) and closes the
+// client.
 func (c *Cluster) Close() {
 	c.once.Do(func() {
 		if c.l != nil {
 			c.l.DetachShared()
 		}
 		close(c.stop)
+		c.cancel()
+		c.wg.Wait() // the loop's heartbeat can no longer register the node again
 		if cl := c.cli.Load(); cl != nil {
+			c.leave(*cl)
 			(*cl).Close()
 		}
-		c.wg.Wait()
 	})
+}
+
+// leave takes the node out of Redis (leaveScript: its liveness, its
+// instance entry and its share), so the other nodes stop counting it at
+// once, not after node_ttl, and a restart finds no other instance under
+// its id. One call with the usual deadline; if it fails (Redis away),
+// the node's liveness expires after node_ttl and the others sweep it, as
+// for a node that died.
+func (c *Cluster) leave(cl rueidis.Client) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.o.Timeout)
+	defer cancel()
+	res, err := c.exec(ctx, "leave", leaveScript, cl, []string{c.k.nodes, c.k.inst, c.k.nodeSet(c.o.Node)},
+		[]string{c.o.Node, c.inst}).AsInt64()
+	switch {
+	case err != nil:
+		c.o.Log(fmt.Sprintf("imapgate: cluster: node %s could not leave Redis (%v); the others stop counting it after node_ttl (%s)", c.o.Node, err, c.o.NodeTTL))
+	case res == 0:
+		c.o.Log(fmt.Sprintf("imapgate: cluster: node %s left Redis as it was: another process uses its id", c.o.Node))
+	default:
+		c.o.Log(fmt.Sprintf("imapgate: cluster: node %s left Redis", c.o.Node))
+	}
 }
 
 // client returns the Redis client, connecting if there is none yet.

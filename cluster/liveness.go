@@ -28,7 +28,7 @@ func (c *Cluster) loop() {
 		case <-c.kick:
 		}
 		if c.degradedSince.Load() != 0 || !c.l.SharedUp() {
-			ctx, cancel := context.WithTimeout(context.Background(), max(20*c.o.Timeout, time.Second))
+			ctx, cancel := context.WithTimeout(c.ctx, max(20*c.o.Timeout, time.Second))
 			err := c.bringUp(ctx)
 			cancel()
 			if err != nil {
@@ -54,7 +54,7 @@ func (c *Cluster) beat() error {
 	if err != nil {
 		return err
 	}
-	ctx := context.Background()
+	ctx := c.ctx
 	dead, err := c.heartbeat(ctx, cl)
 	if err != nil {
 		return err

@@ -328,6 +328,32 @@ end
 return 0
 `)
 
+// leaveScript takes a closing node out of Redis, unless another process
+// took its id meanwhile (the instances hash names another instance): its
+// instance entry goes, and its fields in the count hashes (up to 500 of
+// its keys; after the releases were sent they count only the sessions
+// still open, which end with the process). If its key set is then
+// empty, the node leaves the sorted set; if not, its liveness is set to
+// expire now, so that the others' heartbeats find it dead and sweep the
+// rest (sweepScript), as for a node that died. Either way sums stop
+// counting it at once. KEYS: nodes, instances, the node's key set.
+// ARGV: node, instance id. Returns 0 (another process has the id), 1
+// (gone) or 2 (left to the others' sweep).
+var leaveScript = rueidis.NewLuaScript(`
+local function f(x) return string.format('%.0f', x) end
+local inst = redis.call('HGET', KEYS[2], ARGV[1])
+if inst and inst ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+for _, k in ipairs(redis.call('SPOP', KEYS[3], 500)) do redis.call('HDEL', k, ARGV[1]) end
+if redis.call('SCARD', KEYS[3]) == 0 then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 1
+end
+local tm = redis.call('TIME')
+redis.call('ZADD', KEYS[1], f(tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000) - 1), ARGV[1])
+return 2
+`)
+
 // rotateScript rotates the session ticket keys if they are due and this
 // node holds (or takes) the rotation lease: prev ← cur ← next ← new, so
 // every node has held a key as "next" (accepted, not yet used) for a

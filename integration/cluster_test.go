@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -603,6 +604,83 @@ func TestRealRedisRestartedNodeClearsItsStaleShare(t *testing.T) {
 	defer closeAll(held)
 	if _, ok, _ := connect(from, tc.nodes[1].addr, clusterClientTLS); ok {
 		t.Fatal("5th session admitted")
+	}
+}
+
+// clusterNodes reads a node's /status: the cluster's nodes and whether
+// each is alive.
+func (g *gateNode) clusterNodes(t *testing.T) map[string]bool {
+	t.Helper()
+	resp, err := http.Get("http://" + g.admin + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st struct {
+		Cluster struct {
+			Nodes []struct {
+				Node  string `json:"node"`
+				Alive bool   `json:"alive"`
+			} `json:"nodes"`
+		} `json:"cluster"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	nodes := map[string]bool{}
+	for _, n := range st.Cluster.Nodes {
+		nodes[n.Node] = n.Alive
+	}
+	return nodes
+}
+
+// SIGTERM takes a node out of Redis: the other node's status no longer
+// lists it alive within a second (node_ttl is 60 s), its share no longer
+// counts, and restarted at once it finds no other process under its id
+// (no duplicate-id warning).
+func TestRealRedisStoppedNodeLeaves(t *testing.T) {
+	env := redistest.Env(t)
+	c := redisClient(t, env["REDIS_URL"])
+	tc := startCluster(t, 2, env["REDIS_URL"], "[limits]\nmax_per_ip = 4\n", `node_ttl = "60s"`)
+	n1, n2 := tc.nodes[0], tc.nodes[1]
+	const from = "127.0.19.2"
+	tc.hold(3, from, func(i int) int { return []int{0, 1, 1}[i] })
+	if nodes := n1.clusterNodes(t); !nodes["n1"] || !nodes["n2"] {
+		t.Fatalf("n1's status before the stop: %v, want n1 and n2 alive", nodes)
+	}
+	n2.cmd.Process.Signal(syscall.SIGTERM)
+	if err := n2.cmd.Wait(); err != nil {
+		t.Fatalf("n2 after SIGTERM: %v", err)
+	}
+	n2.cmd = nil
+	stopped := time.Now()
+	waitFor(t, "n1's status to list n2 no longer alive", func() bool { return !n1.clusterNodes(t)["n2"] })
+	took := time.Since(stopped)
+	t.Logf("n2 no longer alive in n1's status %s after it exited (node_ttl 60s); nodes %v", took.Round(time.Millisecond), n1.clusterNodes(t))
+	if took > 1500*time.Millisecond {
+		t.Errorf("took %s", took)
+	}
+	if n := tc.sharedCount(c, from); n != 1 {
+		t.Errorf("shared count %d after n2 stopped, want 1 (n1's)", n)
+	}
+	before, _ := os.ReadFile(n2.logPath)
+	if !strings.Contains(string(before), "imapgate: cluster: node n2 left Redis") {
+		t.Errorf("n2's log lacks that it left Redis:\n%s", lastLines(string(before), 10))
+	}
+	tc.restart(n2)
+	// Its first heartbeat, before it joins, is the one that would find
+	// another instance under its id (a warning logged before "joined").
+	var l string
+	waitFor(t, "the restarted n2 to log that it joined", func() bool {
+		after, _ := os.ReadFile(n2.logPath)
+		l = string(after[len(before):])
+		return strings.Contains(l, "imapgate: cluster: node n2 joined")
+	})
+	if strings.Contains(l, "another process uses node id") {
+		t.Errorf("restarted n2 logged a duplicate id:\n%s", l)
+	}
+	if nodes := n1.clusterNodes(t); !nodes["n2"] {
+		t.Errorf("n1's status after n2's restart: %v, want n2 alive", nodes)
 	}
 }
 
