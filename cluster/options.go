@@ -92,6 +92,9 @@ func ParseURL(s string) (rueidis.ClientOption, error) {
 	q.Del("sentinel_username")
 	q.Del("sentinel_password")
 	u.RawQuery = q.Encode()
+	if u.Scheme != "unix" && u.Path == "/" { // no database number: 0 (rueidis would refuse "")
+		u.Path = ""
+	}
 	copt, err := rueidis.ParseURL(u.String())
 	if err != nil {
 		return copt, errors.New(strings.TrimPrefix(err.Error(), "redis: "))

@@ -17,6 +17,7 @@ func TestParseURL(t *testing.T) {
 		sentUser, sentPass, redacted string
 		err                          string
 		tls                          bool
+		db                           int
 	}{
 		{name: "single", url: "redis://imapgate:pw@10.0.0.5:6379",
 			addrs: []string{"10.0.0.5:6379"}, user: "imapgate", pass: "pw", redacted: "redis://imapgate:xxxxx@10.0.0.5:6379"},
@@ -32,7 +33,7 @@ func TestParseURL(t *testing.T) {
 		{name: "sentinel password only", url: "redis://imapgate:pw@h:26379?master_set=m&sentinel_password=spw",
 			addrs: []string{"h:26379"}, user: "imapgate", pass: "pw", master: "m", sentPass: "spw"},
 		{name: "unix socket", url: "unix://imapgate:pw@/run/redis/redis-server.sock?db=2",
-			addrs: []string{"/run/redis/redis-server.sock"}, user: "imapgate", pass: "pw",
+			addrs: []string{"/run/redis/redis-server.sock"}, user: "imapgate", pass: "pw", db: 2,
 			redacted: "unix://imapgate:xxxxx@/run/redis/redis-server.sock?db=2"},
 		{name: "unix socket, no user", url: "unix:///run/redis/redis-server.sock", addrs: []string{"/run/redis/redis-server.sock"}},
 		{name: "unix socket with a host", url: "unix://run/redis/redis.sock", err: "not a host"},
@@ -44,6 +45,13 @@ func TestParseURL(t *testing.T) {
 		{name: "no host", url: "redis://u:pw@:1", err: "no host"},
 		{name: "port not a number", url: "redis://u:pw@h:1:%zz", err: "port is not a number"},
 		{name: "bad escape", url: "redis://u:p%zzw@h:1", err: "%25"},
+		{name: "database in the path", url: "redis://u:pw@h:1/2", addrs: []string{"h:1"}, user: "u", pass: "pw", db: 2},
+		{name: "database in the query", url: "redis://u:pw@h:1?db=3", addrs: []string{"h:1"}, user: "u", pass: "pw", db: 3},
+		{name: "path of a slash", url: "redis://u:pw@h:1/", addrs: []string{"h:1"}, user: "u", pass: "pw"},
+		{name: "no port", url: "redis://u:pw@h", addrs: []string{"h:6379"}, user: "u", pass: "pw"},
+		{name: "path not a number", url: "redis://u:pw@h:1/abc", err: `the URL's path "/abc": want a database number`},
+		{name: "path of two parts", url: "redis://u:pw@h:1/1/2", err: "more than one part"},
+		{name: "database with Redis Cluster", url: "redis://u:pw@h:1/1?addr=h2:1", err: "Redis Cluster has only database 0"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -62,9 +70,9 @@ func TestParseURL(t *testing.T) {
 			}
 			if strings.Join(o.InitAddress, ",") != strings.Join(tt.addrs, ",") || o.Username != tt.user || o.Password != tt.pass ||
 				o.Sentinel.MasterSet != tt.master || o.Sentinel.Username != tt.sentUser || o.Sentinel.Password != tt.sentPass ||
-				(o.TLSConfig != nil) != tt.tls {
-				t.Fatalf("got addrs %v user %q pass %q master %q sentinel %q/%q tls %v", o.InitAddress, o.Username, o.Password,
-					o.Sentinel.MasterSet, o.Sentinel.Username, o.Sentinel.Password, o.TLSConfig != nil)
+				(o.TLSConfig != nil) != tt.tls || o.SelectDB != tt.db {
+				t.Fatalf("got addrs %v user %q pass %q master %q sentinel %q/%q tls %v db %d", o.InitAddress, o.Username, o.Password,
+					o.Sentinel.MasterSet, o.Sentinel.Username, o.Sentinel.Password, o.TLSConfig != nil, o.SelectDB)
 			}
 			r := RedactURL(tt.url)
 			if strings.Contains(r, "pw") {

@@ -77,8 +77,8 @@ func Probe(ctx context.Context, o Options) (Report, error) {
 		return Report{}, &ProbeError{Kind: ProbeConfig, msg: err.Error()}
 	}
 	copt, err := clientOption(o)
-	if err != nil {
-		return Report{}, &ProbeError{Kind: ProbeConfig, msg: err.Error()}
+	if err != nil { // -check names cluster.redis itself
+		return Report{}, &ProbeError{Kind: ProbeConfig, msg: strings.TrimPrefix(err.Error(), "cluster.redis: ")}
 	}
 	p := &prober{o: o, copt: copt, k: newKeys(o.KeyPrefix), call: max(20*o.Timeout, time.Second),
 		user: cmp.Or(copt.Username, "default"), unix: strings.HasPrefix(o.URL, "unix:")}

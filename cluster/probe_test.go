@@ -165,6 +165,17 @@ func TestProbeMessagesTransport(t *testing.T) {
 	}
 }
 
+// A URL Probe cannot use is a configuration error, named once:
+// -check puts "cluster.redis: " before it.
+func TestProbeBadURL(t *testing.T) {
+	_, err := Probe(context.Background(), Options{URL: "redis://u:pw@h:1/abc", Node: "t"})
+	var pe *ProbeError
+	if !errors.As(err, &pe) || pe.Kind != ProbeConfig || strings.Contains(err.Error(), "cluster.redis") ||
+		!strings.Contains(err.Error(), "want a database number") {
+		t.Fatalf("err = %v, want a ProbeConfig about the path, without the key", err)
+	}
+}
+
 // The probe sends every command imapgate sends: those of the scripts
 // (redis.call) and those sent by the client (cl.B().X()), but for the
 // four it checks apart.

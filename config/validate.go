@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -258,12 +259,23 @@ func (c *Config) validateLog() []problem {
 
 func (c *Config) validateCluster() []problem {
 	cl := c.Cluster
-	if cl.Redis == "" {
-		return nil
-	}
 	var ps []problem
 	add := func(key, format string, args ...any) {
 		ps = append(ps, problem{key: key, msg: fmt.Sprintf(format, args...)})
+	}
+	if cl.Redis == "" {
+		// [cluster] without redis is off: a key set there to other than
+		// its default is a mistake (redis forgotten, or left empty), not
+		// a setting. (Defaults written out, as in imapgate.example.toml,
+		// are fine.)
+		v, d := reflect.ValueOf(cl), reflect.ValueOf(Default().Cluster)
+		for i := range v.NumField() {
+			key := "cluster." + v.Type().Field(i).Tag.Get("toml")
+			if key != "cluster.redis" && c.IsSet(key) && !reflect.DeepEqual(v.Field(i).Interface(), d.Field(i).Interface()) {
+				add(key, "%s is set but cluster.redis is empty: [cluster] is off without it", key)
+			}
+		}
+		return ps
 	}
 	if msg := RedisURLProblem(cl.Redis); msg != "" {
 		add("cluster.redis", "%s", msg)
@@ -305,10 +317,12 @@ var RedisURLKeys = []string{"addr", "master_set", "sentinel_username", "sentinel
 func RedisURLProblem(s string) string {
 	u, err := url.Parse(s)
 	switch {
+	case slashInUserinfo(s):
+		return slashHint
 	case err != nil && strings.Contains(err.Error(), "invalid port"):
 		return "the port is not a number; want redis://[user:password@]host:port[?key=value…]"
 	case err != nil && strings.Contains(err.Error(), "invalid URL escape"):
-		return "a % that starts no escape (write a % in the user or password as %25)"
+		return badEscapeProblem(s)
 	case err != nil: // url's message would quote the password
 		return "not a URL; want redis://[user:password@]host:port[?key=value…], rediss://… or unix://"
 	case u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix":
@@ -320,6 +334,16 @@ func RedisURLProblem(s string) string {
 		return fmt.Sprintf("port %s: want 1 to 65535", p)
 	}
 	if msg := unixURLProblem(u); msg != "" {
+		return msg
+	}
+	if _, err := url.ParseQuery(u.RawQuery); err != nil { // u.Query drops such a pair silently
+		if strings.Contains(err.Error(), "invalid URL escape") {
+			return "a % that starts no escape in the query (write a % in a value as %25)"
+		}
+		return "the query: want key=value pairs joined by &"
+	}
+	db, msg := pathDB(u)
+	if msg != "" {
 		return msg
 	}
 	q := u.Query()
@@ -340,6 +364,14 @@ func RedisURLProblem(s string) string {
 	}
 	if n, err := strconv.Atoi(q.Get("db")); q.Has("db") && (err != nil || n < 0) {
 		return fmt.Sprintf("db=%q: want a database number", q.Get("db"))
+	} else if q.Has("db") && db != "" {
+		return fmt.Sprintf("a database number twice: the path /%s and db=%s; give one", db, q.Get("db"))
+	} else if q.Has("db") {
+		db = q.Get("db")
+	}
+	if n, _ := strconv.Atoi(db); n != 0 && q.Has("addr") && !q.Has("master_set") {
+		return fmt.Sprintf("database %d with several addresses and no master_set (a Redis Cluster's nodes): "+
+			"Redis Cluster has only database 0", n)
 	}
 	if (q.Has("sentinel_username") || q.Has("sentinel_password")) && q.Get("master_set") == "" {
 		return "sentinel_username and sentinel_password need master_set (Sentinel)"
@@ -348,6 +380,85 @@ func RedisURLProblem(s string) string {
 		return "sentinel_username without sentinel_password"
 	}
 	return ""
+}
+
+// pathDB reads the database number of a redis:// or rediss:// URL's path
+// (redis://host:port/2; none, or "/", is 0), or says what is wrong with
+// the path. A unix:// URL's path is the socket's (its database: db=).
+func pathDB(u *url.URL) (db, problem string) {
+	p := strings.TrimPrefix(u.Path, "/")
+	const want = "want a database number (redis://host:port/2, or db=2) or none"
+	switch {
+	case u.Scheme == "unix" || p == "":
+		return "", ""
+	case strings.Contains(p, "/"):
+		return "", fmt.Sprintf("the URL's path %q has more than one part: %s", u.Path, want)
+	}
+	if n, err := strconv.Atoi(p); err != nil || n < 0 {
+		return "", fmt.Sprintf("the URL's path %q: %s", u.Path, want)
+	}
+	return p, ""
+}
+
+const slashHint = "an @ after a / that ends host:port: is there a / in the user or password? write it there as %2F"
+
+// slashInUserinfo reports an @ after the first / that follows
+// "redis://" or "rediss://" (in what url.Parse takes for the port or the
+// path, where a database number goes): a password with a / in it, which
+// the message must not quote. (A unix:// URL's path is a file's, which
+// may hold an @.)
+func slashInUserinfo(s string) bool {
+	rest, _, _ := strings.Cut(s, "?")
+	scheme, rest, ok := strings.Cut(rest, "://")
+	if !ok || scheme != "redis" && scheme != "rediss" {
+		return false
+	}
+	_, path, ok := strings.Cut(rest, "/")
+	return ok && strings.Contains(path, "@")
+}
+
+// badEscapeProblem says in which part of a URL that url.Parse refused
+// for an escape a % starts no escape ("%zz"), quoting no part of it.
+func badEscapeProblem(s string) string {
+	rest, _, _ := strings.Cut(s, "#")
+	rest, query, _ := strings.Cut(rest, "?")
+	scheme, r, ok := strings.Cut(rest, "://")
+	if ok {
+		rest = r
+	}
+	authority, path, _ := strings.Cut(rest, "/")
+	userinfo, host := "", authority
+	if i := strings.LastIndex(authority, "@"); i >= 0 {
+		userinfo, host = authority[:i], authority[i+1:]
+	}
+	where := "the URL"
+	switch {
+	case badEscape(userinfo):
+		where = "the user or password"
+	case badEscape(host):
+		where = "the host"
+	case badEscape(path) && scheme == "unix":
+		where = "the socket's path"
+	case badEscape(path):
+		return "a % in the URL's path, where only a database number goes (redis://host:port/2)"
+	case badEscape(query):
+		where = "the query"
+	}
+	return fmt.Sprintf("a %% that starts no escape in %s (write a %% there as %%25)", where)
+}
+
+// badEscape reports a % in s not followed by two hex digits.
+func badEscape(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' && (i+2 >= len(s) || !isHex(s[i+1]) || !isHex(s[i+2])) {
+			return true
+		}
+	}
+	return false
+}
+
+func isHex(b byte) bool {
+	return '0' <= b && b <= '9' || 'a' <= b && b <= 'f' || 'A' <= b && b <= 'F'
 }
 
 // unixURLProblem: a unix:// URL names one Redis on this host by its
