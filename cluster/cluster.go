@@ -97,7 +97,7 @@ func (c *Cluster) Start(l *limiter.Limiter) {
 	err := c.bringUp(ctx)
 	cancel()
 	if err != nil {
-		c.o.Log(fmt.Sprintf("imapgate: cluster: Redis %s unreachable at start (%v); local limits until it answers", c.Redacted(), err))
+		c.o.Log(fmt.Sprintf("imapgate: cluster: Redis %s unreachable at start (%s); local limits until it answers", c.Redacted(), c.mask(err)))
 		c.m.fallbacks.Inc()
 	} else {
 		c.o.Log(fmt.Sprintf("imapgate: cluster: node %s joined through Redis %s (%d nodes alive)", c.o.Node, c.Redacted(), c.alive.Load()))
@@ -140,7 +140,7 @@ func (c *Cluster) leave(cl rueidis.Client) {
 		[]string{c.o.Node, c.inst}).AsInt64()
 	switch {
 	case err != nil:
-		c.o.Log(fmt.Sprintf("imapgate: cluster: node %s could not leave Redis (%v); the others stop counting it after node_ttl (%s)", c.o.Node, err, c.o.NodeTTL))
+		c.o.Log(fmt.Sprintf("imapgate: cluster: node %s could not leave Redis (%s); the others stop counting it after node_ttl (%s)", c.o.Node, c.mask(err), c.o.NodeTTL))
 	case res == 0:
 		c.o.Log(fmt.Sprintf("imapgate: cluster: node %s left Redis as it was: another process uses its id", c.o.Node))
 	default:
@@ -180,7 +180,7 @@ func (c *Cluster) Down(err error) {
 		return
 	}
 	c.m.fallbacks.Inc()
-	c.o.Log(fmt.Sprintf("imapgate: cluster: Redis failed (%v); local limits until it answers", err))
+	c.o.Log(fmt.Sprintf("imapgate: cluster: Redis failed (%s); local limits until it answers", c.mask(err)))
 	select {
 	case c.kick <- struct{}{}:
 	default:

@@ -200,7 +200,7 @@ func (p *prober) judge(doing string, err error) (rule string, _ error) {
 		return "", nil
 	}
 	if kindOf(err) == ProbeRights {
-		return aclRule(err.Error(), p.k), nil
+		return aclRule(p.mask(err.Error()), p.k), nil
 	}
 	return "", p.describe(p.redis(), doing, err)
 }

@@ -133,20 +133,12 @@ type side struct {
 	sentinel bool
 }
 
-// describe makes err a ProbeError saying what to change, without the
-// passwords; doing is what was being done ("connecting", "EVAL").
+// describe makes err a ProbeError saying what to change; doing is what
+// was being done ("connecting", "EVAL"). The error's own message is
+// masked (p.mask) where it quotes a password; the rest is imapgate's
+// own words, which hold none.
 func (p *prober) describe(s side, doing string, err error) *ProbeError {
-	e := p.explain(s, doing, err)
-	for _, pw := range []string{p.copt.Password, p.copt.Sentinel.Password} {
-		if pw != "" {
-			e.msg = strings.ReplaceAll(e.msg, pw, "xxxxx")
-		}
-	}
-	return e
-}
-
-func (p *prober) explain(s side, doing string, err error) *ProbeError {
-	msg, user := err.Error(), p.user
+	msg, user := p.mask(err.Error()), p.user
 	if s.sentinel {
 		user = cmp.Or(p.copt.Sentinel.Username, "default")
 	}

@@ -44,7 +44,7 @@ func (c *Cluster) Status(ctx context.Context) *Status {
 	}
 	cl, err := c.conn()
 	if err != nil {
-		s.Error = err.Error()
+		s.Error = c.mask(err)
 		return s
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.o.Timeout)
@@ -53,7 +53,7 @@ func (c *Cluster) Status(ctx context.Context) *Status {
 		cl.B().Hgetall().Key(c.k.total).Build())
 	tm, err := res[0].AsStrSlice()
 	if err != nil || len(tm) != 2 {
-		s.Error = "redis TIME: " + errString(err)
+		s.Error = "redis TIME: " + c.errString(err)
 		return s
 	}
 	secs, _ := strconv.ParseInt(tm[0], 10, 64)
@@ -61,7 +61,7 @@ func (c *Cluster) Status(ctx context.Context) *Status {
 	nowMs := secs*1000 + usec/1000
 	nodes, err := res[1].AsZScores()
 	if err != nil {
-		s.Error = err.Error()
+		s.Error = c.mask(err)
 		return s
 	}
 	totals, _ := res[2].AsIntMap()
@@ -73,9 +73,9 @@ func (c *Cluster) Status(ctx context.Context) *Status {
 	return s
 }
 
-func errString(err error) string {
+func (c *Cluster) errString(err error) string {
 	if err == nil {
 		return "short answer"
 	}
-	return err.Error()
+	return c.mask(err)
 }

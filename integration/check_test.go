@@ -139,6 +139,8 @@ func TestRealRedisCheckRefusedCredentials(t *testing.T) {
 	good := password(t, env["REDIS_URL"])
 	wrong := *u
 	wrong.User = url.UserPassword("imapgate", "wrong-"+good)
+	short := *u
+	short.User = url.UserPassword("imapgate", "a") // in many words of the message, which stays whole
 	none := *u
 	none.User = nil
 	s, _ := url.Parse(env["REDIS_SENTINEL_URL"])
@@ -152,6 +154,8 @@ func TestRealRedisCheckRefusedCredentials(t *testing.T) {
 		{"wrong password", wrong.String(), []string{"Redis at 127.0.0.1:16379 refused user imapgate and its password (WRONGPASS",
 			"check the URL's user and password"}},
 		{"no password", none.String(), []string{"Redis at 127.0.0.1:16379 requires a user and password (NOAUTH)"}},
+		{"short wrong password", short.String(), []string{"imapgate: cluster.redis: Redis at 127.0.0.1:16379 refused user imapgate " +
+			"and its password (WRONGPASS: a wrong password, an unknown user or one that is off): check the URL's user and password"}},
 		{"wrong sentinel password", s.String(), []string{"the sentinel at 127.0.0.1:26379 refused user sentinel",
 			"check sentinel_username and sentinel_password"}},
 	} {
