@@ -131,6 +131,10 @@ func TestErrorsNameFileLineAndKey(t *testing.T) {
 		{"redis db twice", "[cluster]\nredis = \"redis://h:1/2?db=3\"\n", 2, "cluster.redis", "a database number twice"},
 		{"redis db with Redis Cluster", "[cluster]\nredis = \"redis://h:1?addr=h2:1&db=2\"\n", 2, "cluster.redis", "Redis Cluster has only database 0"},
 		{"redis path db with Redis Cluster", "[cluster]\nredis = \"redis://h:1/2?addr=h2:1\"\n", 2, "cluster.redis", "Redis Cluster has only database 0"},
+		// The ranges the messages (and the README) give.
+		{"cluster timeout under 1ms", "[cluster]\nredis = \"redis://h\"\ntimeout = \"500us\"\n", 3, "cluster.timeout", "must be between 1ms and 1s, got 500µs"},
+		{"cluster timeout over 1s", "[cluster]\nredis = \"redis://h\"\ntimeout = \"2s\"\n", 3, "cluster.timeout", "must be between 1ms and 1s"},
+		{"cluster over_limit_hold under 1ms", "[cluster]\nredis = \"redis://h\"\nover_limit_hold = \"10us\"\n", 3, "cluster.over_limit_hold", "must be between 1ms and 1m"},
 		// [cluster] is off without redis: a key set there says otherwise.
 		{"cluster node without redis", "[cluster]\nnode = \"mx1\"\n", 2, "cluster.node",
 			"cluster.node is set but cluster.redis is empty: [cluster] is off without it"},

@@ -286,13 +286,13 @@ func (c *Config) validateCluster() []problem {
 	if strings.ContainsAny(cl.Node, " :") {
 		add("cluster.node", "must not contain spaces or colons, got %q", cl.Node)
 	}
-	if d := cl.Timeout.D(); d <= 0 || d > time.Second {
+	if d := cl.Timeout.D(); d < time.Millisecond || d > time.Second {
 		add("cluster.timeout", "must be between 1ms and 1s, got %s", d)
 	}
 	if d := cl.NodeTTL.D(); d < time.Second {
 		add("cluster.node_ttl", "must be at least 1s, got %s", d)
 	}
-	if d := cl.OverLimitHold.D(); d <= 0 || d > time.Minute {
+	if d := cl.OverLimitHold.D(); d < time.Millisecond || d > time.Minute {
 		add("cluster.over_limit_hold", "must be between 1ms and 1m, got %s", d)
 	}
 	if cl.TicketKeys && cl.TicketRotation.D() < time.Minute {
