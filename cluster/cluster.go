@@ -99,13 +99,37 @@ func (c *Cluster) Start(l *limiter.Limiter) {
 	if err != nil {
 		c.o.Log(fmt.Sprintf("imapgate: cluster: Redis %s unreachable at start (%s); local limits until it answers", c.Redacted(), c.mask(err)))
 		c.m.fallbacks.Inc()
+		c.wg.Add(1)
+		go c.diagnose()
 	} else {
 		c.o.Log(fmt.Sprintf("imapgate: cluster: node %s joined through Redis %s (%d nodes alive)", c.o.Node, c.Redacted(), c.alive.Load()))
 	}
-	c.wg.Add(3)
+	c.wg.Add(3) // and diagnose's, above
 	go c.loop()
 	go c.subscribe()
 	go c.shareGood()
+}
+
+// diagnose runs -check's Probe once, when the node could not join at
+// start, and logs what it finds if that is a mistake in [cluster] (a
+// scheme the server does not speak, refused credentials, missing ACL
+// rights, a socket the process may not open): the loop would retry it
+// for ever, and the log would only say that Redis does not answer.
+func (c *Cluster) diagnose() {
+	defer c.wg.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	go func() {
+		select {
+		case <-c.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	var pe *ProbeError
+	if _, err := Probe(ctx, c.o); errors.As(err, &pe) && pe.Kind != ProbeUnreachable && ctx.Err() == nil {
+		c.o.Log(fmt.Sprintf("imapgate: cluster: error: %v; this node stays on local limits until [cluster] is fixed", err))
+	}
 }
 
 // Close sends the releases not sent yet (limiter.DetachShared; the

@@ -185,3 +185,18 @@ func TestRealRedisCheckSocketPermission(t *testing.T) {
 		t.Errorf("as root: exit %d\n%s", got, out)
 	}
 }
+
+// A node whose [cluster] names a scheme the server does not speak says so
+// in its log, as -check would, instead of only that Redis does not answer.
+func TestRealRedisNodeLogsSchemeMismatch(t *testing.T) {
+	redistest.Env(t)
+	dir := t.TempDir()
+	plain := ownRedis(t, dir, "--port", "PORT")
+	tc := startCluster(t, 1, fmt.Sprintf("rediss://127.0.0.1:%d", plain), "", "")
+	g := tc.nodes[0]
+	want := "imapgate: cluster: error: Redis at 127.0.0.1:" + fmt.Sprint(plain) + " accepts TCP but never answered the TLS handshake"
+	waitFor(t, "the node to log the mismatch", func() bool {
+		b, _ := os.ReadFile(g.logPath)
+		return strings.Contains(string(b), want) && strings.Contains(string(b), "use redis://")
+	})
+}
