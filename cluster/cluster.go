@@ -10,8 +10,9 @@
 // is slow, the limiter switches to local limits at once; this package's
 // loop probes Redis every 100 ms and, when it answers, republishes the
 // node's live share and switches back. Goroutines: the loop (liveness,
-// sweeping dead nodes, ban sync, ticket keys, probing) and the
-// subscriber; both end on Close.
+// sweeping dead nodes, ban and known-good sync, ticket keys, probing),
+// the subscriber, the known-good sharer and, if the node could not join
+// at start, one diagnosis (Probe); all end on Close.
 package cluster
 
 import (
