@@ -181,13 +181,20 @@ func (t *goodTable) learn(k key, until, n int64) {
 // in, gives it the tier's limits too): k is an address (a /32 or /128) or
 // an aggregation prefix of this node's policy ([limits] ipv4_prefix,
 // ipv6_prefix); a prefix of another length is ignored, as this node does
-// not count by it. Nothing is learned with the tier off or a time past.
+// not count by it. Nothing is learned with the tier off or a time past,
+// and a time is cut to a window from now.
 // A learned address also goes to OnKnownGood's function (the kernel's
 // keep set).
 func (l *Limiter) LearnKnownGood(k netip.Prefix, until, now time.Time) {
 	p := l.policy()
 	if p.KnownGood.MinUsers <= 0 || !until.After(now) || !k.IsValid() {
 		return
+	}
+	// No node makes a time past a window from its login: a later one
+	// (another node's clock far ahead, or bytes in Redis that are not a
+	// node's) is cut to what this node would give.
+	if most := now.Add(p.KnownGood.Window); until.After(most) {
+		until = most
 	}
 	a := k.Addr().Unmap().WithZone("")
 	switch {

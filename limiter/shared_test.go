@@ -420,6 +420,12 @@ func TestSharedKnownGoodReachesOtherNodes(t *testing.T) {
 	if n3.KnownGood(a, now) {
 		t.Error("n3 learned a /16 or a time past")
 	}
+	// A time far ahead is cut to a window from now.
+	far := addr("192.0.2.91")
+	n3.LearnKnownGood(netip.PrefixFrom(far, 32), now.Add(1000*time.Hour), now)
+	if k := n3.KnownGoodOf(far, now); !k.AddrUntil.Equal(now.Add(time.Hour)) {
+		t.Errorf("learned until %v, want a window (1h) from now", k.AddrUntil)
+	}
 }
 
 func loginShared(t *testing.T, l *Limiter, a netip.Addr, user string, now time.Time) {
