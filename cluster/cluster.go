@@ -50,6 +50,7 @@ type Cluster struct {
 	goodQ         chan goodEntry
 	swept         bool // this node's stale share cleared since start
 	dupWarned     bool
+	beaten        bool // a heartbeat has written this instance's id
 
 	tickets *ticketKeys
 	m       *metrics

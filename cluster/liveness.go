@@ -101,10 +101,16 @@ func (c *Cluster) heartbeat(ctx context.Context, cl rueidis.Client) ([]string, e
 			}
 		}
 	}
-	if reg == 1 && inst != c.inst && inst != "" && !c.dupWarned {
+	// Another instance's id where this one wrote its own at an earlier
+	// beat is a second live process with this node id. At the first beat
+	// it is most often this node's own previous process, killed and
+	// restarted within node_ttl, so it is not warned about then: a live
+	// duplicate overwrites the id again and is seen at the next beat.
+	if reg == 1 && inst != c.inst && inst != "" && c.beaten && !c.dupWarned {
 		c.dupWarned = true
 		c.o.Log(fmt.Sprintf("imapgate: cluster: warning: another process uses node id %q (instance %s): give each replica its own cluster.node", c.o.Node, inst))
 	}
+	c.beaten = true
 	if reg == 0 && wasUp && c.l.SharedUp() {
 		return dead, errLost
 	}

@@ -891,3 +891,40 @@ max_per_ip = 20
 	}
 	ic.c.Close()
 }
+
+// A node killed and restarted within node_ttl finds its dead process's
+// instance under its id: no warning then. Two live processes with one
+// node id overwrite each other's at every beat: warned within a second
+// or so.
+func TestRealRedisNodeIDWarnsOnlyForALiveDuplicate(t *testing.T) {
+	env := redistest.Env(t)
+	tc := startCluster(t, 1, env["REDIS_URL"], "", "")
+	n1 := tc.nodes[0]
+	const warning = "another process uses node id"
+	n1.kill9()
+	before, _ := os.ReadFile(n1.logPath)
+	tc.restart(n1)
+	time.Sleep(1500 * time.Millisecond) // three heartbeats
+	after, _ := os.ReadFile(n1.logPath)
+	if l := string(after[len(before):]); strings.Contains(l, warning) {
+		t.Errorf("n1, killed and restarted, warned of a duplicate:\n%s", l)
+	}
+	// A second process with n1's id, on addresses of its own.
+	cfg, err := os.ReadFile(n1.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dup := &gateNode{id: "n1-dup", addr: freeAddr(t), admin: freeAddr(t), logPath: filepath.Join(tc.dir, "dup.log"),
+		cfgPath: filepath.Join(tc.dir, "dup.toml")}
+	text := strings.ReplaceAll(strings.ReplaceAll(string(cfg), n1.addr, dup.addr), n1.admin, dup.admin)
+	if err := os.WriteFile(dup.cfgPath, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tc.nodes = append(tc.nodes, dup) // stopped with the others
+	tc.start(dup, imapgateBinary(t))
+	waitFor(t, "a duplicate-id warning", func() bool {
+		a, _ := os.ReadFile(n1.logPath)
+		b, _ := os.ReadFile(dup.logPath)
+		return strings.Contains(string(a[len(before):]), warning) || strings.Contains(string(b), warning)
+	})
+}
