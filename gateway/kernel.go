@@ -94,12 +94,30 @@ func (g *Gate) reloadKernel(c config.Kernel) {
 		}
 		g.Log.Message(courierlog.Info, "imapgate: [kernel] reloaded: host conntrack watch "+watch)
 	}
-	if c == kp.cfg {
+	// Unchanged, unless nftables was unavailable: the reload tries again
+	// (another imapgate may have freed the table's name meanwhile).
+	if c == kp.cfg && !(c.NFTables && kp.kern.Load() == nil) {
 		return
+	}
+	// A table name another imapgate holds would leave this one with no
+	// table at all: the running one stays, and a later reload tries again.
+	if name := tableName(c); c.NFTables && kp.kern.Load() != nil && name != tableName(kp.cfg) {
+		if err := kernel.TableHeld(name); err != nil {
+			g.Log.Message(courierlog.Warning, fmt.Sprintf("imapgate: warning: [kernel] not reloaded: %v; %s stays", err, kp.note))
+			return
+		}
 	}
 	g.stopNFTablesLocked()
 	g.startNFTablesLocked(c)
 	g.Log.Message(courierlog.Info, "imapgate: [kernel] reloaded: "+kp.note)
+}
+
+// tableName is c's nftables table: kernel.table, "imapgate" by default.
+func tableName(c config.Kernel) string {
+	if c.Table == "" {
+		return "imapgate"
+	}
+	return c.Table
 }
 
 // startNFTablesLocked opens the nftables path for c, if c turns it on,
@@ -112,10 +130,7 @@ func (g *Gate) startNFTablesLocked(c config.Kernel) {
 		kp.note = "nftables off"
 		return
 	}
-	name := c.Table
-	if name == "" {
-		name = "imapgate"
-	}
+	name := tableName(c)
 	k, err := kernel.Open(kernel.Options{
 		Ports: kp.ports, DryRun: c.DryRun, Escalation: escalationOf(c), Table: name,
 		Exempt: g.neverDropped, Bans: g.Limiter.Bans, Log: g.Log.Message,

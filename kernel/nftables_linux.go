@@ -66,6 +66,18 @@ func openBackend(name string, ports []uint16) (backend, error) {
 	return n, nil
 }
 
+// TableHeld reports, as an error naming the fix, that a running imapgate
+// holds table name in this network namespace (claimTable); nil if none
+// does now.
+func TableHeld(name string) error {
+	ln, err := claimTable(name)
+	if err != nil {
+		return err
+	}
+	ln.Close()
+	return nil
+}
+
 // claimTable holds table name for this process in its network namespace,
 // where nftables tables live, until the listener is closed or the process
 // ends however it ends: an abstract unix socket, whose names are per

@@ -37,6 +37,10 @@ func checkRuntime(cfg *config.Config, f flags) error {
 			fmt.Fprintf(os.Stderr, "imapgate: warning: [kernel] nftables = true, but nftables cannot be used: %v; imapgate would go on with the userspace limits only\n", perr)
 		} else {
 			fmt.Fprintf(os.Stdout, "imapgate: kernel: nftables usable (table inet %s)\n", cfg.Kernel.Table)
+			if kernel.TableHeld(cfg.Kernel.Table) != nil {
+				fmt.Fprintf(os.Stdout, "imapgate: kernel: table inet %s is held by a running imapgate: this configuration's, if it runs; "+
+					"another instance started with it would go on with the userspace limits only (give each its own kernel.table)\n", cfg.Kernel.Table)
+			}
 			nftablesOn = true
 		}
 	}

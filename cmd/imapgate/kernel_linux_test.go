@@ -336,10 +336,24 @@ func TestRealNftablesTwoGatewaysTwoTables(t *testing.T) {
 	if names := inetTables(t); !slices.Equal(names, []string{"gate_one", "gate_two"}) {
 		t.Fatalf("tables with the third running: %v", names)
 	}
+	// A reload renaming b's table to a's keeps b's: it had removed it
+	// first and then found the new name taken, leaving b with none.
+	b.reloadWith(`table = "gate_two"`, `table = "gate_one"`)
+	b.waitLine("[kernel] not reloaded: table inet gate_one is in use by another imapgate")
+	if names := inetTables(t); !slices.Equal(names, []string{"gate_one", "gate_two"}) {
+		t.Fatalf("tables after b's refused rename: %v", names)
+	}
 	a.cmd.Process.Signal(os.Interrupt)
 	<-a.exit
 	if names := inetTables(t); !slices.Equal(names, []string{"gate_two"}) {
 		t.Fatalf("tables after one stopped: %v", names)
+	}
+	// c, which found gate_one taken, gets it at its next reload, [kernel]
+	// unchanged.
+	c.reloadWith("nftables = true", "nftables = true")
+	c.waitLine("[kernel] reloaded: nftables table inet gate_one on ports")
+	if names := slices.Sorted(slices.Values(inetTables(t))); !slices.Equal(names, []string{"gate_one", "gate_two"}) {
+		t.Fatalf("tables after c's reload: %v", names)
 	}
 }
 
