@@ -144,6 +144,11 @@ type Kernel struct {
 	recr    uint64
 	closed  bool                       // Close ran: Sync must not make the table again
 	kept    map[netip.Prefix]time.Time // in the keep sets, until (zero: no timeout)
+	// seen is the rules' packet and byte counters at their last reading,
+	// base what earlier rules of this Kernel had counted before an
+	// administrator deleted or flushed them (Sync makes them again, from
+	// zero): Stats reports base+seen, so the totals never go back.
+	seen, base [2]uint64
 	// carriedBans are the bans the Kernel before a reload had in its sets
 	// (Carry): the first Sync adds them again without counting them.
 	carriedBans map[netip.Prefix]time.Time
@@ -273,6 +278,9 @@ func (k *Kernel) Sync(now time.Time) {
 	defer k.mu.Unlock()
 	if k.closed {
 		return
+	}
+	if p, b, err := k.be.counters(); err == nil {
+		k.noteCounters(p, b) // before ensure: a table made again counts from zero
 	}
 	if recreated, err := k.be.ensure(); err != nil {
 		k.logf(courierlog.Err, "kernel: nftables table %s: %v", k.o.Table, err)
@@ -476,8 +484,27 @@ func (k *Kernel) Stats() Stats {
 		}
 	}
 	k.mu.Unlock()
-	s.Packets, s.Bytes, _ = k.be.counters()
+	p, b, err := k.be.counters()
+	k.mu.Lock()
+	if err == nil {
+		k.noteCounters(p, b)
+	}
+	s.Packets, s.Bytes = k.base[0]+k.seen[0], k.base[1]+k.seen[1]
+	k.mu.Unlock()
 	return s
+}
+
+// noteCounters takes a reading of the rules' counters; k.mu is held. A
+// reading lower than the last one means the rules were made again (an
+// administrator deleted or flushed the table): what they had counted
+// goes into base. Drops between the last reading (at most a Sync, a
+// second, ago) and the deletion are not counted.
+func (k *Kernel) noteCounters(p, b uint64) {
+	if p < k.seen[0] || b < k.seen[1] {
+		k.base[0] += k.seen[0]
+		k.base[1] += k.seen[1]
+	}
+	k.seen = [2]uint64{p, b}
 }
 
 // Run calls Sync every interval until stop is closed.

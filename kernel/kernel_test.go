@@ -13,9 +13,10 @@ import (
 
 // fake is a backend in memory.
 type fake struct {
-	els     map[netip.Prefix]time.Duration
-	kept    map[netip.Prefix]time.Duration
-	missing bool
+	els            map[netip.Prefix]time.Duration
+	kept           map[netip.Prefix]time.Duration
+	missing        bool
+	packets, bytes uint64 // the rules' counters
 }
 
 func (f *fake) ensure() (bool, error) {
@@ -31,7 +32,7 @@ func (f *fake) add(p netip.Prefix, d time.Duration) error  { f.els[p] = d; retur
 func (f *fake) del(p netip.Prefix) error                   { delete(f.els, p); return nil }
 func (f *fake) keep(p netip.Prefix, d time.Duration) error { f.kept[p] = d; return nil }
 func (f *fake) unkeep(p netip.Prefix) error                { delete(f.kept, p); return nil }
-func (f *fake) counters() (uint64, uint64, error)          { return 0, 0, nil }
+func (f *fake) counters() (uint64, uint64, error)          { return f.packets, f.bytes, nil }
 func (f *fake) close() error                               { return nil }
 
 func newFake(o Options) (*Kernel, *fake) {
@@ -246,5 +247,27 @@ func TestEscalationSyncsWithoutWaitingForTheTick(t *testing.T) {
 			t.Fatal("the escalation waited for Run's tick")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// The drop counters never go back: when an administrator deletes the
+// table, Sync makes it again with rules counting from zero, and what the
+// old rules had counted stays in the totals.
+func TestCountersSurviveATableMadeAgain(t *testing.T) {
+	k, f := newFake(Options{})
+	now := time.Unix(1_000_000, 0)
+	f.packets, f.bytes = 5, 300
+	k.Sync(now)
+	if s := k.Stats(); s.Packets != 5 || s.Bytes != 300 {
+		t.Fatalf("Stats %d/%d, want 5/300", s.Packets, s.Bytes)
+	}
+	f.packets, f.bytes, f.missing = 0, 0, true // deleted: made again from zero
+	k.Sync(now.Add(time.Second))
+	if s := k.Stats(); s.Packets != 5 || s.Bytes != 300 || s.Recreated != 1 {
+		t.Fatalf("after the table was made again: %+v, want 5/300 and one re-creation", s)
+	}
+	f.packets, f.bytes = 2, 120
+	if s := k.Stats(); s.Packets != 7 || s.Bytes != 420 {
+		t.Fatalf("Stats %d/%d, want 7/420", s.Packets, s.Bytes)
 	}
 }
