@@ -384,9 +384,13 @@ func (l *Limiter) KnownGoodOf(a netip.Addr, now time.Time) KnownGoodInfo {
 	return info
 }
 
-// KnownGoodCount counts the addresses and prefixes known-good at now
-// (a scan of both tables, shard by shard: for status, not a hot path).
+// KnownGoodCount counts the addresses and prefixes known-good at now,
+// none with the tier off (a scan of both tables, shard by shard: for
+// status, not a hot path).
 func (l *Limiter) KnownGoodCount(now time.Time) (addrs, prefixes int) {
+	if l.policy().KnownGood.MinUsers <= 0 {
+		return 0, 0 // the tier is off: nothing gets its limits
+	}
 	n := now.UnixNano()
 	return l.goodIP.count(n), l.goodPrefix.count(n)
 }

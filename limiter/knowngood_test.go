@@ -369,6 +369,15 @@ func TestKnownGoodOf(t *testing.T) {
 	if ad, px := l.KnownGoodCount(now); ad != 1 || px != 1 {
 		t.Fatalf("KnownGoodCount = %d, %d; want 1, 1", ad, px)
 	}
+	off := tierPolicy()
+	off.KnownGood.MinUsers = 0
+	if err := l.SetPolicy(off); err != nil {
+		t.Fatal(err)
+	}
+	if ad, px := l.KnownGoodCount(now); ad != 0 || px != 0 {
+		t.Fatalf("KnownGoodCount with the tier off = %d, %d", ad, px)
+	}
+	l.SetPolicy(tierPolicy())
 	if ad, px := l.KnownGoodCount(t0.Add(3 * time.Hour)); ad != 0 || px != 0 {
 		t.Fatalf("KnownGoodCount after the window = %d, %d", ad, px)
 	}

@@ -226,7 +226,7 @@ func (c *ctlClient) status(w io.Writer, raw bool) error {
 		st.Insert, st.InsertFailed, st.EarlyDrop, st.Timeout, st.Reaped)
 	fmt.Fprintf(w, "relayed      %s from clients, %s to clients\n", bytesString(st.RxBytes), bytesString(st.TxBytes))
 	fmt.Fprintf(w, "bans         %d\n", s.Bans)
-	fmt.Fprintf(w, "known-good   %d addresses, %d networks\n", s.KnownGood.Addresses, s.KnownGood.Networks)
+	fmt.Fprintf(w, "known-good   %s, %s\n", plural(s.KnownGood.Addresses, "address", "addresses"), plural(s.KnownGood.Networks, "network", "networks"))
 	for _, p := range s.UpstreamProblems {
 		fmt.Fprintf(w, "UPSTREAM     %s\n", p)
 	}
@@ -243,6 +243,14 @@ func (c *ctlClient) status(w io.Writer, raw bool) error {
 		fmt.Fprintf(w, "listening    %v, upstream %v (%v), config %v\n", s.Info["listen"], s.Info["upstream"], s.Info["upstream_mode"], s.Info["config"])
 	}
 	return nil
+}
+
+// plural is n with the word for one or for several.
+func plural(n int, one, several string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, several)
 }
 
 func mapString(m map[string]uint64) string {

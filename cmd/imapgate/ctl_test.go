@@ -35,7 +35,7 @@ func TestCtlKnownGood(t *testing.T) {
 	if !strings.Contains(out, office+" ") || !strings.Contains(out, "127.0.31.0/24") || strings.Count(out, "known-good until ") != 2 {
 		t.Fatalf("after a login: %q", out)
 	}
-	if out := d.ctl("status"); !strings.Contains(out, "known-good   1 addresses, 1 networks") {
+	if out := d.ctl("status"); !strings.Contains(out, "known-good   1 address, 1 network") {
 		t.Fatalf("ctl status: %q", out)
 	}
 }
