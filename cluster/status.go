@@ -19,8 +19,10 @@ type Status struct {
 	Nodes        []NodeStatus  `json:"nodes,omitempty"`
 	// Calls and Failures count this node's limiter calls to Redis;
 	// CacheHits the refusals answered from its over-limit memory.
-	Calls, Failures, CacheHits uint64
-	Error                      string `json:"error,omitempty"`
+	Calls     uint64 `json:"calls"`
+	Failures  uint64 `json:"failures"`
+	CacheHits uint64 `json:"cache_hits"`
+	Error     string `json:"error,omitempty"`
 }
 
 // NodeStatus is one node: alive (its liveness is current) and its

@@ -5,11 +5,14 @@
 package config
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -458,7 +461,19 @@ func Parse(name, text string) (*Config, error) {
 		errs = append(errs, &Error{File: name, Line: loc.line(p.key, p.index), Key: p.key, Msg: p.msg})
 	}
 	if len(errs) > 0 {
+		// In the file's order, as an admin fixes them (a problem with no
+		// line of its own, a default's, last).
+		slices.SortStableFunc(errs, func(a, b *Error) int {
+			return cmp.Compare(lineOrLast(a.Line), lineOrLast(b.Line))
+		})
 		return nil, errs
 	}
 	return c, nil
+}
+
+func lineOrLast(line int) int {
+	if line <= 0 {
+		return math.MaxInt
+	}
+	return line
 }

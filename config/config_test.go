@@ -179,3 +179,18 @@ func TestPreauthLoweredWithMaxPerIPSaysSo(t *testing.T) {
 		t.Fatalf("origin %q", o)
 	}
 }
+
+// Several problems come in the file's order, as an admin fixes them.
+func TestErrorsInFileOrder(t *testing.T) {
+	text := "[limits]\nmax_per_ip = -1\n[kernel]\nconntrack_watch = \"1ms\"\n[tls]\nmin_version = \"1.0\"\n[admin]\nbogus = 1\n"
+	_, err := Parse("imapgate.toml", text)
+	var es Errors
+	if !errors.As(err, &es) || len(es) < 4 {
+		t.Fatalf("err = %v, want four problems", err)
+	}
+	for i := 1; i < len(es); i++ {
+		if es[i].Line < es[i-1].Line {
+			t.Fatalf("problems out of the file's order:\n%v", err)
+		}
+	}
+}

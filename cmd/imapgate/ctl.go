@@ -115,7 +115,11 @@ func ctl(args []string, stdout, stderr io.Writer) int {
 		err = c.post(stdout, "/ban", q, *asJSON)
 	case "knowngood":
 		if len(rest) != 1 {
-			err = fmt.Errorf("knowngood needs an address")
+			err = fmt.Errorf("knowngood takes one address (its network is shown with it)")
+			break
+		}
+		if _, perr := netip.ParseAddr(rest[0]); perr != nil {
+			err = fmt.Errorf("knowngood: %q is not an address (its network is shown with it)", rest[0])
 			break
 		}
 		err = c.knownGood(stdout, rest[0], *asJSON)
