@@ -113,6 +113,8 @@ func TestProbeMessages(t *testing.T) {
 			[]string{"refused user imapgate (connecting: NOPERM", "add +hello to its ACL"}},
 		{p.redis(), errors.New("READONLY You can't write against a read only replica."), ProbeConfig,
 			[]string{"is a replica", "name the master"}},
+		{p.redis(), errors.New("ERR DB index is out of range"), ProbeConfig,
+			[]string{"has no such database", "below the server's databases setting"}},
 	} {
 		e := p.describe(tt.s, "connecting", tt.err)
 		if e.Kind != tt.kind {
@@ -228,5 +230,19 @@ a1b2 127.0.0.1:16397@26397 master,fail - 0 0 4 disconnected
 		if tp.masters != 3 || tp.replicas != 3 || tp.owner != owner {
 			t.Errorf("slot %d: %+v, want 3 masters, 3 replicas, owner %s", slot, tp, owner)
 		}
+	}
+}
+
+// A password that is Redis's own error code does not hide which error
+// it is: the code is read before the message is masked.
+func TestProbeCodeReadBeforeMasking(t *testing.T) {
+	copt, err := ParseURL("redis://imapgate:WRONGPASS@10.0.0.5:6379")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &prober{copt: copt, k: newKeys("imapgate"), user: "imapgate"}
+	e := p.describe(p.redis(), "connecting", errors.New("WRONGPASS invalid username-password pair or user is disabled."))
+	if e.Kind != ProbeAuth || !strings.Contains(e.Error(), "refused user imapgate and its password") {
+		t.Fatalf("describe = %v (kind %d), want the WRONGPASS explanation", e, e.Kind)
 	}
 }

@@ -143,7 +143,7 @@ func (p *prober) describe(s side, doing string, err error) *ProbeError {
 		user = cmp.Or(p.copt.Sentinel.Username, "default")
 	}
 	kind := kindOf(err)
-	code, _, _ := strings.Cut(msg, " ")
+	code, _, _ := strings.Cut(err.Error(), " ") // Redis's code, from the text before masking
 	var text string
 	switch {
 	case kind == ProbeUnreachable:
@@ -167,6 +167,9 @@ func (p *prober) describe(s side, doing string, err error) *ProbeError {
 	case isTLSAlert(err) && (strings.Contains(msg, "certificate required") || strings.Contains(msg, "bad certificate")):
 		text = fmt.Sprintf("%s wants a client certificate (%s: %s), which imapgate does not send: "+
 			"set tls-auth-clients no (or optional) in its redis.conf; the password authenticates imapgate", s.who, doing, msg)
+	case strings.Contains(msg, "DB index is out of range"):
+		text = fmt.Sprintf("%s has no such database (%s: %s): the URL's database number must be below "+
+			"the server's databases setting (16 unless its redis.conf says otherwise)", s.who, doing, msg)
 	case code == "READONLY":
 		text = fmt.Sprintf("%s is a replica (%s): name the master, or the sentinels with master_set", s.who, msg)
 	case strings.Contains(msg, "unknown message type"):
