@@ -3,7 +3,6 @@ package gateway
 import (
 	"os"
 	"path/filepath"
-	"reflect"
 	"runtime"
 	"strings"
 	"testing"
@@ -13,7 +12,6 @@ import (
 	"imapgate/config"
 	"imapgate/conntable"
 	"imapgate/courierlog"
-	"imapgate/kernel"
 )
 
 // A reload puts a whole checked configuration in force, or none of it.
@@ -141,23 +139,5 @@ func watchGoroutines(want int) int {
 		if n == want || time.Now().After(deadline) {
 			return n
 		}
-	}
-}
-
-// The kernel path's counters go on across a reload: the stopped Kernel's
-// are added to the running one's; element counts are the running one's.
-func TestPastCounters(t *testing.T) {
-	now := kernel.Stats{Elements4: 2, Added: map[string]uint64{kernel.ReasonBan: 1}, Packets: 5, Bytes: 300, Recreated: 1}
-	if got := pastCounters(now, nil); !reflect.DeepEqual(got, now) {
-		t.Fatalf("without a past: %+v", got)
-	}
-	past := &kernel.Stats{Added: map[string]uint64{kernel.ReasonBan: 2, kernel.ReasonEscalation: 3}, Packets: 10, Bytes: 600}
-	got := pastCounters(now, past)
-	want := kernel.Stats{Elements4: 2, Added: map[string]uint64{kernel.ReasonBan: 3, kernel.ReasonEscalation: 3}, Packets: 15, Bytes: 900, Recreated: 1}
-	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("pastCounters = %+v, want %+v", got, want)
-	}
-	if past.Added[kernel.ReasonBan] != 2 {
-		t.Fatal("pastCounters changed the past")
 	}
 }

@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"fmt"
-	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -26,9 +25,6 @@ import (
 type kernelPath struct {
 	kern      atomic.Pointer[kernel.Kernel]
 	conntrack *kernel.ConntrackWatch
-	// past holds the counters of the Kernels reloads stopped, so that the
-	// metrics' totals go on across a reload instead of starting at 0.
-	past atomic.Pointer[kernel.Stats]
 
 	mu      sync.Mutex
 	note    string
@@ -163,9 +159,6 @@ func (g *Gate) stopNFTablesLocked() {
 		kp.kstop = nil
 	}
 	if k := kp.kern.Swap(nil); k != nil {
-		st := pastCounters(k.Stats(), kp.past.Load()) // before Close: the rules' counters go with the table
-		st.Elements4, st.Elements6 = 0, 0
-		kp.past.Store(&st)
 		if err := k.Close(); err != nil {
 			g.Log.Message(courierlog.Info, fmt.Sprintf("imapgate: removing the nftables table: %v", err))
 		}
@@ -230,33 +223,13 @@ func (g *Gate) refused(addr netip.Addr, r limiter.Reason) {
 }
 
 // KernelStats feeds the metrics; ok is false when the nftables path is
-// off. The counters include those of the Kernels earlier reloads
-// replaced; the element counts are the running one's.
+// off. The counters go on from those of the Kernels earlier reloads
+// replaced (kernel.Carried); the element counts are the running one's.
 func (g *Gate) KernelStats() (kernel.Stats, bool) {
 	if k := g.kernel.kern.Load(); k != nil {
-		return pastCounters(k.Stats(), g.kernel.past.Load()), true
+		return k.Stats(), true
 	}
 	return kernel.Stats{}, false
-}
-
-// pastCounters returns s with past's counters added (additions, dropped
-// packets and bytes, table re-creations); past may be nil.
-func pastCounters(s kernel.Stats, past *kernel.Stats) kernel.Stats {
-	if past == nil {
-		return s
-	}
-	added := maps.Clone(past.Added)
-	if added == nil {
-		added = make(map[string]uint64, len(s.Added))
-	}
-	for r, n := range s.Added {
-		added[r] += n
-	}
-	s.Added = added
-	s.Packets += past.Packets
-	s.Bytes += past.Bytes
-	s.Recreated += past.Recreated
-	return s
 }
 
 // KernelMembers lists the sets' elements for /bans (nil when off).

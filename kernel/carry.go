@@ -22,6 +22,12 @@ type Carried struct {
 	pm      map[netip.Prefix]*prefixState
 	good    map[netip.Addr]time.Time
 	dryRun  bool
+	// The counters of Stats so far (additions by reason, dropped packets
+	// and bytes, table re-creations): the next Kernel goes on from them,
+	// so the metrics' totals never start again at a reload.
+	added     map[string]uint64
+	dropped   [2]uint64
+	recreated uint64
 }
 
 // Handover returns what k hands on, and leaves k's escalator empty and
@@ -31,6 +37,10 @@ type Carried struct {
 // lost.
 func (k *Kernel) Handover(now time.Time) Carried {
 	c := Carried{members: k.Members(now), dryRun: k.o.DryRun}
+	k.mu.Lock()
+	c.added, c.recreated = maps.Clone(k.added), k.recr
+	c.dropped = [2]uint64{k.base[0] + k.seen[0], k.base[1] + k.seen[1]} // read at Close, before the table went
+	k.mu.Unlock()
 	for {
 		select {
 		case e := <-k.pending:
@@ -82,6 +92,12 @@ func (k *Kernel) Handover(now time.Time) Carried {
 func (k *Kernel) Carry(c Carried, now time.Time) {
 	wasDry := c.dryRun && !k.o.DryRun
 	k.mu.Lock()
+	for r, n := range c.added {
+		k.added[r] += n
+	}
+	k.base[0] += c.dropped[0]
+	k.base[1] += c.dropped[1]
+	k.recr += c.recreated
 	for _, m := range c.members {
 		switch {
 		case m.DryRun || !m.Until.After(now):

@@ -169,9 +169,10 @@ func TestCarryAcrossDryRun(t *testing.T) {
 	}
 }
 
-// What a reload carries is not counted again: the new Kernel's additions
-// are its own (the gateway adds the old one's), so a drop or a ban in
-// force across a reload counts once in imapgate_kernel_additions_total.
+// What a reload carries is not counted again: the new Kernel goes on
+// from the old one's additions (TestCarryKeepsCounters), so a drop or a
+// ban in force across a reload counts once in
+// imapgate_kernel_additions_total.
 func TestCarryCountsNothingAgain(t *testing.T) {
 	t0 := time.Unix(1_000_000, 0)
 	banned, later := netip.MustParsePrefix("192.0.2.7/32"), netip.MustParsePrefix("192.0.2.8/32")
@@ -190,12 +191,34 @@ func TestCarryCountsNothingAgain(t *testing.T) {
 	if _, ok := f.els[banned]; !ok || len(f.els) != 2 {
 		t.Fatalf("elements %v, want the ban and the flooder again", f.els)
 	}
-	if got := k.Stats().Added; got[ReasonBan] != 0 || got[ReasonEscalation] != 0 {
-		t.Fatalf("the new Kernel counted what it was handed: %v", got)
+	if got := k.Stats().Added; got[ReasonBan] != 1 || got[ReasonEscalation] != 1 {
+		t.Fatalf("the new Kernel counted again what it was handed: %v, want the old one's 1 and 1", got)
 	}
 	bans = append(bans, limiter.Ban{Key: later, Until: t0.Add(time.Hour)})
 	k.Sync(t0.Add(time.Second))
-	if got := k.Stats().Added; got[ReasonBan] != 1 {
+	if got := k.Stats().Added; got[ReasonBan] != 2 {
 		t.Fatalf("a ban made after the reload: additions %v, want it counted", got)
+	}
+}
+
+// The counters go on across a reload: the new Kernel starts from the
+// old one's additions, dropped packets and bytes (read when it closed,
+// before its table went) and table re-creations.
+func TestCarryKeepsCounters(t *testing.T) {
+	t0 := time.Unix(1_000_000, 0)
+	old, of := newFake(Options{Escalation: DefaultEscalation})
+	flood(old, flooder, false, t0)
+	old.Sync(t0)
+	of.packets, of.bytes = 10, 600
+	of.missing = true // an administrator deleted the table once
+	old.Sync(t0.Add(time.Second))
+	of.packets, of.bytes = 0, 0 // made again, from zero; the last reading before it was 10/600
+	old.Close()
+	k, f := newFake(Options{Escalation: DefaultEscalation})
+	k.Carry(old.Handover(t0.Add(time.Second)), t0.Add(time.Second))
+	f.packets, f.bytes = 5, 300
+	s := k.Stats()
+	if s.Added[ReasonEscalation] != 1 || s.Packets != 15 || s.Bytes != 900 || s.Recreated != 1 {
+		t.Fatalf("the new Kernel's Stats %+v, want 1 escalation, 15 packets, 900 bytes, 1 re-creation", s)
 	}
 }

@@ -149,6 +149,7 @@ type Kernel struct {
 	// administrator deleted or flushed them (Sync makes them again, from
 	// zero): Stats reports base+seen, so the totals never go back.
 	seen, base [2]uint64
+	seenAt     time.Time // when Sync last read them: at most once a second, not at every escalation's wake
 	// carriedBans are the bans the Kernel before a reload had in its sets
 	// (Carry): the first Sync adds them again without counting them.
 	carriedBans map[netip.Prefix]time.Time
@@ -279,8 +280,11 @@ func (k *Kernel) Sync(now time.Time) {
 	if k.closed {
 		return
 	}
-	if p, b, err := k.be.counters(); err == nil {
-		k.noteCounters(p, b) // before ensure: a table made again counts from zero
+	if now.Sub(k.seenAt) >= time.Second {
+		if p, b, err := k.be.counters(); err == nil {
+			k.noteCounters(p, b) // before ensure: a table made again counts from zero
+		}
+		k.seenAt = now
 	}
 	if recreated, err := k.be.ensure(); err != nil {
 		k.logf(courierlog.Err, "kernel: nftables table %s: %v", k.o.Table, err)
@@ -559,6 +563,9 @@ func (k *Kernel) Close() error {
 		return nil
 	}
 	k.closed = true
+	if p, b, err := k.be.counters(); err == nil {
+		k.noteCounters(p, b) // the last reading: the rules go with the table
+	}
 	return k.be.close()
 }
 
