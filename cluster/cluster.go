@@ -119,15 +119,8 @@ func (c *Cluster) Start(l *limiter.Limiter) {
 // for ever, and the log would only say that Redis does not answer.
 func (c *Cluster) diagnose() {
 	defer c.wg.Done()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second) // Close cancels c.ctx
 	defer cancel()
-	go func() {
-		select {
-		case <-c.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	var pe *ProbeError
 	if _, err := Probe(ctx, c.o); errors.As(err, &pe) && pe.Kind != ProbeUnreachable && ctx.Err() == nil {
 		c.o.Log(fmt.Sprintf("imapgate: cluster: error: %v; this node stays on local limits until [cluster] is fixed", err))
@@ -239,14 +232,8 @@ func (c *Cluster) bringUp(ctx context.Context) error {
 	if err := c.l.Republish(ctx, time.Now()); err != nil {
 		return err
 	}
-	if err := c.syncBans(ctx, cl, true); err != nil {
+	if err := c.syncShared(ctx, cl, true); err != nil {
 		return err
-	}
-	if err := c.syncGood(ctx, cl, true); err != nil {
-		return err
-	}
-	if c.tickets != nil {
-		c.tickets.refresh(ctx, c, true)
 	}
 	c.degradedSince.Store(0)
 	return nil

@@ -64,14 +64,21 @@ func (c *Cluster) beat() error {
 			return err
 		}
 	}
-	if err := c.syncBans(ctx, cl, false); err != nil {
+	return c.syncShared(ctx, cl, false)
+}
+
+// syncShared takes what other nodes changed: the bans, the known-good
+// tier (each reloaded when its version moved, or always with full) and
+// the ticket keys.
+func (c *Cluster) syncShared(ctx context.Context, cl rueidis.Client, full bool) error {
+	if err := c.syncBans(ctx, cl, full); err != nil {
 		return err
 	}
-	if err := c.syncGood(ctx, cl, false); err != nil {
+	if err := c.syncGood(ctx, cl, full); err != nil {
 		return err
 	}
 	if c.tickets != nil {
-		c.tickets.refresh(ctx, c, false)
+		c.tickets.refresh(ctx, c, full)
 	}
 	return nil
 }
