@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/google/nftables"
-	"github.com/google/nftables/expr"
 
 	"imapgate/courierlog"
 	"imapgate/internal/netnstest"
@@ -127,28 +126,6 @@ func conntrackCount(t *testing.T) int {
 	return n
 }
 
-// trackConnections makes conntrack follow this namespace's traffic, as a
-// host's firewall with "ct state" rules does (a fresh namespace tracks
-// nothing until something asks for it).
-func trackConnections(t *testing.T) {
-	c, err := nftables.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tb := c.AddTable(&nftables.Table{Name: "hostfw", Family: nftables.TableFamilyINet})
-	ch := c.AddChain(&nftables.Chain{Name: "input", Table: tb, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter})
-	c.AddRule(&nftables.Rule{Table: tb, Chain: ch, Exprs: []expr.Any{
-		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: []byte{0xff, 0xff, 0xff, 0xff}, Xor: make([]byte, 4)},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
-		&expr.Counter{},
-	}})
-	if err := c.Flush(); err != nil {
-		t.Fatalf("host firewall with ct state: %v", err)
-	}
-}
-
 func tableExists(t *testing.T, name string) bool {
 	c, err := nftables.New()
 	if err != nil {
@@ -178,7 +155,7 @@ func TestRealNftablesBanDropsBeforeConntrack(t *testing.T) {
 	// prerouting first, as a remote client's do.
 	peer := netnstest.NewPeer(t, 3)
 	banned, other, net24 := peer.Sources[0].String(), peer.Sources[1].String(), peer.Sources[2].String()
-	trackConnections(t)
+	netnstest.TrackConnections(t)
 	l := listenOn(t, peer.LocalAddr.String(), peer)
 	var b bans
 	var logs logLines

@@ -107,6 +107,16 @@ func (c *conn) serve(ctx context.Context, a admission) (r *relay) {
 	return nil
 }
 
+// resetOnClose makes the close of a connection refused before TLS a
+// reset, as the accept loop's refusals are (sock.Acceptor): conntrack
+// forgets it in 10 s instead of 120. Only a client's own connection: a
+// balancer's (PROXY protocol) is closed as usual.
+func (c *conn) resetOnClose() {
+	if tc, ok := c.raw.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+}
+
 // admit takes the limiter's decision (made here unless the accept loop
 // made it) and the connection's table entry, and waits for a pre-login
 // slot if the decision says so. It reports whether the connection may go
@@ -128,6 +138,7 @@ func (c *conn) admit(ctx context.Context, a admission) bool {
 		}
 		var keep bool
 		if a, keep = s.decide(cl); !keep {
+			c.resetOnClose()
 			return false
 		}
 	}
@@ -143,6 +154,7 @@ func (c *conn) admit(ctx context.Context, a admission) bool {
 			s.report(d, false) // a refusal with bye is reported after TLS
 		}
 		if d.Refused && d.Action != limiter.Bye {
+			c.resetOnClose()
 			return false
 		}
 	}

@@ -71,7 +71,8 @@ func main() {
 	fetches := flag.Int("fetches", 64, "1 MiB FETCHes per bulk session")
 	attempts := flag.Int("flood", 3000, "refused attempts in the flood scenario")
 	floodHonest := flag.Int("flood-honest", 200, "flood scenario: honest sessions timed without the flood and during it (each side)")
-	peersFlag := flag.String("peers", "haproxy,imapgate,nginx", "peers to measure (haproxy, imapgate, nginx, imapgate-kernel, baseline; floor: accept and close only, built from integration/bench/floor.c, flood scenario only)")
+	peersFlag := flag.String("peers", "haproxy,imapgate,nginx", "peers to measure (haproxy, imapgate, nginx, imapgate-kernel, baseline; floor: accept and close only, built from integration/bench/floor.c, flood scenario only; floor-reset: the same closing with a reset, as HAProxy and imapgate refuse)")
+	gateProcs := flag.Int("gate-procs", 1, "GOMAXPROCS of the imapgate peers (pinned to -core all the same; 2 is what imapgate has on a two-core machine)")
 	serverCore := flag.Int("core", 0, "the core the proxies are pinned to (run this tool on another)")
 	profile := flag.String("cpuprofile", "", "write imapgate's CPU profile to `file` (its last run; with -cluster, replica 0's of the last round to file.standalone and file.cluster)")
 	only := flag.String("only", "", "comma-separated scenarios to run (session, idle, bulk, flood, table); default all")
@@ -108,6 +109,7 @@ func main() {
 	defer os.RemoveAll(dir)
 	setup, err := prepare(dir, *serverCore)
 	check(err)
+	setup.gateProcs = *gateProcs
 	if *baseline != "" {
 		setup.baseline, err = filepath.Abs(*baseline)
 		check(err)
@@ -159,7 +161,7 @@ func main() {
 			p, err := setup.start(name, "")
 			check(err)
 			fmt.Printf("round %d: %s (pid %d) ...", round+1, name, p.pid)
-			if name == "floor" {
+			if isFloor(name) {
 				// Accept and close only: the flood's refusals are all it has.
 				if run("flood") {
 					f, err := flood(p, *attempts, *floodHonest)
@@ -376,38 +378,47 @@ func report(w *os.File, peers []string, results map[string]map[string][]float64)
 	tw.Flush()
 }
 
-// floorReport sets the flood's CPU per refused attempt against peer
-// "floor" (accept and close, nothing else), round by round: each peer's
-// multiple of the floor, and what its own code adds above it. A budget
+// isFloor says whether peer name is a floor: accept and close only.
+func isFloor(name string) bool { return name == "floor" || name == "floor-reset" }
+
+// floorReport sets the flood's CPU per refused attempt against the floor
+// peers (accept and close, nothing else; "floor-reset" closing with a
+// reset, as HAProxy and imapgate refuse), round by round: each peer's
+// multiple of a floor, and what its own code adds above it. A budget
 // stated against HAProxy is below what any proxy can reach when it is
 // below the floor.
 func floorReport(w *os.File, results map[string]map[string][]float64, attempts int) {
 	cpu := results["flood-cpu"]
-	floor := cpu["floor"]
-	if len(floor) == 0 {
-		return
-	}
-	fmt.Fprintf(w, "\nflood CPU per refused attempt against the floor (accept4 and close only, %.1f µs, median of %d round(s)):\n", medianF(floor), len(floor))
-	// CPU is read in clock ticks of 10 ms (USER_HZ): over few attempts one
-	// tick more or less moves a figure visibly.
-	if tick := 10e3 / float64(attempts); tick > 0.02*medianF(floor) {
-		fmt.Fprintf(w, "  (one 10 ms clock tick is %.1f µs per attempt over %d attempts: take -flood 20000 or more for figures to set against each other)\n", tick, attempts)
-	}
-	for _, name := range []string{"haproxy", "nginx", "imapgate", "baseline"} {
-		vs := cpu[name]
-		if len(vs) == 0 {
+	for _, f := range []struct{ name, what string }{
+		{"floor", "accept4 and close, FIN"},
+		{"floor-reset", "accept4, SO_LINGER 0 and close: a reset, as HAProxy and imapgate refuse"},
+	} {
+		floor := cpu[f.name]
+		if len(floor) == 0 {
 			continue
 		}
-		var above []float64
-		for i := 0; i < len(vs) && i < len(floor); i++ {
-			above = append(above, vs[i]-floor[i])
+		fmt.Fprintf(w, "\nflood CPU per refused attempt against %s (%s; %.1f µs, median of %d round(s)):\n", f.name, f.what, medianF(floor), len(floor))
+		// CPU is read in clock ticks of 10 ms (USER_HZ): over few attempts
+		// one tick more or less moves a figure visibly.
+		if tick := 10e3 / float64(attempts); tick > 0.02*medianF(floor) {
+			fmt.Fprintf(w, "  (one 10 ms clock tick is %.1f µs per attempt over %d attempts: take -flood 20000 or more for figures to set against each other)\n", tick, attempts)
 		}
-		r, _ := pairedRatio(vs, floor)
-		fmt.Fprintf(w, "  %-9s %.2f× the floor; its own code %+.1f µs per attempt\n", name, r, medianF(above))
-	}
-	if h := cpu["haproxy"]; len(h) > 0 {
-		r, _ := pairedRatio(floor, h)
-		fmt.Fprintf(w, "  the floor is %.2f× HAProxy's figure\n", r)
+		for _, name := range []string{"haproxy", "nginx", "imapgate", "baseline"} {
+			vs := cpu[name]
+			if len(vs) == 0 {
+				continue
+			}
+			var above []float64
+			for i := 0; i < len(vs) && i < len(floor); i++ {
+				above = append(above, vs[i]-floor[i])
+			}
+			r, _ := pairedRatio(vs, floor)
+			fmt.Fprintf(w, "  %-9s %.2f× the floor; its own code %+.1f µs per attempt\n", name, r, medianF(above))
+		}
+		if h := cpu["haproxy"]; len(h) > 0 {
+			r, _ := pairedRatio(floor, h)
+			fmt.Fprintf(w, "  %s is %.2f× HAProxy's figure\n", f.name, r)
+		}
 	}
 }
 

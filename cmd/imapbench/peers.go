@@ -25,15 +25,16 @@ type peer struct {
 const perIPLimit = 20
 
 type peerSetup struct {
-	dir      string // work directory
-	cert     string // PEM: cert then key (HAProxy) — imapgate reads it too
-	certOnly string
-	keyOnly  string
-	upstream string
-	gate     string // imapgate binary
-	baseline string // another imapgate binary, measured as peer "baseline"
-	core     int
-	profile  string // write imapgate's CPU profile here
+	dir       string // work directory
+	cert      string // PEM: cert then key (HAProxy) — imapgate reads it too
+	certOnly  string
+	keyOnly   string
+	upstream  string
+	gate      string // imapgate binary
+	baseline  string // another imapgate binary, measured as peer "baseline"
+	core      int
+	gateProcs int    // GOMAXPROCS of the imapgate peers
+	profile   string // write imapgate's CPU profile here
 }
 
 func freePort() string {
@@ -71,7 +72,7 @@ func (s *peerSetup) start(name, profile string) (*peer, error) {
 		if s.profile != "" && name == "imapgate" {
 			args = append(args, "-cpuprofile", s.profile)
 		}
-		env = append(env, "GOMAXPROCS=1")
+		env = append(env, "GOMAXPROCS="+strconv.Itoa(max(s.gateProcs, 1)))
 	case "haproxy":
 		cfg := filepath.Join(s.dir, "haproxy.cfg")
 		os.WriteFile(cfg, []byte(fmt.Sprintf(`
@@ -123,13 +124,16 @@ stream {
 }
 `, s.dir, s.dir, host, port, s.certOnly, s.keyOnly, perIPLimit, s.upstream)), 0o644)
 		args = []string{"nginx", "-p", s.dir, "-c", cfg}
-	case "floor":
+	case "floor", "floor-reset":
 		bin, err := s.buildFloor()
 		if err != nil {
 			return nil, err
 		}
 		host, port, _ := net.SplitHostPort(addr)
 		args = []string{bin, host, port}
+		if name == "floor-reset" {
+			args = append(args, "reset")
+		}
 	default:
 		return nil, fmt.Errorf("unknown peer %s", name)
 	}
@@ -152,8 +156,8 @@ stream {
 	return nil, fmt.Errorf("%s did not start listening on %s", name, addr)
 }
 
-// buildFloor compiles integration/bench/floor.c (peer "floor": accept and
-// close, nothing else) with the system's C compiler, once per run.
+// buildFloor compiles integration/bench/floor.c (peers "floor" and
+// "floor-reset": accept and close, nothing else) with the system's C compiler, once per run.
 func (s *peerSetup) buildFloor() (string, error) {
 	bin := filepath.Join(s.dir, "floor")
 	if _, err := os.Stat(bin); err == nil {

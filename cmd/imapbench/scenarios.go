@@ -255,7 +255,7 @@ func flood(p *peer, attempts, honest int) (f floodFigures, err error) {
 	if err != nil {
 		return f, err
 	}
-	if p.name == "floor" {
+	if isFloor(p.name) {
 		// It refuses everything: no sessions to hold, no honest clients.
 		r, err := floodPass(p, "127.250.250.250", attempts, hello)
 		if err != nil {

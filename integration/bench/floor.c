@@ -7,7 +7,13 @@
  * accept and the close plus the system calls' entry; a proxy's figure
  * less this floor is what its own code adds.
  *
- * Usage: floor IPV4 PORT
+ * With "reset" it closes each connection with a single RST (SO_LINGER 0),
+ * as HAProxy's tcp-request connection reject and imapgate's refusals do;
+ * without, with FIN. On loopback a FIN close looks cheaper to the server
+ * than it is: the client's FIN and ACK that follow are processed on the
+ * client's core, where a remote client's would be the server's.
+ *
+ * Usage: floor IPV4 PORT [reset]
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -15,15 +21,18 @@
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 int main(int argc, char **argv) {
-	if (argc != 3) {
-		fprintf(stderr, "usage: floor IPV4 PORT\n");
+	if (argc != 3 && !(argc == 4 && strcmp(argv[3], "reset") == 0)) {
+		fprintf(stderr, "usage: floor IPV4 PORT [reset]\n");
 		return 2;
 	}
+	int reset = argc == 4;
+	struct linger nolinger = {.l_onoff = 1, .l_linger = 0};
 	int ln = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	int one = 1;
 	setsockopt(ln, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -53,6 +62,8 @@ int main(int argc, char **argv) {
 			socklen_t sl = sizeof ss;
 			int c = accept4(ln, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
 			if (c >= 0) {
+				if (reset)
+					setsockopt(c, SOL_SOCKET, SO_LINGER, &nolinger, sizeof nolinger);
 				close(c);
 				continue;
 			}

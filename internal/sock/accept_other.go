@@ -36,6 +36,7 @@ func (a *Acceptor) Accept(admit func(remote netip.AddrPort) bool) (net.Conn, net
 			c.(*net.TCPConn).SetNoDelay(true)
 			return c, AddrPort(c.LocalAddr()), nil
 		}
+		c.(*net.TCPConn).SetLinger(0) // a reset, as on Linux
 		c.Close()
 	}
 }
