@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -26,6 +27,12 @@ type kernelPath struct {
 	kern      atomic.Pointer[kernel.Kernel]
 	conntrack *kernel.ConntrackWatch
 
+	// goodMu orders a login's known-good news against the path's start
+	// and stop: it goes to the running Kernel, or, with none, into
+	// offGood (at most maxOffGood addresses), which the next one takes.
+	goodMu  sync.Mutex
+	offGood map[netip.Addr]time.Time
+
 	mu      sync.Mutex
 	note    string
 	ports   []uint16
@@ -49,11 +56,7 @@ func (g *Gate) StartKernel(lns []net.Listener) {
 			ports = append(ports, uint16(ta.Port))
 		}
 	}
-	g.Limiter.OnKnownGood(func(a netip.Addr, until time.Time) {
-		if k := kp.kern.Load(); k != nil {
-			k.Good(a, until)
-		}
-	})
+	g.Limiter.OnKnownGood(kp.good)
 	kp.mu.Lock()
 	defer kp.mu.Unlock()
 	if kp.closed {
@@ -141,7 +144,13 @@ func (g *Gate) startNFTablesLocked(c config.Kernel) {
 	}
 	k.Carry(kp.carried, time.Now())
 	kp.carried = kernel.Carried{}
+	kp.goodMu.Lock()
+	for a, until := range kp.offGood {
+		k.Good(a, until)
+	}
+	kp.offGood = nil
 	kp.kern.Store(k)
+	kp.goodMu.Unlock()
 	kp.note = fmt.Sprintf("nftables table inet %s on ports %v", name, kp.ports)
 	if c.DryRun {
 		kp.note += " (dry run)"
@@ -158,11 +167,42 @@ func (g *Gate) stopNFTablesLocked() {
 		close(kp.kstop)
 		kp.kstop = nil
 	}
-	if k := kp.kern.Swap(nil); k != nil {
+	kp.goodMu.Lock() // a login that took k has told it before Handover
+	k := kp.kern.Swap(nil)
+	kp.goodMu.Unlock()
+	if k != nil {
 		if err := k.Close(); err != nil {
 			g.Log.Message(courierlog.Info, fmt.Sprintf("imapgate: removing the nftables table: %v", err))
 		}
 		kp.carried = k.Handover(time.Now()) // after Close: no Sync takes from its queue
+	}
+}
+
+// maxOffGood bounds the known-good addresses kept while the nftables path
+// is off, as kernel.Options.MaxTracked's default bounds a Kernel's.
+const maxOffGood = 1 << 16
+
+// good is the limiter's known-good news (Limiter.OnKnownGood): the running
+// Kernel keeps the address out of a dropped prefix; with the path off or
+// unavailable, it is kept for the next one, so turning nftables on again
+// does not drop an office that became known-good meanwhile.
+func (kp *kernelPath) good(a netip.Addr, until time.Time) {
+	kp.goodMu.Lock()
+	defer kp.goodMu.Unlock()
+	if k := kp.kern.Load(); k != nil {
+		k.Good(a, until)
+		return
+	}
+	if kp.offGood == nil {
+		kp.offGood = make(map[netip.Addr]time.Time)
+	}
+	if len(kp.offGood) >= maxOffGood {
+		maps.DeleteFunc(kp.offGood, func(_ netip.Addr, u time.Time) bool { return !u.After(time.Now()) })
+	}
+	if old, ok := kp.offGood[a]; ok || len(kp.offGood) < maxOffGood {
+		if until.After(old) {
+			kp.offGood[a] = until
+		}
 	}
 }
 

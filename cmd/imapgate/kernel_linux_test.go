@@ -511,6 +511,37 @@ max = "1m0s"
 	}
 }
 
+// An address that becomes known-good while nftables is off is in the
+// keep set as soon as it is turned on again: a dropped prefix of its never
+// drops the office, though it logged in before the table existed.
+func TestRealNftablesKnownGoodWhileOffIsKept(t *testing.T) {
+	if !netnstest.Enter(t, netnstest.Options{}) {
+		return
+	}
+	d := startDaemon(t, "[limits.known_good]\nmin_users = 1\n[kernel]\nnftables = false\ntable = \"gate_a\"\n", nil, nil)
+	office := netip.MustParseAddr("127.0.60.1")
+	c, err := d.login(office.String(), "demo", "demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Logout().Wait()
+	c.Close()
+	if out := d.ctl("knowngood", office.String()); !strings.Contains(out, "known-good until") {
+		t.Fatalf("ctl knowngood after the login:\n%s", out)
+	}
+	d.reloadWith("nftables = false", "nftables = true")
+	d.waitLine("[kernel] reloaded: nftables table inet gate_a on ports")
+	// The keep set is filled at the path's first Sync.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if _, ok := setElement(t, "gate_a", "keep4", office); ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s, known-good since a login while nftables was off, is not in the keep set", office)
+		}
+	}
+}
+
 // elementTimeout is the timeout a's element in table's ban4 was added
 // with (the kernel's own record of it).
 func elementTimeout(t *testing.T, table string, a netip.Addr) time.Duration {
@@ -534,4 +565,28 @@ func elementTimeout(t *testing.T, table string, a netip.Addr) time.Duration {
 	}
 	t.Fatalf("%s not in %s's ban4: %+v", a, table, els)
 	return 0
+}
+
+// setElement returns the timeout of a's element in table's set, and
+// whether there is one.
+func setElement(t *testing.T, table, set string, a netip.Addr) (time.Duration, bool) {
+	t.Helper()
+	nc, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := nc.GetSetByName(&nftables.Table{Name: table, Family: nftables.TableFamilyINet}, set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	els, err := nc.GetSetElements(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range els {
+		if k, ok := netip.AddrFromSlice(e.Key); ok && k == a && !e.IntervalEnd {
+			return e.Timeout, true
+		}
+	}
+	return 0, false
 }
