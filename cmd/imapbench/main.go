@@ -22,6 +22,7 @@ import (
 	"encoding/pem"
 	"flag"
 	"fmt"
+	"math"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -401,7 +402,8 @@ func floorReport(w *os.File, results map[string]map[string][]float64, attempts i
 		// CPU is read in clock ticks of 10 ms (USER_HZ): over few attempts
 		// one tick more or less moves a figure visibly.
 		if tick := 10e3 / float64(attempts); tick > 0.02*medianF(floor) {
-			fmt.Fprintf(w, "  (one 10 ms clock tick is %.1f µs per attempt over %d attempts: take -flood 20000 or more for figures to set against each other)\n", tick, attempts)
+			enough := int(math.Ceil(10e3/(0.02*medianF(floor))/1000)) * 1000
+			fmt.Fprintf(w, "  (one 10 ms clock tick is %.1f µs per attempt over %d attempts, over 2 %% of the floor: take -flood %d or more for figures to set against each other)\n", tick, attempts, enough)
 		}
 		for _, name := range []string{"haproxy", "nginx", "imapgate", "baseline"} {
 			vs := cpu[name]
