@@ -132,6 +132,14 @@ func ctl(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if err != nil {
+		if *asJSON {
+			// Scripts read stdout: the failure is JSON there too, in the
+			// admin endpoint's own shape.
+			b, _ := json.Marshal(struct {
+				Error string `json:"error"`
+			}{err.Error()})
+			fmt.Fprintf(stdout, "%s\n", b)
+		}
 		fmt.Fprintln(stderr, "imapgate ctl:", err)
 		return 1
 	}
@@ -206,9 +214,12 @@ func ctlError(status string, body []byte) error {
 // reports done.
 func (c *ctlClient) get(w io.Writer, path string, q url.Values, raw bool, v any) (done bool, err error) {
 	body, err := c.do("GET", path, q)
-	if err != nil || raw {
-		w.Write(body)
+	if err != nil {
 		return true, err
+	}
+	if raw {
+		w.Write(body)
+		return true, nil
 	}
 	return false, json.Unmarshal(body, v)
 }
@@ -374,9 +385,12 @@ func (c *ctlClient) conns(w io.Writer, filters []string, raw bool) error {
 
 func (c *ctlClient) post(w io.Writer, path string, q url.Values, raw bool) error {
 	body, err := c.do("POST", path, q)
-	if err != nil || raw {
-		w.Write(body)
+	if err != nil {
 		return err
+	}
+	if raw {
+		w.Write(body)
+		return nil
 	}
 	var m map[string]any
 	json.Unmarshal(body, &m)

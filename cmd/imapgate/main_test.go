@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math"
@@ -289,6 +290,22 @@ func TestMetricsAndCtl(t *testing.T) {
 	if d.metric(`imapgate_config_reloads_total{result="ok"}`) != 1 {
 		t.Error("reload not counted")
 	}
+	// A failed reload with -json: the error as JSON on stdout (scripts
+	// parse it), the text on stderr, exit status 1.
+	path := filepath.Join(d.dir, "imapgate.toml")
+	good, _ := os.ReadFile(path)
+	os.WriteFile(path, append([]byte("maxperip = 4\n"), good...), 0o644)
+	cmd := exec.Command(binary, "ctl", "-admin", "unix:"+d.admin, "-json", "reload")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	var failed struct {
+		Error string `json:"error"`
+	}
+	if err := cmd.Run(); cmd.ProcessState.ExitCode() != 1 || json.Unmarshal(stdout.Bytes(), &failed) != nil ||
+		!strings.Contains(failed.Error, "imapgate.toml:1: maxperip") || !strings.Contains(stderr.String(), "imapgate.toml:1: maxperip") {
+		t.Errorf("ctl -json reload of a bad config: %v; stdout %q, stderr %q", err, stdout.String(), stderr.String())
+	}
+	os.WriteFile(path, good, 0o644)
 	if got := d.get("/readyz"); got != "ready\n" {
 		t.Errorf("readyz %q", got)
 	}
