@@ -19,6 +19,7 @@ import (
 	"github.com/emersion/go-sasl"
 
 	"imapgate/config"
+	"imapgate/internal/envfile"
 	"imapgate/upstream"
 )
 
@@ -48,12 +49,7 @@ func needCourier(t *testing.T) *courier {
 	if err != nil {
 		t.Fatalf("IMAPGATE_COURIER: %v", err)
 	}
-	env := map[string]string{}
-	for _, l := range strings.Split(string(data), "\n") {
-		if k, v, ok := strings.Cut(l, "="); ok {
-			env[k] = v
-		}
-	}
+	env := envfile.Parse(data)
 	c := &courier{plain: env["COURIER_PLAIN"], tls: env["COURIER_TLS"], users: strings.Fields(env["COURIER_USERS"]),
 		pass: env["COURIER_PASS"], log: env["COURIER_LOG"], setup: env["COURIER_SETUP"],
 		imaplogin: env["COURIER_IMAPLOGIN"], imapd: env["COURIER_IMAPD"], etc: env["COURIER_ETC"]}

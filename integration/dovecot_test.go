@@ -17,6 +17,7 @@ import (
 
 	"github.com/emersion/go-sasl"
 
+	"imapgate/internal/envfile"
 	"imapgate/upstream"
 )
 
@@ -51,12 +52,7 @@ func needDovecot(t *testing.T) *dovecot {
 	if err != nil {
 		t.Fatalf("IMAPGATE_DOVECOT: %v", err)
 	}
-	env := map[string]string{}
-	for _, l := range strings.Split(string(data), "\n") {
-		if k, v, ok := strings.Cut(l, "="); ok {
-			env[k] = v
-		}
-	}
+	env := envfile.Parse(data)
 	d := &dovecot{plain: env["DOVECOT_PLAIN"], haproxy: env["DOVECOT_HAPROXY"], users: strings.Fields(env["DOVECOT_USERS"]),
 		pass: env["DOVECOT_PASS"], master: env["DOVECOT_MASTER"], log: env["DOVECOT_LOG"]}
 	d.userIPMax, err = strconv.Atoi(env["DOVECOT_USERIP_MAX"])

@@ -268,23 +268,23 @@ write_env() {
     spass=$(password sentinel-password)
     for p in ${CLUSTER_PORTS#* }; do cl="$cl&addr=127.0.0.1:$p"; done
     cat >"$DIR/env" <<ENV
-REDIS_URL=redis://$USER:$pass@127.0.0.1:$PORT_MAIN
-REDIS_UNIX_URL=unix://$USER:$pass@$DIR/$PORT_MAIN/redis.sock
-REDIS_OUTAGE_URL=redis://$USER:$pass@127.0.0.1:$PORT_OUTAGE
-REDIS_OUTAGE_PORT=$PORT_OUTAGE
-REDIS_TICKETS_URL=redis://$USER:$pass@127.0.0.1:$PORT_TICKETS
-REDIS_TICKETS_PORT=$PORT_TICKETS
-REDIS_SENTINEL_URL=redis://$USER:$pass@127.0.0.1:$PORT_SENTINEL?master_set=imapgate&sentinel_username=$SENTINEL_USER&sentinel_password=$spass
-REDIS_SENTINEL_PORT=$PORT_SENTINEL
-REDIS_SENTINEL_USER=$SENTINEL_USER
-REDIS_SENTINEL_PASSWORD=$spass
-REDIS_CLUSTER_URL=redis://$USER:$pass@127.0.0.1:${CLUSTER_PORTS%% *}?${cl#&}
-REDIS_CLUSTER_PORTS=$(echo $CLUSTER_PORTS | tr ' ' ,)
-REDIS_CLUSTER_REPLICA_PORTS=$(echo $CLUSTER_REPLICA_PORTS | tr ' ' ,)
-REDIS_SENTINEL_PORTS=$PORT_A,$PORT_B
-REDIS_ADMIN_URL=redis://setup:$(password setup-password)@127.0.0.1:$PORT_MAIN
-REDIS_SETUP=$(cd "$(dirname "$0")" && pwd)/setup.sh
-REDIS_DIR=$DIR
+REDIS_URL='redis://$USER:$pass@127.0.0.1:$PORT_MAIN'
+REDIS_UNIX_URL='unix://$USER:$pass@$DIR/$PORT_MAIN/redis.sock'
+REDIS_OUTAGE_URL='redis://$USER:$pass@127.0.0.1:$PORT_OUTAGE'
+REDIS_OUTAGE_PORT='$PORT_OUTAGE'
+REDIS_TICKETS_URL='redis://$USER:$pass@127.0.0.1:$PORT_TICKETS'
+REDIS_TICKETS_PORT='$PORT_TICKETS'
+REDIS_SENTINEL_URL='redis://$USER:$pass@127.0.0.1:$PORT_SENTINEL?master_set=imapgate&sentinel_username=$SENTINEL_USER&sentinel_password=$spass'
+REDIS_SENTINEL_PORT='$PORT_SENTINEL'
+REDIS_SENTINEL_USER='$SENTINEL_USER'
+REDIS_SENTINEL_PASSWORD='$spass'
+REDIS_CLUSTER_URL='redis://$USER:$pass@127.0.0.1:${CLUSTER_PORTS%% *}?${cl#&}'
+REDIS_CLUSTER_PORTS='$(echo $CLUSTER_PORTS | tr ' ' ,)'
+REDIS_CLUSTER_REPLICA_PORTS='$(echo $CLUSTER_REPLICA_PORTS | tr ' ' ,)'
+REDIS_SENTINEL_PORTS='$PORT_A,$PORT_B'
+REDIS_ADMIN_URL='redis://setup:$(password setup-password)@127.0.0.1:$PORT_MAIN'
+REDIS_SETUP='$(cd "$(dirname "$0")" && pwd)/setup.sh'
+REDIS_DIR='$DIR'
 ENV
     chmod 600 "$DIR/env"
 }

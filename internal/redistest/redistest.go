@@ -7,8 +7,9 @@ package redistest
 import (
 	"fmt"
 	"os"
-	"strings"
 	"testing"
+
+	"imapgate/internal/envfile"
 )
 
 // path is the environment file's path.
@@ -24,13 +25,7 @@ func read() (map[string]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("real Redis not set up (%w): run sudo integration/redis/setup.sh install && sudo integration/redis/setup.sh start", err)
 	}
-	env := map[string]string{}
-	for _, l := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(l, "="); ok {
-			env[k] = v
-		}
-	}
-	return env, nil
+	return envfile.Parse(b), nil
 }
 
 // Env returns the file's keys. Without the file the test fails under CI
