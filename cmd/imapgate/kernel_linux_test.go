@@ -546,25 +546,11 @@ func TestRealNftablesKnownGoodWhileOffIsKept(t *testing.T) {
 // with (the kernel's own record of it).
 func elementTimeout(t *testing.T, table string, a netip.Addr) time.Duration {
 	t.Helper()
-	nc, err := nftables.New()
-	if err != nil {
-		t.Fatal(err)
+	d, ok := setElement(t, table, "ban4", a)
+	if !ok {
+		t.Fatalf("%s not in %s's ban4", a, table)
 	}
-	set, err := nc.GetSetByName(&nftables.Table{Name: table, Family: nftables.TableFamilyINet}, "ban4")
-	if err != nil {
-		t.Fatal(err)
-	}
-	els, err := nc.GetSetElements(set)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range els {
-		if k, ok := netip.AddrFromSlice(e.Key); ok && k == a && !e.IntervalEnd {
-			return e.Timeout
-		}
-	}
-	t.Fatalf("%s not in %s's ban4: %+v", a, table, els)
-	return 0
+	return d
 }
 
 // setElement returns the timeout of a's element in table's set, and

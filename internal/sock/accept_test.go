@@ -11,16 +11,7 @@ import (
 // The acceptor closes what admit refuses, at once, and hands over what it
 // keeps with the addresses the client used, on every platform.
 func TestAcceptorRefusesAndKeeps(t *testing.T) {
-	ln, err := net.Listen("tcp", ":0") // wildcard: the local address is the one reached
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	acc, err := NewAcceptor(ln.(*net.TCPListener))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer acc.Close()
+	ln, acc := listenAcceptor(t, ":0") // wildcard: the local address is the one reached
 	port := AddrPort(ln.Addr()).Port()
 	dial := func() net.Conn {
 		c, err := net.Dial("tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), port).String())
@@ -106,4 +97,21 @@ func tcpPair(t *testing.T) (net.Conn, net.Conn) {
 	}
 	t.Cleanup(func() { a.Close(); b.Close() })
 	return a, b
+}
+
+// listenAcceptor listens on addr and makes its Acceptor; both are closed
+// at the test's end.
+func listenAcceptor(t *testing.T, addr string) (net.Listener, *Acceptor) {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	acc, err := NewAcceptor(ln.(*net.TCPListener))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { acc.Close() })
+	return ln, acc
 }

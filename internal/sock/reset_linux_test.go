@@ -5,7 +5,6 @@ package sock
 import (
 	"errors"
 	"io"
-	"net"
 	"net/netip"
 	"syscall"
 	"testing"
@@ -25,16 +24,7 @@ func TestRealNftablesRefusedConnectionLeavesConntrackAtOnce(t *testing.T) {
 	peer := netnstest.NewPeer(t, 2)
 	refused, kept := peer.Sources[0], peer.Sources[1]
 	netnstest.TrackConnections(t)
-	ln, err := net.Listen("tcp", netip.AddrPortFrom(peer.LocalAddr, 0).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	acc, err := NewAcceptor(ln.(*net.TCPListener))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer acc.Close()
+	ln, acc := listenAcceptor(t, netip.AddrPortFrom(peer.LocalAddr, 0).String())
 	go func() {
 		for {
 			fd, err := acc.AcceptFD(func(remote netip.AddrPort) bool { return remote.Addr() == kept })
