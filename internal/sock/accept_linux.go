@@ -114,6 +114,9 @@ func LocalAddrFD(fd int) netip.AddrPort {
 // CloseFD closes a socket AcceptFD returned, without the scheduler.
 func CloseFD(fd int) { closeRaw(fd) }
 
+// ResetFD closes a socket AcceptFD returned with a reset (see resetRaw).
+func ResetFD(fd int) { resetRaw(fd) }
+
 // accept4Raw and closeRaw make their system calls without telling the Go
 // scheduler (RawSyscall). Both return at once on a non-blocking listener
 // and a socket without SO_LINGER, and the scheduler's bookkeeping costs

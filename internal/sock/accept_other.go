@@ -50,4 +50,5 @@ func (a *Acceptor) AcceptFD(func(netip.AddrPort) bool) (int, error) {
 // here (Raw is false).
 func LocalAddrFD(int) netip.AddrPort { return netip.AddrPort{} }
 func CloseFD(int)                    {}
+func ResetFD(int)                    {}
 func ConnFD(int) (net.Conn, error)   { return nil, errors.New("sock: no raw accept here") }
