@@ -47,7 +47,7 @@ func ctlFlagSet() (fs *flag.FlagSet, addr, cfgFile *string, asJSON *bool, token 
 	fs = flag.NewFlagSet("imapgate ctl", flag.ContinueOnError)
 	addr = fs.String("admin", "", "admin endpoint: host:port or unix:/path (default: from -config, else 127.0.0.1:9100)")
 	cfgFile = fs.String("config", "", "read the admin address from this configuration `file`")
-	asJSON = fs.Bool("json", false, "print the endpoint's JSON, for scripts")
+	asJSON = fs.Bool("json", false, "print the endpoint's JSON, for scripts; a failure too, as {\"error\": ...} (exit status 1)")
 	token = fs.String("token", "", "admin token, for a remote endpoint")
 	return fs, addr, cfgFile, asJSON, token
 }
@@ -71,6 +71,15 @@ func ctl(args []string, stdout, stderr io.Writer) int {
 			}
 			*addr = cfg.Admin.Address
 		}
+	}
+	if strings.Contains(*addr, "://") {
+		// http://host:port would become http://http//host:port.
+		err := fmt.Errorf("-admin %q: give host:port or unix:/path, not a URL", *addr)
+		if *asJSON {
+			writeJSONError(stdout, err)
+		}
+		fmt.Fprintln(stderr, "imapgate ctl:", err)
+		return 1
 	}
 	c := newCtlClient(*addr, *token)
 	cmd, rest := fs.Arg(0), fs.Args()[1:]
@@ -133,17 +142,21 @@ func ctl(args []string, stdout, stderr io.Writer) int {
 	}
 	if err != nil {
 		if *asJSON {
-			// Scripts read stdout: the failure is JSON there too, in the
-			// admin endpoint's own shape.
-			b, _ := json.Marshal(struct {
-				Error string `json:"error"`
-			}{err.Error()})
-			fmt.Fprintf(stdout, "%s\n", b)
+			writeJSONError(stdout, err)
 		}
 		fmt.Fprintln(stderr, "imapgate ctl:", err)
 		return 1
 	}
 	return 0
+}
+
+// writeJSONError prints err for scripts that read ctl -json's stdout, in
+// the admin endpoint's own shape ({"error": …}).
+func writeJSONError(w io.Writer, err error) {
+	b, _ := json.Marshal(struct {
+		Error string `json:"error"`
+	}{err.Error()})
+	fmt.Fprintf(w, "%s\n", b)
 }
 
 // killQuery takes a table ID (a number) or an address.
@@ -181,7 +194,10 @@ func (c *ctlClient) do(method, path string, q url.Values) ([]byte, error) {
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
-	req, _ := http.NewRequest(method, u, nil)
+	req, err := http.NewRequest(method, u, nil)
+	if err != nil {
+		return nil, fmt.Errorf("admin address: %w (-admin takes host:port or unix:/path)", err)
+	}
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
 	"strings"
 	"testing"
 )
@@ -37,5 +39,21 @@ func TestCtlKnownGood(t *testing.T) {
 	}
 	if out := d.ctl("status"); !strings.Contains(out, "known-good   1 address, 1 network") {
 		t.Fatalf("ctl status: %q", out)
+	}
+}
+
+// A malformed -admin is an error an admin can read (it was a panic), and
+// JSON on stdout with -json; a URL is refused with what to give instead.
+func TestCtlBadAdminAddress(t *testing.T) {
+	for _, addr := range []string{"bogus:addr:x", "bad addr", "http://127.0.0.1:9100"} {
+		var stdout, stderr bytes.Buffer
+		code := ctl([]string{"-json", "-admin", addr, "status"}, &stdout, &stderr)
+		var failed struct {
+			Error string `json:"error"`
+		}
+		if code != 1 || json.Unmarshal(stdout.Bytes(), &failed) != nil || !strings.Contains(failed.Error, "host:port or unix:/path") ||
+			!strings.HasPrefix(stderr.String(), "imapgate ctl: ") {
+			t.Errorf("-admin %q: exit %d, stdout %q, stderr %q", addr, code, stdout.String(), stderr.String())
+		}
 	}
 }
