@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -365,6 +366,12 @@ func floodPass(p *peer, src string, attempts int, hello []byte) (r floodPassResu
 	for ; i < attempts; i++ {
 		t0 := time.Now()
 		raw, err := d.Dial("tcp", p.addr)
+		if errors.Is(err, syscall.ECONNRESET) {
+			// Refused with a reset (imapgate, HAProxy, floor-reset) that
+			// came before the connect returned: a refusal all the same.
+			r.lat = append(r.lat, time.Since(t0))
+			continue
+		}
 		if err != nil {
 			if p.name == "imapgate-kernel" {
 				r.kernel = true
@@ -610,7 +617,11 @@ func floodTable(p *peer, o floodOpts) (p50, p99, p99quiet result, failures int, 
 				}
 				c, err := d.Dial("tcp", p.addr)
 				if err != nil {
-					time.Sleep(time.Second)
+					pause := time.Second
+					if errors.Is(err, syscall.ECONNRESET) {
+						pause = 5 * time.Second // refused at once, as below
+					}
+					time.Sleep(pause)
 					continue
 				}
 				opened.Add(1)
