@@ -400,40 +400,71 @@ type clusterTopology struct {
 	owner             string
 }
 
-// parseClusterNodes reads CLUSTER NODES: one node a line, "ID
-// ADDR@BUSPORT[,HOSTNAME] FLAGS MASTER PING PONG EPOCH LINK SLOT…", a slot
-// "N", "N-M" or "[N->-ID]" (migrating, skipped).
+// parseClusterNodes counts the working masters and replicas of CLUSTER
+// NODES and finds slot's master.
 func parseClusterNodes(text string, slot int) clusterTopology {
 	var t clusterTopology
-	for _, l := range strings.Split(strings.TrimSpace(text), "\n") {
-		f := strings.Fields(l)
-		if len(f) < 8 {
-			continue
-		}
-		flags := strings.Split(f[2], ",")
-		if slices.Contains(flags, "fail") || slices.Contains(flags, "noaddr") {
-			continue
-		}
+	for _, n := range ParseClusterNodes(text) {
 		switch {
-		case slices.Contains(flags, "slave"):
+		case n.Has("fail") || n.Has("noaddr"):
+		case n.Has("slave"):
 			t.replicas++
-			continue
-		case slices.Contains(flags, "master"):
+		case n.Has("master"):
 			t.masters++
-		}
-		addr, _, _ := strings.Cut(f[1], "@")
-		for _, r := range f[8:] {
-			var lo, hi int
-			if n, _ := fmt.Sscanf(r, "%d-%d", &lo, &hi); n == 1 {
-				hi = lo
-			} else if n == 0 {
-				continue
-			}
-			if lo <= slot && slot <= hi {
-				t.owner = addr
+			if n.Serves(slot) {
+				t.owner = n.Addr
 			}
 		}
 	}
 	t.owner = cmp.Or(t.owner, "no node")
 	return t
+}
+
+// ClusterNode is one node of Redis Cluster as CLUSTER NODES lists it.
+type ClusterNode struct {
+	ID     string
+	Addr   string   // host:port, the bus port and host name cut off
+	Flags  []string // myself, master, slave, fail, noaddr, …
+	Master string   // a replica's master's ID; "-" for a master
+	Slots  [][2]int // ranges served, inclusive
+}
+
+// Has reports whether n carries flag.
+func (n ClusterNode) Has(flag string) bool { return slices.Contains(n.Flags, flag) }
+
+// Serves reports whether slot is in one of n's ranges.
+func (n ClusterNode) Serves(slot int) bool {
+	for _, r := range n.Slots {
+		if r[0] <= slot && slot <= r[1] {
+			return true
+		}
+	}
+	return false
+}
+
+// ParseClusterNodes reads CLUSTER NODES: one node a line, "ID
+// ADDR@BUSPORT[,HOSTNAME] FLAGS MASTER PING PONG EPOCH LINK SLOT…", a slot
+// "N", "N-M" or "[N->-ID]" (migrating, skipped). Lines too short to be a
+// node are skipped.
+func ParseClusterNodes(text string) []ClusterNode {
+	var nodes []ClusterNode
+	for _, l := range strings.Split(strings.TrimSpace(text), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 8 {
+			continue
+		}
+		addr, _, _ := strings.Cut(f[1], "@")
+		n := ClusterNode{ID: f[0], Addr: addr, Flags: strings.Split(f[2], ","), Master: f[3]}
+		for _, r := range f[8:] {
+			var lo, hi int
+			if k, _ := fmt.Sscanf(r, "%d-%d", &lo, &hi); k == 1 {
+				hi = lo
+			} else if k == 0 {
+				continue
+			}
+			n.Slots = append(n.Slots, [2]int{lo, hi})
+		}
+		nodes = append(nodes, n)
+	}
+	return nodes
 }

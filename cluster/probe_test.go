@@ -231,6 +231,11 @@ a1b2 127.0.0.1:16397@26397 master,fail - 0 0 4 disconnected
 			t.Errorf("slot %d: %+v, want 3 masters, 3 replicas, owner %s", slot, tp, owner)
 		}
 	}
+	nodes := ParseClusterNodes(text)
+	if len(nodes) != 7 || nodes[2].Addr != "127.0.0.1:16393" || nodes[4].Master != "67ed" || !nodes[4].Has("slave") ||
+		len(nodes[1].Slots) != 1 || !nodes[1].Serves(10922) || nodes[1].Serves(10923) || nodes[3].Serves(0) {
+		t.Errorf("ParseClusterNodes: %+v", nodes)
+	}
 }
 
 // A password that is Redis's own error code does not hide which error

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"imapgate/cluster"
 	"imapgate/internal/redistest"
 )
 
@@ -198,32 +199,23 @@ func clusterAdmin(t *testing.T, addr string, args ...string) string {
 // its replica (host:port each; "" if none).
 func slotServers(t *testing.T, addr string, slot int) (master, replica string) {
 	t.Helper()
+	nodes := cluster.ParseClusterNodes(clusterAdmin(t, addr, "CLUSTER", "NODES"))
 	var masterID string
-	lines := strings.Split(clusterAdmin(t, addr, "CLUSTER", "NODES"), "\n")
-	for _, l := range lines {
-		f := strings.Fields(l)
-		if len(f) < 9 || !strings.Contains(f[2], "master") || strings.Contains(f[2], "fail") {
-			continue
-		}
-		for _, r := range f[8:] {
-			var lo, hi int
-			if n, _ := fmt.Sscanf(r, "%d-%d", &lo, &hi); n == 1 {
-				hi = lo
-			} else if n == 0 {
-				continue
-			}
-			if lo <= slot && slot <= hi {
-				masterID, master = f[0], strings.Split(f[1], "@")[0]
-			}
+	for _, n := range nodes {
+		if n.Has("master") && !failing(n) && n.Serves(slot) {
+			masterID, master = n.ID, n.Addr
 		}
 	}
-	for _, l := range lines {
-		if f := strings.Fields(l); len(f) > 3 && f[3] == masterID && strings.Contains(f[2], "slave") && !strings.Contains(f[2], "fail") {
-			replica = strings.Split(f[1], "@")[0]
+	for _, n := range nodes {
+		if n.Master == masterID && n.Has("slave") && !failing(n) {
+			replica = n.Addr
 		}
 	}
 	return master, replica
 }
+
+// failing: failed, or suspected of it by the node asked (PFAIL).
+func failing(n cluster.ClusterNode) bool { return n.Has("fail") || n.Has("fail?") }
 
 // failOver runs CLUSTER FAILOVER (the manual, graceful kind: the master
 // stops writes, the replica catches up, then takes over) on replica and
