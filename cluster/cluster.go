@@ -48,7 +48,8 @@ type Cluster struct {
 	goodVer       string    // good:v at the last syncGood
 	goodSynced    time.Time // when the known-good hash was last reloaded
 	goodQ         chan goodEntry
-	swept         bool // this node's stale share cleared since start
+	joinErr       atomic.Pointer[string] // why the last bringUp failed (masked); nil once up
+	swept         bool                   // this node's stale share cleared since start
 	dupWarned     bool
 	beaten        bool // a heartbeat has written this instance's id
 
@@ -95,16 +96,23 @@ func (c *Cluster) Node() string { return c.o.Node }
 func (c *Cluster) Start(l *limiter.Limiter) {
 	c.l = l
 	l.SetShared(c, c.o.OverLimitHold, c.o.Timeout)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	// A second, and two beats more when another process holds the
+	// node's id (checkHolder).
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second+2*c.beatInterval()+100*time.Millisecond)
 	err := c.bringUp(ctx)
 	cancel()
-	if err != nil {
-		c.o.Log(fmt.Sprintf("imapgate: cluster: Redis %s unreachable at start (%s); local limits until it answers", c.Redacted(), c.mask(err)))
+	var dup errDuplicate
+	switch {
+	case errors.As(err, &dup):
+		c.o.Log(fmt.Sprintf("imapgate: cluster: error: %v; this node stays on local limits until that process stops", err))
+		c.m.fallbacks.Inc()
+	case err != nil:
+		c.o.Log(fmt.Sprintf("imapgate: cluster: Redis %s could not be used at start (%s); local limits until it answers", c.Redacted(), c.mask(err)))
 		c.m.fallbacks.Inc()
 		c.wg.Add(1)
 		go c.diagnose()
-	} else {
-		c.o.Log(fmt.Sprintf("imapgate: cluster: node %s joined through Redis %s (%d nodes alive)", c.o.Node, c.Redacted(), c.alive.Load()))
+	default:
+		c.o.Log(fmt.Sprintf("imapgate: cluster: node %s joined through Redis %s (%s alive)", c.o.Node, c.Redacted(), nodesString(c.alive.Load())))
 	}
 	c.wg.Add(3) // and diagnose's, above
 	go c.loop()
@@ -210,7 +218,15 @@ func (c *Cluster) Down(err error) {
 // stale share cleared (once per start), liveness, its share published
 // (which switches the limiter to the shared limits), bans, the known-good
 // tier and ticket keys.
-func (c *Cluster) bringUp(ctx context.Context) error {
+func (c *Cluster) bringUp(ctx context.Context) (err error) {
+	defer func() {
+		if err != nil {
+			msg := c.mask(err)
+			c.joinErr.Store(&msg)
+		} else {
+			c.joinErr.Store(nil)
+		}
+	}()
 	cl, err := c.client()
 	if err != nil {
 		return err
@@ -219,6 +235,9 @@ func (c *Cluster) bringUp(ctx context.Context) error {
 		return err
 	}
 	if !c.swept {
+		if err := c.checkHolder(cl); err != nil {
+			return err
+		}
 		if err := c.sweep(ctx, cl, c.o.Node, true); err != nil {
 			return err
 		}
@@ -273,3 +292,11 @@ func (c *Cluster) exec(ctx context.Context, op string, s *rueidis.Lua, cl rueidi
 
 // tlsUsed reports whether the connection to Redis is encrypted.
 func (c *Cluster) tlsUsed() bool { return c.copt.TLSConfig != nil }
+
+// nodesString is n nodes, in words ("1 node", "3 nodes").
+func nodesString(n int64) string {
+	if n == 1 {
+		return "1 node"
+	}
+	return fmt.Sprintf("%d nodes", n)
+}

@@ -17,7 +17,7 @@ import (
 // Redis every 100 ms while down.
 func (c *Cluster) loop() {
 	defer c.wg.Done()
-	beat := min(500*time.Millisecond, c.o.NodeTTL/3)
+	beat := c.beatInterval()
 	t := time.NewTimer(beat)
 	defer t.Stop()
 	for {
@@ -28,14 +28,14 @@ func (c *Cluster) loop() {
 		case <-c.kick:
 		}
 		if c.degradedSince.Load() != 0 || !c.l.SharedUp() {
-			ctx, cancel := context.WithTimeout(c.ctx, max(20*c.o.Timeout, time.Second))
+			ctx, cancel := context.WithTimeout(c.ctx, max(20*c.o.Timeout, time.Second)+2*beat+100*time.Millisecond) // checkHolder's wait
 			err := c.bringUp(ctx)
 			cancel()
 			if err != nil {
 				t.Reset(100 * time.Millisecond)
 				continue
 			}
-			c.o.Log(fmt.Sprintf("imapgate: cluster: Redis answers again; shared limits resumed, this node's share republished (%d nodes alive)", c.alive.Load()))
+			c.o.Log(fmt.Sprintf("imapgate: cluster: Redis answers again; shared limits resumed, this node's share republished (%s alive)", nodesString(c.alive.Load())))
 		} else if err := c.beat(); err != nil {
 			c.l.SharedFailed(err)
 			t.Reset(100 * time.Millisecond)
@@ -123,6 +123,59 @@ func (c *Cluster) heartbeat(ctx context.Context, cl rueidis.Client) ([]string, e
 	}
 	return dead, nil
 }
+
+// errDuplicate: another live process holds this node's id.
+type errDuplicate struct{ node, inst string }
+
+func (e errDuplicate) Error() string {
+	return fmt.Sprintf("another live process uses node id %q (instance %s): give each replica its own cluster.node", e.node, e.inst)
+}
+
+// checkHolder runs before a node first clears its stale share: if
+// another instance holds its id and its liveness has not expired, that is
+// either this node's previous process, killed within node_ttl, or a
+// second live process with the same id, whose share the clearing would
+// erase (letting its sessions out of the shared counts). A live process
+// renews its liveness every beat: the score is read again after two
+// beats, and if it moved, the node does not join (errDuplicate; it stays
+// on local limits and tries again, joining once the other is gone).
+func (c *Cluster) checkHolder(cl rueidis.Client) error {
+	read := func() (now, score int64, inst string, err error) {
+		ctx, cancel := context.WithTimeout(c.ctx, c.o.Timeout)
+		defer cancel()
+		res, err := c.exec(ctx, "holder", holderScript, cl, []string{c.k.nodes, c.k.inst}, []string{c.o.Node}).ToArray()
+		if err != nil {
+			return 0, 0, "", err
+		}
+		if len(res) != 3 {
+			return 0, 0, "", fmt.Errorf("holder: %d values", len(res))
+		}
+		now, _ = res[0].AsInt64()
+		score, _ = res[1].AsInt64()
+		inst, _ = res[2].ToString()
+		return now, score, inst, nil
+	}
+	now, score, inst, err := read()
+	if err != nil || inst == "" || inst == c.inst || score < now {
+		return err
+	}
+	select {
+	case <-time.After(2*c.beatInterval() + 100*time.Millisecond):
+	case <-c.stop:
+		return errors.New("closed")
+	}
+	_, score2, inst2, err := read()
+	if err != nil {
+		return err
+	}
+	if inst2 != "" && inst2 != c.inst && score2 > score {
+		return errDuplicate{c.o.Node, inst2}
+	}
+	return nil // the previous process, dead: its share is cleared next
+}
+
+// beatInterval is how often the loop renews the node's liveness.
+func (c *Cluster) beatInterval() time.Duration { return min(500*time.Millisecond, c.o.NodeTTL/3) }
 
 // sweep drops a node's contributions: a dead node's (unless it came back)
 // or, with force, this node's own stale share at start.

@@ -309,6 +309,15 @@ if prev >= ms then reg = 1 end
 return {reg, inst, redis.call('ZCOUNT', KEYS[1], ms, '+inf'), redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. f(ms))}
 `)
 
+// holderScript reads who holds a node id: Redis's time (ms), the node's
+// liveness score (-1: none) and its instance entry ("": none).
+// KEYS: nodes, instances. ARGV: node.
+var holderScript = rueidis.NewLuaScript(`
+local tm = redis.call('TIME')
+local ms = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
+return {ms, tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '-1'), redis.call('HGET', KEYS[2], ARGV[1]) or ''}
+`)
+
 // sweepScript drops up to 500 of a dead node's contributions (all of its
 // own, with force: a restarted node clearing its stale share); when none
 // are left it forgets the node. KEYS: nodes, instances, the node's key

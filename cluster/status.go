@@ -44,6 +44,16 @@ func (c *Cluster) Status(ctx context.Context) *Status {
 	if c.l != nil {
 		s.CacheHits, s.Calls, s.Failures = c.l.SharedStats()
 	}
+	// While the node cannot join, why (the log said it once).
+	if why := c.joinErr.Load(); why != nil && s.Degraded {
+		defer func() {
+			if s.Error == "" {
+				s.Error = *why
+			} else {
+				s.Error += "; " + *why
+			}
+		}()
+	}
 	cl, err := c.conn()
 	if err != nil {
 		s.Error = c.mask(err)

@@ -166,9 +166,9 @@ func TestRealRedisSentinelWithAuth(t *testing.T) {
 		t.Fatalf("without the sentinel's credentials: degraded = %v, want 1", v)
 	}
 	var b []byte
-	waitFor(t, "the log to say Redis is unreachable", func() bool {
+	waitFor(t, "the log to say Redis could not be used", func() bool {
 		b, _ = os.ReadFile(g.logPath)
-		return strings.Contains(string(b), "unreachable at start")
+		return strings.Contains(string(b), "could not be used at start")
 	})
 	if strings.Contains(string(b), env["REDIS_SENTINEL_PASSWORD"]) {
 		t.Fatal("the log shows the sentinel's password")

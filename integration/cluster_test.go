@@ -607,6 +607,25 @@ func TestRealRedisRestartedNodeClearsItsStaleShare(t *testing.T) {
 	}
 }
 
+// clusterError reads a node's /status: the cluster's error, if any.
+func (g *gateNode) clusterError(t *testing.T) string {
+	t.Helper()
+	resp, err := http.Get("http://" + g.admin + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st struct {
+		Cluster struct {
+			Error string `json:"error"`
+		} `json:"cluster"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Cluster.Error
+}
+
 // clusterNodes reads a node's /status: the cluster's nodes and whether
 // each is alive.
 func (g *gateNode) clusterNodes(t *testing.T) map[string]bool {
@@ -893,22 +912,31 @@ max_per_ip = 20
 }
 
 // A node killed and restarted within node_ttl finds its dead process's
-// instance under its id: no warning then. Two live processes with one
-// node id overwrite each other's at every beat: warned within a second
-// or so.
-func TestRealRedisNodeIDWarnsOnlyForALiveDuplicate(t *testing.T) {
+// instance under its id: it joins (after two beats), with no warning. A
+// second live process with a node's id does not join: it logs why and
+// stays on local limits, and the first keeps its share (joining would
+// have cleared it as stale, letting the first's sessions out of the
+// shared count); stopped, it leaves the first alone.
+func TestRealRedisDuplicateNodeIDDoesNotJoin(t *testing.T) {
 	env := redistest.Env(t)
-	tc := startCluster(t, 1, env["REDIS_URL"], "", "")
-	n1 := tc.nodes[0]
+	c := redisClient(t, env["REDIS_URL"])
+	tc := startCluster(t, 2, env["REDIS_URL"], "[limits]\nmax_per_ip = 3\n", "")
+	n1, n2 := tc.nodes[0], tc.nodes[1]
 	const warning = "another process uses node id"
 	n1.kill9()
 	before, _ := os.ReadFile(n1.logPath)
 	tc.restart(n1)
+	waitFor(t, "the restarted n1 to join", func() bool {
+		after, _ := os.ReadFile(n1.logPath)
+		return strings.Contains(string(after[len(before):]), "imapgate: cluster: node n1 joined")
+	})
 	time.Sleep(1500 * time.Millisecond) // three heartbeats
 	after, _ := os.ReadFile(n1.logPath)
-	if l := string(after[len(before):]); strings.Contains(l, warning) {
-		t.Errorf("n1, killed and restarted, warned of a duplicate:\n%s", l)
+	if l := string(after[len(before):]); strings.Contains(l, warning) || strings.Contains(l, "another live process") {
+		t.Errorf("n1, killed and restarted, took its dead process for a duplicate:\n%s", l)
 	}
+	const from = "127.0.19.9"
+	tc.hold(3, from, func(int) int { return 0 }) // all on n1
 	// A second process with n1's id, on addresses of its own.
 	cfg, err := os.ReadFile(n1.cfgPath)
 	if err != nil {
@@ -922,9 +950,35 @@ func TestRealRedisNodeIDWarnsOnlyForALiveDuplicate(t *testing.T) {
 	}
 	tc.nodes = append(tc.nodes, dup) // stopped with the others
 	tc.start(dup, imapgateBinary(t))
-	waitFor(t, "a duplicate-id warning", func() bool {
-		a, _ := os.ReadFile(n1.logPath)
+	waitFor(t, "the duplicate to say why it does not join", func() bool {
 		b, _ := os.ReadFile(dup.logPath)
-		return strings.Contains(string(a[len(before):]), warning) || strings.Contains(string(b), warning)
+		return strings.Contains(string(b), `imapgate: cluster: error: another live process uses node id "n1"`)
 	})
+	if b, _ := os.ReadFile(dup.logPath); strings.Contains(string(b), "node n1 joined") {
+		t.Fatalf("the duplicate joined:\n%s", b)
+	}
+	if v := dup.metric("imapgate_cluster_degraded"); v != 1 {
+		t.Errorf("the duplicate's imapgate_cluster_degraded = %v, want 1", v)
+	}
+	if e := dup.clusterError(t); !strings.Contains(e, "another live process uses node id") {
+		t.Errorf("the duplicate's status does not say why it is degraded: %q", e)
+	}
+	if n := tc.sharedCount(c, from); n != 3 {
+		t.Errorf("shared count %d with the duplicate running, want n1's 3", n)
+	}
+	if ic, ok, err := connect(from, n2.addr, clusterClientTLS); err == nil && ok {
+		ic.c.Close()
+		t.Error("a 4th session on n2 was admitted while n1 holds 3 (max_per_ip 3)")
+	}
+	mark, _ := os.ReadFile(n1.logPath)
+	dup.cmd.Process.Signal(syscall.SIGTERM)
+	dup.cmd.Wait()
+	dup.cmd = nil
+	time.Sleep(1500 * time.Millisecond) // three of n1's heartbeats
+	if b, _ := os.ReadFile(n1.logPath); strings.Contains(string(b[len(mark):]), "Redis failed") {
+		t.Errorf("n1 took the duplicate's exit for a Redis failure:\n%s", b[len(mark):])
+	}
+	if n := tc.sharedCount(c, from); n != 3 {
+		t.Errorf("shared count %d after the duplicate stopped, want n1's 3", n)
+	}
 }

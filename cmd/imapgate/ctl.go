@@ -440,6 +440,6 @@ func printCluster(w io.Writer, c *cluster.Status) {
 		if !n.Alive {
 			life = fmt.Sprintf("DEAD for %s", (-n.Expires).Round(time.Second))
 		}
-		fmt.Fprintf(w, "  node %-12s %s, %d sessions\n", n.Node, life, n.Sessions)
+		fmt.Fprintf(w, "  node %-12s %s, %s\n", n.Node, life, plural(n.Sessions, "session", "sessions"))
 	}
 }
