@@ -493,6 +493,9 @@ func TestRealRedisBanOnOneNodeEnforcedByAll(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ctl ban: %v\n%s", err, out)
 	}
+	if !strings.Contains(string(out), "banned: ::ffff:127.0.16.3") { // as ctl bans and the log lines write it
+		t.Errorf("ctl ban answered %q", out)
+	}
 	start := time.Now()
 	for {
 		_, ok, err := connect("127.0.16.3", tc.nodes[0].addr, clusterClientTLS)

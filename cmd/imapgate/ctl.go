@@ -343,10 +343,7 @@ func (c *ctlClient) bans(w io.Writer, raw bool) error {
 		if user == "" {
 			user = "(all)"
 		}
-		key := b.Key
-		if p, err := netip.ParsePrefix(key); err == nil && p.IsSingleIP() {
-			key = courierlog.Addr(p.Addr()) // as the log lines write it
-		}
+		key := banKeyString(b.Key)
 		where := "userspace"
 		switch {
 		case b.Kernel:
@@ -416,9 +413,24 @@ func (c *ctlClient) post(w io.Writer, path string, q url.Values, raw bool) error
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		fmt.Fprintf(w, "%s: %v\n", k, m[k])
+		v := m[k]
+		if k == "banned" || k == "unbanned" {
+			if str, ok := v.(string); ok {
+				v = banKeyString(str)
+			}
+		}
+		fmt.Fprintf(w, "%s: %v\n", k, v)
 	}
 	return nil
+}
+
+// banKeyString writes a ban's key as ctl bans lists it: one address as
+// the log lines write it (::ffff:192.0.2.7), a network as a CIDR.
+func banKeyString(key string) string {
+	if p, err := netip.ParsePrefix(key); err == nil && p.IsSingleIP() {
+		return courierlog.Addr(p.Addr())
+	}
+	return key
 }
 
 // printCluster writes the cluster lines of ctl status.
