@@ -89,10 +89,12 @@ func (c *Cluster) Node() string { return c.o.Node }
 
 // Start attaches the limiter (limiter.SetShared) and, if Redis answers
 // within a second, clears this node's stale share (a restart after a
-// crash), registers the node and publishes its (empty) share, so the
-// limiter uses the shared limits from the first connection. If Redis does
-// not answer, the node starts on local limits and the loop keeps trying.
-// Call it before serving.
+// crash; two heartbeats later when its old process's liveness had not
+// expired yet, see checkHolder), registers the node and publishes its
+// (empty) share, so the limiter uses the shared limits from the first
+// connection. If Redis does not answer, or another live process holds
+// the node's id, the node starts on local limits and the loop keeps
+// trying. Call it before serving.
 func (c *Cluster) Start(l *limiter.Limiter) {
 	c.l = l
 	l.SetShared(c, c.o.OverLimitHold, c.o.Timeout)
