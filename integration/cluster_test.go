@@ -612,32 +612,32 @@ func TestRealRedisRestartedNodeClearsItsStaleShare(t *testing.T) {
 
 // clusterError reads a node's /status: the cluster's error, if any.
 func (g *gateNode) clusterError(t *testing.T) string {
+	var st struct {
+		Cluster struct {
+			Error string `json:"error"`
+		} `json:"cluster"`
+	}
+	g.status(t, &st)
+	return st.Cluster.Error
+}
+
+// status decodes a node's /status into v.
+func (g *gateNode) status(t *testing.T, v any) {
 	t.Helper()
 	resp, err := http.Get("http://" + g.admin + "/status")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var st struct {
-		Cluster struct {
-			Error string `json:"error"`
-		} `json:"cluster"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
 		t.Fatal(err)
 	}
-	return st.Cluster.Error
 }
 
 // clusterNodes reads a node's /status: the cluster's nodes and whether
 // each is alive.
 func (g *gateNode) clusterNodes(t *testing.T) map[string]bool {
 	t.Helper()
-	resp, err := http.Get("http://" + g.admin + "/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
 	var st struct {
 		Cluster struct {
 			Nodes []struct {
@@ -646,9 +646,7 @@ func (g *gateNode) clusterNodes(t *testing.T) map[string]bool {
 			} `json:"nodes"`
 		} `json:"cluster"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		t.Fatal(err)
-	}
+	g.status(t, &st)
 	nodes := map[string]bool{}
 	for _, n := range st.Cluster.Nodes {
 		nodes[n.Node] = n.Alive
