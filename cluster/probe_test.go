@@ -251,3 +251,17 @@ func TestProbeCodeReadBeforeMasking(t *testing.T) {
 		t.Fatalf("describe = %v (kind %d), want the WRONGPASS explanation", e, e.Kind)
 	}
 }
+
+// A user given without a password is told so, not to check a password it
+// never gave.
+func TestProbeWrongpassWithoutPassword(t *testing.T) {
+	copt, err := ParseURL("redis://imapgate@10.0.0.5:6379")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &prober{copt: copt, k: newKeys("imapgate"), user: "imapgate"}
+	e := p.describe(p.redis(), "connecting", errors.New("WRONGPASS invalid username-password pair or user is disabled."))
+	if e.Kind != ProbeAuth || !strings.Contains(e.Error(), "refused user imapgate without a password") {
+		t.Fatalf("describe = %v (kind %d)", e, e.Kind)
+	}
+}

@@ -149,6 +149,9 @@ func (p *prober) describe(s side, doing string, err error) *ProbeError {
 	case kind == ProbeUnreachable:
 		text = fmt.Sprintf("%s did not answer (%s: %s); a node would start on local limits "+
 			"and switch to the shared ones when Redis answers", s.who, doing, msg)
+	case code == "WRONGPASS" && p.noPassword(s):
+		text = fmt.Sprintf("%s refused user %s without a password (WRONGPASS): %s gives none; "+
+			"add the ACL user's password (>password on its line)", s.who, user, s.creds)
 	case code == "WRONGPASS":
 		text = fmt.Sprintf("%s refused user %s and its password (WRONGPASS: a wrong password, an unknown user "+
 			"or one that is off): check %s against the ACL user's line (on, >password)", s.who, user, s.creds)
@@ -189,4 +192,12 @@ func missingRights(user string, rules []string) *ProbeError {
 	return &ProbeError{Kind: ProbeRights, Missing: rules,
 		msg: fmt.Sprintf("user %s lacks rights imapgate needs (NOPERM): add %s to its ACL "+
 			"(ACL SETUSER %s %s, and the same in its user line of redis.conf or the ACL file)", user, r, user, r)}
+}
+
+// noPassword reports whether the side's credentials give no password.
+func (p *prober) noPassword(s side) bool {
+	if s.sentinel {
+		return p.copt.Sentinel.Password == ""
+	}
+	return p.copt.Password == ""
 }
