@@ -455,7 +455,11 @@ func Parse(name, text string) (*Config, error) {
 	loc := newLocator(text)
 	var errs Errors
 	for _, k := range md.Undecoded() {
-		errs = append(errs, &Error{File: name, Line: loc.line(k.String(), 0), Key: k.String(), Msg: "unknown key"})
+		msg := "unknown key"
+		if s := suggestKey(k.String()); s != "" {
+			msg += " (did you mean " + s + "?)"
+		}
+		errs = append(errs, &Error{File: name, Line: loc.line(k.String(), 0), Key: k.String(), Msg: msg})
 	}
 	for _, p := range c.validate() {
 		errs = append(errs, &Error{File: name, Line: loc.line(p.key, p.index), Key: p.key, Msg: p.msg})

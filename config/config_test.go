@@ -76,6 +76,11 @@ func TestErrorsNameFileLineAndKey(t *testing.T) {
 		key, msg   string
 	}{
 		{"unknown key", "[limits]\nmax_per_ipp = 3\n", 2, "limits.max_per_ipp", "unknown key"},
+		// A typo of a key of the same table is named.
+		{"unknown key, a typo", "[cluster]\nnode_tll = \"5s\"\n", 2, "cluster.node_tll", "unknown key (did you mean node_ttl?)"},
+		{"unknown key, a missing _", "[cluster]\nkeyprefix = \"x\"\n", 2, "cluster.keyprefix", "(did you mean key_prefix?)"},
+		{"unknown key in an array table", "[[limits.override]]\ncidr = \"192.0.2.1\"\nmax_per_ipx = 5\n", 3, "limits.override.max_per_ipx", "(did you mean max_per_ip?)"},
+		{"unknown table, a typo", "[limts]\n", 1, "limts", "(did you mean limits?)"},
 		{"bad duration", "[timeouts]\n\nhandshake = \"ten\"\n", 3, "handshake", "not a duration"},
 		{"bare number duration", "[timeouts]\nhandshake = 10\n", 2, "", ""},
 		{"negative limit", "[limits]\nmax_per_ip = -1\n", 2, "limits.max_per_ip", "must not be negative"},
@@ -191,6 +196,19 @@ func TestErrorsInFileOrder(t *testing.T) {
 	for i := 1; i < len(es); i++ {
 		if es[i].Line < es[i-1].Line {
 			t.Fatalf("problems out of the file's order:\n%v", err)
+		}
+	}
+}
+
+// A key like none of its table's gets no suggestion; a key is never
+// suggested from another table.
+func TestSuggestKeyOnlyLikelyTypos(t *testing.T) {
+	for key, want := range map[string]string{
+		"tls.frobnicate": "", "cluster.max_per_ip": "", "limits.node_ttl": "",
+		"cluster.node_tll": "node_ttl", "limits.maxperip": "max_per_ip", "limits.max_perip": "max_per_ip", "limits.something": "",
+	} {
+		if got := suggestKey(key); got != want {
+			t.Errorf("suggestKey(%q) = %q, want %q", key, got, want)
 		}
 	}
 }
