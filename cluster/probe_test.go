@@ -238,30 +238,23 @@ a1b2 127.0.0.1:16397@26397 master,fail - 0 0 4 disconnected
 	}
 }
 
-// A password that is Redis's own error code does not hide which error
-// it is: the code is read before the message is masked.
-func TestProbeCodeReadBeforeMasking(t *testing.T) {
-	copt, err := ParseURL("redis://imapgate:WRONGPASS@10.0.0.5:6379")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &prober{copt: copt, k: newKeys("imapgate"), user: "imapgate"}
-	e := p.describe(p.redis(), "connecting", errors.New("WRONGPASS invalid username-password pair or user is disabled."))
-	if e.Kind != ProbeAuth || !strings.Contains(e.Error(), "refused user imapgate and its password") {
-		t.Fatalf("describe = %v (kind %d), want the WRONGPASS explanation", e, e.Kind)
-	}
-}
-
-// A user given without a password is told so, not to check a password it
-// never gave.
-func TestProbeWrongpassWithoutPassword(t *testing.T) {
-	copt, err := ParseURL("redis://imapgate@10.0.0.5:6379")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &prober{copt: copt, k: newKeys("imapgate"), user: "imapgate"}
-	e := p.describe(p.redis(), "connecting", errors.New("WRONGPASS invalid username-password pair or user is disabled."))
-	if e.Kind != ProbeAuth || !strings.Contains(e.Error(), "refused user imapgate without a password") {
-		t.Fatalf("describe = %v (kind %d)", e, e.Kind)
+// WRONGPASS is explained for the credentials given: a password that is
+// Redis's own error code does not hide which error it is (the code is
+// read before the message is masked), and a user given without a
+// password is told so, not to check a password it never gave.
+func TestProbeWrongpass(t *testing.T) {
+	for url, want := range map[string]string{
+		"redis://imapgate:WRONGPASS@10.0.0.5:6379": "refused user imapgate and its password",
+		"redis://imapgate@10.0.0.5:6379":           "refused user imapgate without a password",
+	} {
+		copt, err := ParseURL(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := &prober{copt: copt, k: newKeys("imapgate"), user: "imapgate"}
+		e := p.describe(p.redis(), "connecting", errors.New("WRONGPASS invalid username-password pair or user is disabled."))
+		if e.Kind != ProbeAuth || !strings.Contains(e.Error(), want) {
+			t.Errorf("%s: describe = %v (kind %d), want %q", url, e, e.Kind, want)
+		}
 	}
 }
