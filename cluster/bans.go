@@ -53,36 +53,53 @@ func parseBan(field, value string) (limiter.Ban, bool) {
 // (always with full): they replace this node's, and expired ones are
 // removed from the store.
 func (c *Cluster) syncBans(ctx context.Context, cl rueidisClient, full bool) error {
-	cctx, cancel := context.WithTimeout(ctx, c.o.Timeout)
-	defer cancel()
-	ver, err := cl.Do(cctx, cl.B().Get().Key(c.k.bansVer).Build()).ToString()
-	if err != nil && !isNil(err) {
-		return err
-	}
-	if !full && ver == c.banVer {
-		return nil
-	}
-	m, err := cl.Do(cctx, cl.B().Hgetall().Key(c.k.bans).Build()).AsStrMap()
-	if err != nil {
-		return err
-	}
 	now := time.Now()
 	var bans []limiter.Ban
-	var expired []string
-	for f, v := range m {
+	reloaded, err := c.reloadVersioned(ctx, cl, c.k.bansVer, c.k.bans, &c.banVer, full, func(f, v string) bool {
 		b, ok := parseBan(f, v)
 		if !ok || !b.Until.After(now) {
-			expired = append(expired, f)
-			continue
+			return false
 		}
 		bans = append(bans, b)
+		return true
+	})
+	if reloaded {
+		c.l.ReplaceBans(bans)
 	}
-	c.l.ReplaceBans(bans)
-	c.banVer = ver
-	if len(expired) > 0 {
-		cl.Do(cctx, cl.B().Hdel().Key(c.k.bans).Field(expired...).Build())
+	return err
+}
+
+// reloadVersioned reads the hash if its version key moved from *ver
+// since the last call (always with full): live is called with each entry
+// and says whether it still holds; those that do not are removed from the
+// store. It reports whether it read the hash (and *ver is the new
+// version); the bans and the known-good tier are stored so.
+func (c *Cluster) reloadVersioned(ctx context.Context, cl rueidisClient, verKey, hash string, ver *string, full bool,
+	live func(field, value string) bool) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.o.Timeout)
+	defer cancel()
+	v, err := cl.Do(ctx, cl.B().Get().Key(verKey).Build()).ToString()
+	if err != nil && !isNil(err) {
+		return false, err
 	}
-	return nil
+	if !full && v == *ver {
+		return false, nil
+	}
+	m, err := cl.Do(ctx, cl.B().Hgetall().Key(hash).Build()).AsStrMap()
+	if err != nil {
+		return false, err
+	}
+	var dead []string
+	for f, val := range m {
+		if !live(f, val) {
+			dead = append(dead, f)
+		}
+	}
+	*ver = v
+	if len(dead) > 0 {
+		cl.Do(ctx, cl.B().Hdel().Key(hash).Field(dead...).Build())
+	}
+	return true, nil
 }
 
 // subscribe applies published bans, known-good entries and ticket-key

@@ -46,7 +46,7 @@ type Cluster struct {
 	alive         atomic.Int64
 	banVer        string
 	goodVer       string    // good:v at the last syncGood
-	goodSynced    time.Time // when the known-good hash was last reloaded
+	goodSynced    time.Time // when good:v was last looked at
 	goodQ         chan goodEntry
 	joinErr       atomic.Pointer[string] // why the last bringUp failed (masked); nil once up
 	swept         bool                   // this node's stale share cleared since start

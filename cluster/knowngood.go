@@ -29,9 +29,9 @@ import (
 // moved and goodResync has passed, so a missed message costs at most
 // that.
 
-// goodResync bounds how often a node reloads the known-good hash after
-// good:v moved: it can hold thousands of entries, and the tier changes
-// slowly.
+// goodResync bounds how often a node looks at good:v and reloads the
+// known-good hash if it moved: the hash can hold thousands of entries,
+// and the tier changes slowly.
 const goodResync = 10 * time.Second
 
 // goodQueue bounds the entries waiting to be handed over; more are
@@ -88,40 +88,24 @@ func (c *Cluster) shareGood() {
 }
 
 // syncGood reloads the stored known-good entries into the limiter if
-// good:v moved since the last sync and goodResync has passed (always with
+// good:v moved since the last look, at most every goodResync (always with
 // full), and removes the expired ones from the store.
 func (c *Cluster) syncGood(ctx context.Context, cl rueidisClient, full bool) error {
 	now := time.Now()
 	if !full && now.Sub(c.goodSynced) < goodResync {
 		return nil
 	}
-	cctx, cancel := context.WithTimeout(ctx, c.o.Timeout)
-	defer cancel()
-	ver, err := cl.Do(cctx, cl.B().Get().Key(c.k.goodVer).Build()).ToString()
-	if err != nil && !isNil(err) {
-		return err
-	}
-	if !full && ver == c.goodVer {
-		return nil
-	}
-	m, err := cl.Do(cctx, cl.B().Hgetall().Key(c.k.good).Build()).AsStrMap()
-	if err != nil {
-		return err
-	}
-	var expired []string
-	for f, v := range m {
+	_, err := c.reloadVersioned(ctx, cl, c.k.goodVer, c.k.good, &c.goodVer, full, func(f, v string) bool {
 		k, until, ok := parseGood(f, v)
-		if !ok || !until.After(now) {
-			expired = append(expired, f)
-			continue
+		if ok && until.After(now) {
+			c.l.LearnKnownGood(k, until, now)
 		}
-		c.l.LearnKnownGood(k, until, now)
+		return ok && until.After(now)
+	})
+	if err == nil {
+		c.goodSynced = now
 	}
-	c.goodVer, c.goodSynced = ver, now
-	if len(expired) > 0 {
-		cl.Do(cctx, cl.B().Hdel().Key(c.k.good).Field(expired...).Build())
-	}
-	return nil
+	return err
 }
 
 // parseGood reads a stored or published known-good entry.

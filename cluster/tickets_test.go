@@ -102,22 +102,12 @@ func startTLSNode(t *testing.T, url, prefix, id string, rotation time.Duration) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				conn.SetDeadline(time.Now().Add(5 * time.Second))
-				conn.Write([]byte{'.'})
-				io.Copy(io.Discard, conn) // until the client closes
-			}()
-		}
-	}()
-	return &tlsNode{c: c, addr: ln.Addr().String()}
+	addr := fakeServer(t, ln, func(conn net.Conn) {
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		conn.Write([]byte{'.'})
+		io.Copy(io.Discard, conn) // until the client closes
+	})
+	return &tlsNode{c: c, addr: addr}
 }
 
 // handshake connects with cfg (its session cache) and reports whether the

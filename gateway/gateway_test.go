@@ -16,16 +16,9 @@ import (
 
 // A reload puts a whole checked configuration in force, or none of it.
 func TestReloadAllOrNothing(t *testing.T) {
-	cert, err := certs.SelfSigned("localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
 	cfg := config.Default()
 	cfg.Upstream.Address = "embedded"
-	g, err := New(cfg, Options{Log: courierlog.New(&courierlog.Memory{}, courierlog.Options{}), Certs: certs.NewStatic(cert)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	g := newGate(t, cfg)
 	defer g.Close()
 	defer g.Server.Close()
 
@@ -76,17 +69,10 @@ func TestReloadAllOrNothing(t *testing.T) {
 // none runs and the status says so; Close ends it (TestMain checks that
 // nothing outlives the tests).
 func TestReloadConntrackWatch(t *testing.T) {
-	cert, err := certs.SelfSigned("localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
 	cfg := config.Default()
 	cfg.Upstream.Address = "embedded"
 	cfg.Kernel.ConntrackWatch = 0
-	g, err := New(cfg, Options{Log: courierlog.New(&courierlog.Memory{}, courierlog.Options{}), Certs: certs.NewStatic(cert)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	g := newGate(t, cfg)
 	defer g.Server.Close()
 	root := t.TempDir() // a host's /proc and /sys, as far as the watch reads them
 	for path, v := range map[string]string{"proc/sys/net/netfilter/nf_conntrack_count": "1000", "proc/sys/net/netfilter/nf_conntrack_max": "4096"} {
@@ -140,4 +126,19 @@ func watchGoroutines(want int) int {
 			return n
 		}
 	}
+}
+
+// newGate makes a Gate from cfg with a self-signed certificate and a log
+// in memory.
+func newGate(t *testing.T, cfg *config.Config) *Gate {
+	t.Helper()
+	cert, err := certs.SelfSigned("localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := New(cfg, Options{Log: courierlog.New(&courierlog.Memory{}, courierlog.Options{}), Certs: certs.NewStatic(cert)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
 }

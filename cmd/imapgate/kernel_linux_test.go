@@ -50,9 +50,7 @@ func TestRealNftablesBannedAddressNeverReachesImapgate(t *testing.T) {
 	}
 	peer := netnstest.NewPeer(t, 2)
 	bad := peer.Sources[0]
-	d := newDaemon(t)
-	d.listen = peer.LocalAddr.String() + ":0"
-	d.start("[log]\noutput = \"file:"+d.log+"\"\n"+`
+	d := startForPeer(t, peer, `
 [limits.auth_failures]
 spray_failures = 3
 ban_time = "3s"
@@ -60,7 +58,7 @@ delay = "0s"
 max_delay = "0s"
 [kernel]
 nftables = true
-`, nil, nil)
+`)
 	d.waitLine("kernel nftables table inet imapgate on ports")
 	ban := func(nth int) {
 		t.Helper()
@@ -147,16 +145,14 @@ func TestRealNftablesFloodEscalatesHonestClientDoesNot(t *testing.T) {
 	}
 	peer := netnstest.NewPeer(t, 2)
 	flooder, honest := peer.Sources[0], peer.Sources[1]
-	d := newDaemon(t)
-	d.listen = peer.LocalAddr.String() + ":0"
-	d.start("[log]\noutput = \"file:"+d.log+"\"\n"+`
+	d := startForPeer(t, peer, `
 [limits]
 max_per_ip = 2
 [limits.action]
 max_per_ip = "close"
 [kernel]
 nftables = true
-`, nil, nil)
+`)
 	d.waitLine("kernel nftables table inet imapgate on ports")
 	for _, src := range []netip.Addr{flooder, honest} {
 		for i := 0; i < 2; i++ {
@@ -365,9 +361,7 @@ func TestRealNftablesPrefixFloodSparesExempt(t *testing.T) {
 	}
 	peer := netnstest.NewPeer(t, 8) // 198.18.0.2 .. 198.18.0.9
 	flood, bystander, exempt := peer.Sources[:6], peer.Sources[6], peer.Sources[7]
-	d := newDaemon(t)
-	d.listen = peer.LocalAddr.String() + ":0"
-	d.start("[log]\noutput = \"file:"+d.log+"\"\n"+`
+	d := startForPeer(t, peer, `
 [limits]
 max_per_ip = 1
 exempt = ["`+exempt.String()+`"]
@@ -378,7 +372,7 @@ nftables = true
 [kernel.escalation]
 refusals = 10
 prefix_addresses = 4
-`, nil, nil)
+`)
 	d.waitLine("kernel nftables table inet imapgate on ports")
 	for _, src := range flood {
 		c, err := peerLogin(d, peer, src, "demo", "demo") // holds its one slot
@@ -413,6 +407,16 @@ prefix_addresses = 4
 	}
 }
 
+// startForPeer runs imapgate on the test's side of peer's veth, logging
+// to its file, with extra configuration.
+func startForPeer(t *testing.T, peer *netnstest.Peer, extra string) *daemon {
+	t.Helper()
+	d := newDaemon(t)
+	d.listen = peer.LocalAddr.String() + ":0"
+	d.start("[log]\noutput = \"file:"+d.log+"\"\n"+extra, nil, nil)
+	return d
+}
+
 // dropped tries one connection from src to addr and reports whether the
 // kernel dropped it (the connect timed out). A refusal before TLS is a
 // reset, which may come before the connect returns or at the first read.
@@ -437,9 +441,7 @@ func TestRealNftablesReloadKeepsEscalationLevel(t *testing.T) {
 	}
 	peer := netnstest.NewPeer(t, 1)
 	flooder := peer.Sources[0]
-	d := newDaemon(t)
-	d.listen = peer.LocalAddr.String() + ":0"
-	d.start("[log]\noutput = \"file:"+d.log+"\"\n"+`
+	d := startForPeer(t, peer, `
 [limits]
 max_per_ip = 1
 [limits.action]
@@ -451,7 +453,7 @@ table = "gate_a"
 refusals = 10
 first = "1s"
 max = "1m0s"
-`, nil, nil)
+`)
 	d.waitLine("kernel nftables table inet gate_a on ports")
 	c, err := peerLogin(d, peer, flooder, "demo", "demo") // holds its one slot
 	if err != nil {
