@@ -54,6 +54,7 @@ type Metrics struct {
 	upstreamConnect prometheus.Histogram
 	handshake       prometheus.Histogram
 	handshakeFailed prometheus.Counter
+	verdictWait     prometheus.Histogram
 	closed          prometheus.Counter
 	reloads         *prometheus.CounterVec
 	lastReload      prometheus.Gauge
@@ -84,6 +85,9 @@ func NewMetrics(reg prometheus.Registerer, src Sources, top *Top) *Metrics {
 			Help: "Time to connect to the upstream.", Buckets: prometheus.ExponentialBuckets(0.0005, 4, 8)}),
 		handshake: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "imapgate_tls_handshake_seconds",
 			Help: "Duration of completed client TLS handshakes.", Buckets: prometheus.ExponentialBuckets(0.0005, 4, 8)}),
+		verdictWait: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "imapgate_cluster_verdict_wait_seconds",
+			Help:    "With [cluster]: how long an admitted connection waited for the shared limits' verdict after its client's first TLS record was whole (under 10 µs when the verdict came first): the latency the Redis call added to the session.",
+			Buckets: []float64{10e-6, 50e-6, 100e-6, 150e-6, 200e-6, 300e-6, 500e-6, 1e-3, 5e-3, 50e-3}}),
 		handshakeFailed: prometheus.NewCounter(prometheus.CounterOpts{Name: "imapgate_tls_handshake_failures_total",
 			Help: "Client TLS handshakes that failed or timed out."}),
 		closed: prometheus.NewCounter(prometheus.CounterOpts{Name: "imapgate_sessions_closed_total",
@@ -110,7 +114,7 @@ func NewMetrics(reg prometheus.Registerer, src Sources, top *Top) *Metrics {
 	}
 	m.lastReload.SetToCurrentTime()
 	reg.MustRegister(m.accepted, m.refused, m.wouldRefuse, m.logins, m.bans, m.panics, m.upstreamErrors, m.upstreamConnect,
-		m.handshake, m.handshakeFailed, m.closed, m.reloads, m.lastReload, &stateCollector{src})
+		m.handshake, m.handshakeFailed, m.verdictWait, m.closed, m.reloads, m.lastReload, &stateCollector{src})
 	return m
 }
 
@@ -172,6 +176,8 @@ func (m *Metrics) Handshake(d time.Duration, err error) {
 	}
 	m.handshake.Observe(d.Seconds())
 }
+
+func (m *Metrics) SharedVerdictWait(d time.Duration) { m.verdictWait.Observe(d.Seconds()) }
 
 func (m *Metrics) Login(result string) { m.logins.WithLabelValues(result).Inc() }
 

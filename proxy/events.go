@@ -16,6 +16,10 @@ type Events interface {
 	// WouldRefuse: a limit in dry-run mode would have refused.
 	WouldRefuse(reason string)
 	Handshake(d time.Duration, err error)
+	// SharedVerdictWait: with a cluster, how long an admitted connection
+	// waited for the shared limits' verdict once its client's first TLS
+	// record was whole (0 if the verdict came first).
+	SharedVerdictWait(d time.Duration)
 	// Login: the result of a LOGIN or AUTHENTICATE, one of LoginResults.
 	Login(result string)
 	Ban()
@@ -33,6 +37,7 @@ func (nopEvents) Accepted()                         {}
 func (nopEvents) Refused(string, bool)              {}
 func (nopEvents) WouldRefuse(string)                {}
 func (nopEvents) Handshake(time.Duration, error)    {}
+func (nopEvents) SharedVerdictWait(time.Duration)   {}
 func (nopEvents) Login(string)                      {}
 func (nopEvents) Ban()                              {}
 func (nopEvents) UpstreamDial(time.Duration, error) {}

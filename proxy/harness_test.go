@@ -29,6 +29,7 @@ type proxyConfig struct {
 	table   conntable.Config
 	limiter *limiter.Limiter
 	login   proxy.Login
+	events  proxy.Events
 }
 
 func startProxy(t testing.TB, up upstream.Dialer, pc proxyConfig) *testProxy {
@@ -53,6 +54,7 @@ func startProxy(t testing.TB, up upstream.Dialer, pc proxyConfig) *testProxy {
 		Table:     table,
 		Limiter:   pc.limiter,
 		Login:     pc.login,
+		Events:    pc.events,
 	})
 	if err != nil {
 		t.Fatal(err)

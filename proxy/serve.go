@@ -143,21 +143,6 @@ func (c *conn) admit(ctx context.Context, a admission) bool {
 		}
 	}
 	c.client, c.ticket = a.client, a.ticket // cleanup releases the ticket
-	if !a.decision.Refused {
-		// With a cluster, the shared limits (one Redis call, here in the
-		// connection's goroutine, never in the accept loop); otherwise
-		// nothing. What decide reported already is not reported again.
-		d := c.ticket.Confirm(ctx, time.Now(), a.decision)
-		d.WouldRefuse &^= a.decision.WouldRefuse
-		a.decision = d
-		if !d.Refused || d.Action != limiter.Bye {
-			s.report(d, false) // a refusal with bye is reported after TLS
-		}
-		if d.Refused && d.Action != limiter.Bye {
-			c.resetOnClose()
-			return false
-		}
-	}
 	entry, err := s.table.Insert(c.client.Remote, c.client.Local, c.kill)
 	if err != nil {
 		s.events.Refused("table_full", false)
@@ -169,6 +154,11 @@ func (c *conn) admit(ctx context.Context, a admission) bool {
 		c.refuseWithBye(a.decision)
 		return false
 	}
+	// With a cluster, the shared limits are one Redis call (never in the
+	// accept loop). It runs while the client builds and sends its
+	// ClientHello, so the round trip adds to the session only what is
+	// left of it once the first record is here.
+	verdict := c.confirm(ctx, a.decision)
 	// Until its client's first TLS record is whole the connection is
 	// silent, and waits here: with a shallow stack (a flood of thousands
 	// costs the collector little to scan), before any TLS state, and
@@ -177,7 +167,61 @@ func (c *conn) admit(ctx context.Context, a admission) bool {
 	// at once; a silent flood's never comes, and goes at the silent
 	// timeout, or first when the table is full).
 	n, err := sock.WaitFirstRecord(c.raw)
+	if verdict != nil {
+		heard := time.Now()
+		v := <-verdict
+		s.events.SharedVerdictWait(time.Since(heard))
+		if v.panicked {
+			return false
+		}
+		d := v.d
+		d.WouldRefuse &^= a.decision.WouldRefuse // decide reported those
+		if !d.Refused || d.Action != limiter.Bye {
+			s.report(d, false) // a refusal with bye is reported after TLS
+		}
+		switch {
+		case d.Refused && d.Action != limiter.Bye:
+			c.resetOnClose()
+			return false
+		case d.Refused:
+			c.refuseWithBye(d)
+			return false
+		}
+	}
 	return c.preauthSlot(ctx, n, err)
+}
+
+// verdict is what confirm's goroutine hands back.
+type verdict struct {
+	d        limiter.Decision
+	panicked bool // Confirm panicked: the session is killed and logged
+}
+
+// confirm asks the shared limits about a ticket Admit left pending
+// (Ticket.Confirm, one Redis call bounded by the cluster timeout) on a
+// goroutine of its own, and returns where its verdict will come; nil when
+// there is nothing to ask. A refusal that closes before TLS cuts the wait
+// for the first record short, so a silent client is not kept for it. The
+// caller must receive the verdict before the ticket is touched again.
+func (c *conn) confirm(ctx context.Context, d limiter.Decision) <-chan verdict {
+	if !c.ticket.Pending() {
+		return nil
+	}
+	ch := make(chan verdict, 1)
+	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				c.panicked(p)
+				ch <- verdict{panicked: true}
+			}
+		}()
+		d := c.ticket.Confirm(ctx, time.Now(), d)
+		if d.Refused && d.Action != limiter.Bye {
+			c.raw.SetReadDeadline(time.Unix(1, 0))
+		}
+		ch <- verdict{d: d}
+	}()
+	return ch
 }
 
 // preauthSlot goes on from the client's first record (n bytes queued, 0 if

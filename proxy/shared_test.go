@@ -1,0 +1,211 @@
+package proxy_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"imapgate/config"
+	"imapgate/conntable"
+	"imapgate/gateway"
+	"imapgate/limiter"
+	"imapgate/proxy"
+)
+
+// stubShared is a limiter.Shared whose admissions a test steers: each
+// Admit is announced on called, then answered by what the test sends on
+// answer (a result, or a panic), or by ctx's end. Everything else
+// succeeds and does nothing.
+type stubShared struct {
+	called chan struct{}
+	answer chan stubAnswer
+}
+
+type stubAnswer struct {
+	res   limiter.SharedResult
+	panic bool
+}
+
+func (s *stubShared) Admit(ctx context.Context, _ *limiter.SharedAdmit) (limiter.SharedResult, error) {
+	s.called <- struct{}{}
+	select {
+	case a := <-s.answer:
+		if a.panic {
+			panic("stub admission panics")
+		}
+		return a.res, nil
+	case <-ctx.Done():
+		return limiter.SharedResult{}, ctx.Err()
+	}
+}
+
+func (*stubShared) Release(context.Context, []*limiter.SharedRelease) error { return nil }
+func (*stubShared) Login(context.Context, *limiter.SharedLogin) (limiter.SharedResult, error) {
+	return limiter.SharedResult{}, nil
+}
+func (*stubShared) Succeeded(context.Context, *limiter.SharedLogin) error { return nil }
+func (*stubShared) Failure(context.Context, *limiter.SharedFailure) (limiter.SharedFailureResult, error) {
+	return limiter.SharedFailureResult{}, nil
+}
+func (*stubShared) Ban(context.Context, limiter.Ban) error              { return nil }
+func (*stubShared) Unban(context.Context, netip.Prefix) error           { return nil }
+func (*stubShared) UnbanUser(context.Context, netip.Addr, string) error { return nil }
+func (*stubShared) KnownGood(netip.Prefix, time.Time)                   {}
+func (*stubShared) Publish(context.Context, *limiter.Snapshot) error    { return nil }
+func (*stubShared) Down(error)                                          {}
+
+var _ proxy.Events = (*waitEvents)(nil)
+
+// waitEvents records the verdict waits; the rest of proxy.Events is
+// ignored.
+type waitEvents struct {
+	mu    sync.Mutex
+	waits []time.Duration
+}
+
+func (e *waitEvents) SharedVerdictWait(d time.Duration) {
+	e.mu.Lock()
+	e.waits = append(e.waits, d)
+	e.mu.Unlock()
+}
+
+func (e *waitEvents) count() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.waits)
+}
+
+func (*waitEvents) Accepted()                         {}
+func (*waitEvents) Refused(string, bool)              {}
+func (*waitEvents) WouldRefuse(string)                {}
+func (*waitEvents) Handshake(time.Duration, error)    {}
+func (*waitEvents) Login(string)                      {}
+func (*waitEvents) Ban()                              {}
+func (*waitEvents) UpstreamDial(time.Duration, error) {}
+func (*waitEvents) Closed()                           {}
+func (*waitEvents) Panic()                            {}
+
+// sharedProxy is a proxy whose limiter shares through a stubShared (up,
+// with a 20 s deadline per call), and whose silent timeout (60 s) no
+// test here reaches.
+func sharedProxy(t *testing.T) (*testProxy, *stubShared, *waitEvents) {
+	t.Helper()
+	lim, err := limiter.New(gateway.Policy(config.Default()), limiter.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &stubShared{called: make(chan struct{}, 8), answer: make(chan stubAnswer, 8)}
+	lim.SetShared(st, time.Second, 20*time.Second)
+	if err := lim.Republish(context.Background(), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	ev := &waitEvents{}
+	var tc conntable.Config
+	tc.Timeouts[conntable.Handshake] = time.Minute
+	tc.Silent = time.Minute
+	p := startProxy(t, fakeUpstream(t, simpleServer).upstream(), proxyConfig{limiter: lim, table: tc, events: ev})
+	return p, st, ev
+}
+
+// announcingConn tells, once, that its first write (the ClientHello) has
+// gone out.
+type announcingConn struct {
+	net.Conn
+	once  sync.Once
+	wrote chan struct{}
+}
+
+func (c *announcingConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.once.Do(func() { close(c.wrote) })
+	return n, err
+}
+
+// The shared admission's round trip runs while the client sends its
+// ClientHello: it is asked before the client has sent a byte, the
+// ClientHello goes out while it is still unanswered, and the session goes
+// on once it answers. The wait it added after the first record is
+// reported once.
+func TestSharedVerdictOverlapsTheClientHello(t *testing.T) {
+	p, st, ev := sharedProxy(t)
+	raw, err := net.Dial("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.SetDeadline(time.Now().Add(20 * time.Second))
+	select {
+	case <-st.called: // asked while the client is silent
+	case <-time.After(10 * time.Second):
+		t.Fatal("no shared admission for a connection whose client has sent nothing")
+	}
+	ac := &announcingConn{Conn: raw, wrote: make(chan struct{})}
+	tc := tls.Client(ac, &tls.Config{InsecureSkipVerify: true})
+	done := make(chan error, 1)
+	go func() { done <- tc.Handshake() }()
+	<-ac.wrote
+	st.answer <- stubAnswer{} // admitted, after the ClientHello left
+	if err := <-done; err != nil {
+		t.Fatalf("handshake after the verdict: %v", err)
+	}
+	c := &client{t: t, conn: tc, r: bufio.NewReader(tc)}
+	c.expect("* OK")
+	if n := ev.count(); n != 1 {
+		t.Errorf("%d verdict waits reported, want 1", n)
+	}
+}
+
+// A shared refusal that closes before TLS (max_connections) resets a
+// client that has sent nothing at once: the wait for its first record is
+// cut short, not left to the silent timeout.
+func TestSharedCloseRefusalResetsASilentClient(t *testing.T) {
+	p, st, _ := sharedProxy(t)
+	st.answer <- stubAnswer{res: limiter.SharedResult{Refused: true, Reason: limiter.MaxConnections, Limit: 1}}
+	raw, err := net.Dial("tcp", p.addr)
+	if err == nil { // else the reset came before the connect returned
+		defer raw.Close()
+		raw.SetReadDeadline(time.Now().Add(15 * time.Second))
+		_, err = raw.Read(make([]byte, 1))
+	}
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("silent client refused by a shared limit: read gave %v, want a reset", err)
+	}
+	waitLog(t, p, "maximum active connections.") // couriertcpd's MAXDAEMONS line
+}
+
+// A shared refusal with bye (max_per_ip) answers after TLS, as a local one.
+func TestSharedByeRefusalAfterTLS(t *testing.T) {
+	p, st, _ := sharedProxy(t)
+	st.answer <- stubAnswer{res: limiter.SharedResult{Refused: true, Reason: limiter.MaxPerIP, Limit: 4}}
+	c := dial(t, p.addr)
+	c.expect("* BYE [UNAVAILABLE]")
+	c.expectEOF()
+}
+
+// A panic in the shared admission costs that session only: it is logged
+// with the session's id, the connection closes, and the next one is
+// served.
+func TestSharedAdmissionPanicCostsOneSession(t *testing.T) {
+	p, st, _ := sharedProxy(t)
+	st.answer <- stubAnswer{panic: true}
+	raw, err := net.Dial("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.SetReadDeadline(time.Now().Add(15 * time.Second))
+	if n, err := raw.Read(make([]byte, 1)); err == nil {
+		t.Fatalf("read %d bytes from a session whose admission panicked", n)
+	}
+	waitLog(t, p, "panic in session id=")
+	st.answer <- stubAnswer{}
+	c := dial(t, p.addr)
+	c.expect("* OK")
+}
