@@ -476,7 +476,7 @@ func clusterBench(s *peerSetup, run clusterRun) {
 	fmt.Fprintf(tw, "wait for the verdict once the first TLS record is in, p50 / p99 (µs; the Redis call runs during the ClientHello)\t-\t%.0f / %.0f\t-\tp99 <= 300\n", medianF(cl.wait50), medianF(cl.wait99))
 	fmt.Fprintf(tw, "  of which: Redis's own time per script call, the latency phase's (µs)\t-\t%.0f\t-\t-\n", medianF(cl.scriptUsec))
 	fmt.Fprintf(tw, "  floor: PING round trip, one at a time, rueidis on the replicas' core, p50 / p99 (µs)\t-\t%.0f / %.0f\t-\t-\n", medianF(cl.ping50), medianF(cl.ping99))
-	fmt.Fprintf(tw, "time to greeting p50 / p99, one session at a time (µs)\t%.0f / %.0f\t%.0f / %.0f\t+%.0f / %+.0f\t-\n", medianF(st.greet50), medianF(st.greet99),
+	fmt.Fprintf(tw, "time to greeting p50 / p99, one session at a time (µs)\t%.0f / %.0f\t%.0f / %.0f\t%+.0f / %+.0f\t-\n", medianF(st.greet50), medianF(st.greet99),
 		medianF(cl.greet50), medianF(cl.greet99), medianF(cl.greet50)-medianF(st.greet50), medianF(cl.greet99)-medianF(st.greet99))
 	fmt.Fprintf(tw, "Redis commands (EVALSHA) per admitted session\t-\t%.2f\t-\t<= 2\n", medianF(cl.evalsha))
 	fmt.Fprintf(tw, "Redis CPU per admitted session (µs)\t-\t%.1f\t-\t-\n", medianF(cl.redisCPU))
