@@ -159,6 +159,18 @@ func (c *conn) admit(ctx context.Context, a admission) bool {
 	// ClientHello, so the round trip adds to the session only what is
 	// left of it once the first record is here.
 	verdict := c.confirm(ctx, a.decision)
+	if verdict != nil {
+		// Should the wait below panic, serve's cleanup releases the
+		// ticket only once Confirm is done with it.
+		defer func() {
+			if p := recover(); p != nil {
+				if verdict != nil {
+					<-verdict
+				}
+				panic(p)
+			}
+		}()
+	}
 	// Until its client's first TLS record is whole the connection is
 	// silent, and waits here: with a shallow stack (a flood of thousands
 	// costs the collector little to scan), before any TLS state, and
@@ -170,6 +182,7 @@ func (c *conn) admit(ctx context.Context, a admission) bool {
 	if verdict != nil {
 		heard := time.Now()
 		v := <-verdict
+		verdict = nil // received
 		s.events.SharedVerdictWait(time.Since(heard))
 		if v.panicked {
 			return false
