@@ -3,6 +3,7 @@ package courierlog
 import (
 	"bytes"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 )
@@ -76,13 +77,29 @@ func TestCourierLinePriorities(t *testing.T) {
 	}
 }
 
+// In exec mode courier writes the session lines itself, but not the
+// failed and refused logins' lines: imapgate writes those (a retry's is
+// LOGIN FAILED AGAIN, a ban's refusal is imapgate's own).
 func TestWithoutSessionLines(t *testing.T) {
 	mem := &Memory{}
 	l := New(mem, Options{}).WithoutSessionLines()
-	l.Login("bob", netip.MustParseAddrPort("192.0.2.1:1"))
-	l.MaxPerIP(netip.MustParseAddr("192.0.2.1"))
-	if got := mem.Lines(); len(got) != 1 || got[0] != "alert Maximum connection limit reached for ::ffff:192.0.2.1" {
-		t.Fatalf("got %q", got)
+	c := netip.MustParseAddrPort("192.0.2.1:1")
+	l.Connection(c)
+	l.Login("bob", c)
+	l.MaxPerIP(c.Addr())
+	l.LoginFailed("bob", c)
+	l.LoginFailedMethod("PLAIN", c)
+	l.LoginFailedAgain("bob", "", c)
+	l.LoginRefused("bob", "", "banned", c)
+	want := []string{
+		"alert Maximum connection limit reached for ::ffff:192.0.2.1",
+		"info LOGIN FAILED, user=bob, ip=[::ffff:192.0.2.1], port=[1]",
+		"info LOGIN FAILED, method=PLAIN, ip=[::ffff:192.0.2.1], port=[1]",
+		"info LOGIN FAILED AGAIN, user=bob, ip=[::ffff:192.0.2.1], port=[1]",
+		"info LOGIN REFUSED, user=bob, ip=[::ffff:192.0.2.1], port=[1], reason=banned",
+	}
+	if got := mem.Lines(); !slices.Equal(got, want) {
+		t.Fatalf("got %q\nwant %q", got, want)
 	}
 }
 

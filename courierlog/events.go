@@ -17,12 +17,16 @@ type Logger struct {
 	// >= 5.2.6 does; Debian 12's 5.0.13 does not.
 	loginStartTLS bool
 	// noSessions drops the per-session lines (Connection, LOGIN, LOGOUT…):
-	// in exec mode courier writes them itself, with the real address.
+	// in exec mode courier writes them itself, with the real address. The
+	// failed and refused logins' lines stay imapgate's (see the exec
+	// upstream: courier cannot tell a retry, nor knows imapgate's bans).
 	noSessions bool
 }
 
 // WithoutSessionLines returns a Logger that writes everything but the
-// per-session lines, which courier itself writes in exec mode.
+// per-session lines that courier itself writes in exec mode (Connection,
+// LOGIN, LOGOUT, TIMEOUT, Disconnected…); LOGIN FAILED, LOGIN FAILED
+// AGAIN and LOGIN REFUSED are still written.
 func (l *Logger) WithoutSessionLines() *Logger {
 	c := *l
 	c.noSessions = true
@@ -138,9 +142,6 @@ func (l *Logger) Login(user string, client netip.AddrPort) {
 
 // LoginFailed: LOGIN failed for a known user name.
 func (l *Logger) LoginFailed(user string, client netip.AddrPort) {
-	if !l.session() {
-		return
-	}
 	l.emit(Info, func(b []byte) []byte {
 		b = append(b, "LOGIN FAILED, user="...)
 		b = AppendUser(b, user)
@@ -152,9 +153,6 @@ func (l *Logger) LoginFailed(user string, client netip.AddrPort) {
 // LoginFailedMethod: AUTHENTICATE failed; courier names the mechanism, not
 // the user.
 func (l *Logger) LoginFailedMethod(method string, client netip.AddrPort) {
-	if !l.session() {
-		return
-	}
 	l.emit(Info, func(b []byte) []byte {
 		b = append(b, "LOGIN FAILED, method="...)
 		b = AppendUser(b, method)
@@ -173,9 +171,6 @@ func (l *Logger) LoginFailedMethod(method string, client netip.AddrPort) {
 // says REFUSED, so that fail2ban's courier-auth filter, which matches
 // "LOGIN FAILED, " only, does not ban an address for it.
 func (l *Logger) LoginRefused(user, method, reason string, client netip.AddrPort) {
-	if !l.session() {
-		return
-	}
 	l.emit(Info, func(b []byte) []byte {
 		b = append(b, "LOGIN REFUSED, "...)
 		b = appendWho(b, user, method)
@@ -192,9 +187,6 @@ func (l *Logger) LoginRefused(user, method, reason string, client netip.AddrPort
 // fail2ban's courier-auth filter does not count it either: one stale phone
 // must not get its whole office banned.
 func (l *Logger) LoginFailedAgain(user, method string, client netip.AddrPort) {
-	if !l.session() {
-		return
-	}
 	l.emit(Info, func(b []byte) []byte {
 		b = append(b, "LOGIN FAILED AGAIN, "...)
 		b = appendWho(b, user, method)

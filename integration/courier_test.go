@@ -484,15 +484,29 @@ func TestRealCourierExecMode(t *testing.T) {
 		t.Errorf("%d LOGIN lines, want courier's one (imapgate's own are off in exec mode)", n)
 	}
 
-	// A wrong password: courier's LOGIN FAILED with the real address.
+	// A wrong password: LOGIN FAILED with the real address, in courier's
+	// words (imapgate writes it in exec mode, and drops courier's own);
+	// the same wrong password again is a retry (a stale phone), LOGIN
+	// FAILED AGAIN, which fail2ban's courier-auth filter does not count.
 	conn, err := dialFrom("127.0.7.2", g.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	bad := newClient(conn)
-	if bad.Login(c.users[0], "wrong").Wait() == nil {
-		t.Fatal("wrong password accepted")
+	for range 2 {
+		if bad.Login(c.users[0], "wrong").Wait() == nil {
+			t.Fatal("wrong password accepted")
+		}
 	}
 	bad.Close()
-	waitLog(t, g, "LOGIN FAILED, user=testuser, ip=[::ffff:127.0.7.2]")
+	waitLog(t, g, "LOGIN FAILED AGAIN, user=testuser, ip=[::ffff:127.0.7.2], port=[")
+	n = 0
+	for _, l := range g.log.Lines() {
+		if strings.Contains(l, "LOGIN FAILED, user=testuser, ip=[::ffff:127.0.7.2], port=[") {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d LOGIN FAILED lines for two tries of one password, want 1 (and one LOGIN FAILED AGAIN)", n)
+	}
 }

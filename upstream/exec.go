@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 
 	"imapgate/courierlog"
 	"imapgate/internal/sock"
@@ -21,7 +22,8 @@ import (
 // TCPLOCALPORT, IMAP_TLS=1 because imapgate did the TLS, and the variables
 // of courier's configuration files). Courier's authentication, per-account
 // options and its own log lines then see the real client. Courier's stderr
-// lines go to imapgate's log with courierlogger's priority mapping.
+// lines go to imapgate's log with courierlogger's priority mapping, but
+// for its LOGIN FAILED lines, which imapgate writes (isLoginFailed).
 //
 // imaplogin switches to each mailbox owner's uid after login, so serving
 // several users needs root; NewExec refuses otherwise. MAXPERIP,
@@ -66,6 +68,21 @@ func NewExec(argv []string, vars map[string]string, log *courierlog.Logger) (*Ex
 }
 
 func hasKey(m map[string]string, k string) bool { _, ok := m[k]; return ok }
+
+// isLoginFailed reports whether a line imaplogin wrote to stderr is its
+// "LOGIN FAILED, user=U, ip=[A], port=[P]" (or "method=M") line, after
+// courierlogger's priority prefix ("INFO: "). imapgate writes that line
+// itself, in the same words, when it sees the NO: so that a retry of the
+// same credentials can be "LOGIN FAILED AGAIN", which fail2ban's
+// courier-auth filter does not count (one stale phone must not get an
+// office banned), and so that a failure that was not the credentials'
+// (courier's authdaemon unreachable) is not one.
+func isLoginFailed(line string) bool {
+	if i := strings.IndexByte(line, ':'); i >= 0 && i <= len("DEBUG:") {
+		line = strings.TrimLeft(line[i+1:], " \t")
+	}
+	return strings.HasPrefix(line, "LOGIN FAILED, ")
+}
 
 // fileConn is net.FileConn; tests make it fail (as EMFILE would).
 var fileConn = net.FileConn
@@ -112,7 +129,9 @@ func (u *Exec) Dial(ctx context.Context, c Client) (net.Conn, error) {
 		// Courier's stderr lines, as courierlogger would pass them on.
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
-			u.log.CourierLine(sc.Text())
+			if line := sc.Text(); !isLoginFailed(line) {
+				u.log.CourierLine(line)
+			}
 		}
 		cmd.Wait() // reap it: it exits when the session's socket closes
 	}()

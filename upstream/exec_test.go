@@ -47,3 +47,22 @@ func openFDs(t *testing.T) map[string]bool {
 	}
 	return m
 }
+
+// imaplogin's failure lines are recognised with or without courierlogger's
+// priority prefix, and nothing else is.
+func TestIsLoginFailed(t *testing.T) {
+	for line, want := range map[string]bool{
+		"INFO: LOGIN FAILED, user=testuser, ip=[::ffff:127.0.0.1], port=[43894]":     true,
+		"LOGIN FAILED, method=PLAIN, ip=[::ffff:127.0.0.1], port=[52788]":            true,
+		"INFO:LOGIN FAILED, user=x, ip=[::1], port=[1]":                              true,
+		"INFO: LOGIN, user=testuser, ip=[::ffff:127.0.0.1], port=[1], protocol=IMAP": false,
+		"INFO: LOGIN, user=LOGIN FAILED, , ip=[::1], port=[1], protocol=IMAP":        false,
+		"ERR: authentication error: Permission denied":                               false,
+		"LOGOUT, user=a:LOGIN FAILED, ip=[::1]":                                      false,
+		"":                                                                           false,
+	} {
+		if got := isLoginFailed(line); got != want {
+			t.Errorf("isLoginFailed(%q) = %v, want %v", line, got, want)
+		}
+	}
+}
