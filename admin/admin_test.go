@@ -1,18 +1,21 @@
 package admin
 
 import (
+	"fmt"
 	"go/ast"
 	"go/parser"
 	gotoken "go/token"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"imapgate/conntable"
+	"imapgate/limiter"
 )
 
 func newTestServer(t *testing.T, token string) (*Server, *int) {
@@ -170,5 +173,55 @@ func TestTopUnderAManyAddressFlood(t *testing.T) {
 	got := top.refused.top(0)
 	if len(got) > 16 || got[0].Addr != heavy.String() {
 		t.Fatalf("%d tracked, top %v", len(got), got[0])
+	}
+}
+
+// Every change made through the endpoint is logged with who asked, so the
+// log tells a manual ban from a failed-login one (a fresh admin found
+// ctl ban, unban and kill left no line).
+func TestChangesAreLogged(t *testing.T) {
+	table, err := conntable.New(conntable.Config{Max: 8}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lim, err := limiter.New(limiter.Policy{IPv4Prefix: 24, IPv6Prefix: 64}, limiter.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	s := New(Options{Table: table, Limiter: lim, Top: NewTop(4), Gatherer: prometheus.NewRegistry(),
+		Logf: func(format string, args ...any) { lines = append(lines, fmt.Sprintf(format, args...)) }})
+	for _, q := range []string{
+		"/ban?addr=192.0.2.0/24&for=2m",
+		"/ban?addr=::ffff:198.51.100.7&user=bob&for=1h",
+		"/unban?addr=192.0.2.0/24",
+		"/unban?addr=203.0.113.1",
+		"/kill?addr=192.0.2.9",
+	} {
+		r := httptest.NewRequest("POST", q, nil)
+		r.RemoteAddr = "127.0.0.1:5000"
+		if q == "/kill?addr=192.0.2.9" {
+			r.RemoteAddr = "@"
+		}
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, r)
+		if w.Code != 200 {
+			t.Fatalf("POST %s: %d %s", q, w.Code, w.Body)
+		}
+	}
+	want := []*regexp.Regexp{
+		regexp.MustCompile(`^imapgate: ctl: banned 192\.0\.2\.0/24 until \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(2m0s\), asked from 127\.0\.0\.1:5000$`),
+		regexp.MustCompile(`^imapgate: ctl: banned user bob on 198\.51\.100\.7 until \S+ \(1h0m0s\), asked from 127\.0\.0\.1:5000$`),
+		regexp.MustCompile(`^imapgate: ctl: unbanned 192\.0\.2\.0/24, asked from 127\.0\.0\.1:5000$`),
+		regexp.MustCompile(`^imapgate: ctl: unban 203\.0\.113\.1: no ban to lift, asked from 127\.0\.0\.1:5000$`),
+		regexp.MustCompile(`^imapgate: ctl: killed 0 connections \(addr=192\.0\.2\.9\), asked from the local socket$`),
+	}
+	if len(lines) != len(want) {
+		t.Fatalf("logged %q", lines)
+	}
+	for i, re := range want {
+		if !re.MatchString(lines[i]) {
+			t.Errorf("line %d: %q, want %s", i, lines[i], re)
+		}
 	}
 }

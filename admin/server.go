@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
+	"net/url"
 	"sort"
 	"strconv"
 	"strings"
@@ -20,6 +21,7 @@ import (
 
 	"imapgate/cluster"
 	"imapgate/conntable"
+	"imapgate/courierlog"
 	"imapgate/kernel"
 	"imapgate/limiter"
 )
@@ -55,6 +57,10 @@ type Options struct {
 	// AfterUnban is called after /unban lifted a ban (the kernel path
 	// removes its element at once); nil: nothing.
 	AfterUnban func()
+	// Logf, if set, writes a line to imapgate's log: every change made
+	// here (ban, unban, kill) is logged with who asked, so the log tells a
+	// manual ban from a failed-login one.
+	Logf func(format string, args ...any)
 	// Token, if set, lets requests from other hosts change state with
 	// "Authorization: Bearer <token>". Without it only local requests
 	// (loopback or the unix socket) may.
@@ -435,6 +441,7 @@ func (s *Server) kill(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "give id=, addr=, prefix= or user=", http.StatusBadRequest)
 		return
 	}
+	s.logf(r, "killed %d %s (%s)", n, plural(n, "connection"), describeQuery(q, "id", "addr", "prefix", "user"))
 	writeJSON(w, map[string]int{"killed": n})
 }
 
@@ -464,6 +471,12 @@ func (s *Server) unban(w http.ResponseWriter, r *http.Request) {
 	}
 	if lifted && s.o.AfterUnban != nil {
 		s.o.AfterUnban()
+	}
+	what := banned(p, r.URL.Query().Get("user"))
+	if lifted {
+		s.logf(r, "unbanned %s", what)
+	} else {
+		s.logf(r, "unban %s: no ban to lift", what)
 	}
 	writeJSON(w, map[string]bool{"lifted": lifted})
 }
@@ -503,10 +516,57 @@ func (s *Server) ban(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := s.o.Limiter.Ban(b); err != nil {
+		s.logf(r, "banned %s until %s (%s), on this node only: the cluster could not be told: %v", banned(b.Key, b.User),
+			b.Until.UTC().Format(time.RFC3339), d, err)
 		http.Error(w, "banned here; the cluster could not be told: "+err.Error(), http.StatusBadGateway)
 		return
 	}
+	s.logf(r, "banned %s until %s (%s)", banned(b.Key, b.User), b.Until.UTC().Format(time.RFC3339), d)
 	writeJSON(w, map[string]any{"banned": b.Key.String(), "until": b.Until})
+}
+
+// logf logs a change made through the endpoint, with who asked (the
+// request's peer; the unix socket's has no address).
+func (s *Server) logf(r *http.Request, format string, args ...any) {
+	if s.o.Logf == nil {
+		return
+	}
+	from := r.RemoteAddr
+	if from == "" || from == "@" {
+		from = "the local socket"
+	}
+	s.o.Logf("imapgate: ctl: "+format+", asked from %s", append(args, from)...)
+}
+
+// banned names what a ban is on: "192.0.2.7", "192.0.2.0/24", or
+// "user bob on 192.0.2.7" (the name escaped as the log's user names are).
+func banned(p netip.Prefix, user string) string {
+	what := p.String()
+	if p.IsSingleIP() {
+		what = p.Addr().String()
+	}
+	if user != "" {
+		what = "user " + string(courierlog.AppendUser(nil, user)) + " on " + what
+	}
+	return what
+}
+
+// describeQuery writes the given query parameters that are set, "k=v k=v".
+func describeQuery(q url.Values, keys ...string) string {
+	var parts []string
+	for _, k := range keys {
+		if v := q.Get(k); v != "" {
+			parts = append(parts, k+"="+string(courierlog.AppendUser(nil, v)))
+		}
+	}
+	return strings.Join(parts, " ")
+}
+
+func plural(n int, word string) string {
+	if n == 1 {
+		return word
+	}
+	return word + "s"
 }
 
 // call answers a request by calling f: {done: true}, or the error with

@@ -132,7 +132,7 @@ func (a *app) startAdmin(cfg *config.Config, reg *prometheus.Registry, top *admi
 		Table: a.gate.Table, Limiter: a.gate.Limiter, Top: top, Gatherer: reg, Token: cfg.Admin.Token,
 		Reload: a.reload, ReopenLogs: a.reopenLogs, Ready: a.ready.Load, UpstreamProblems: a.srv.UpstreamProblems,
 		Cluster:       a.clusterStatus(),
-		KernelMembers: a.gate.KernelMembers, AfterUnban: a.gate.Unbanned, Kernel: a.gate.KernelState,
+		KernelMembers: a.gate.KernelMembers, AfterUnban: a.gate.Unbanned, Kernel: a.gate.KernelState, Logf: a.logf,
 		Info: func() map[string]any {
 			c := a.gate.Config()
 			addrs := make([]string, len(a.listeners))
