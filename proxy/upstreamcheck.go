@@ -36,7 +36,7 @@ type upstreamReport struct {
 
 const trustFix = "Dovecot: put imapgate's address in login_trusted_networks (and in haproxy_trusted_networks " +
 	"with upstream.proxy_protocol = \"v2\", whose SSL TLV says the client used TLS); " +
-	"courier: set IMAP_TLS_REQUIRED=0 in imapd (imapgate did the TLS; the hop to courier is on loopback)"
+	"courier: set IMAP_TLS_REQUIRED=0 in /etc/courier/imapd-ssl, where Debian sets it (imapgate did the TLS; the hop to courier is on loopback)"
 
 var problemText = [numProblems]string{
 	problemLoginDisabled: "upstream %s advertises LOGINDISABLED to imapgate: it does not trust imapgate's connection " +
