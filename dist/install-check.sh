@@ -39,7 +39,7 @@ block() {
 
 marker=/var/tmp/imapgate-install-check.running
 # Directories the install block may create that this host did not have.
-maybe_dirs="/usr/local/share/man/man8 /usr/local/share/man /etc/sysusers.d /etc/tmpfiles.d"
+maybe_dirs="/usr/local/share/man/man8 /usr/local/share/man /etc/sysusers.d /etc/tmpfiles.d /etc/logrotate.d"
 pid=""
 
 leftovers() {
@@ -47,7 +47,7 @@ leftovers() {
     getent passwd imapgate >/dev/null && echo "user imapgate"
     getent group imapgate >/dev/null && echo "group imapgate"
     for p in /usr/local/sbin/imapgate /usr/local/share/man/man8/imapgate.8 /etc/imapgate /var/log/imapgate \
-        /run/imapgate /etc/sysusers.d/imapgate.conf /etc/tmpfiles.d/imapgate.conf \
+        /run/imapgate /etc/sysusers.d/imapgate.conf /etc/tmpfiles.d/imapgate.conf /etc/logrotate.d/imapgate \
         /etc/systemd/system/imapgate.service /etc/systemd/system/imapgate.socket; do
         [ -e "$p" ] && echo "$p"
     done
@@ -98,6 +98,10 @@ getent passwd imapgate | grep -q ':/usr/sbin/nologin$' || die "user imapgate mis
 [ "$(stat -c '%U:%G %a' /etc/imapgate)" = "root:imapgate 750" ] || die "/etc/imapgate: $(stat -c '%U:%G %a' /etc/imapgate)"
 [ "$(stat -c '%U:%G %a' /etc/imapgate/imapd.pem)" = "root:imapgate 640" ] || die "imapd.pem: $(stat -c '%U:%G %a' /etc/imapgate/imapd.pem)"
 [ "$(stat -c '%U:%G' /var/log/imapgate)" = "imapgate:imapgate" ] || die "/var/log/imapgate: $(stat -c '%U:%G' /var/log/imapgate)"
+[ -f /etc/logrotate.d/imapgate ] || die "/etc/logrotate.d/imapgate missing"
+if command -v logrotate >/dev/null; then
+    logrotate -d /etc/logrotate.d/imapgate >/dev/null 2>&1 || die "logrotate -d rejects /etc/logrotate.d/imapgate"
+fi
 if [ -f /etc/courier/imapd.pem ]; then say "certificate: courier's /etc/courier/imapd.pem"; else say "certificate: generated with openssl"; fi
 if command -v man >/dev/null; then
     MANWIDTH=80 man -l /usr/local/share/man/man8/imapgate.8 2>/dev/null | grep -q 'open_files_check' || die "the manual page lacks the configuration"

@@ -73,6 +73,9 @@ for p in $(shipped); do dpkg -L imapgate | grep -qx "$p" || die "$p not listed b
 for c in /etc/imapgate/imapgate.toml /etc/logrotate.d/imapgate; do
     dpkg-query -W -f='${Conffiles}\n' imapgate | grep -q " $c " || die "$c is not a conffile"
 done
+for f in /lib/systemd/system/imapgate.service /etc/logrotate.d/imapgate; do
+    ! grep -q /usr/local "$f" || die "$f names /usr/local, where the package installs nothing: $(grep /usr/local "$f")"
+done
 getent passwd imapgate | grep -q ':/nonexistent:/usr/sbin/nologin$' || die "user imapgate: $(getent passwd imapgate)"
 [ "$(stat -c '%U:%G %a' /etc/imapgate)" = "root:imapgate 750" ] || die "/etc/imapgate: $(stat -c '%U:%G %a' /etc/imapgate)"
 [ "$(stat -c '%U:%G %a' /etc/imapgate/imapgate.toml)" = "root:imapgate 640" ] ||
