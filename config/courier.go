@@ -189,6 +189,17 @@ func (c *Config) ApplyCourier(file string) (warnings []string, err error) {
 			return nil, e
 		}
 	}
+	// Courier's limits raised for imapgate's own plain TCP forward (every
+	// session from one address) are no limits for clients.
+	for _, t := range []struct {
+		key, v string
+		n      int
+	}{{"limits.max_connections", "MAXDAEMONS", c.Limits.MaxConnections}, {"limits.max_per_ip", "MAXPERIP", c.Limits.MaxPerIP}} {
+		if c.origin[t.key] != "" && strings.HasPrefix(c.origin[t.key], "courier ") && t.n > c.Table.Max {
+			warnings = append(warnings, fmt.Sprintf("%s: %s=%d, taken as %s, is above table.max (%d): raised so that courier "+
+				"takes imapgate's forwarded sessions, it is no limit for clients; set %s in imapgate's own file", from[t.v], t.v, t.n, t.key, c.Table.Max, t.key))
+		}
+	}
 	if l := &c.Limits; !c.IsSet("limits.max_preauth_per_ip") && l.MaxPerIP > 0 && l.MaxPreauthPerIP > l.MaxPerIP {
 		l.MaxPreauthPerIP = l.MaxPerIP
 		c.setOrigin("limits.max_preauth_per_ip", "default, lowered to max_per_ip")

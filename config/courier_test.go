@@ -117,3 +117,30 @@ func TestDebianCourierFiles(t *testing.T) {
 		t.Errorf("IMAP_CAPABILITY_TLS not expanded: %q", vars["IMAP_CAPABILITY_TLS"])
 	}
 }
+
+// Courier's MAXPERIP and MAXDAEMONS raised for imapgate's own plain TCP
+// forward (README, In front of courier, step 3) are no limits for
+// clients: taking them says so, with where they came from (a fresh
+// admin's trial imported 5000 for both without a word).
+func TestApplyCourierWarnsOfRaisedLimits(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "imapd"), []byte("MAXDAEMONS=5000\nMAXPERIP=5000\n"), 0o644)
+	c := Default()
+	warnings, err := c.ApplyCourier(filepath.Join(dir, "imapd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(warnings) != 2 || !strings.Contains(warnings[0], "imapd:1: MAXDAEMONS=5000, taken as limits.max_connections, is above table.max (4096)") ||
+		!strings.Contains(warnings[1], "imapd:2: MAXPERIP=5000, taken as limits.max_per_ip, is above table.max (4096)") {
+		t.Errorf("warnings %q", warnings)
+	}
+	// Values a client limit can have, or set in imapgate's own file: no warning.
+	c, err = Parse("imapgate.toml", "[limits]\nmax_connections = 5000\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "imapd"), []byte("MAXDAEMONS=5000\nMAXPERIP=20\n"), 0o644)
+	if warnings, err = c.ApplyCourier(filepath.Join(dir, "imapd")); err != nil || len(warnings) != 0 {
+		t.Errorf("warnings %q, %v", warnings, err)
+	}
+}

@@ -13,9 +13,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/signal"
+	"os/user"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 	"time"
 
@@ -133,7 +136,7 @@ func loadConfig(f flags) (*config.Config, error) {
 	if f.courier != "" {
 		warnings, err := cfg.ApplyCourier(f.courier)
 		if err != nil {
-			return nil, err
+			return nil, courierReadHint(err)
 		}
 		for _, w := range warnings {
 			fmt.Fprintln(os.Stderr, "imapgate: warning:", w)
@@ -150,6 +153,22 @@ func loadConfig(f flags) (*config.Config, error) {
 		return nil, &config.Error{File: f.configFile, Key: "tls.cert", Msg: "required (or run with -demo for a generated certificate)"}
 	}
 	return cfg, nil
+}
+
+// courierReadHint adds to a permission error reading courier's files what
+// to do: Debian's are root:courier (files 640, the access directory 750),
+// and imapgate reads them as the user it runs as.
+func courierReadHint(err error) error {
+	if !errors.Is(err, fs.ErrPermission) {
+		return err
+	}
+	who := "this user"
+	if u, uerr := user.Current(); uerr == nil {
+		who = "user " + u.Username
+	}
+	return fmt.Errorf("%w (courier's files are root:courier on Debian and %s may not read them: run -check -courier-config as root "+
+		"to see the values and write them into imapgate's own -config file, or let it read them: adduser %s courier)",
+		err, who, strings.TrimPrefix(who, "user "))
 }
 
 // serve runs until SIGTERM/SIGINT. SIGUSR1 reopens the log file (after

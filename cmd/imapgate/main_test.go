@@ -6,8 +6,10 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"net"
 	"net/http"
@@ -566,5 +568,25 @@ func TestGCMemoryLimit(t *testing.T) {
 		if got := gcMemoryLimit(c.live, c.nonHeap); got != c.want {
 			t.Errorf("gcMemoryLimit(%d, %d) = %d, want %d", c.live, c.nonHeap, got, c.want)
 		}
+	}
+}
+
+// A permission error reading courier's files says what to do (Debian's are
+// root:courier and the service runs as user imapgate); other errors are
+// left as they are.
+func TestCourierReadHint(t *testing.T) {
+	denied := &fs.PathError{Op: "open", Path: "/etc/courier/imapaccess", Err: fs.ErrPermission}
+	msg := courierReadHint(denied).Error()
+	for _, want := range []string{"open /etc/courier/imapaccess: permission denied", "root:courier", "run -check -courier-config as root", "adduser "} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("%q lacks %q", msg, want)
+		}
+	}
+	if !errors.Is(courierReadHint(denied), fs.ErrPermission) {
+		t.Error("the hint hides the permission error")
+	}
+	other := errors.New("imapd:3: unterminated quote")
+	if courierReadHint(other) != other {
+		t.Error("a parse error got the permission hint")
 	}
 }
