@@ -155,7 +155,7 @@ func (lp *loginPhase) authenticate(tag string) outcome {
 		return closed
 	}
 	for {
-		kind, last, err := lp.relayResponses(tag, true)
+		kind, last, err := lp.relayResponses(tag, continueStop)
 		if err != nil {
 			return closed
 		}
@@ -175,7 +175,7 @@ func (lp *loginPhase) authenticate(tag string) outcome {
 					clear(line)
 					// Cancel the exchange upstream and swallow its answer.
 					lp.c.up.Write([]byte("*\r\n"))
-					_, _, err := lp.relayResponses(tag, false)
+					_, _, err := lp.relayResponses(tag, continueRelay)
 					return onlyIf(err)
 				}
 			}
@@ -207,7 +207,9 @@ func (lp *loginPhase) loginResult(tag string, last []byte, cr credentials) outco
 	c, s := lp.c, lp.c.srv
 	if last == nil {
 		var err error
-		if _, last, err = lp.relayResponses(tag, false); err != nil {
+		// LOGIN went whole (its literals answered by the upstream as it
+		// went): a continuation now is out of protocol.
+		if _, last, err = lp.relayResponses(tag, continueRefuse); err != nil {
 			c.ticket.CommitUser(false)
 			return closed
 		}

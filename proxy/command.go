@@ -24,7 +24,7 @@ func (lp *loginPhase) forward(tag string) outcome {
 			break
 		}
 		if !lit.nonSync {
-			kind, last, err := lp.relayResponses(tag, true)
+			kind, last, err := lp.relayResponses(tag, continueStop)
 			if err != nil {
 				return closed
 			}
@@ -41,7 +41,7 @@ func (lp *loginPhase) forward(tag string) outcome {
 		}
 		seg = append(lp.cmd[:0], line...)
 	}
-	_, last, err := lp.relayResponses(tag, false)
+	_, last, err := lp.relayResponses(tag, continueRelay)
 	if err != nil {
 		return closed
 	}

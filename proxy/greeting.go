@@ -32,9 +32,12 @@ func (lp *loginPhase) connectUpstream() bool {
 	line, err := readLine(lp.ur, upstreamMaxLine)
 	if err != nil {
 		if errors.Is(err, errLineTooLong) {
-			err = errors.New("greeting line too long")
+			// Something answered; a missing PROXY header would not look
+			// like this.
+			lp.unavailable(fmt.Errorf("no greeting from %s: a line over %d bytes", lp.set.Upstream, upstreamMaxLine))
+		} else {
+			lp.unavailable(fmt.Errorf("no greeting from %s: %w%s", lp.set.Upstream, err, proxyHeaderHint(lp.set.Upstream)))
 		}
-		lp.unavailable(fmt.Errorf("no greeting from %s: %w%s", lp.set.Upstream, err, proxyHeaderHint(lp.set.Upstream)))
 		return false
 	}
 	c.upDeadline(time.Time{})
@@ -42,6 +45,11 @@ func (lp *loginPhase) connectUpstream() bool {
 	switch {
 	case hasPrefixFold(text, "* OK"):
 	case hasPrefixFold(text, "* BYE"):
+		// The upstream refuses the session (courier: "Temporary problem";
+		// a server at its own limit): the client hears its words, the log
+		// says whose they were.
+		c.srv.log.Message(courierlog.Warning, fmt.Sprintf("upstream %s refused the session at its greeting: %.80q, ip=[%s], port=[%d]",
+			lp.set.Upstream, text, courierlog.Addr(c.client.Remote.Addr()), c.client.Remote.Port()))
 		c.writeClient(line)
 		return false
 	default:

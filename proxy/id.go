@@ -180,7 +180,7 @@ func (lp *loginPhase) clientID(tag string) outcome {
 		return closed
 	}
 	lp.idSent = lp.idSent || own != nil
-	_, last, err := lp.relayResponses(tag, false)
+	_, last, err := lp.relayResponses(tag, continueRelay)
 	if err != nil {
 		return closed
 	}

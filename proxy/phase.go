@@ -26,6 +26,11 @@ type loginPhase struct {
 	cmd      []byte // command being assembled; cleared after LOGIN (password)
 	out      []byte // scratch for writes
 	last     []byte // the last upstream response line read
+	// upErr is why the upstream failed the session before login (a read
+	// error, a line or literal over the bounds, a response out of
+	// protocol), reported once when the phase ends (upstreamFailed).
+	upErr error
+	upBye bool // the upstream sent an untagged BYE: its close is expected
 }
 
 // outcome is what a command, or the whole login phase, came to.
@@ -67,6 +72,7 @@ func (lp *loginPhase) release() {
 // imaplogin would swallow them when it execs imapd).
 func (lp *loginPhase) run() outcome {
 	if !lp.connectUpstream() {
+		lp.reportUpstreamFailure() // its own ID's answer, if that failed
 		return closed
 	}
 	for {
@@ -83,6 +89,9 @@ func (lp *loginPhase) run() outcome {
 			return closed
 		}
 		if o := lp.command(); o != carryOn {
+			if o == closed {
+				lp.reportUpstreamFailure()
+			}
 			return o
 		}
 	}
@@ -116,6 +125,27 @@ func (lp *loginPhase) command() outcome {
 		return loggedOut
 	}
 	return lp.forward(tag)
+}
+
+// upstreamFailed records why the upstream failed the session, the first
+// reason only, and returns err for the caller to end with.
+func (lp *loginPhase) upstreamFailed(err error) error {
+	if lp.upErr == nil {
+		lp.upErr = err
+	}
+	return err
+}
+
+// reportUpstreamFailure logs, when the phase ended because the upstream
+// failed it, why, and tells the client the server is unavailable (a
+// hostile or broken upstream otherwise ended sessions with nothing in the
+// log but "Disconnected"). An upstream that said BYE first closed as it
+// said it would; a killed session is the table's doing.
+func (lp *loginPhase) reportUpstreamFailure() {
+	if lp.upErr == nil || (lp.upBye && errors.Is(lp.upErr, io.EOF)) {
+		return
+	}
+	lp.unavailable(fmt.Errorf("%s failed the session before login: %w", lp.set.Upstream, lp.upErr))
 }
 
 // invalid answers a malformed command; after MaxErrors of them the client

@@ -1,17 +1,23 @@
 package proxy
 
 import (
+	"errors"
+	"fmt"
 	"io"
 )
 
 // relayResponses relays upstream responses to the client until the tagged
 // response for tag (returned, not written: callers decide when it goes
-// out) or, if stopAtContinuation, a continuation request (written).
-func (lp *loginPhase) relayResponses(tag string, stopAtContinuation bool) (respKind, []byte, error) {
+// out) or, with continueStop, a continuation request (written).
+func (lp *loginPhase) relayResponses(tag string, onContinue continueMode) (respKind, []byte, error) {
+	stopAtContinuation := onContinue == continueStop
 	for {
 		kind, line, err := lp.readUpstreamResponse(tag)
 		if err != nil {
 			return kind, nil, err
+		}
+		if kind == respContinue && onContinue == continueRefuse {
+			return kind, nil, lp.upstreamFailed(fmt.Errorf("a continuation request (%.60q) to a command sent whole", trimCRLF(line)))
 		}
 		if kind == respTagged {
 			if line == nil { // it came with a literal and has been relayed
@@ -46,6 +52,15 @@ func (lp *loginPhase) relayResponses(tag string, stopAtContinuation bool) (respK
 	}
 }
 
+// continueMode says what relayResponses does with a continuation request.
+type continueMode uint8
+
+const (
+	continueRelay  continueMode = iota // relay it and pass the client's one-line answer on
+	continueStop                       // relay it and return (the caller answers it)
+	continueRefuse                     // out of protocol: the command went whole (LOGIN)
+)
+
 // maxResponseLiteral bounds a literal in an upstream response before login.
 const maxResponseLiteral = 64 << 10
 
@@ -67,9 +82,21 @@ func (lp *loginPhase) readUpstreamResponseQuiet(tag string) (respKind, []byte, e
 func (lp *loginPhase) readResponse(tag string, relay func([]byte) error) (respKind, []byte, error) {
 	line, err := readLine(lp.ur, upstreamMaxLine)
 	if err != nil {
-		return respUntagged, nil, err
+		if errors.Is(err, errLineTooLong) {
+			err = fmt.Errorf("a response line over %d bytes", upstreamMaxLine)
+		}
+		return respUntagged, nil, lp.upstreamFailed(err)
 	}
 	kind, _ := classify(line, tag)
+	switch {
+	case kind == respUntagged && (len(line) < 2 || line[0] != '*'):
+		// One command at a time goes upstream: any other tag, or no
+		// tag at all, is out of protocol (RFC 9051 §2.2.2), and waiting
+		// on would hang the client until its timeout.
+		return kind, nil, lp.upstreamFailed(fmt.Errorf("a response that is neither untagged nor tagged %s: %.60q", tag, trimCRLF(line)))
+	case kind == respUntagged && hasPrefixFold(line, "* BYE"):
+		lp.upBye = true
+	}
 	lit, has, err := trailingLiteral(line)
 	if err != nil || !has {
 		lp.last = append(lp.last[:0], line...)
@@ -77,7 +104,7 @@ func (lp *loginPhase) readResponse(tag string, relay func([]byte) error) (respKi
 	}
 	for has {
 		if lit.size > maxResponseLiteral {
-			return kind, nil, errLiteralTooLong
+			return kind, nil, lp.upstreamFailed(fmt.Errorf("a literal of %d bytes in a response (at most %d)", lit.size, maxResponseLiteral))
 		}
 		if err := relay(line); err != nil {
 			return kind, nil, err

@@ -15,9 +15,8 @@ import (
 // reads is bounded.
 
 var (
-	errLineTooLong    = errors.New("line too long")
-	errBadSyntax      = errors.New("syntax error")
-	errLiteralTooLong = errors.New("literal too large")
+	errLineTooLong = errors.New("line too long")
+	errBadSyntax   = errors.New("syntax error")
 )
 
 // readLine returns the next line including its terminating LF. The slice

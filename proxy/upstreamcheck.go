@@ -108,7 +108,11 @@ func (s *Server) ProbeUpstream(ctx context.Context) error {
 	r := bufio.NewReaderSize(up, upstreamMaxLine)
 	caps, err := probeCaps(r, func(b []byte) error { _, err := up.Write(b); return err })
 	if err != nil {
-		return fmt.Errorf("probe %s: %w%s", set.Upstream, err, proxyHeaderHint(set.Upstream))
+		hint := proxyHeaderHint(set.Upstream)
+		if errors.Is(err, errLineTooLong) {
+			hint = "" // something answered: not a missing PROXY header
+		}
+		return fmt.Errorf("probe %s: %w%s", set.Upstream, err, hint)
 	}
 	if hasCap(caps, "LOGINDISABLED") {
 		s.upstreamProblem(problemLoginDisabled)
