@@ -358,6 +358,32 @@ func TestReloadUnderLoad(t *testing.T) {
 	}
 }
 
+// A reload that changes several restart-only settings, some the process
+// holds (listen.address) and some the gate does (tls.min_version), names
+// them all in one refusal and keeps the running configuration.
+func TestReloadNamesEveryRestartOnlyChange(t *testing.T) {
+	d := startDaemon(t, "", nil, nil)
+	path := filepath.Join(d.dir, "imapgate.toml")
+	good, _ := os.ReadFile(path)
+	changed := strings.Replace(string(good), `address = "127.0.0.1:0"`, `address = "127.0.0.1:1"`, 1)
+	changed = strings.Replace(changed, "[tls]\n", "[tls]\nmin_version = \"1.3\"\n", 1)
+	if changed == string(good) {
+		t.Fatal("the test's config has changed shape")
+	}
+	os.WriteFile(path, []byte(changed), 0o644)
+	out, err := exec.Command(binary, "ctl", "-admin", "unix:"+d.admin, "reload").CombinedOutput()
+	const want = "listen.address, tls.min_version changed, which needs a restart"
+	if err == nil || !strings.Contains(string(out), want) {
+		t.Fatalf("ctl reload: %v, %q; want %q", err, out, want)
+	}
+	d.waitLine("keeping the running configuration: " + want)
+	if c, err := d.login("", "demo", "demo"); err != nil {
+		t.Fatalf("the running configuration is gone: %v", err)
+	} else {
+		c.Close()
+	}
+}
+
 func TestShutdownDrainsThenCloses(t *testing.T) {
 	d := startDaemon(t, "", []string{"-grace", "1s"}, nil)
 	est, err := d.login("127.0.12.1", "demo", "demo")
