@@ -453,8 +453,11 @@ func Parse(name, text string) (*Config, error) {
 		c.setOrigin("limits.max_preauth_per_ip", "default, lowered to max_per_ip")
 	}
 	loc := newLocator(text)
-	var errs Errors
+	errs := checkMapTables(md, name, loc)
 	for _, k := range md.Undecoded() {
+		if slices.ContainsFunc(errs, func(e *Error) bool { return strings.HasPrefix(k.String(), e.Key+".") }) {
+			continue // in a table refused whole
+		}
 		msg := "unknown key"
 		if s := suggestKey(k.String()); s != "" {
 			msg += " (did you mean " + s + "?)"

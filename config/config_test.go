@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -168,6 +169,59 @@ func TestErrorsNameFileLineAndKey(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A key that holds a table refuses any other value with the file, line and
+// key, a map's (limits.action) as a struct's: the decoder skipped a map's,
+// and every action kept its default. A table, inline or not, is accepted.
+func TestTableKeysRefuseOtherValues(t *testing.T) {
+	var tables []string
+	walkKeys(reflect.TypeFor[Config](), "", func(key string, ft reflect.Type) {
+		if ft.Kind() == reflect.Slice {
+			ft = ft.Elem()
+		}
+		if ft.Kind() == reflect.Map || ft.Kind() == reflect.Struct && !ft.Implements(textMarshaler) && !reflect.PointerTo(ft).Implements(textMarshaler) {
+			tables = append(tables, key)
+		}
+	})
+	if !slices.Contains(tables, "limits.action") || !slices.Contains(tables, "limits.override") || len(tables) < 15 {
+		t.Fatalf("table keys found: %v", tables)
+	}
+	for _, key := range tables {
+		values := []string{`"bye"`, `["bye"]`, `5`}
+		if !strings.HasPrefix(key, "tls.sni") && !strings.HasPrefix(key, "limits.override") { // arrays of tables
+			values = append(values, `[{ max_per_ip = "bye" }]`)
+		}
+		for _, v := range values {
+			text := "# imapgate\n" + key + " = " + v + "\n"
+			if parent, name, ok := cutLast(key); ok {
+				text = "# imapgate\n[" + parent + "]\n" + name + " = " + v + "\n"
+			}
+			_, err := Parse("imapgate.toml", text)
+			var es Errors
+			if !errors.As(err, &es) || len(es) != 1 || es[0].Line != strings.Count(text, "\n") || es[0].Key != key {
+				t.Errorf("%q: err = %v, want one error at its line naming %s", text, err, key)
+			}
+		}
+	}
+	if _, err := Parse("imapgate.toml", "[[limits.action]]\nmax_per_ip = \"bye\"\n"); err == nil ||
+		err.Error() != "imapgate.toml:1: limits.action: type mismatch: expected table but found array of tables" {
+		t.Errorf("[[limits.action]]: %v", err)
+	}
+	for _, text := range []string{"[limits.action]\nmax_per_ip = \"bye\"\n", "[limits]\naction = { max_per_ip = \"bye\" }\n"} {
+		c, err := Parse("imapgate.toml", text)
+		if err != nil || c.Limits.Action["max_per_ip"] != "bye" || c.Limits.Action["max_preauth_per_ip"] != Default().Limits.Action["max_preauth_per_ip"] {
+			t.Errorf("%q: err %v, action %v", text, err, c.Limits.Action)
+		}
+	}
+}
+
+func cutLast(key string) (parent, name string, ok bool) {
+	i := strings.LastIndexByte(key, '.')
+	if i < 0 {
+		return "", key, false
+	}
+	return key[:i], key[i+1:], true
 }
 
 // Lowering max_per_ip alone lowers max_preauth_per_ip with it, and -check

@@ -12,25 +12,27 @@ import (
 // as the TOML decoder names an unknown one.
 var knownKeys = sync.OnceValue(func() []string {
 	var keys []string
-	walkKeys(reflect.TypeFor[Config](), "", &keys)
+	walkKeys(reflect.TypeFor[Config](), "", func(key string, _ reflect.Type) { keys = append(keys, key) })
 	slices.Sort(keys)
 	return keys
 })
 
-func walkKeys(t reflect.Type, prefix string, keys *[]string) {
+// walkKeys calls visit with every dotted key under t and the Go type of its
+// field, a table before the keys in it.
+func walkKeys(t reflect.Type, prefix string, visit func(key string, ft reflect.Type)) {
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
 		name, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
 		if !f.IsExported() || name == "" || name == "-" {
 			continue
 		}
-		*keys = append(*keys, prefix+name)
+		visit(prefix+name, f.Type)
 		ft := f.Type
 		for ft.Kind() == reflect.Pointer || ft.Kind() == reflect.Slice {
 			ft = ft.Elem()
 		}
 		if ft.Kind() == reflect.Struct && !ft.Implements(textMarshaler) && !reflect.PointerTo(ft).Implements(textMarshaler) {
-			walkKeys(ft, prefix+name+".", keys)
+			walkKeys(ft, prefix+name+".", visit)
 		}
 	}
 }
