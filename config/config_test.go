@@ -3,6 +3,7 @@ package config
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"reflect"
 	"slices"
 	"strings"
@@ -166,6 +167,44 @@ func TestErrorsNameFileLineAndKey(t *testing.T) {
 			}
 			if strings.Contains(err.Error(), "SECRET") {
 				t.Fatalf("the error quotes the password: %v", err)
+			}
+		})
+	}
+}
+
+// A syntax error names its line and column, and a key only when the
+// mistake is on that key's line: the parser's last key is often a table
+// above it ([log] for an unclosed [limits]).
+func TestSyntaxErrorsNameLineColumnAndOnlyTheirKey(t *testing.T) {
+	tests := []struct {
+		name, text string
+		line, col  int
+		key, msg   string
+	}{
+		{"table header without ] after [log]", "[tls]\ncert = \"x.pem\"\n\n[log]\noutput = \"stderr\"\n\n[limits\nmax_per_ip = 3\n", 7, 8, "", "end table name"},
+		{"array table header without ]] after a key", "[log]\noutput = \"stderr\"\n[[limits.override\n", 3, 18, "", "end table name"},
+		{"junk after a value", "[limits]\nmax_per_ip = 3x\n", 2, 15, "", "but got 'x'"},
+		{"key without value", "[log]\ntag = \"x\"\n[limits]\nmax_per_ip\n", 4, 11, "", "expected '.' or '='"},
+		{"missing closing quote", "[log]\noutput = \"stderr\ntag = \"x\"\n", 2, 17, "log.output", "newlines"},
+		{"duplicate key", "[limits]\nmax_per_ip = 3\nmax_per_ip = 4\n", 3, 1, "limits.max_per_ip", "already been defined"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("imapgate.toml", tt.text)
+			var es Errors
+			if !errors.As(err, &es) || len(es) != 1 {
+				t.Fatalf("err = %v, want one config error", err)
+			}
+			e := es[0]
+			if e.Line != tt.line || e.Col != tt.col || e.Key != tt.key || !strings.Contains(e.Msg, tt.msg) {
+				t.Fatalf("got %q (line %d col %d key %q), want line %d col %d key %q msg %q", e, e.Line, e.Col, e.Key, tt.line, tt.col, tt.key, tt.msg)
+			}
+			want := fmt.Sprintf("imapgate.toml:%d:%d: ", tt.line, tt.col)
+			if tt.key != "" {
+				want += tt.key + ": "
+			}
+			if !strings.HasPrefix(e.Error(), want+e.Msg) {
+				t.Errorf("Error() = %q, want %q", e.Error(), want+e.Msg)
 			}
 		})
 	}

@@ -57,7 +57,7 @@ func writeManPage(w io.Writer, b buildInfo) {
 	p(`.TP`)
 	p(`.B SIGHUP`)
 	p(`Reload the configuration and the certificates. Everything is read and checked first; a broken file`)
-	p(`is logged with file, line and key, and the running configuration stays.`)
+	p(`is logged with file, line and key (a syntax error with file, line and column), and the running configuration stays.`)
 	p(`.TP`)
 	p(`.BR SIGTERM ", " SIGINT`)
 	p(`Stop accepting, send * BYE to sessions still logging in, let logged\-in sessions drain for`)
