@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -42,6 +43,18 @@ const ctlUsage = `usage: imapgate ctl [-admin ADDR | -config FILE] [-json] [-tok
   reopen-logs               reopen the log file after rotation, or reconnect to syslog (like SIGUSR1)
 `
 
+// ctlCommands lists the commands in ctlUsage: the first word of each line
+// indented by two spaces.
+func ctlCommands() []string {
+	var cmds []string
+	for _, l := range strings.Split(ctlUsage, "\n") {
+		if rest, ok := strings.CutPrefix(l, "  "); ok && rest != "" && rest[0] != ' ' {
+			cmds = append(cmds, strings.Fields(rest)[0])
+		}
+	}
+	return cmds
+}
+
 // ctlFlagSet defines ctl's flags; the manual page lists the same.
 func ctlFlagSet() (fs *flag.FlagSet, addr, cfgFile *string, asJSON *bool, token *string) {
 	fs = flag.NewFlagSet("imapgate ctl", flag.ContinueOnError)
@@ -57,7 +70,20 @@ func ctl(args []string, stdout, stderr io.Writer) int {
 	fs, addr, cfgFile, asJSON, token := ctlFlagSet()
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, ctlUsage) }
-	if err := fs.Parse(args); err != nil || fs.NArg() == 0 {
+	if err := fs.Parse(args); err != nil {
+		return 2 // Parse printed the usage (-h), or the mistake and the usage
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return 2
+	}
+	cmd, rest := fs.Arg(0), fs.Args()[1:]
+	if !slices.Contains(ctlCommands(), cmd) {
+		msg := fmt.Sprintf("imapgate ctl: unknown command %q", cmd)
+		if s := config.Nearest(cmd, ctlCommands()); s != "" {
+			msg += fmt.Sprintf(" (did you mean %s?)", s)
+		}
+		fmt.Fprintln(stderr, msg)
 		fs.Usage()
 		return 2
 	}
@@ -82,7 +108,6 @@ func ctl(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	c := newCtlClient(*addr, *token)
-	cmd, rest := fs.Arg(0), fs.Args()[1:]
 	var err error
 	switch cmd {
 	case "status":
@@ -137,8 +162,7 @@ func ctl(args []string, stdout, stderr io.Writer) int {
 	case "reopen-logs":
 		err = c.post(stdout, "/reopen-logs", nil, *asJSON)
 	default:
-		fs.Usage()
-		return 2
+		err = fmt.Errorf("%s is in the usage but not implemented", cmd)
 	}
 	if err != nil {
 		if *asJSON {

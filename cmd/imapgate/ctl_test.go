@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -54,6 +55,40 @@ func TestCtlBadAdminAddress(t *testing.T) {
 		if code != 1 || json.Unmarshal(stdout.Bytes(), &failed) != nil || !strings.Contains(failed.Error, "host:port or unix:/path") ||
 			!strings.HasPrefix(stderr.String(), "imapgate ctl: ") {
 			t.Errorf("-admin %q: exit %d, stdout %q, stderr %q", addr, code, stdout.String(), stderr.String())
+		}
+	}
+}
+
+// The commands ctl accepts are those its usage lists.
+func TestCtlCommandsAreTheUsages(t *testing.T) {
+	want := []string{"status", "top", "conns", "kill", "bans", "ban", "unban", "knowngood", "reload", "reopen-logs"}
+	if got := ctlCommands(); !slices.Equal(got, want) {
+		t.Errorf("ctlCommands() = %v, want %v", got, want)
+	}
+}
+
+// A usage mistake prints the usage once and exits 2; an unknown command
+// is named first, with the command it may be a typo of. None of them
+// reads a configuration or connects.
+func TestCtlUsageMistakes(t *testing.T) {
+	tests := []struct {
+		args      []string
+		firstLine string // "" when the usage comes first
+	}{
+		{[]string{"-h"}, ""},
+		{nil, ""},
+		{[]string{"-bogus", "status"}, "flag provided but not defined: -bogus"},
+		{[]string{"-config", "/nonexistent", "bogus"}, `imapgate ctl: unknown command "bogus"`},
+		{[]string{"stauts"}, `imapgate ctl: unknown command "stauts" (did you mean status?)`},
+		{[]string{"reopen-log"}, `imapgate ctl: unknown command "reopen-log" (did you mean reopen-logs?)`},
+	}
+	for _, tt := range tests {
+		var stdout, stderr bytes.Buffer
+		code := ctl(tt.args, &stdout, &stderr)
+		first, _, _ := strings.Cut(stderr.String(), "\n")
+		if code != 2 || stdout.Len() != 0 || strings.Count(stderr.String(), "usage: imapgate ctl") != 1 ||
+			(tt.firstLine == "" && !strings.HasPrefix(first, "usage:")) || (tt.firstLine != "" && first != tt.firstLine) {
+			t.Errorf("ctl %q: exit %d, stdout %q, stderr %q; want exit 2, the usage once, first line %q", tt.args, code, stdout.String(), stderr.String(), tt.firstLine)
 		}
 	}
 }
