@@ -284,6 +284,11 @@ func TestMetricsAndCtl(t *testing.T) {
 	if s := d.ctl("-json", "status"); !strings.Contains(s, `"count": 0`) {
 		t.Errorf("ctl -json status:\n%s", s)
 	}
+	// Without -admin, ctl finds the endpoint in the daemon's configuration.
+	if out, err := exec.Command(binary, "ctl", "-config", filepath.Join(d.dir, "imapgate.toml"), "status").CombinedOutput(); err != nil ||
+		!strings.Contains(string(out), "connections  ") {
+		t.Errorf("ctl -config FILE status: %v\n%s", err, out)
+	}
 	if s := d.ctl("reload"); !strings.Contains(s, "reloaded: true") {
 		t.Errorf("ctl reload: %s", s)
 	}
