@@ -1,7 +1,8 @@
 // Package config reads imapgate's TOML file into typed, validated values.
 // A file is decoded and checked whole; every problem is reported with the
-// file, the line and the key, and a caller that is reloading keeps its old
-// configuration when Load fails.
+// file, the line and the key (a syntax error with the line and column, and
+// the key only when it is on the key's line), and a caller that is
+// reloading keeps its old configuration when Load fails.
 package config
 
 import (
@@ -354,11 +355,14 @@ type KernelEscalation struct {
 	PrefixAddresses int `toml:"prefix_addresses"`
 }
 
-// Error is a problem in a config file at a line and key.
+// Error is a problem in a config file at a line and key: "file:line: key:
+// msg", or "file:line:col: msg" for a syntax error (which names a key only
+// when it is on the key's own line).
 type Error struct {
 	File string
-	Line int // 0 if unknown
-	Key  string
+	Line int    // 0 if unknown
+	Col  int    // in bytes from 1; 0 if unknown (all but syntax errors)
+	Key  string // "" if none is at fault
 	Msg  string
 }
 
@@ -367,6 +371,9 @@ func (e *Error) Error() string {
 	b.WriteString(e.File)
 	if e.Line > 0 {
 		fmt.Fprintf(&b, ":%d", e.Line)
+		if e.Col > 0 {
+			fmt.Fprintf(&b, ":%d", e.Col)
+		}
 	}
 	if e.Key != "" {
 		fmt.Fprintf(&b, ": %s", e.Key)
@@ -405,15 +412,23 @@ func (c *Config) Validate(name string) error {
 
 var typeErrRE = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]*)"\): (.*)$`)
 
-// syntaxErrorLine is the line of a syntax error's offending byte. The
+// syntaxError is pe at the line and column of its offending byte. The
 // parser's Position.Line counts a newline it has already consumed, so an
 // error about a line's end ("[limits" with no "]") would name the next line;
-// Position.Start, the byte offset, does not.
-func syntaxErrorLine(text string, pe toml.ParseError) int {
+// Position.Start, the byte offset, does not. pe.LastKey is the last key or
+// table the parser entered, often a table above the mistake ("log" for an
+// unclosed "[limits" after [log]), so it is named only when the mistake is
+// on a line of its own (a value, a duplicate key).
+func syntaxError(name, text string, pe toml.ParseError) *Error {
+	e := &Error{File: name, Line: pe.Position.Line, Col: pe.Position.Col, Msg: pe.Message}
 	if s := pe.Position.Start; s >= 0 && s <= len(text) && (s > 0 || pe.Position.Line <= 1) {
-		return 1 + strings.Count(text[:s], "\n")
+		lineStart := strings.LastIndexByte(text[:s], '\n') + 1
+		e.Line, e.Col = 1+strings.Count(text[:s], "\n"), 1+s-lineStart
 	}
-	return pe.Position.Line
+	if slices.Contains(newLocator(text).lines[pe.LastKey], e.Line) {
+		e.Key = pe.LastKey
+	}
+	return e
 }
 
 // Load reads and validates path.
@@ -433,7 +448,7 @@ func Parse(name, text string) (*Config, error) {
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
-			return nil, Errors{{File: name, Line: syntaxErrorLine(text, pe), Key: pe.LastKey, Msg: pe.Message}}
+			return nil, Errors{syntaxError(name, text, pe)}
 		}
 		// Type errors come as text: toml: line N (last key "K"): message.
 		if m := typeErrRE.FindStringSubmatch(err.Error()); m != nil {
@@ -453,8 +468,11 @@ func Parse(name, text string) (*Config, error) {
 		c.setOrigin("limits.max_preauth_per_ip", "default, lowered to max_per_ip")
 	}
 	loc := newLocator(text)
-	var errs Errors
+	errs := checkMapTables(md, name, loc)
 	for _, k := range md.Undecoded() {
+		if slices.ContainsFunc(errs, func(e *Error) bool { return strings.HasPrefix(k.String(), e.Key+".") }) {
+			continue // in a table refused whole
+		}
 		msg := "unknown key"
 		if s := suggestKey(k.String()); s != "" {
 			msg += " (did you mean " + s + "?)"

@@ -3,7 +3,9 @@ package config
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -168,6 +170,97 @@ func TestErrorsNameFileLineAndKey(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A syntax error names its line and column, and a key only when the
+// mistake is on that key's line: the parser's last key is often a table
+// above it ([log] for an unclosed [limits]).
+func TestSyntaxErrorsNameLineColumnAndOnlyTheirKey(t *testing.T) {
+	tests := []struct {
+		name, text string
+		line, col  int
+		key, msg   string
+	}{
+		{"table header without ] after [log]", "[tls]\ncert = \"x.pem\"\n\n[log]\noutput = \"stderr\"\n\n[limits\nmax_per_ip = 3\n", 7, 8, "", "end table name"},
+		{"array table header without ]] after a key", "[log]\noutput = \"stderr\"\n[[limits.override\n", 3, 18, "", "end table name"},
+		{"junk after a value", "[limits]\nmax_per_ip = 3x\n", 2, 15, "", "but got 'x'"},
+		{"key without value", "[log]\ntag = \"x\"\n[limits]\nmax_per_ip\n", 4, 11, "", "expected '.' or '='"},
+		{"missing closing quote", "[log]\noutput = \"stderr\ntag = \"x\"\n", 2, 17, "log.output", "newlines"},
+		{"duplicate key", "[limits]\nmax_per_ip = 3\nmax_per_ip = 4\n", 3, 1, "limits.max_per_ip", "already been defined"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("imapgate.toml", tt.text)
+			var es Errors
+			if !errors.As(err, &es) || len(es) != 1 {
+				t.Fatalf("err = %v, want one config error", err)
+			}
+			e := es[0]
+			if e.Line != tt.line || e.Col != tt.col || e.Key != tt.key || !strings.Contains(e.Msg, tt.msg) {
+				t.Fatalf("got %q (line %d col %d key %q), want line %d col %d key %q msg %q", e, e.Line, e.Col, e.Key, tt.line, tt.col, tt.key, tt.msg)
+			}
+			want := fmt.Sprintf("imapgate.toml:%d:%d: ", tt.line, tt.col)
+			if tt.key != "" {
+				want += tt.key + ": "
+			}
+			if !strings.HasPrefix(e.Error(), want+e.Msg) {
+				t.Errorf("Error() = %q, want %q", e.Error(), want+e.Msg)
+			}
+		})
+	}
+}
+
+// A key that holds a table refuses any other value with the file, line and
+// key, a map's (limits.action) as a struct's: the decoder skipped a map's,
+// and every action kept its default. A table, inline or not, is accepted.
+func TestTableKeysRefuseOtherValues(t *testing.T) {
+	var tables []string
+	walkKeys(reflect.TypeFor[Config](), "", func(key string, ft reflect.Type) {
+		if ft.Kind() == reflect.Slice {
+			ft = ft.Elem()
+		}
+		if ft.Kind() == reflect.Map || ft.Kind() == reflect.Struct && !ft.Implements(textMarshaler) && !reflect.PointerTo(ft).Implements(textMarshaler) {
+			tables = append(tables, key)
+		}
+	})
+	if !slices.Contains(tables, "limits.action") || !slices.Contains(tables, "limits.override") || len(tables) < 15 {
+		t.Fatalf("table keys found: %v", tables)
+	}
+	for _, key := range tables {
+		values := []string{`"bye"`, `["bye"]`, `5`}
+		if !strings.HasPrefix(key, "tls.sni") && !strings.HasPrefix(key, "limits.override") { // arrays of tables
+			values = append(values, `[{ max_per_ip = "bye" }]`)
+		}
+		for _, v := range values {
+			text := "# imapgate\n" + key + " = " + v + "\n"
+			if parent, name, ok := cutLast(key); ok {
+				text = "# imapgate\n[" + parent + "]\n" + name + " = " + v + "\n"
+			}
+			_, err := Parse("imapgate.toml", text)
+			var es Errors
+			if !errors.As(err, &es) || len(es) != 1 || es[0].Line != strings.Count(text, "\n") || es[0].Key != key {
+				t.Errorf("%q: err = %v, want one error at its line naming %s", text, err, key)
+			}
+		}
+	}
+	if _, err := Parse("imapgate.toml", "[[limits.action]]\nmax_per_ip = \"bye\"\n"); err == nil ||
+		err.Error() != "imapgate.toml:1: limits.action: type mismatch: expected table but found array of tables" {
+		t.Errorf("[[limits.action]]: %v", err)
+	}
+	for _, text := range []string{"[limits.action]\nmax_per_ip = \"bye\"\n", "[limits]\naction = { max_per_ip = \"bye\" }\n"} {
+		c, err := Parse("imapgate.toml", text)
+		if err != nil || c.Limits.Action["max_per_ip"] != "bye" || c.Limits.Action["max_preauth_per_ip"] != Default().Limits.Action["max_preauth_per_ip"] {
+			t.Errorf("%q: err %v, action %v", text, err, c.Limits.Action)
+		}
+	}
+}
+
+func cutLast(key string) (parent, name string, ok bool) {
+	i := strings.LastIndexByte(key, '.')
+	if i < 0 {
+		return "", key, false
+	}
+	return key[:i], key[i+1:], true
 }
 
 // Lowering max_per_ip alone lowers max_preauth_per_ip with it, and -check

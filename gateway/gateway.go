@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -264,15 +265,15 @@ func upstreamTLS(u config.Upstream) (*tls.Config, error) {
 	return tc, nil
 }
 
-// Changed names a setting and whether a reload changed it (RestartOnly).
+// Changed names a setting and whether a reload changed it (Reload's also).
 type Changed struct {
 	Key     string
 	Changed bool
 }
 
-// RestartOnly returns an error naming the settings among keys that a
-// reload changed (they cannot change without one), or nil if none did.
-func RestartOnly(keys ...Changed) error {
+// restartOnly returns an error naming the settings among keys that a
+// reload changed (they cannot change without a restart), or nil if none did.
+func restartOnly(keys ...Changed) error {
 	var changed []string
 	for _, k := range keys {
 		if k.Changed {
@@ -293,18 +294,22 @@ func RestartOnly(keys ...Changed) error {
 // applied then (reloadKernel): conntrack_watch re-times the host conntrack
 // watch (on, off, another interval); the rest remakes the nftables path
 // (on, off, another table name, dry run or escalation).
-func (g *Gate) Reload(cfg *config.Config) error {
+//
+// also lists the restart-only settings the caller holds (listeners, log
+// outputs, the admin endpoint): a refusal names them with the gate's own
+// in one error, so an admin fixes them all at once.
+func (g *Gate) Reload(cfg *config.Config, also ...Changed) error {
 	g.reload.Lock()
 	defer g.reload.Unlock()
 	old := g.cur.Load().Config
-	if err := RestartOnly(
-		Changed{"upstream.mode", cfg.Upstream.Mode != old.Upstream.Mode},
-		Changed{"tls.min_version", cfg.TLS.MinVersion != old.TLS.MinVersion},
-		Changed{"tls.post_quantum", cfg.TLS.PostQuantum != old.TLS.PostQuantum},
-		Changed{"[cluster]", cfg.Cluster != old.Cluster},
-		Changed{"listen.proxy_protocol_from (on or off)", (len(old.Listen.ProxyProtocolFrom) == 0) != (len(cfg.Listen.ProxyProtocolFrom) == 0)},
-		Changed{"table.buckets", cfg.Table.Buckets != old.Table.Buckets},
-	); err != nil {
+	if err := restartOnly(slices.Concat(also, []Changed{
+		{"upstream.mode", cfg.Upstream.Mode != old.Upstream.Mode},
+		{"tls.min_version", cfg.TLS.MinVersion != old.TLS.MinVersion},
+		{"tls.post_quantum", cfg.TLS.PostQuantum != old.TLS.PostQuantum},
+		{"[cluster]", cfg.Cluster != old.Cluster},
+		{"listen.proxy_protocol_from (on or off)", (len(old.Listen.ProxyProtocolFrom) == 0) != (len(cfg.Listen.ProxyProtocolFrom) == 0)},
+		{"table.buckets", cfg.Table.Buckets != old.Table.Buckets},
+	})...); err != nil {
 		return err
 	}
 	snap, err := g.build(cfg)

@@ -44,6 +44,11 @@ func TestReloadAllOrNothing(t *testing.T) {
 	if err := g.Reload(&restart); err == nil || err.Error() != "upstream.mode changed, which needs a restart" {
 		t.Fatalf("upstream.mode changed without a restart, or said %v", err)
 	}
+	// The caller's restart-only settings come first, in the same refusal.
+	if err := g.Reload(&restart, Changed{"[log]", true}, Changed{"[admin]", false}); err == nil ||
+		err.Error() != "[log], upstream.mode changed, which needs a restart" {
+		t.Fatalf("the caller's [log] not named with upstream.mode: %v", err)
+	}
 	pq := next
 	pq.TLS.PostQuantum = !next.TLS.PostQuantum
 	pq.Table.Buckets = 4096

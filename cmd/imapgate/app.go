@@ -181,14 +181,11 @@ func (a *app) tryReload() error {
 		return err
 	}
 	old := a.gate.Config()
-	if err := gateway.RestartOnly(
+	return a.gate.Reload(cfg,
 		gateway.Changed{Key: "listen.address", Changed: cfg.Listen.Address != old.Listen.Address && !a.activated},
 		gateway.Changed{Key: "[log]", Changed: cfg.Log != old.Log},
 		gateway.Changed{Key: "[admin]", Changed: cfg.Admin != old.Admin},
-	); err != nil {
-		return err
-	}
-	return a.gate.Reload(cfg)
+	)
 }
 
 // reopenLogs reopens the log file after logrotate moved it, or reconnects

@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -42,11 +44,29 @@ const ctlUsage = `usage: imapgate ctl [-admin ADDR | -config FILE] [-json] [-tok
   reopen-logs               reopen the log file after rotation, or reconnect to syslog (like SIGUSR1)
 `
 
+// ctlCommands lists the commands in ctlUsage: the first word of each line
+// indented by two spaces.
+func ctlCommands() []string {
+	var cmds []string
+	for _, l := range strings.Split(ctlUsage, "\n") {
+		if rest, ok := strings.CutPrefix(l, "  "); ok && rest != "" && rest[0] != ' ' {
+			cmds = append(cmds, strings.Fields(rest)[0])
+		}
+	}
+	return cmds
+}
+
+// defaultConfigFile is the configuration the unit file and the manual page
+// name; ctl reads admin.address from it when given neither -admin nor
+// -config. A variable for the tests.
+var defaultConfigFile = "/etc/imapgate/imapgate.toml"
+
 // ctlFlagSet defines ctl's flags; the manual page lists the same.
 func ctlFlagSet() (fs *flag.FlagSet, addr, cfgFile *string, asJSON *bool, token *string) {
 	fs = flag.NewFlagSet("imapgate ctl", flag.ContinueOnError)
-	addr = fs.String("admin", "", "admin endpoint: host:port or unix:/path (default: from -config, else 127.0.0.1:9100)")
-	cfgFile = fs.String("config", "", "read the admin address from this configuration `file`")
+	addr = fs.String("admin", "", "admin endpoint: host:port or unix:/path (default: admin.address in the -config file, or "+
+		config.Default().Admin.Address+" if the default file does not exist)")
+	cfgFile = fs.String("config", defaultConfigFile, "read the admin endpoint's address (admin.address) from this configuration `file`")
 	asJSON = fs.Bool("json", false, "print the endpoint's JSON, for scripts; a failure too, as {\"error\": ...} (exit status 1)")
 	token = fs.String("token", "", "admin token, for a remote endpoint")
 	return fs, addr, cfgFile, asJSON, token
@@ -57,88 +77,28 @@ func ctl(args []string, stdout, stderr io.Writer) int {
 	fs, addr, cfgFile, asJSON, token := ctlFlagSet()
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, ctlUsage) }
-	if err := fs.Parse(args); err != nil || fs.NArg() == 0 {
+	if err := fs.Parse(args); err != nil {
+		return 2 // Parse printed the usage (-h), or the mistake and the usage
+	}
+	if fs.NArg() == 0 {
 		fs.Usage()
 		return 2
 	}
-	if *addr == "" {
-		*addr = config.Default().Admin.Address
-		if *cfgFile != "" {
-			cfg, err := config.Load(*cfgFile)
-			if err != nil {
-				fmt.Fprintln(stderr, "imapgate ctl:", err)
-				return 1
-			}
-			*addr = cfg.Admin.Address
-		}
-	}
-	if strings.Contains(*addr, "://") {
-		// http://host:port would become http://http//host:port.
-		err := fmt.Errorf("-admin %q: give host:port or unix:/path, not a URL", *addr)
-		if *asJSON {
-			writeJSONError(stdout, err)
-		}
-		fmt.Fprintln(stderr, "imapgate ctl:", err)
-		return 1
-	}
-	c := newCtlClient(*addr, *token)
 	cmd, rest := fs.Arg(0), fs.Args()[1:]
-	var err error
-	switch cmd {
-	case "status":
-		err = c.status(stdout, *asJSON)
-	case "top":
-		n := "10"
-		if len(rest) > 0 {
-			n = rest[0]
+	if !slices.Contains(ctlCommands(), cmd) {
+		msg := fmt.Sprintf("imapgate ctl: unknown command %q", cmd)
+		if s := config.Nearest(cmd, ctlCommands()); s != "" {
+			msg += fmt.Sprintf(" (did you mean %s?)", s)
 		}
-		err = c.top(stdout, n, *asJSON)
-	case "conns":
-		err = c.conns(stdout, rest, *asJSON)
-	case "kill":
-		err = c.post(stdout, "/kill", killQuery(rest), *asJSON)
-	case "bans":
-		err = c.bans(stdout, *asJSON)
-	case "unban":
-		if len(rest) != 1 && len(rest) != 2 {
-			err = fmt.Errorf("unban needs an address or CIDR, and optionally a user")
-			break
-		}
-		q := url.Values{"addr": {rest[0]}}
-		if len(rest) == 2 {
-			q.Set("user", rest[1])
-		}
-		err = c.post(stdout, "/unban", q, *asJSON)
-	case "ban":
-		if len(rest) < 1 || len(rest) > 3 {
-			err = fmt.Errorf("ban needs an address or CIDR, optionally a duration (10m) and a user")
-			break
-		}
-		q := url.Values{"addr": {rest[0]}}
-		if len(rest) >= 2 {
-			q.Set("for", rest[1])
-		}
-		if len(rest) == 3 {
-			q.Set("user", rest[2])
-		}
-		err = c.post(stdout, "/ban", q, *asJSON)
-	case "knowngood":
-		if len(rest) != 1 {
-			err = fmt.Errorf("knowngood takes one address (its network is shown with it)")
-			break
-		}
-		if _, perr := netip.ParseAddr(rest[0]); perr != nil {
-			err = fmt.Errorf("knowngood: %q is not an address (its network is shown with it)", rest[0])
-			break
-		}
-		err = c.knownGood(stdout, rest[0], *asJSON)
-	case "reload":
-		err = c.post(stdout, "/reload", nil, *asJSON)
-	case "reopen-logs":
-		err = c.post(stdout, "/reopen-logs", nil, *asJSON)
-	default:
+		fmt.Fprintln(stderr, msg)
 		fs.Usage()
 		return 2
+	}
+	configGiven := false
+	fs.Visit(func(f *flag.Flag) { configGiven = configGiven || f.Name == "config" })
+	ep, err := findAdmin(*addr, *cfgFile, configGiven)
+	if err == nil {
+		err = newCtlClient(ep, *token).run(stdout, cmd, rest, *asJSON)
 	}
 	if err != nil {
 		if *asJSON {
@@ -148,6 +108,93 @@ func ctl(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// adminEndpoint is the admin endpoint's address and where ctl took it
+// from, for an error that cannot reach it.
+type adminEndpoint struct {
+	addr string // host:port or unix:/path
+	from string // "-admin", "admin.address in FILE", …
+}
+
+// findAdmin returns -admin when given (admin != ""); else admin.address in
+// file; else, when file is the default (not configGiven) and does not
+// exist, the built-in default address. An unreadable or invalid file, or
+// an empty admin.address (the endpoint is off), is an error.
+func findAdmin(admin, file string, configGiven bool) (adminEndpoint, error) {
+	if admin != "" {
+		if strings.Contains(admin, "://") {
+			// http://host:port would become http://http//host:port.
+			return adminEndpoint{}, fmt.Errorf("-admin %q: give host:port or unix:/path, not a URL", admin)
+		}
+		return adminEndpoint{admin, "-admin"}, nil
+	}
+	cfg, err := config.Load(file)
+	if errors.Is(err, os.ErrNotExist) && !configGiven {
+		return adminEndpoint{config.Default().Admin.Address, "the default address: " + file + " does not exist"}, nil
+	}
+	if err != nil {
+		return adminEndpoint{}, fmt.Errorf("reading the admin address: %w (-admin ADDR skips the file)", err)
+	}
+	if cfg.Admin.Address == "" {
+		return adminEndpoint{}, fmt.Errorf("%s: admin.address is empty: the admin endpoint is off", file)
+	}
+	return adminEndpoint{cfg.Admin.Address, "admin.address in " + file}, nil
+}
+
+// run carries out one command (one of ctlCommands) and prints its answer,
+// or with raw the endpoint's JSON.
+func (c *ctlClient) run(w io.Writer, cmd string, rest []string, raw bool) error {
+	switch cmd {
+	case "status":
+		return c.status(w, raw)
+	case "top":
+		n := "10"
+		if len(rest) > 0 {
+			n = rest[0]
+		}
+		return c.top(w, n, raw)
+	case "conns":
+		return c.conns(w, rest, raw)
+	case "kill":
+		return c.post(w, "/kill", killQuery(rest), raw)
+	case "bans":
+		return c.bans(w, raw)
+	case "unban":
+		if len(rest) != 1 && len(rest) != 2 {
+			return fmt.Errorf("unban needs an address or CIDR, and optionally a user")
+		}
+		q := url.Values{"addr": {rest[0]}}
+		if len(rest) == 2 {
+			q.Set("user", rest[1])
+		}
+		return c.post(w, "/unban", q, raw)
+	case "ban":
+		if len(rest) < 1 || len(rest) > 3 {
+			return fmt.Errorf("ban needs an address or CIDR, optionally a duration (10m) and a user")
+		}
+		q := url.Values{"addr": {rest[0]}}
+		if len(rest) >= 2 {
+			q.Set("for", rest[1])
+		}
+		if len(rest) == 3 {
+			q.Set("user", rest[2])
+		}
+		return c.post(w, "/ban", q, raw)
+	case "knowngood":
+		if len(rest) != 1 {
+			return fmt.Errorf("knowngood takes one address (its network is shown with it)")
+		}
+		if _, err := netip.ParseAddr(rest[0]); err != nil {
+			return fmt.Errorf("knowngood: %q is not an address (its network is shown with it)", rest[0])
+		}
+		return c.knownGood(w, rest[0], raw)
+	case "reload":
+		return c.post(w, "/reload", nil, raw)
+	case "reopen-logs":
+		return c.post(w, "/reopen-logs", nil, raw)
+	}
+	return fmt.Errorf("%s is in the usage but not implemented", cmd)
 }
 
 // writeJSONError prints err for scripts that read ctl -json's stdout, in
@@ -171,22 +218,23 @@ func killQuery(rest []string) url.Values {
 }
 
 type ctlClient struct {
+	ep    adminEndpoint
 	base  string
 	token string
 	http  *http.Client
 }
 
-func newCtlClient(addr, token string) *ctlClient {
+func newCtlClient(ep adminEndpoint, token string) *ctlClient {
 	tr := &http.Transport{}
-	base := "http://" + addr
-	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+	base := "http://" + ep.addr
+	if path, ok := strings.CutPrefix(ep.addr, "unix:"); ok {
 		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", path)
 		}
 		base = "http://imapgate"
 	}
-	return &ctlClient{base: base, token: token, http: &http.Client{Transport: tr, Timeout: 10 * time.Second}}
+	return &ctlClient{ep: ep, base: base, token: token, http: &http.Client{Transport: tr, Timeout: 10 * time.Second}}
 }
 
 func (c *ctlClient) do(method, path string, q url.Values) ([]byte, error) {
@@ -203,7 +251,12 @@ func (c *ctlClient) do(method, path string, q url.Values) ([]byte, error) {
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("is imapgate running with an admin endpoint? %w", err)
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // without the URL, which repeats the address or hides a socket's path
+		}
+		return nil, fmt.Errorf("cannot reach the admin endpoint at %s (%s): %w; is imapgate running? "+
+			"Choose the endpoint with -admin host:port or unix:/path, or -config FILE", c.ep.addr, c.ep.from, err)
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)

@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -55,5 +58,87 @@ func TestCtlBadAdminAddress(t *testing.T) {
 			!strings.HasPrefix(stderr.String(), "imapgate ctl: ") {
 			t.Errorf("-admin %q: exit %d, stdout %q, stderr %q", addr, code, stdout.String(), stderr.String())
 		}
+	}
+}
+
+// The commands ctl accepts are those its usage lists.
+func TestCtlCommandsAreTheUsages(t *testing.T) {
+	want := []string{"status", "top", "conns", "kill", "bans", "ban", "unban", "knowngood", "reload", "reopen-logs"}
+	if got := ctlCommands(); !slices.Equal(got, want) {
+		t.Errorf("ctlCommands() = %v, want %v", got, want)
+	}
+}
+
+// A usage mistake prints the usage once and exits 2; an unknown command
+// is named first, with the command it may be a typo of. None of them
+// reads a configuration or connects.
+func TestCtlUsageMistakes(t *testing.T) {
+	tests := []struct {
+		args      []string
+		firstLine string // "" when the usage comes first
+	}{
+		{[]string{"-h"}, ""},
+		{nil, ""},
+		{[]string{"-bogus", "status"}, "flag provided but not defined: -bogus"},
+		{[]string{"-config", "/nonexistent", "bogus"}, `imapgate ctl: unknown command "bogus"`},
+		{[]string{"stauts"}, `imapgate ctl: unknown command "stauts" (did you mean status?)`},
+		{[]string{"reopen-log"}, `imapgate ctl: unknown command "reopen-log" (did you mean reopen-logs?)`},
+	}
+	for _, tt := range tests {
+		var stdout, stderr bytes.Buffer
+		code := ctl(tt.args, &stdout, &stderr)
+		first, _, _ := strings.Cut(stderr.String(), "\n")
+		if code != 2 || stdout.Len() != 0 || strings.Count(stderr.String(), "usage: imapgate ctl") != 1 ||
+			(tt.firstLine == "" && !strings.HasPrefix(first, "usage:")) || (tt.firstLine != "" && first != tt.firstLine) {
+			t.Errorf("ctl %q: exit %d, stdout %q, stderr %q; want exit 2, the usage once, first line %q", tt.args, code, stdout.String(), stderr.String(), tt.firstLine)
+		}
+	}
+}
+
+// Without -admin, ctl takes admin.address from -config's file, by default
+// defaultConfigFile, or the built-in address when that file does not
+// exist; an error that cannot reach it names the address, where it came
+// from, and how to choose another.
+func TestCtlAdminAddressFromConfig(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "imapgate.toml")
+	sock := "unix:" + filepath.Join(dir, "gone.sock")
+	os.WriteFile(file, []byte("[admin]\naddress = \""+sock+"\"\n"), 0o644)
+	off := filepath.Join(dir, "off.toml")
+	os.WriteFile(off, []byte("[admin]\naddress = \"\"\n"), 0o644)
+	saved := defaultConfigFile
+	t.Cleanup(func() { defaultConfigFile = saved })
+	defaultConfigFile = file
+
+	for _, args := range [][]string{{"status"}, {"-config", file, "status"}} {
+		var stdout, stderr bytes.Buffer
+		code := ctl(args, &stdout, &stderr)
+		if want := "at " + sock + " (admin.address in " + file + "): "; code != 1 || !strings.Contains(stderr.String(), want) ||
+			!strings.Contains(stderr.String(), "-admin host:port or unix:/path, or -config FILE") {
+			t.Errorf("ctl %q: exit %d, stderr %q; want exit 1 and %q", args, code, stderr.String(), want)
+		}
+	}
+	missing := filepath.Join(dir, "missing.toml")
+	for _, tt := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"-config", missing, "status"}, "no such file or directory (-admin ADDR skips the file)"},
+		{[]string{"-config", off, "status"}, off + ": admin.address is empty: the admin endpoint is off"},
+	} {
+		var stdout, stderr bytes.Buffer
+		if code := ctl(tt.args, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), tt.msg) {
+			t.Errorf("ctl %q: exit %d, stderr %q; want exit 1 and %q", tt.args, code, stderr.String(), tt.msg)
+		}
+	}
+
+	// The default file missing: the built-in address (not dialled here:
+	// another imapgate may be listening on it).
+	ep, err := findAdmin("", missing, false)
+	if err != nil || ep.addr != "127.0.0.1:9100" || ep.from != "the default address: "+missing+" does not exist" {
+		t.Errorf("default file missing: %+v, %v", ep, err)
+	}
+	if ep, err := findAdmin("unix:/run/x.sock", missing, true); err != nil || ep != (adminEndpoint{"unix:/run/x.sock", "-admin"}) {
+		t.Errorf("-admin: %+v, %v", ep, err)
 	}
 }

@@ -286,6 +286,11 @@ func TestMetricsAndCtl(t *testing.T) {
 	if s := d.ctl("-json", "status"); !strings.Contains(s, `"count": 0`) {
 		t.Errorf("ctl -json status:\n%s", s)
 	}
+	// Without -admin, ctl finds the endpoint in the daemon's configuration.
+	if out, err := exec.Command(binary, "ctl", "-config", filepath.Join(d.dir, "imapgate.toml"), "status").CombinedOutput(); err != nil ||
+		!strings.Contains(string(out), "connections  ") {
+		t.Errorf("ctl -config FILE status: %v\n%s", err, out)
+	}
 	if s := d.ctl("reload"); !strings.Contains(s, "reloaded: true") {
 		t.Errorf("ctl reload: %s", s)
 	}
@@ -357,6 +362,32 @@ func TestReloadUnderLoad(t *testing.T) {
 	}
 	if err := live.Noop().Wait(); err != nil {
 		t.Fatalf("lowering a limit closed a live session: %v", err)
+	}
+}
+
+// A reload that changes several restart-only settings, some the process
+// holds (listen.address) and some the gate does (tls.min_version), names
+// them all in one refusal and keeps the running configuration.
+func TestReloadNamesEveryRestartOnlyChange(t *testing.T) {
+	d := startDaemon(t, "", nil, nil)
+	path := filepath.Join(d.dir, "imapgate.toml")
+	good, _ := os.ReadFile(path)
+	changed := strings.Replace(string(good), `address = "127.0.0.1:0"`, `address = "127.0.0.1:1"`, 1)
+	changed = strings.Replace(changed, "[tls]\n", "[tls]\nmin_version = \"1.3\"\n", 1)
+	if changed == string(good) {
+		t.Fatal("the test's config has changed shape")
+	}
+	os.WriteFile(path, []byte(changed), 0o644)
+	out, err := exec.Command(binary, "ctl", "-admin", "unix:"+d.admin, "reload").CombinedOutput()
+	const want = "listen.address, tls.min_version changed, which needs a restart"
+	if err == nil || !strings.Contains(string(out), want) {
+		t.Fatalf("ctl reload: %v, %q; want %q", err, out, want)
+	}
+	d.waitLine("keeping the running configuration: " + want)
+	if c, err := d.login("", "demo", "demo"); err != nil {
+		t.Fatalf("the running configuration is gone: %v", err)
+	} else {
+		c.Close()
 	}
 }
 
