@@ -215,6 +215,13 @@ func (lp *loginPhase) loginResult(tag string, last []byte, cr credentials) outco
 		}
 	}
 	res := classifyLogin(trimCRLF(last), tag, cr.cancelled)
+	if res.class == loginAuthFailed && lp.loginDisabled {
+		// Courier with IMAP_TLS_REQUIRED=1 answers "NO STARTTLS
+		// required", without [PRIVACYREQUIRED]: the hop is refused, and
+		// counting it against the client would ban a whole office for
+		// the upstream's configuration.
+		res = loginOutcome{loginRefused, "privacyrequired"}
+	}
 	s.events.Login(res.reason)
 	switch res.class {
 	case loginOK:

@@ -32,12 +32,9 @@ func (lp *loginPhase) connectUpstream() bool {
 	line, err := readLine(lp.ur, upstreamMaxLine)
 	if err != nil {
 		if errors.Is(err, errLineTooLong) {
-			// Something answered; a missing PROXY header would not look
-			// like this.
-			lp.unavailable(fmt.Errorf("no greeting from %s: a line over %d bytes", lp.set.Upstream, upstreamMaxLine))
-		} else {
-			lp.unavailable(fmt.Errorf("no greeting from %s: %w%s", lp.set.Upstream, err, proxyHeaderHint(lp.set.Upstream)))
+			err = fmt.Errorf("a line over %d bytes", upstreamMaxLine)
 		}
+		lp.unavailable(fmt.Errorf("no greeting from %s: %w%s", lp.set.Upstream, err, proxyHintFor(err, lp.set.Upstream)))
 		return false
 	}
 	c.upDeadline(time.Time{})
@@ -94,7 +91,9 @@ func (lp *loginPhase) sawCaps(text []byte, caps [][]byte) {
 		return
 	}
 	lp.upID = hasCap(caps, "ID")
-	if start, end := capRange(text); start >= 0 && hasCap(bytes.Fields(text[start:end]), "LOGINDISABLED") {
+	start, end := capRange(text)
+	lp.loginDisabled = start >= 0 && hasCap(bytes.Fields(text[start:end]), "LOGINDISABLED")
+	if lp.loginDisabled {
 		lp.c.srv.upstreamProblem(problemLoginDisabled)
 	}
 }

@@ -7,6 +7,10 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
+
+	"imapgate/conntable"
+	"imapgate/courierlog"
 )
 
 // loginPhase is a connection's exchange before login: the buffered
@@ -15,17 +19,21 @@ import (
 // goroutine, which alone touches it, and is dropped whole at login: what
 // its readers still buffer goes to the relay (handOff), the rest with it.
 type loginPhase struct {
-	c        *conn
-	set      *Settings
-	ctx      context.Context // cancelled by a kill
-	cr, ur   *bufio.Reader   // client (through TLS) and upstream
-	upID     bool            // the upstream advertises ID
-	idSent   bool            // imapgate's own ID went upstream (id.go)
-	commands int
-	errs     int    // malformed commands so far
-	cmd      []byte // command being assembled; cleared after LOGIN (password)
-	out      []byte // scratch for writes
-	last     []byte // the last upstream response line read
+	c      *conn
+	set    *Settings
+	ctx    context.Context // cancelled by a kill
+	cr, ur *bufio.Reader   // client (through TLS) and upstream
+	upID   bool            // the upstream advertises ID
+	// loginDisabled: the upstream's last capability list had
+	// LOGINDISABLED: it does not trust imapgate's hop, and its NO to a
+	// login is about that, not the credentials.
+	loginDisabled bool
+	idSent        bool // imapgate's own ID went upstream (id.go)
+	commands      int
+	errs          int    // malformed commands so far
+	cmd           []byte // command being assembled; cleared after LOGIN (password)
+	out           []byte // scratch for writes
+	last          []byte // the last upstream response line read
 	// upErr is why the upstream failed the session before login (a read
 	// error, a line or literal over the bounds, a response out of
 	// protocol), reported once when the phase ends (upstreamFailed).
@@ -142,10 +150,20 @@ func (lp *loginPhase) upstreamFailed(err error) error {
 // log but "Disconnected"). An upstream that said BYE first closed as it
 // said it would; a killed session is the table's doing.
 func (lp *loginPhase) reportUpstreamFailure() {
-	if lp.upErr == nil || (lp.upBye && errors.Is(lp.upErr, io.EOF)) {
-		return
+	c := lp.c
+	switch {
+	case lp.upErr == nil || (lp.upBye && errors.Is(lp.upErr, io.EOF)):
+	case errors.Is(lp.upErr, io.EOF):
+		// A plain close is also how courier's imaplogin ends a session
+		// at its own login time limit (60 s): the client sees the close,
+		// as from courier alone; the log says who closed.
+		if c.entry.Killed() == conntable.NotKilled {
+			c.srv.log.Message(courierlog.Info, fmt.Sprintf("upstream %s closed the connection before login, after %s and %d commands, ip=[%s], port=[%d]",
+				lp.set.Upstream, time.Since(c.start).Round(time.Second), lp.commands, courierlog.Addr(c.client.Remote.Addr()), c.client.Remote.Port()))
+		}
+	default:
+		lp.unavailable(fmt.Errorf("%s failed the session before login: %w", lp.set.Upstream, lp.upErr))
 	}
-	lp.unavailable(fmt.Errorf("%s failed the session before login: %w", lp.set.Upstream, lp.upErr))
 }
 
 // invalid answers a malformed command; after MaxErrors of them the client

@@ -6,7 +6,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
+	"os"
+	"syscall"
 	"time"
 
 	"imapgate/courierlog"
@@ -41,7 +44,7 @@ const trustFix = "Dovecot: put imapgate's address in login_trusted_networks (and
 var problemText = [numProblems]string{
 	problemLoginDisabled: "upstream %s advertises LOGINDISABLED to imapgate: it does not trust imapgate's connection " +
 		"and will refuse every plaintext LOGIN. " + trustFix,
-	problemPrivacyRequired: "upstream %s answered a login with NO [PRIVACYREQUIRED]: it does not trust imapgate's " +
+	problemPrivacyRequired: "upstream %s answered a login with NO [PRIVACYREQUIRED] (or with a NO after it advertised LOGINDISABLED): it does not trust imapgate's " +
 		"connection and refuses plaintext logins (clients see the upstream's answer; these are not counted as " +
 		"failed logins). " + trustFix,
 }
@@ -108,11 +111,7 @@ func (s *Server) ProbeUpstream(ctx context.Context) error {
 	r := bufio.NewReaderSize(up, upstreamMaxLine)
 	caps, err := probeCaps(r, func(b []byte) error { _, err := up.Write(b); return err })
 	if err != nil {
-		hint := proxyHeaderHint(set.Upstream)
-		if errors.Is(err, errLineTooLong) {
-			hint = "" // something answered: not a missing PROXY header
-		}
-		return fmt.Errorf("probe %s: %w%s", set.Upstream, err, hint)
+		return fmt.Errorf("probe %s: %w%s", set.Upstream, err, proxyHintFor(err, set.Upstream))
 	}
 	if hasCap(caps, "LOGINDISABLED") {
 		s.upstreamProblem(problemLoginDisabled)
@@ -124,6 +123,18 @@ func (s *Server) ProbeUpstream(ctx context.Context) error {
 // on the probe: a PROXY header the listener does not expect, or one it
 // waits for and does not get (Dovecot's haproxy = yes listener closes
 // without a greeting; its plain one reads the header as bad commands).
+// proxyHintFor is proxyHeaderHint when err is what a listener that
+// waits for a PROXY header (or one that got a header it did not expect)
+// does to a greeting's reader: nothing until the deadline, or a close;
+// "" when something answered (a BYE, a line too long).
+func proxyHintFor(err error, u upstream.Dialer) string {
+	if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) {
+		return proxyHeaderHint(u)
+	}
+	return ""
+}
+
 func proxyHeaderHint(u upstream.Dialer) string {
 	tu, ok := u.(*upstream.TCP)
 	if !ok {

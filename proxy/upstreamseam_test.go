@@ -371,3 +371,52 @@ func TestStalePasswordAndUserBan(t *testing.T) {
 		t.Errorf("bans = %+v, want alice's only", bans)
 	}
 }
+
+// An upstream that advertises LOGINDISABLED (courier with
+// IMAP_TLS_REQUIRED=1 on the hop) answers every login "NO STARTTLS
+// required", without [PRIVACYREQUIRED]. That is its configuration, not the
+// clients' passwords: the logins are LOGIN REFUSED, reason=privacyrequired,
+// never LOGIN FAILED (fail2ban's courier-auth filter bans on those), and
+// twelve users failing so from one address ban nothing (a fresh admin saw
+// an office banned for it).
+func TestLoginDisabledUpstreamBansNobody(t *testing.T) {
+	up := fakeUpstream(t, func(u *upstreamConn) {
+		u.send("* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] Courier-IMAP ready.\r\n")
+		for {
+			l := u.read()
+			if l == "" {
+				return
+			}
+			tag, rest, _ := strings.Cut(l, " ")
+			if strings.HasPrefix(rest, "LOGIN ") {
+				u.send(tag + " NO STARTTLS required\r\n")
+				continue
+			}
+			u.send(tag + " OK done\r\n")
+		}
+	})
+	pol := gateway.Policy(config.Default())
+	pol.Penalty.Delay = 0
+	lim, err := limiter.New(pol, limiter.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startProxy(t, up.upstream(), proxyConfig{limiter: lim})
+	for i := range 12 {
+		c := dial(t, p.addr)
+		c.expect("* OK")
+		c.send("a1 LOGIN user" + strconv.Itoa(i) + " secret\r\n")
+		c.expect("a1 NO STARTTLS required")
+		c.conn.Close()
+	}
+	waitLog(t, p, "LOGIN REFUSED, user=user11, ip=[::ffff:127.0.0.1], port=[")
+	if p.log.Contains("LOGIN FAILED") || p.log.Contains("banned") {
+		t.Errorf("the upstream's refusals were counted as failed logins: %q", p.log.Lines())
+	}
+	if !p.log.Contains("reason=privacyrequired") {
+		t.Errorf("no reason=privacyrequired: %q", p.log.Lines())
+	}
+	if bans := lim.Bans(time.Now()); len(bans) != 0 {
+		t.Errorf("bans: %+v", bans)
+	}
+}

@@ -78,7 +78,10 @@ func ctl(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, ctlUsage) }
 	if err := fs.Parse(args); err != nil {
-		return 2 // Parse printed the usage (-h), or the mistake and the usage
+		if errors.Is(err, flag.ErrHelp) {
+			return 0 // asked for: Parse printed the usage
+		}
+		return 2 // Parse printed the mistake and the usage
 	}
 	if fs.NArg() == 0 {
 		fs.Usage()

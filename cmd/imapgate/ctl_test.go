@@ -69,15 +69,16 @@ func TestCtlCommandsAreTheUsages(t *testing.T) {
 	}
 }
 
-// A usage mistake prints the usage once and exits 2; an unknown command
-// is named first, with the command it may be a typo of. None of them
-// reads a configuration or connects.
+// A usage mistake prints the usage once and exits 2 (-h, which asks for
+// it, exits 0); an unknown command is named first, with the command it may
+// be a typo of. None of them reads a configuration or connects.
 func TestCtlUsageMistakes(t *testing.T) {
 	tests := []struct {
 		args      []string
 		firstLine string // "" when the usage comes first
 	}{
 		{[]string{"-h"}, ""},
+		{[]string{"-help"}, ""},
 		{nil, ""},
 		{[]string{"-bogus", "status"}, "flag provided but not defined: -bogus"},
 		{[]string{"-config", "/nonexistent", "bogus"}, `imapgate ctl: unknown command "bogus"`},
@@ -88,9 +89,13 @@ func TestCtlUsageMistakes(t *testing.T) {
 		var stdout, stderr bytes.Buffer
 		code := ctl(tt.args, &stdout, &stderr)
 		first, _, _ := strings.Cut(stderr.String(), "\n")
-		if code != 2 || stdout.Len() != 0 || strings.Count(stderr.String(), "usage: imapgate ctl") != 1 ||
+		want := 2
+		if len(tt.args) == 1 && (tt.args[0] == "-h" || tt.args[0] == "-help") {
+			want = 0
+		}
+		if code != want || stdout.Len() != 0 || strings.Count(stderr.String(), "usage: imapgate ctl") != 1 ||
 			(tt.firstLine == "" && !strings.HasPrefix(first, "usage:")) || (tt.firstLine != "" && first != tt.firstLine) {
-			t.Errorf("ctl %q: exit %d, stdout %q, stderr %q; want exit 2, the usage once, first line %q", tt.args, code, stdout.String(), stderr.String(), tt.firstLine)
+			t.Errorf("ctl %q: exit %d, stdout %q, stderr %q; want exit %d, the usage once, first line %q", tt.args, code, stdout.String(), stderr.String(), want, tt.firstLine)
 		}
 	}
 }

@@ -48,6 +48,9 @@ func run(args []string) int {
 	var f flags
 	fs := f.flagSet()
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0 // -h: the usage was asked for (Parse printed it)
+		}
 		return 2
 	}
 	if f.version {
