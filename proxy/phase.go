@@ -145,10 +145,11 @@ func (lp *loginPhase) upstreamFailed(err error) error {
 }
 
 // reportUpstreamFailure logs, when the phase ended because the upstream
-// failed it, why, and tells the client the server is unavailable (a
-// hostile or broken upstream otherwise ended sessions with nothing in the
-// log but "Disconnected"). An upstream that said BYE first closed as it
-// said it would; a killed session is the table's doing.
+// failed it, why (a hostile or broken upstream otherwise ended sessions
+// with nothing in the log but "Disconnected"), and tells the client the
+// server is unavailable, unless the upstream only closed. An upstream that
+// said BYE first closed as it said it would; a killed session is the
+// table's doing.
 func (lp *loginPhase) reportUpstreamFailure() {
 	c := lp.c
 	switch {
