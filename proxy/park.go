@@ -56,7 +56,7 @@ func (s *Server) parkNew(fd int, a admission) {
 	if err != nil {
 		s.events.Refused("table_full", false)
 		s.tracker.RefusedFrom(a.client.Remote.Addr())
-		sock.CloseFD(fd)
+		sock.ResetFD(fd) // as every refusal before TLS: conntrack's CLOSE, 10 s
 		a.ticket.Release()
 		s.life.sessions.Done()
 		return

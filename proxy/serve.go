@@ -147,6 +147,7 @@ func (c *conn) admit(ctx context.Context, a admission) bool {
 	if err != nil {
 		s.events.Refused("table_full", false)
 		s.tracker.RefusedFrom(c.client.Remote.Addr())
+		c.resetOnClose() // as every refusal before TLS: conntrack's CLOSE, 10 s
 		return false
 	}
 	c.entry = entry // cleanup removes it
