@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"encoding/json"
 	"fmt"
 	"go/ast"
 	"go/parser"
@@ -11,10 +12,12 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"imapgate/conntable"
+	"imapgate/kernel"
 	"imapgate/limiter"
 )
 
@@ -222,6 +225,43 @@ func TestChangesAreLogged(t *testing.T) {
 	for i, re := range want {
 		if !re.MatchString(lines[i]) {
 			t.Errorf("line %d: %q, want %s", i, lines[i], re)
+		}
+	}
+}
+
+// A ban inside a network the kernel drops is dropped in the kernel too:
+// /bans says so (it said "userspace" while the network's element stood
+// for it).
+func TestBanInsideADroppedNetworkIsInTheKernel(t *testing.T) {
+	table, err := conntable.New(conntable.Config{Max: 8}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lim, err := limiter.New(limiter.Policy{IPv4Prefix: 24, IPv6Prefix: 64}, limiter.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	if err := lim.Ban(limiter.Ban{Key: netip.MustParsePrefix("192.0.2.51/32"), Until: now.Add(10 * time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	net24 := netip.MustParsePrefix("192.0.2.0/24")
+	s := New(Options{Table: table, Limiter: lim, Top: NewTop(4), Gatherer: prometheus.NewRegistry(),
+		KernelMembers: func(time.Time) []kernel.Member {
+			return []kernel.Member{{Prefix: net24, Until: now.Add(30 * time.Second), Reason: kernel.ReasonPrefixEscalation}}
+		}})
+	w := httptest.NewRecorder()
+	s.ServeHTTP(w, httptest.NewRequest("GET", "/bans", nil))
+	var bans []BanInfo
+	if err := json.Unmarshal(w.Body.Bytes(), &bans); err != nil {
+		t.Fatal(err)
+	}
+	if len(bans) != 2 {
+		t.Fatalf("bans %+v", bans)
+	}
+	for _, b := range bans {
+		if !b.Kernel {
+			t.Errorf("%+v not in the kernel, though %s is dropped there", b, net24)
 		}
 	}
 }

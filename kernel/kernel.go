@@ -140,10 +140,14 @@ type Kernel struct {
 
 	mu      sync.Mutex
 	members map[netip.Prefix]Member
-	added   map[string]uint64
-	recr    uint64
-	closed  bool                       // Close ran: Sync must not make the table again
-	kept    map[netip.Prefix]time.Time // in the keep sets, until (zero: no timeout)
+	// shadowed are members a dropped prefix covers that outlast it (a
+	// set's intervals must not overlap, so they left the set): each goes
+	// back for what is left of it when the prefix's drop ends.
+	shadowed map[netip.Prefix]Member
+	added    map[string]uint64
+	recr     uint64
+	closed   bool                       // Close ran: Sync must not make the table again
+	kept     map[netip.Prefix]time.Time // in the keep sets, until (zero: no timeout)
 	// seen is the rules' packet and byte counters at their last reading,
 	// base what earlier rules of this Kernel had counted before an
 	// administrator deleted or flushed them (Sync makes them again, from
@@ -199,10 +203,11 @@ func newKernel(o Options, be backend) *Kernel {
 	}
 	return &Kernel{
 		o: o, be: be,
-		members: make(map[netip.Prefix]Member),
-		kept:    make(map[netip.Prefix]time.Time),
-		good:    make(map[netip.Addr]time.Time),
-		added:   map[string]uint64{ReasonBan: 0, ReasonEscalation: 0, ReasonPrefixEscalation: 0},
+		members:  make(map[netip.Prefix]Member),
+		shadowed: make(map[netip.Prefix]Member),
+		kept:     make(map[netip.Prefix]time.Time),
+		good:     make(map[netip.Addr]time.Time),
+		added:    map[string]uint64{ReasonBan: 0, ReasonEscalation: 0, ReasonPrefixEscalation: 0},
 		esc: escalator{cfg: o.Escalation, max: o.MaxTracked, prefixOf: o.PrefixOf,
 			m: make(map[netip.Addr]*escState), pm: make(map[netip.Prefix]*prefixState)},
 		pending: make(chan escalated, 256),
@@ -339,6 +344,7 @@ func (k *Kernel) Sync(now time.Time) {
 		break
 	}
 	k.syncKeep(now)
+	defer k.restoreShadowed(now)
 	for p, m := range k.members {
 		switch {
 		case !m.Until.After(now):
@@ -354,6 +360,40 @@ func (k *Kernel) Sync(now time.Time) {
 			k.logf(courierlog.Info, "kernel: no longer dropping %s (unbanned)", prefixString(p))
 		}
 	}
+}
+
+// restoreShadowed puts back the shadowed members that are no longer
+// covered by a dropped prefix, for what is left of their own drop, and
+// forgets those whose drop has ended; the caller holds k.mu. (Without it,
+// a /24 dropped for 30 s ended an address's own 10-minute drop inside it.)
+func (k *Kernel) restoreShadowed(now time.Time) {
+	for q, m := range k.shadowed {
+		switch {
+		case !m.Until.After(now):
+			delete(k.shadowed, q)
+		case k.coveredLocked(q):
+		default:
+			delete(k.shadowed, q)
+			if err := k.be.add(q, m.Until.Sub(now)); err != nil {
+				k.logf(courierlog.Err, "kernel: adding %s again: %v", prefixString(q), err)
+				continue
+			}
+			k.members[q] = m
+			k.logf(courierlog.Warning, "kernel: dropping new connections from %s again for %s (its own drop outlasts its network's)",
+				prefixString(q), m.Until.Sub(now).Round(time.Second))
+		}
+	}
+}
+
+// coveredLocked reports whether a dropped, shorter prefix covers p; the
+// caller holds k.mu.
+func (k *Kernel) coveredLocked(p netip.Prefix) bool {
+	for q, m := range k.members {
+		if q != p && q.Bits() < p.Bits() && q.Contains(p.Addr()) && !m.DryRun {
+			return true
+		}
+	}
+	return false
 }
 
 // unmapPrefix turns ::ffff:a.b.c.d/n into a.b.c.d/(n-96): IPv4 clients
@@ -389,12 +429,21 @@ func (k *Kernel) put(p netip.Prefix, until, now time.Time, reason, why string, c
 	if d <= 0 {
 		return
 	}
-	for q, m := range k.members {
-		if q != p && q.Bits() < p.Bits() && q.Contains(p.Addr()) && m.DryRun == k.o.DryRun {
-			return // inside a dropped prefix already (a set's intervals must not overlap)
+	m := Member{Prefix: p, Until: until, Reason: reason, DryRun: k.o.DryRun}
+	for q, qm := range k.members {
+		if q != p && q.Bits() < p.Bits() && q.Contains(p.Addr()) && qm.DryRun == k.o.DryRun {
+			// Inside a dropped prefix already (a set's intervals must not
+			// overlap); if it outlasts the prefix, it comes in when the
+			// prefix goes.
+			if !k.o.DryRun && until.After(qm.Until) && until.After(k.shadowed[p].Until) {
+				k.shadowed[p] = m
+				if !carried {
+					k.added[reason]++
+				}
+			}
+			return
 		}
 	}
-	m := Member{Prefix: p, Until: until, Reason: reason, DryRun: k.o.DryRun}
 	if k.o.DryRun {
 		k.members[p] = m
 		if !carried {
@@ -407,11 +456,15 @@ func (k *Kernel) put(p netip.Prefix, until, now time.Time, reason, why string, c
 		k.be.del(p) // extended: the element's timeout is fixed when it is added
 	}
 	for q, m := range k.members {
-		// A set's intervals must not overlap: what p covers goes, even
-		// if it was to be dropped longer than p (it may escalate again).
+		// A set's intervals must not overlap: what p covers goes, and if
+		// it was to be dropped longer than p it comes back when p ends
+		// (restoreShadowed).
 		if q != p && p.Contains(q.Addr()) && q.Bits() > p.Bits() && !m.DryRun {
 			k.be.del(q)
 			delete(k.members, q)
+			if m.Until.After(until) {
+				k.shadowed[q] = m
+			}
 		}
 	}
 	if err := k.be.add(p, until.Sub(now)); err != nil {
@@ -455,14 +508,18 @@ func (k *Kernel) logf(p courierlog.Priority, format string, args ...any) {
 	}
 }
 
-// Members lists the elements in the sets at now, soonest to expire first.
+// Members lists the elements in the sets at now, and the drops a dropped
+// network covers for now (shadowed: back in the sets when it ends),
+// soonest to expire first.
 func (k *Kernel) Members(now time.Time) []Member {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	out := make([]Member, 0, len(k.members))
-	for _, m := range k.members {
-		if m.Until.After(now) {
-			out = append(out, m)
+	out := make([]Member, 0, len(k.members)+len(k.shadowed))
+	for _, ms := range []map[netip.Prefix]Member{k.members, k.shadowed} {
+		for _, m := range ms {
+			if m.Until.After(now) {
+				out = append(out, m)
+			}
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Until.Before(out[j].Until) })

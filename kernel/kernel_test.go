@@ -271,3 +271,46 @@ func TestCountersSurviveATableMadeAgain(t *testing.T) {
 		t.Fatalf("Stats %d/%d, want 7/420", s.Packets, s.Bytes)
 	}
 }
+
+// An address dropped longer than the network drop that covers it comes
+// back for what is left of its own drop when the network's ends; ctl bans
+// lists it meanwhile (a fresh admin saw a /24's 30 s end an address's own
+// 1-minute drop inside it).
+func TestNetworkDropKeepsLongerAddressDrops(t *testing.T) {
+	k, f := newFake(Options{Escalation: DefaultEscalation})
+	now := time.Unix(1_000_000, 0)
+	long := netip.MustParseAddr("192.0.2.1")
+	flood := func(a netip.Addr, at time.Time) {
+		for range 101 {
+			k.Refused(a, at)
+		}
+		k.Sync(at)
+	}
+	flood(long, now)                     // level 1: 30 s
+	flood(long, now.Add(31*time.Second)) // level 2: 60 s, until +91 s
+	longP := netip.PrefixFrom(long, 32)
+	if f.els[longP] != time.Minute {
+		t.Fatalf("elements %v, want %s for 1m", f.els, longP)
+	}
+	at := now.Add(32 * time.Second)
+	for i := 2; i <= 6; i++ {
+		flood(netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}), at)
+	}
+	net24 := netip.MustParsePrefix("192.0.2.0/24")
+	if len(f.els) != 1 || f.els[net24] != 30*time.Second {
+		t.Fatalf("elements %v, want the /24 alone for 30s", f.els)
+	}
+	if !slices.ContainsFunc(k.Members(at), func(m Member) bool { return m.Prefix == longP }) {
+		t.Errorf("members %+v lack %s, dropped inside the /24", k.Members(at), longP)
+	}
+	// Another address escalated inside the /24 while it is dropped, for
+	// longer than it: it comes in when the /24 goes too.
+	k.put(netip.MustParsePrefix("192.0.2.9/32"), at.Add(5*time.Minute), at, ReasonEscalation, "test", false)
+	k.Sync(now.Add(63 * time.Second)) // the /24 ended at +62 s (the kernel removes it by its timeout; the fake keeps it)
+	if f.els[longP] != 28*time.Second || f.els[netip.MustParsePrefix("192.0.2.9/32")] != 4*time.Minute+29*time.Second {
+		t.Fatalf("after the /24: elements %v, want %s for 28s and 192.0.2.9 for 4m29s", f.els, longP)
+	}
+	if len(k.shadowed) != 0 {
+		t.Errorf("shadowed %v after they came back", k.shadowed)
+	}
+}
