@@ -97,6 +97,11 @@ func ctl(args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
+	if err := checkCtlArgs(cmd, rest); err != nil {
+		fmt.Fprintf(stderr, "imapgate ctl: %s: %v\n", cmd, err)
+		fs.Usage()
+		return 2
+	}
 	configGiven := false
 	fs.Visit(func(f *flag.Flag) { configGiven = configGiven || f.Name == "config" })
 	ep, err := findAdmin(*addr, *cfgFile, configGiven)
@@ -111,6 +116,56 @@ func ctl(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// checkCtlArgs checks a command's arguments before anything is read or
+// sent: a mistake is the caller's to show with the usage.
+func checkCtlArgs(cmd string, rest []string) error {
+	switch cmd {
+	case "status", "bans", "reload", "reopen-logs":
+		if len(rest) != 0 {
+			return fmt.Errorf("takes no arguments")
+		}
+	case "top":
+		if len(rest) > 1 {
+			return fmt.Errorf("takes at most a count")
+		}
+		if len(rest) == 1 {
+			if n, err := strconv.Atoi(rest[0]); err != nil || n < 1 {
+				return fmt.Errorf("%q is not a count (top 20)", rest[0])
+			}
+		}
+	case "kill":
+		if len(rest) != 1 {
+			return fmt.Errorf("takes one connection id or address (see ctl conns)")
+		}
+		if _, err := strconv.ParseUint(rest[0], 10, 64); err != nil {
+			if _, err := netip.ParseAddr(rest[0]); err != nil {
+				return fmt.Errorf("%q is neither a connection id nor an address", rest[0])
+			}
+		}
+	case "unban":
+		if len(rest) != 1 && len(rest) != 2 {
+			return fmt.Errorf("takes an address or CIDR, and optionally a user")
+		}
+	case "ban":
+		if len(rest) < 1 || len(rest) > 3 {
+			return fmt.Errorf("takes an address or CIDR, optionally a duration (10m) and a user")
+		}
+		if len(rest) >= 2 {
+			if d, err := time.ParseDuration(rest[1]); err != nil || d <= 0 {
+				return fmt.Errorf("%q is not a duration (10m, 2h)", rest[1])
+			}
+		}
+	case "knowngood":
+		if len(rest) != 1 {
+			return fmt.Errorf("takes one address (its network is shown with it)")
+		}
+		if _, err := netip.ParseAddr(rest[0]); err != nil {
+			return fmt.Errorf("%q is not an address (its network is shown with it)", rest[0])
+		}
+	}
+	return nil
 }
 
 // adminEndpoint is the admin endpoint's address and where ctl took it
@@ -164,18 +219,12 @@ func (c *ctlClient) run(w io.Writer, cmd string, rest []string, raw bool) error 
 	case "bans":
 		return c.bans(w, raw)
 	case "unban":
-		if len(rest) != 1 && len(rest) != 2 {
-			return fmt.Errorf("unban needs an address or CIDR, and optionally a user")
-		}
 		q := url.Values{"addr": {rest[0]}}
 		if len(rest) == 2 {
 			q.Set("user", rest[1])
 		}
 		return c.post(w, "/unban", q, raw)
 	case "ban":
-		if len(rest) < 1 || len(rest) > 3 {
-			return fmt.Errorf("ban needs an address or CIDR, optionally a duration (10m) and a user")
-		}
 		q := url.Values{"addr": {rest[0]}}
 		if len(rest) >= 2 {
 			q.Set("for", rest[1])
@@ -185,12 +234,6 @@ func (c *ctlClient) run(w io.Writer, cmd string, rest []string, raw bool) error 
 		}
 		return c.post(w, "/ban", q, raw)
 	case "knowngood":
-		if len(rest) != 1 {
-			return fmt.Errorf("knowngood takes one address (its network is shown with it)")
-		}
-		if _, err := netip.ParseAddr(rest[0]); err != nil {
-			return fmt.Errorf("knowngood: %q is not an address (its network is shown with it)", rest[0])
-		}
 		return c.knownGood(w, rest[0], raw)
 	case "reload":
 		return c.post(w, "/reload", nil, raw)
@@ -211,9 +254,6 @@ func writeJSONError(w io.Writer, err error) {
 
 // killQuery takes a table ID (a number) or an address.
 func killQuery(rest []string) url.Values {
-	if len(rest) != 1 {
-		return url.Values{}
-	}
 	if _, err := strconv.ParseUint(rest[0], 10, 64); err == nil {
 		return url.Values{"id": {rest[0]}}
 	}

@@ -84,6 +84,16 @@ func TestCtlUsageMistakes(t *testing.T) {
 		{[]string{"-config", "/nonexistent", "bogus"}, `imapgate ctl: unknown command "bogus"`},
 		{[]string{"stauts"}, `imapgate ctl: unknown command "stauts" (did you mean status?)`},
 		{[]string{"reopen-log"}, `imapgate ctl: unknown command "reopen-log" (did you mean reopen-logs?)`},
+		// A command's own arguments are checked before anything is sent.
+		{[]string{"ban"}, "imapgate ctl: ban: takes an address or CIDR, optionally a duration (10m) and a user"},
+		{[]string{"ban", "192.0.2.7", "soon"}, `imapgate ctl: ban: "soon" is not a duration (10m, 2h)`},
+		{[]string{"unban"}, "imapgate ctl: unban: takes an address or CIDR, and optionally a user"},
+		{[]string{"kill"}, "imapgate ctl: kill: takes one connection id or address (see ctl conns)"},
+		{[]string{"kill", "1", "2"}, "imapgate ctl: kill: takes one connection id or address (see ctl conns)"},
+		{[]string{"kill", "bob"}, `imapgate ctl: kill: "bob" is neither a connection id nor an address`},
+		{[]string{"top", "x"}, `imapgate ctl: top: "x" is not a count (top 20)`},
+		{[]string{"knowngood"}, "imapgate ctl: knowngood: takes one address (its network is shown with it)"},
+		{[]string{"status", "now"}, "imapgate ctl: status: takes no arguments"},
 	}
 	for _, tt := range tests {
 		var stdout, stderr bytes.Buffer
