@@ -265,3 +265,13 @@ func TestBanInsideADroppedNetworkIsInTheKernel(t *testing.T) {
 		}
 	}
 }
+
+// An empty table lists as [], not null, for scripts.
+func TestConnsEmptyIsAnEmptyList(t *testing.T) {
+	s, _ := newTestServer(t, "")
+	w := httptest.NewRecorder()
+	s.ServeHTTP(w, httptest.NewRequest("GET", "/conns", nil))
+	if got := strings.TrimSpace(w.Body.String()); got != "[]" {
+		t.Errorf("GET /conns on an empty table: %q, want []", got)
+	}
+}

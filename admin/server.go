@@ -258,6 +258,9 @@ func (s *Server) conns(w http.ResponseWriter, r *http.Request) {
 	limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
 	list := s.o.Table.List(match, limit)
 	if r.URL.Query().Get("format") != "text" {
+		if list == nil {
+			list = []conntable.Snapshot{} // [], not null: a list with nothing in it
+		}
 		writeJSON(w, list)
 		return
 	}
