@@ -245,10 +245,10 @@ func (a *app) startupReport() {
 	if a.activated {
 		how = " (socket-activated)"
 	}
-	a.logf("imapgate: listening on %s%s, upstream %s%s; admin %s; table max=%d buckets=%d; limits max_connections=%d max_per_ip=%d max_preauth_per_ip=%d max_per_prefix=%d (/%d, /%d) max_per_user_ip=%d rate_per_ip=%s; open files %d (hard %d) for %d needed; %s",
+	a.logf("imapgate: listening on %s%s, upstream %s%s; admin %s; table max=%d buckets=%d; limits max_connections=%d max_per_ip=%d max_preauth_per_ip=%d max_per_prefix=%d (/%d, /%d) max_per_user_ip=%d rate_per_ip=%s rate_per_prefix=%s; open files %d (hard %d) for %d needed; %s",
 		strings.Join(addrs, ","), how, upstreamNote(cfg), proxyNote(cfg), a.adminNote(), a.gate.Table.Max(), a.gate.Table.Config().Buckets,
 		l.MaxConnections, l.MaxPerIP, l.MaxPreauthPerIP, l.MaxPerPrefix, l.IPv4Prefix, l.IPv6Prefix, l.MaxPerUserIP,
-		rateString(l.RatePerIP), a.files.soft, a.files.hard, a.files.need, a.gate.KernelNote())
+		rateString(l.RatePerIP), rateString(l.RatePerPrefix), a.files.soft, a.files.hard, a.files.need, a.gate.KernelNote())
 }
 
 func upstreamNote(cfg *config.Config) string {

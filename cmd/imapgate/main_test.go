@@ -215,6 +215,9 @@ func (d *daemon) login(src, user, pass string) (*imapclient.Client, error) {
 
 func TestMetricsAndCtl(t *testing.T) {
 	d := startDaemon(t, "[limits]\nmax_per_ip = 2\nmax_preauth_per_ip = 2\n", nil, nil)
+	// The startup report names every limit in force (rate_per_prefix was
+	// missing).
+	d.waitLine("max_per_ip=2 max_preauth_per_ip=2 max_per_prefix=300 (/24, /64) max_per_user_ip=20 rate_per_ip=60/1m0s rate_per_prefix=300/1m0s;")
 	if d.metric("imapgate_table_max") != 4096 || d.metric(`imapgate_connections{state="established"}`) != 0 {
 		t.Fatalf("metrics at start:\n%s", d.get("/metrics"))
 	}
