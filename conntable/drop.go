@@ -203,7 +203,8 @@ const dropLogTop = 5
 // dropLog accumulates early drops for one summary line per interval.
 type dropLog struct {
 	mu      sync.Mutex
-	begin   int64 // start of the interval, unix nanoseconds; 0: no drops yet
+	begin   int64 // start of the interval (its first drop), unix nanoseconds; 0: no drops yet
+	last    int64 // its last drop
 	silent  int
 	stalled int
 	from    map[netip.Addr]int
@@ -215,6 +216,7 @@ func (d *dropLog) record(a netip.Addr, silent bool, now int64) {
 	if d.begin == 0 {
 		d.begin = now
 	}
+	d.last = now
 	if silent {
 		d.silent++
 	} else {
@@ -240,16 +242,29 @@ func (t *Table) flushDropLog(now int64) {
 		return
 	}
 	silent, stalled, from := d.silent, d.stalled, d.from
-	elapsed := time.Duration(now - d.begin).Round(time.Second)
-	d.begin, d.silent, d.stalled, d.from = 0, 0, 0, nil
+	span := time.Duration(d.last - d.begin)
+	d.begin, d.last, d.silent, d.stalled, d.from = 0, 0, 0, 0, nil
 	d.mu.Unlock()
-	t.logFull(dropSummary(silent, stalled, from, elapsed))
+	t.logFull(dropSummary(silent, stalled, from, span))
+}
+
+// spanText says how long an interval's drops took, from its first to its
+// last: "at once", "over 48ms", "over 4s" (the line is written after the
+// interval, so its own time would say nothing of the flood's).
+func spanText(span time.Duration) string {
+	switch {
+	case span < time.Millisecond:
+		return "at once"
+	case span < time.Second:
+		return "over " + span.Round(time.Millisecond).String()
+	}
+	return "over " + span.Round(time.Second).String()
 }
 
 // dropSummary is the early-drop line, in the shape of the kernel's
 // rate-limited lines: counts for the interval, then the top sources in
 // courier's address form, most dropped first.
-func dropSummary(silent, stalled int, from map[netip.Addr]int, elapsed time.Duration) string {
+func dropSummary(silent, stalled int, from map[netip.Addr]int, span time.Duration) string {
 	type src struct {
 		a netip.Addr
 		n int
@@ -265,8 +280,8 @@ func dropSummary(silent, stalled int, from map[netip.Addr]int, elapsed time.Dura
 		return x.a.Compare(y.a)
 	})
 	var b strings.Builder
-	fmt.Fprintf(&b, "conntable: early drop: %d not-logged-in connections dropped in %s to make room (%d silent, %d stalled); top sources:",
-		silent+stalled, elapsed, silent, stalled)
+	fmt.Fprintf(&b, "conntable: early drop: %d not-logged-in connections dropped %s to make room (%d silent, %d stalled); top sources:",
+		silent+stalled, spanText(span), silent, stalled)
 	for i, s := range srcs[:min(len(srcs), dropLogTop)] {
 		if i > 0 {
 			b.WriteByte(',')

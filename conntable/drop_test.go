@@ -141,7 +141,7 @@ func TestEarlyDropSummaryLine(t *testing.T) {
 		t.Fatalf("summary before the interval ended: %q", logged)
 	}
 	clockAt(tb, t0, 5*time.Second)
-	want := "conntable: early drop: 30 not-logged-in connections dropped in 5s to make room (30 silent, 0 stalled); top sources: "
+	want := "conntable: early drop: 30 not-logged-in connections dropped at once to make room (30 silent, 0 stalled); top sources: "
 	if len(logged) != 1 || !strings.HasPrefix(logged[0], want) {
 		t.Fatalf("log = %q", logged)
 	}
@@ -151,6 +151,18 @@ func TestEarlyDropSummaryLine(t *testing.T) {
 	clockAt(tb, t0, 20*time.Second)
 	if len(logged) != 1 {
 		t.Fatalf("a line for an interval without drops: %q", logged)
+	}
+	// The line says how long the drops took, not when it was written.
+	clockAt(tb, t0, 21*time.Second) // the silent timeout has emptied the table: fill it
+	for i := range 4 {
+		tb.Insert(ap(fmt.Sprintf("192.0.2.8:%d", i+1)), local, func(Reason) {})
+	}
+	tb.Insert(ap("192.0.2.9:1"), local, func(Reason) {})
+	clockAt(tb, t0, 21*time.Second+48*time.Millisecond)
+	tb.Insert(ap("192.0.2.9:2"), local, func(Reason) {})
+	clockAt(tb, t0, 27*time.Second)
+	if want := "conntable: early drop: 2 not-logged-in connections dropped over 48ms to make room"; len(logged) != 2 || !strings.HasPrefix(logged[1], want) {
+		t.Fatalf("log = %q, want a second line starting %q", logged, want)
 	}
 }
 
