@@ -255,11 +255,11 @@ func (n *nft) close() error {
 func Probe() error {
 	c, err := nftables.New()
 	if err != nil {
-		return explain(fmt.Errorf("netlink: %w", err))
+		return explain(err) // the library says "netlink receive: …" itself, as at run time
 	}
 	defer c.CloseLasting()
 	if _, err := c.ListTables(); err != nil {
-		return explain(fmt.Errorf("netlink: %w", err))
+		return explain(err) // the library says "netlink receive: …" itself, as at run time
 	}
 	return nil
 }

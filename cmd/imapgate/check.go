@@ -36,10 +36,11 @@ func checkRuntime(cfg *config.Config, f flags) error {
 		if perr := kernel.Probe(); perr != nil {
 			fmt.Fprintf(os.Stderr, "imapgate: warning: [kernel] nftables = true, but nftables cannot be used: %v; imapgate would go on with the userspace limits only\n", perr)
 		} else {
-			fmt.Fprintf(os.Stdout, "imapgate: kernel: nftables usable (table inet %s)\n", cfg.Kernel.Table)
 			if kernel.TableHeld(cfg.Kernel.Table) != nil {
-				fmt.Fprintf(os.Stdout, "imapgate: kernel: table inet %s is held by a running imapgate: this configuration's, if it runs; "+
+				fmt.Fprintf(os.Stdout, "imapgate: kernel: nftables usable, but table inet %s is held by a running imapgate: this configuration's, if it runs; "+
 					"another instance started with it would go on with the userspace limits only (give each its own kernel.table)\n", cfg.Kernel.Table)
+			} else {
+				fmt.Fprintf(os.Stdout, "imapgate: kernel: nftables usable (table inet %s)\n", cfg.Kernel.Table)
 			}
 			nftablesOn = true
 		}
