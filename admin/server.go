@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -594,12 +595,18 @@ func call(f func() error, done string) http.HandlerFunc {
 			http.Error(w, "not available", http.StatusNotImplemented)
 			return
 		}
-		if err := f(); err != nil {
+		err := f()
+		var partial interface{ Warnings() []string }
+		switch {
+		case errors.As(err, &partial):
+			// Done, but for the parts it names.
+			writeJSON(w, map[string]any{done: true, "not_applied": partial.Warnings()})
+		case err != nil:
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(http.StatusUnprocessableEntity)
 			json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
-			return
+		default:
+			writeJSON(w, map[string]bool{done: true})
 		}
-		writeJSON(w, map[string]bool{done: true})
 	}
 }

@@ -319,10 +319,27 @@ func (g *Gate) Reload(cfg *config.Config, also ...Changed) error {
 	g.cur.Store(snap) // everything is checked: put it in force
 	g.Server.ForgetUpstreamProblems()
 	// [kernel] last: a table that cannot be made is logged, as at start,
-	// and the reload stands (the userspace limits apply).
-	g.reloadKernel(cfg.Kernel)
+	// and the reload stands (the userspace limits apply); a part left as
+	// it was is the caller's to tell (PartialReload).
+	if msg := g.reloadKernel(cfg.Kernel); msg != "" {
+		return &PartialReload{NotApplied: []string{msg}}
+	}
 	return nil
 }
+
+// PartialReload is Reload's error when the new configuration is in force
+// but for a part left as it was (each named in NotApplied): the caller
+// reports a reload, and what it did not apply.
+type PartialReload struct {
+	NotApplied []string
+}
+
+func (e *PartialReload) Error() string {
+	return "reloaded, except: " + strings.Join(e.NotApplied, "; ")
+}
+
+// Warnings is what was not applied, for the admin endpoint.
+func (e *PartialReload) Warnings() []string { return e.NotApplied }
 
 // Listener wraps ln, if load balancers are trusted, with PROXY header
 // parsing for their connections only: the header is read in each

@@ -77,12 +77,12 @@ func (g *Gate) StartKernel(lns []net.Listener) {
 // off and on again, or a spell of nftables unavailable); bans come back
 // from the limiter at its first Sync. Before StartKernel it does nothing
 // (StartKernel reads the configuration in force).
-func (g *Gate) reloadKernel(c config.Kernel) {
+func (g *Gate) reloadKernel(c config.Kernel) (notApplied string) {
 	kp := &g.kernel
 	kp.mu.Lock()
 	defer kp.mu.Unlock()
 	if !kp.started || kp.closed {
-		return
+		return ""
 	}
 	if c.ConntrackWatch != kp.cfg.ConntrackWatch {
 		kp.cfg.ConntrackWatch = c.ConntrackWatch
@@ -96,19 +96,21 @@ func (g *Gate) reloadKernel(c config.Kernel) {
 	// Unchanged, unless nftables was unavailable: the reload tries again
 	// (another imapgate may have freed the table's name meanwhile).
 	if c == kp.cfg && !(c.NFTables && kp.kern.Load() == nil) {
-		return
+		return ""
 	}
 	// A table name another imapgate holds would leave this one with no
 	// table at all: the running one stays, and a later reload tries again.
 	if name := tableName(c); c.NFTables && kp.kern.Load() != nil && name != tableName(kp.cfg) {
 		if err := kernel.TableHeld(name); err != nil {
-			g.Log.Message(courierlog.Warning, fmt.Sprintf("imapgate: warning: [kernel] not reloaded: %v; %s stays", err, kp.note))
-			return
+			msg := fmt.Sprintf("[kernel] not reloaded: %v; %s stays", err, kp.note)
+			g.Log.Message(courierlog.Warning, "imapgate: warning: "+msg)
+			return msg
 		}
 	}
 	g.stopNFTablesLocked()
 	g.startNFTablesLocked(c)
 	g.Log.Message(courierlog.Info, "imapgate: [kernel] reloaded: "+kp.note)
+	return ""
 }
 
 // tableName is c's nftables table: kernel.table, "imapgate" by default.

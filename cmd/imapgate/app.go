@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -166,6 +167,12 @@ func (a *app) reload() error {
 	notifyReloading()
 	defer notify("READY=1")
 	err := a.tryReload()
+	var partial *gateway.PartialReload
+	if errors.As(err, &partial) {
+		a.metrics.Reloaded(nil) // in force, but for what partial names (logged where it was left)
+		a.logf("imapgate: configuration reloaded, except: %s", strings.Join(partial.NotApplied, "; "))
+		return err
+	}
 	a.metrics.Reloaded(err)
 	if err != nil {
 		a.logf("imapgate: reload failed, keeping the running configuration: %v", oneLine(err))
