@@ -183,14 +183,7 @@ func TestTopUnderAManyAddressFlood(t *testing.T) {
 // log tells a manual ban from a failed-login one (a fresh admin found
 // ctl ban, unban and kill left no line).
 func TestChangesAreLogged(t *testing.T) {
-	table, err := conntable.New(conntable.Config{Max: 8}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lim, err := limiter.New(limiter.Policy{IPv4Prefix: 24, IPv6Prefix: 64}, limiter.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	table, lim := tableAndLimiter(t)
 	var lines []string
 	s := New(Options{Table: table, Limiter: lim, Top: NewTop(4), Gatherer: prometheus.NewRegistry(),
 		Logf: func(format string, args ...any) { lines = append(lines, fmt.Sprintf(format, args...)) }})
@@ -233,14 +226,7 @@ func TestChangesAreLogged(t *testing.T) {
 // /bans says so (it said "userspace" while the network's element stood
 // for it).
 func TestBanInsideADroppedNetworkIsInTheKernel(t *testing.T) {
-	table, err := conntable.New(conntable.Config{Max: 8}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lim, err := limiter.New(limiter.Policy{IPv4Prefix: 24, IPv6Prefix: 64}, limiter.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	table, lim := tableAndLimiter(t)
 	now := time.Now()
 	if err := lim.Ban(limiter.Ban{Key: netip.MustParsePrefix("192.0.2.51/32"), Until: now.Add(10 * time.Minute)}); err != nil {
 		t.Fatal(err)
@@ -274,4 +260,19 @@ func TestConnsEmptyIsAnEmptyList(t *testing.T) {
 	if got := strings.TrimSpace(w.Body.String()); got != "[]" {
 		t.Errorf("GET /conns on an empty table: %q, want []", got)
 	}
+}
+
+// tableAndLimiter are a small table and a limiter without limits, for a
+// Server to act on.
+func tableAndLimiter(t *testing.T) (*conntable.Table, *limiter.Limiter) {
+	t.Helper()
+	table, err := conntable.New(conntable.Config{Max: 8}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lim, err := limiter.New(limiter.Policy{IPv4Prefix: 24, IPv6Prefix: 64}, limiter.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return table, lim
 }

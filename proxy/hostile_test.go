@@ -42,24 +42,7 @@ func TestHostileUpstreamIsLoggedAndCutOff(t *testing.T) {
 			client: "* BYE [UNAVAILABLE]", log: "failed the session before login: a literal of 100000 bytes in a response (at most 65536)"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			up := fakeUpstream(t, func(u *upstreamConn) {
-				u.send(tt.greeting)
-				for {
-					l := u.read()
-					if l == "" {
-						return
-					}
-					tag, rest, _ := strings.Cut(l, " ")
-					if strings.HasPrefix(rest, "LOGIN ") {
-						if tt.login == nil || tt.login(tag) == "" {
-							return // closes without a word
-						}
-						u.send(tt.login(tag))
-						continue
-					}
-					u.send(tag + " OK done\r\n")
-				}
-			})
+			up := loginAnswering(t, tt.greeting, tt.login)
 			p := startProxy(t, up.upstream(), proxyConfig{})
 			c := dial(t, p.addr)
 			if tt.login != nil {
@@ -76,4 +59,28 @@ func TestHostileUpstreamIsLoggedAndCutOff(t *testing.T) {
 			}
 		})
 	}
+}
+
+// loginAnswering is a fake upstream that sends greeting, answers LOGIN
+// with login(tag) (an empty answer, or a nil login: it closes without a
+// word) and any other command with OK.
+func loginAnswering(t *testing.T, greeting string, login func(tag string) string) *upstreamScript {
+	return fakeUpstream(t, func(u *upstreamConn) {
+		u.send(greeting)
+		for {
+			l := u.read()
+			if l == "" {
+				return
+			}
+			tag, rest, _ := strings.Cut(l, " ")
+			if strings.HasPrefix(rest, "LOGIN ") {
+				if login == nil || login(tag) == "" {
+					return
+				}
+				u.send(login(tag))
+				continue
+			}
+			u.send(tag + " OK done\r\n")
+		}
+	})
 }

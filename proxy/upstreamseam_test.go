@@ -323,13 +323,7 @@ func TestStalePasswordAndUserBan(t *testing.T) {
 		}
 	}
 	up := fakeUpstream(t, script)
-	pol := gateway.Policy(config.Default())
-	pol.Penalty.Delay = 0
-	lim, err := limiter.New(pol, limiter.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := startProxy(t, up.upstream(), proxyConfig{limiter: lim})
+	p, lim := startUndelayedProxy(t, up)
 	c := dial(t, p.addr)
 	c.expect("* OK")
 	for i := range 12 {
@@ -380,28 +374,9 @@ func TestStalePasswordAndUserBan(t *testing.T) {
 // twelve users failing so from one address ban nothing (a fresh admin saw
 // an office banned for it).
 func TestLoginDisabledUpstreamBansNobody(t *testing.T) {
-	up := fakeUpstream(t, func(u *upstreamConn) {
-		u.send("* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] Courier-IMAP ready.\r\n")
-		for {
-			l := u.read()
-			if l == "" {
-				return
-			}
-			tag, rest, _ := strings.Cut(l, " ")
-			if strings.HasPrefix(rest, "LOGIN ") {
-				u.send(tag + " NO STARTTLS required\r\n")
-				continue
-			}
-			u.send(tag + " OK done\r\n")
-		}
-	})
-	pol := gateway.Policy(config.Default())
-	pol.Penalty.Delay = 0
-	lim, err := limiter.New(pol, limiter.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := startProxy(t, up.upstream(), proxyConfig{limiter: lim})
+	up := loginAnswering(t, "* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] Courier-IMAP ready.\r\n",
+		func(tag string) string { return tag + " NO STARTTLS required\r\n" })
+	p, lim := startUndelayedProxy(t, up)
 	for i := range 12 {
 		c := dial(t, p.addr)
 		c.expect("* OK")
@@ -419,4 +394,17 @@ func TestLoginDisabledUpstreamBansNobody(t *testing.T) {
 	if bans := lim.Bans(time.Now()); len(bans) != 0 {
 		t.Errorf("bans: %+v", bans)
 	}
+}
+
+// startUndelayedProxy is a proxy in front of up with the default limits
+// but no delay before a failed login's NO, so a test can fail many.
+func startUndelayedProxy(t *testing.T, up *upstreamScript) (*testProxy, *limiter.Limiter) {
+	t.Helper()
+	pol := gateway.Policy(config.Default())
+	pol.Penalty.Delay = 0
+	lim, err := limiter.New(pol, limiter.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return startProxy(t, up.upstream(), proxyConfig{limiter: lim}), lim
 }
