@@ -195,7 +195,7 @@ func (c *Config) ApplyCourier(file string) (warnings []string, err error) {
 		key, v string
 		n      int
 	}{{"limits.max_connections", "MAXDAEMONS", c.Limits.MaxConnections}, {"limits.max_per_ip", "MAXPERIP", c.Limits.MaxPerIP}} {
-		if c.origin[t.key] != "" && strings.HasPrefix(c.origin[t.key], "courier ") && t.n > c.Table.Max {
+		if strings.HasPrefix(c.origin[t.key], "courier ") && t.n > c.Table.Max {
 			warnings = append(warnings, fmt.Sprintf("%s: %s=%d, taken as %s, is above table.max (%d): raised so that courier "+
 				"takes imapgate's forwarded sessions, it is no limit for clients; set %s in imapgate's own file", from[t.v], t.v, t.n, t.key, c.Table.Max, t.key))
 		}
