@@ -279,12 +279,25 @@ func TestRealRedisClusterModeFailover(t *testing.T) {
 	defer closeAll(held)
 	check := func(when, fresh string) {
 		t.Helper()
-		tc.waitShared()
-		if got := tc.attempt(12, src(from), nil); got != 0 {
-			t.Fatalf("%s: %d admitted from an address holding 4 (max_per_ip 4)", when, got)
-		}
-		if got := tc.attempt(40, src(fresh), nil); got != 4 {
-			t.Fatalf("%s: 40 concurrent attempts from one address admitted %d, want exactly 4", when, got)
+		for try := 1; ; try++ {
+			tc.waitShared()
+			f0 := tc.fallbacks()
+			over, fresh4 := tc.attempt(12, src(from), nil), tc.attempt(40, src(fresh), nil)
+			if over == 0 && fresh4 == 4 {
+				break
+			}
+			// A node that fell back meanwhile (Redis past its deadline
+			// right after a failover, on a loaded machine) admits by its
+			// local limits, as it should: that is no verdict on the
+			// shared counts, so check again.
+			if f := tc.fallbacks() - f0; f > 0 && try < 3 {
+				t.Logf("%s: %v fallbacks during the check (%d and %d admitted under local limits); checking again", when, f, over, fresh4)
+				continue
+			}
+			if over != 0 {
+				t.Fatalf("%s: %d admitted from an address holding 4 (max_per_ip 4)", when, over)
+			}
+			t.Fatalf("%s: 40 concurrent attempts from one address admitted %d, want exactly 4", when, fresh4)
 		}
 		if n := tc.sharedCount(redisClient(t, curl), from); n != 4 {
 			t.Fatalf("%s: shared count %d, want 4", when, n)
