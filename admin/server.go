@@ -358,7 +358,7 @@ func (s *Server) bans(w http.ResponseWriter, _ *http.Request) {
 			if b.User == "" { // a user ban is the limiter's alone
 				m, ok = inKernel[unmapPrefix(b.Key)]
 				if !ok {
-					ok = coveredIn(inKernel, unmapPrefix(b.Key)) // a dropped network drops it too
+					_, ok = kernel.Covering(inKernel, unmapPrefix(b.Key), false) // a dropped network drops it too
 				}
 			}
 			if ok && m.Reason == kernel.ReasonBan {
@@ -373,17 +373,6 @@ func (s *Server) bans(w http.ResponseWriter, _ *http.Request) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Until.Before(out[j].Until) })
 	writeJSON(w, out)
-}
-
-// coveredIn reports whether a shorter prefix among the kernel's members
-// (not in dry run) covers p.
-func coveredIn(members map[netip.Prefix]kernel.Member, p netip.Prefix) bool {
-	for q, m := range members {
-		if q.Bits() < p.Bits() && q.Contains(p.Addr()) && !m.DryRun {
-			return true
-		}
-	}
-	return false
 }
 
 // KnownGoodCount is Status's count of the known-good tier.

@@ -99,6 +99,10 @@ func AppendUser(b []byte, user string) []byte {
 	return b
 }
 
+// IPPort is "ip=[…], port=[…]" for ap, as courier's session lines end:
+// for imapgate's own lines about a session.
+func IPPort(ap netip.AddrPort) string { return string(appendIPPort(nil, ap)) }
+
 // appendIPPort appends "ip=[…], port=[…]".
 func appendIPPort(b []byte, ap netip.AddrPort) []byte {
 	b = append(b, "ip=["...)

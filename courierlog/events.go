@@ -82,17 +82,23 @@ var prefixes = []struct {
 	prefix string
 }{{Err, "ERR:"}, {Warning, "WARN:"}, {Alert, "ALERT:"}, {Crit, "CRIT:"}, {Debug, "DEBUG:"}, {Info, "INFO:"}}
 
+// CourierPriority splits a line a courier program wrote to stderr as
+// courierlogger does: a recognised prefix ("ERR:", "INFO:", …) gives the
+// priority and goes, with the spaces after it; without one the line is
+// info, unchanged.
+func CourierPriority(line string) (Priority, string) {
+	for _, x := range prefixes {
+		if len(line) >= len(x.prefix) && line[:len(x.prefix)] == x.prefix {
+			return x.p, trimLeftSpace(line[len(x.prefix):])
+		}
+	}
+	return Info, line
+}
+
 // CourierLine logs a line a courier program wrote to stderr, as
 // courierlogger does (exec upstream mode).
 func (l *Logger) CourierLine(line string) {
-	p := Info
-	for _, x := range prefixes {
-		if len(line) >= len(x.prefix) && line[:len(x.prefix)] == x.prefix {
-			p = x.p
-			line = trimLeftSpace(line[len(x.prefix):])
-			break
-		}
-	}
+	p, line := CourierPriority(line)
 	if len(line) > 511 { // courierlogger's line buffer
 		line = line[:511]
 	}

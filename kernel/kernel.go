@@ -371,7 +371,7 @@ func (k *Kernel) restoreShadowed(now time.Time) {
 		switch {
 		case !m.Until.After(now):
 			delete(k.shadowed, q)
-		case k.coveredLocked(q):
+		case coveredNow(k.members, q):
 		default:
 			delete(k.shadowed, q)
 			if err := k.be.add(q, m.Until.Sub(now)); err != nil {
@@ -385,15 +385,22 @@ func (k *Kernel) restoreShadowed(now time.Time) {
 	}
 }
 
-// coveredLocked reports whether a dropped, shorter prefix covers p; the
-// caller holds k.mu.
-func (k *Kernel) coveredLocked(p netip.Prefix) bool {
-	for q, m := range k.members {
-		if q != p && q.Bits() < p.Bits() && q.Contains(p.Addr()) && !m.DryRun {
-			return true
+// Covering returns the member of members, a shorter prefix whose DryRun
+// is dryRun, that covers p (in the sets, such a prefix stands for p).
+func Covering(members map[netip.Prefix]Member, p netip.Prefix, dryRun bool) (Member, bool) {
+	for q, m := range members {
+		if q.Bits() < p.Bits() && q.Contains(p.Addr()) && m.DryRun == dryRun {
+			return m, true
 		}
 	}
-	return false
+	return Member{}, false
+}
+
+// coveredNow reports whether a dropped (not dry-run) prefix among members
+// covers p.
+func coveredNow(members map[netip.Prefix]Member, p netip.Prefix) bool {
+	_, ok := Covering(members, p, false)
+	return ok
 }
 
 // unmapPrefix turns ::ffff:a.b.c.d/n into a.b.c.d/(n-96): IPv4 clients
@@ -430,19 +437,17 @@ func (k *Kernel) put(p netip.Prefix, until, now time.Time, reason, why string, c
 		return
 	}
 	m := Member{Prefix: p, Until: until, Reason: reason, DryRun: k.o.DryRun}
-	for q, qm := range k.members {
-		if q != p && q.Bits() < p.Bits() && q.Contains(p.Addr()) && qm.DryRun == k.o.DryRun {
-			// Inside a dropped prefix already (a set's intervals must not
-			// overlap); if it outlasts the prefix, it comes in when the
-			// prefix goes.
-			if !k.o.DryRun && until.After(qm.Until) && until.After(k.shadowed[p].Until) {
-				k.shadowed[p] = m
-				if !carried {
-					k.added[reason]++
-				}
+	if qm, ok := Covering(k.members, p, k.o.DryRun); ok {
+		// Inside a dropped prefix already (a set's intervals must not
+		// overlap); if it outlasts the prefix, it comes in when the
+		// prefix goes.
+		if !k.o.DryRun && until.After(qm.Until) && until.After(k.shadowed[p].Until) {
+			k.shadowed[p] = m
+			if !carried {
+				k.added[reason]++
 			}
-			return
 		}
+		return
 	}
 	if k.o.DryRun {
 		k.members[p] = m

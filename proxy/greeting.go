@@ -45,8 +45,8 @@ func (lp *loginPhase) connectUpstream() bool {
 		// The upstream refuses the session (courier: "Temporary problem";
 		// a server at its own limit): the client hears its words, the log
 		// says whose they were.
-		c.srv.log.Message(courierlog.Warning, fmt.Sprintf("upstream %s refused the session at its greeting: %.80q, ip=[%s], port=[%d]",
-			lp.set.Upstream, text, courierlog.Addr(c.client.Remote.Addr()), c.client.Remote.Port()))
+		c.srv.log.Message(courierlog.Warning, fmt.Sprintf("upstream %s refused the session at its greeting: %.80q, %s",
+			lp.set.Upstream, text, courierlog.IPPort(c.client.Remote)))
 		c.writeClient(line)
 		return false
 	default:
@@ -69,8 +69,7 @@ func (lp *loginPhase) unavailable(err error) {
 	if c.entry.Killed() != conntable.NotKilled {
 		return
 	}
-	c.srv.log.Message(courierlog.Err, fmt.Sprintf("upstream unavailable: %v, ip=[%s], port=[%d]",
-		err, courierlog.Addr(c.client.Remote.Addr()), c.client.Remote.Port()))
+	c.srv.log.Message(courierlog.Err, fmt.Sprintf("upstream unavailable: %v, %s", err, courierlog.IPPort(c.client.Remote)))
 	c.writeClient([]byte("* BYE [UNAVAILABLE] Server unavailable, please try again later.\r\n"))
 }
 

@@ -159,8 +159,8 @@ func (lp *loginPhase) reportUpstreamFailure() {
 		// at its own login time limit (60 s): the client sees the close,
 		// as from courier alone; the log says who closed.
 		if c.entry.Killed() == conntable.NotKilled {
-			c.srv.log.Message(courierlog.Info, fmt.Sprintf("upstream %s closed the connection before login, after %s and %d commands, ip=[%s], port=[%d]",
-				lp.set.Upstream, time.Since(c.start).Round(time.Second), lp.commands, courierlog.Addr(c.client.Remote.Addr()), c.client.Remote.Port()))
+			c.srv.log.Message(courierlog.Info, fmt.Sprintf("upstream %s closed the connection before login, after %s and %d commands, %s",
+				lp.set.Upstream, time.Since(c.start).Round(time.Second), lp.commands, courierlog.IPPort(c.client.Remote)))
 		}
 	default:
 		lp.unavailable(fmt.Errorf("%s failed the session before login: %w", lp.set.Upstream, lp.upErr))

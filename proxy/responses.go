@@ -10,7 +10,6 @@ import (
 // response for tag (returned, not written: callers decide when it goes
 // out) or, with continueStop, a continuation request (written).
 func (lp *loginPhase) relayResponses(tag string, onContinue continueMode) (respKind, []byte, error) {
-	stopAtContinuation := onContinue == continueStop
 	for {
 		kind, line, err := lp.readUpstreamResponse(tag)
 		if err != nil {
@@ -27,7 +26,7 @@ func (lp *loginPhase) relayResponses(tag string, onContinue continueMode) (respK
 			lp.sawCaps(trimCRLF(line), caps)
 			return kind, append(out, '\r', '\n'), nil
 		}
-		if kind == respContinue && !stopAtContinuation {
+		if kind == respContinue && onContinue != continueStop {
 			// Unexpected continuation: pass the client's one-line answer on.
 			if err := lp.c.writeClient(line); err != nil {
 				return kind, nil, err

@@ -78,10 +78,8 @@ func hasKey(m map[string]string, k string) bool { _, ok := m[k]; return ok }
 // office banned), and so that a failure that was not the credentials'
 // (courier's authdaemon unreachable) is not one.
 func isLoginFailed(line string) bool {
-	if i := strings.IndexByte(line, ':'); i >= 0 && i <= len("DEBUG:") {
-		line = strings.TrimLeft(line[i+1:], " \t")
-	}
-	return strings.HasPrefix(line, "LOGIN FAILED, ")
+	_, text := courierlog.CourierPriority(line)
+	return strings.HasPrefix(text, "LOGIN FAILED, ")
 }
 
 // fileConn is net.FileConn; tests make it fail (as EMFILE would).
