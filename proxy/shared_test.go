@@ -66,8 +66,10 @@ var _ proxy.Events = (*waitEvents)(nil)
 // waitEvents records the verdict waits; the rest of proxy.Events is
 // ignored.
 type waitEvents struct {
-	mu    sync.Mutex
-	waits []time.Duration
+	mu             sync.Mutex
+	waits          []time.Duration
+	handshakeFails int
+	refusedAfter   int // refusals reported as told after TLS
 }
 
 func (e *waitEvents) SharedVerdictWait(d time.Duration) {
@@ -82,10 +84,28 @@ func (e *waitEvents) count() int {
 	return len(e.waits)
 }
 
-func (*waitEvents) Accepted()                         {}
-func (*waitEvents) Refused(string, bool)              {}
-func (*waitEvents) WouldRefuse(string)                {}
-func (*waitEvents) Handshake(time.Duration, error)    {}
+func (*waitEvents) Accepted() {}
+func (e *waitEvents) Refused(_ string, afterTLS bool) {
+	if afterTLS {
+		e.mu.Lock()
+		e.refusedAfter++
+		e.mu.Unlock()
+	}
+}
+func (*waitEvents) WouldRefuse(string) {}
+func (e *waitEvents) Handshake(_ time.Duration, err error) {
+	if err != nil {
+		e.mu.Lock()
+		e.handshakeFails++
+		e.mu.Unlock()
+	}
+}
+
+func (e *waitEvents) counts() (handshakeFails, refusedAfter int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.handshakeFails, e.refusedAfter
+}
 func (*waitEvents) Login(string)                      {}
 func (*waitEvents) Ban()                              {}
 func (*waitEvents) UpstreamDial(time.Duration, error) {}
@@ -205,6 +225,106 @@ func TestSharedAdmissionPanicCostsOneSession(t *testing.T) {
 		t.Fatalf("read %d bytes from a session whose admission panicked", n)
 	}
 	waitLog(t, p, "panic in session id=")
+	st.answer <- stubAnswer{}
+	c := dial(t, p.addr)
+	c.expect("* OK")
+}
+
+// startHello dials p, waits until its shared admission is asked, and
+// starts a TLS handshake; it returns the raw connection, the handshake's
+// result to come, and the signal that the ClientHello has gone out.
+func startHello(t *testing.T, p *testProxy, st *stubShared) (net.Conn, *tls.Conn, chan error, chan struct{}) {
+	t.Helper()
+	raw, err := net.Dial("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close() })
+	raw.SetDeadline(time.Now().Add(20 * time.Second))
+	select {
+	case <-st.called:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no shared admission")
+	}
+	ac := &announcingConn{Conn: raw, wrote: make(chan struct{})}
+	tc := tls.Client(ac, &tls.Config{InsecureSkipVerify: true})
+	done := make(chan error, 1)
+	go func() { done <- tc.Handshake() }()
+	return raw, tc, done, ac.wrote
+}
+
+// A close refusal that comes after the ClientHello resets the connection
+// before the server answers it: the client sees a reset, not a handshake,
+// the refusal is logged in couriertcpd's words, and no handshake is
+// counted as failed.
+func TestSharedCloseRefusalAfterTheClientHello(t *testing.T) {
+	p, st, ev := sharedProxy(t)
+	_, _, done, wrote := startHello(t, p, st)
+	<-wrote
+	st.answer <- stubAnswer{res: limiter.SharedResult{Refused: true, Reason: limiter.MaxConnections, Limit: 1}}
+	if err := <-done; !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("handshake of a client refused after its ClientHello: %v, want a reset", err)
+	}
+	waitLog(t, p, "maximum active connections.")
+	if fails, _ := ev.counts(); fails != 0 {
+		t.Errorf("%d handshake failures counted for a refusal", fails)
+	}
+}
+
+// A refusal with bye that comes after the ClientHello lets the handshake
+// finish, then says why: a BYE, the end, and the refusal counted as told
+// after TLS.
+func TestSharedByeRefusalAfterTheClientHello(t *testing.T) {
+	p, st, ev := sharedProxy(t)
+	_, tc, done, wrote := startHello(t, p, st)
+	<-wrote
+	st.answer <- stubAnswer{res: limiter.SharedResult{Refused: true, Reason: limiter.MaxPerIP, Limit: 4}}
+	if err := <-done; err != nil {
+		t.Fatalf("handshake of a client refused with bye: %v", err)
+	}
+	c := &client{t: t, conn: tc, r: bufio.NewReader(tc)}
+	c.expect("* BYE [UNAVAILABLE] Too many connections from your address.")
+	c.expectEOF()
+	if _, told := ev.counts(); told != 1 {
+		t.Errorf("%d refusals told after TLS, want 1", told)
+	}
+}
+
+// A first record that is no ClientHello, with the verdict still out, ends
+// the session once the verdict is in, not before (the ticket is released
+// after Confirm is done with it): the wait is reported, and the next
+// client is served.
+func TestSharedVerdictSettledBeforeABadFirstRecordEnds(t *testing.T) {
+	p, st, ev := sharedProxy(t)
+	raw, err := net.Dial("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.SetDeadline(time.Now().Add(20 * time.Second))
+	<-st.called
+	// A whole handshake record whose body is no ClientHello.
+	if _, err := raw.Write([]byte{22, 3, 1, 0, 4, 99, 0, 0, 0}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the session would end meanwhile
+	if n := ev.count(); n != 0 {
+		t.Fatalf("%d verdict waits reported before the verdict came", n)
+	}
+	st.answer <- stubAnswer{}
+	buf := make([]byte, 64)
+	for {
+		if _, err := raw.Read(buf); err != nil {
+			break // the alert, then the end
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for ev.count() != 1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := ev.count(); n != 1 {
+		t.Fatalf("%d verdict waits reported, want 1", n)
+	}
 	st.answer <- stubAnswer{}
 	c := dial(t, p.addr)
 	c.expect("* OK")
