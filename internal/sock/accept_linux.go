@@ -17,8 +17,9 @@ const Raw = true
 
 // Acceptor accepts through the listener's RawConn, so a new socket is a
 // bare descriptor with its peer address. A connection the caller refuses is
-// reset at once (resetRaw): it is never registered with Go's poller and
-// costs no goroutine, as in HAProxy's tcp-request connection reject.
+// reset at once (closed with the listener's linger 0, see resetRaw): it is
+// never registered with Go's poller and costs no goroutine, as in HAProxy's
+// tcp-request connection reject.
 type Acceptor struct {
 	file *os.File // a non-blocking duplicate of the listener's descriptor
 	rc   syscall.RawConn
@@ -37,6 +38,17 @@ func NewAcceptor(ln *net.TCPListener) (*Acceptor, error) {
 	if err != nil {
 		f.Close()
 		return nil, err
+	}
+	// Accepted sockets inherit the listener's SO_LINGER (the kernel clones
+	// the listener's socket): with linger 0 there, a refused connection's
+	// close is a reset without a setsockopt of its own, and AcceptFD
+	// clears it on the connections it keeps.
+	var lerr error
+	if err := rc.Control(func(fd uintptr) {
+		lerr = syscall.SetsockoptLinger(int(fd), syscall.SOL_SOCKET, syscall.SO_LINGER, &noLinger)
+	}); err != nil || lerr != nil {
+		f.Close()
+		return nil, fmt.Errorf("listener: SO_LINGER: %w", errors.Join(err, lerr))
 	}
 	return &Acceptor{file: f, rc: rc}, nil
 }
@@ -78,10 +90,14 @@ func (a *Acceptor) AcceptFD(admit func(remote netip.AddrPort) bool) (int, error)
 				if aerr == syscall.EAGAIN || aerr == syscall.EINTR {
 					return false
 				}
-				if aerr != nil || admit(remote) {
+				if aerr != nil {
 					return true
 				}
-				resetRaw(nfd)
+				if admit(remote) {
+					lingerRaw(nfd, &defaultLinger)
+					return true
+				}
+				closeRaw(nfd) // a reset: linger 0, the listener's
 			}
 		}
 		if err := a.rc.Read(accept); err != nil {
@@ -119,7 +135,8 @@ func ResetFD(fd int) { resetRaw(fd) }
 
 // accept4Raw and closeRaw make their system calls without telling the Go
 // scheduler (RawSyscall). Both return at once on a non-blocking listener
-// and a socket without SO_LINGER, and the scheduler's bookkeeping costs
+// and a socket whose close does not linger (linger off, or 0: a reset),
+// and the scheduler's bookkeeping costs
 // more than the call: entering a system call from an idle process wakes
 // the runtime's monitor thread, which then polls a few times before it
 // sleeps again. In a flood that was a futex wake, a futex wait and a
@@ -141,8 +158,12 @@ func closeRaw(fd int) {
 	syscall.RawSyscall(syscall.SYS_CLOSE, uintptr(fd), 0, 0)
 }
 
-// noLinger makes close send a reset; see resetRaw.
-var noLinger = syscall.Linger{Onoff: 1, Linger: 0}
+// noLinger makes close send a reset; see resetRaw. defaultLinger is a
+// socket's own: close sends a FIN and returns at once.
+var (
+	noLinger      = syscall.Linger{Onoff: 1, Linger: 0}
+	defaultLinger = syscall.Linger{}
+)
 
 // resetRaw closes a refused connection with a single RST (SO_LINGER 0),
 // as HAProxy's tcp-request connection reject does: the socket skips
@@ -150,9 +171,13 @@ var noLinger = syscall.Linger{Onoff: 1, Linger: 0}
 // (10 s) instead of TIME_WAIT (120 s), so a refused flood does not fill
 // the host's table.
 func resetRaw(fd int) {
-	syscall.RawSyscall6(syscall.SYS_SETSOCKOPT, uintptr(fd), syscall.SOL_SOCKET, syscall.SO_LINGER,
-		uintptr(unsafe.Pointer(&noLinger)), unsafe.Sizeof(noLinger), 0)
+	lingerRaw(fd, &noLinger)
 	closeRaw(fd)
+}
+
+func lingerRaw(fd int, l *syscall.Linger) {
+	syscall.RawSyscall6(syscall.SYS_SETSOCKOPT, uintptr(fd), syscall.SOL_SOCKET, syscall.SO_LINGER,
+		uintptr(unsafe.Pointer(l)), unsafe.Sizeof(*l), 0)
 }
 
 func rawSockaddrAddrPort(rsa *syscall.RawSockaddrAny) netip.AddrPort {

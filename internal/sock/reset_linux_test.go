@@ -3,8 +3,10 @@
 package sock
 
 import (
+	"bytes"
 	"errors"
 	"io"
+	"net"
 	"net/netip"
 	"syscall"
 	"testing"
@@ -66,5 +68,42 @@ func TestRealNftablesRefusedConnectionLeavesConntrackAtOnce(t *testing.T) {
 			t.Fatalf("conntrack states %v; want %d refused in CLOSE, %d closed in TIME_WAIT", states, n, n)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// The listener's linger 0, which makes a refusal's close a reset, is not
+// the kept connections': what the proxy writes last reaches the client,
+// then an EOF, where a reset would have discarded it.
+func TestAcceptorKeptConnectionEndsWithFIN(t *testing.T) {
+	ln, acc := listenAcceptor(t, "127.0.0.1:0")
+	for _, viaFD := range []bool{false, true} {
+		client, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer client.Close()
+		keep := func(netip.AddrPort) bool { return true }
+		var c net.Conn
+		if viaFD {
+			fd, err := acc.AcceptFD(keep)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c, err = ConnFD(fd); err != nil {
+				t.Fatal(err)
+			}
+		} else if c, _, err = acc.Accept(keep); err != nil {
+			t.Fatal(err)
+		}
+		last := bytes.Repeat([]byte("* BYE\r\n"), 20000) // more than the socket sends at once
+		go func() {
+			c.Write(last)
+			c.Close()
+		}()
+		client.SetReadDeadline(time.Now().Add(10 * time.Second))
+		got, err := io.ReadAll(client)
+		if err != nil || !bytes.Equal(got, last) {
+			t.Fatalf("AcceptFD %v: read %d of %d bytes, %v; want all, then EOF", viaFD, len(got), len(last), err)
+		}
 	}
 }
