@@ -83,15 +83,21 @@ password() { # [name]: the imapgate user's, or another user's
 # running, stopped so that start runs it with the new one.
 write_conf() { # port [replicaof-port]
     local port=$1 of=${2:-} pass conf acl
-    # The shared instances get the rights the README asks for (imapgate's
-    # keys and channel only, nothing dangerous but INFO, for imapbench);
-    # the Sentinel pair's user also serves the sentinel and replication.
-    acl="~{imapgate*}:* &{imapgate*}:* +@all -@dangerous +info"
-    if [ -n "${SENTINEL_PAIR:-}" ]; then acl="~* &* +@all"; fi
+    # Every instance gives imapgate the rights the README asks for
+    # (imapgate's keys and channel only, nothing dangerous but INFO, for
+    # imapbench, and ROLE, which Sentinel mode asks the master). Replication
+    # and the sentinel use users of their own.
+    acl="~{imapgate*}:* &{imapgate*}:* +@all -@dangerous +info +role"
     pass=$(password)
     conf="$DIR/$port/redis.conf"
     mkdir -p "$DIR/$port"
-    if [ -f "$conf" ] && [ -n "${SENTINEL_PAIR:-}" ]; then return 0; fi
+    # The Sentinel pair's is kept once written, unless an older setup.sh
+    # wrote it (its imapgate user served replication too).
+    if [ -f "$conf" ] && [ -n "${SENTINEL_PAIR:-}" ]; then
+        if grep -q '^user replication ' "$conf"; then return 0; fi
+        say "$port: configuration of an older setup.sh, replaced"
+        stop_port "$port"
+    fi
     conf_text "$port" "$of" "$pass" "$acl" >"$conf.new"
     if [ -f "$conf" ] && cmp -s "$conf" "$conf.new"; then rm -f "$conf.new"; return 0; fi
     if [ -f "$conf" ]; then say "$port: configuration of an older setup.sh, replaced"; stop_port "$port"; fi
@@ -113,10 +119,15 @@ protected-mode yes
 user default off
 user $USER on >$pass $acl
 CONF
-    # Replication needs PSYNC and REPLCONF, which "imapgate" lacks in the
-    # cluster: its replicas sync as "setup".
+    # Replication needs PSYNC and REPLCONF, which "imapgate" lacks: the
+    # cluster's replicas sync as "setup", the Sentinel pair's as
+    # "replication", which the sentinel also uses (as the README's
+    # sentinel.conf does).
     if [ -n "${CLUSTER_NODE:-}" ]; then
         printf 'masteruser setup\nmasterauth %s\n' "$(password setup-password)"
+    elif [ -n "${SENTINEL_PAIR:-}" ]; then
+        printf 'user replication on >%s ~* &* +@all\n' "$(password replication-password)"
+        printf 'masteruser replication\nmasterauth %s\n' "$(password replication-password)"
     else
         printf 'masteruser %s\nmasterauth %s\n' "$USER" "$pass"
     fi
@@ -226,11 +237,12 @@ stop_port() {
 
 start_sentinel() {
     local conf="$DIR/sentinel/sentinel.conf" pass spass
-    pass=$(password)
+    pass=$(password replication-password)
     spass=$(password sentinel-password)
     mkdir -p "$DIR/sentinel"
-    # A sentinel.conf of an older setup.sh (no ACL user) is written anew.
-    if [ -f "$conf" ] && ! grep -q "^user $SENTINEL_USER " "$conf"; then
+    # A sentinel.conf of an older setup.sh (no ACL user, or connecting to
+    # the pair as imapgate) is written anew.
+    if [ -f "$conf" ] && { ! grep -q "^user $SENTINEL_USER " "$conf" || ! grep -q "auth-user imapgate replication" "$conf"; }; then
         if [ -f "$DIR/sentinel/sentinel.pid" ]; then kill "$(cat "$DIR/sentinel/sentinel.pid")" 2>/dev/null || true; sleep 0.2; fi
         rm -f "$conf" "$DIR/sentinel/sentinel.pid"
     fi
@@ -243,7 +255,7 @@ daemonize yes
 pidfile $DIR/sentinel/sentinel.pid
 logfile $DIR/sentinel/sentinel.log
 sentinel monitor imapgate 127.0.0.1 $PORT_A 1
-sentinel auth-user imapgate $USER
+sentinel auth-user imapgate replication
 sentinel auth-pass imapgate $pass
 sentinel down-after-milliseconds imapgate 1000
 sentinel failover-timeout imapgate 3000
