@@ -45,7 +45,8 @@ func (m *metrics) observe(op string, d time.Duration, err error) {
 
 // Register adds the cluster's metrics to reg: the Redis calls' latency and
 // errors, fallbacks, ticket key rotations, and gauges read at scrape time:
-// imapgate_cluster_degraded, imapgate_cluster_nodes_alive and
+// imapgate_cluster_degraded, imapgate_cluster_nodes_alive (not while
+// degraded) and
 // imapgate_cluster_local_cache_hits_total (refusals answered without a
 // round trip from remembered shared refusals).
 func (c *Cluster) Register(reg prometheus.Registerer) {
@@ -58,8 +59,7 @@ func (c *Cluster) Register(reg prometheus.Registerer) {
 			}
 			return 0
 		}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "imapgate_cluster_nodes_alive",
-			Help: "Nodes whose liveness was current at this node's last heartbeat."}, func() float64 { return float64(c.alive.Load()) }),
+		nodesAlive{c},
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "imapgate_cluster_local_cache_hits_total",
 			Help: "Refusals answered from this node's memory of a shared refusal (over limit until T), without a Redis call."}, func() float64 {
 			if c.l == nil {
@@ -69,6 +69,22 @@ func (c *Cluster) Register(reg prometheus.Registerer) {
 			return float64(hits)
 		}),
 	)
+}
+
+var descNodesAlive = prometheus.NewDesc("imapgate_cluster_nodes_alive",
+	"Nodes whose liveness was current at this node's last heartbeat; absent while this node is degraded, when it cannot know.", nil, nil)
+
+// nodesAlive exports imapgate_cluster_nodes_alive only while the node
+// hears Redis: a degraded node's last count would stay frozen at what it
+// was before the outage.
+type nodesAlive struct{ c *Cluster }
+
+func (n nodesAlive) Describe(ch chan<- *prometheus.Desc) { ch <- descNodesAlive }
+
+func (n nodesAlive) Collect(ch chan<- prometheus.Metric) {
+	if !n.c.Degraded() {
+		ch <- prometheus.MustNewConstMetric(descNodesAlive, prometheus.GaugeValue, float64(n.c.alive.Load()))
+	}
 }
 
 // Degraded reports whether the node applies local limits now.

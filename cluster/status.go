@@ -4,13 +4,22 @@ import (
 	"context"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
+
+	"github.com/redis/rueidis"
 )
 
 // Status is the cluster as one node sees it, for /status and ctl status.
 type Status struct {
 	Node  string `json:"node"`
 	Redis string `json:"redis"` // the URL without its password
+	// Master: with Sentinel, the master this node talks to now.
+	Master string `json:"master,omitempty"`
+	// NodeTTL is how long a node's share counts after its last heartbeat,
+	// and Heartbeat how often a live node renews it.
+	NodeTTL   time.Duration `json:"node_ttl_ns"`
+	Heartbeat time.Duration `json:"heartbeat_ns"`
 	// Degraded: this node applies local limits (Redis unreachable or slow).
 	Degraded      bool      `json:"degraded"`
 	DegradedSince time.Time `json:"degraded_since,omitzero"`
@@ -26,7 +35,9 @@ type Status struct {
 }
 
 // NodeStatus is one node: alive (its liveness is current) and its
-// sessions counted in the shared total.
+// sessions counted in the shared total. A node alive but silent (no
+// heartbeat for several intervals: killed, or cut off from Redis) still
+// counts until Expires runs out.
 type NodeStatus struct {
 	Node     string        `json:"node"`
 	Alive    bool          `json:"alive"`
@@ -37,19 +48,22 @@ type NodeStatus struct {
 // Status reads the nodes and their shares from Redis (one round trip,
 // with the call deadline).
 func (c *Cluster) Status(ctx context.Context) *Status {
-	s := &Status{Node: c.o.Node, Redis: c.Redacted(), Degraded: c.Degraded(), RedisLatency: time.Duration(c.rtt.Load())}
+	s := &Status{Node: c.o.Node, Redis: c.Redacted(), Degraded: c.Degraded(), RedisLatency: time.Duration(c.rtt.Load()),
+		NodeTTL: c.o.NodeTTL, Heartbeat: c.beatInterval()}
 	if ds := c.degradedSince.Load(); ds != 0 && s.Degraded {
 		s.DegradedSince = time.Unix(0, ds)
 	}
 	if c.l != nil {
 		s.CacheHits, s.Calls, s.Failures = c.l.SharedStats()
 	}
-	// While the node cannot join, why (the log said it once).
+	// While the node cannot join, why (the log said it once), unless the
+	// call below failed for the same reason.
 	if why := c.joinErr.Load(); why != nil && s.Degraded {
 		defer func() {
-			if s.Error == "" {
+			switch {
+			case s.Error == "":
 				s.Error = *why
-			} else {
+			case !strings.Contains(s.Error, *why) && !strings.Contains(*why, strings.TrimPrefix(s.Error, "redis TIME: ")):
 				s.Error += "; " + *why
 			}
 		}()
@@ -58,6 +72,11 @@ func (c *Cluster) Status(ctx context.Context) *Status {
 	if err != nil {
 		s.Error = c.mask(err)
 		return s
+	}
+	if cl.Mode() == rueidis.ClientModeSentinel {
+		for a := range cl.Nodes() {
+			s.Master = a
+		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.o.Timeout)
 	defer cancel()

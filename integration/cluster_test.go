@@ -755,6 +755,12 @@ func TestRealRedisOutageDegradesAndRecovers(t *testing.T) {
 		}
 	}
 	t.Logf("both nodes on local limits %s after Redis stopped", time.Since(stopped).Round(time.Millisecond))
+	for _, g := range tc.nodes {
+		// A degraded node cannot know who is alive: no frozen count.
+		if v := g.metric("imapgate_cluster_nodes_alive"); v != -1 {
+			t.Errorf("%s exports imapgate_cluster_nodes_alive %v while degraded", g.id, v)
+		}
+	}
 	run("start-port", port)
 	restarted := time.Now()
 	c := redisClient(t, env["REDIS_OUTAGE_URL"])
@@ -767,6 +773,9 @@ func TestRealRedisOutageDegradesAndRecovers(t *testing.T) {
 		if v := g.metric("imapgate_cluster_fallbacks_total"); v < 1 {
 			t.Errorf("%s fallbacks_total = %v", g.id, v)
 		}
+		waitFor(t, g.id+"'s nodes_alive to count every node again", func() bool {
+			return g.metric("imapgate_cluster_nodes_alive") == float64(len(tc.nodes))
+		})
 	}
 	if _, ok, _ := connect(from, tc.nodes[1].addr, clusterClientTLS); ok {
 		t.Fatal("admitted over the shared limit after recovery (6 held, max 4)")
@@ -858,6 +867,14 @@ func TestRealRedisSentinelFailover(t *testing.T) {
 	}
 	if fallbacks == 0 {
 		t.Error("no node noticed the failover")
+	}
+	// /status (and ctl status) name the master the node now uses.
+	var st struct {
+		Cluster struct{ Master string } `json:"cluster"`
+	}
+	tc.nodes[0].status(t, &st)
+	if want := "127.0.0.1:" + master(); st.Cluster.Master != want {
+		t.Errorf("/status names the master %q after the failover, want %q", st.Cluster.Master, want)
 	}
 	// The old master comes back as a replica.
 	exec.Command("bash", setup, "start-port", old).Run()

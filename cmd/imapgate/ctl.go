@@ -529,6 +529,19 @@ func banKeyString(key string) string {
 	return key
 }
 
+// nodeLife says how a node's liveness stands: alive, silent (its last
+// heartbeat older than three intervals: its share still counts until
+// node_ttl runs out), or dead (not yet swept).
+func nodeLife(n cluster.NodeStatus, ttl, beat time.Duration) string {
+	if !n.Alive {
+		return fmt.Sprintf("DEAD for %s", (-n.Expires).Round(time.Second))
+	}
+	if heard := ttl - n.Expires; ttl > 0 && beat > 0 && heard > 3*beat {
+		return fmt.Sprintf("SILENT for %s (counted until dead in %s)", heard.Round(100*time.Millisecond), n.Expires.Round(100*time.Millisecond))
+	}
+	return fmt.Sprintf("alive (%s left)", n.Expires.Round(time.Second))
+}
+
 // printCluster writes the cluster lines of ctl status.
 func printCluster(w io.Writer, c *cluster.Status) {
 	state := fmt.Sprintf("shared limits, Redis %.2f ms", float64(c.RedisLatency)/1e6)
@@ -538,16 +551,15 @@ func printCluster(w io.Writer, c *cluster.Status) {
 			state += fmt.Sprintf(" for %s", time.Since(c.DegradedSince).Round(time.Second))
 		}
 	}
-	fmt.Fprintf(w, "cluster      node %s via %s: %s; %d calls, %d failed, %d refusals from memory\n",
+	fmt.Fprintf(w, "cluster      node %s via %s: %s; %d admission calls, %d failed, %d refusals from memory\n",
 		c.Node, c.Redis, state, c.Calls, c.Failures, c.CacheHits)
+	if c.Master != "" {
+		fmt.Fprintf(w, "             Sentinel's master now: %s\n", c.Master)
+	}
 	if c.Error != "" {
 		fmt.Fprintf(w, "             Redis: %s\n", c.Error)
 	}
 	for _, n := range c.Nodes {
-		life := fmt.Sprintf("alive (%s left)", n.Expires.Round(time.Second))
-		if !n.Alive {
-			life = fmt.Sprintf("DEAD for %s", (-n.Expires).Round(time.Second))
-		}
-		fmt.Fprintf(w, "  node %-12s %s, %s\n", n.Node, life, plural(n.Sessions, "session", "sessions"))
+		fmt.Fprintf(w, "  node %-12s %s, %s\n", n.Node, nodeLife(n, c.NodeTTL, c.Heartbeat), plural(n.Sessions, "session", "sessions"))
 	}
 }

@@ -8,6 +8,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"imapgate/cluster"
 )
 
 // A refusal from the admin endpoint reads as the error it carries, not as
@@ -155,5 +158,29 @@ func TestCtlAdminAddressFromConfig(t *testing.T) {
 	}
 	if ep, err := findAdmin("unix:/run/x.sock", missing, true); err != nil || ep != (adminEndpoint{"unix:/run/x.sock", "-admin"}) {
 		t.Errorf("-admin: %+v, %v", ep, err)
+	}
+}
+
+// ctl status tells a node that stopped renewing its liveness (killed, or
+// cut off from Redis) from a live one, while its share still counts: it
+// is silent after three missed heartbeats, dead once node_ttl ran out.
+func TestCtlNodeLife(t *testing.T) {
+	ttl, beat := 15*time.Second, 500*time.Millisecond
+	for _, c := range []struct {
+		n    cluster.NodeStatus
+		want string
+	}{
+		{cluster.NodeStatus{Alive: true, Expires: 14800 * time.Millisecond}, "alive (15s left)"},
+		{cluster.NodeStatus{Alive: true, Expires: 13600 * time.Millisecond}, "alive (14s left)"}, // 1.4 s: a late beat
+		{cluster.NodeStatus{Alive: true, Expires: 9 * time.Second}, "SILENT for 6s (counted until dead in 9s)"},
+		{cluster.NodeStatus{Alive: false, Expires: -2 * time.Second}, "DEAD for 2s"},
+	} {
+		if got := nodeLife(c.n, ttl, beat); got != c.want {
+			t.Errorf("nodeLife(%+v) = %q, want %q", c.n, got, c.want)
+		}
+	}
+	// A node too old to send its ttl and interval: alive as before.
+	if got := nodeLife(cluster.NodeStatus{Alive: true, Expires: time.Second}, 0, 0); got != "alive (1s left)" {
+		t.Errorf("without ttl: %q", got)
 	}
 }
