@@ -41,13 +41,21 @@ type app struct {
 	ready     atomic.Bool
 }
 
-func newApp(cfg *config.Config, f flags) (*app, error) {
+func newApp(cfg *config.Config, f flags) (_ *app, err error) {
 	a := &app{flags: f}
-	var err error
 	if a.logs, err = openLog(cfg.Log); err != nil {
 		return nil, err
 	}
 	a.log = courierlog.New(a.logs.main, courierlog.Options{TLS: true, LoginStartTLS: cfg.Log.LoginStartTLS})
+	defer func() {
+		if err != nil {
+			// Said in the log too, not only on stderr: under a service
+			// manager or a restart script, the log is where an admin
+			// looks, and it would end with the old process's last line.
+			a.log.Message(courierlog.Err, "imapgate: not started: "+err.Error())
+			a.close()
+		}
+	}()
 	if a.files, err = checkOpenFiles(cfg, f.demo); err != nil {
 		return nil, err
 	}
@@ -88,7 +96,6 @@ func newApp(cfg *config.Config, f flags) (*app, error) {
 		lc := net.ListenConfig{KeepAlive: -1}
 		ln, err := lc.Listen(context.Background(), "tcp", cfg.Listen.Address)
 		if err != nil {
-			a.close()
 			return nil, fmt.Errorf("listen.address: %w", err)
 		}
 		raw = []net.Listener{ln}
@@ -99,7 +106,6 @@ func newApp(cfg *config.Config, f flags) (*app, error) {
 	a.gate.StartKernel(raw)
 	if err := a.startAdmin(cfg, reg, top); err != nil {
 		if !f.demo || cfg.IsSet("admin.address") {
-			a.close()
 			return nil, err
 		}
 		// The demo must start on any machine: without its admin port it

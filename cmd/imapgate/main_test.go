@@ -624,3 +624,27 @@ func TestCourierReadHint(t *testing.T) {
 		t.Error("a parse error got the permission hint")
 	}
 }
+
+// A start that fails once the log is open (here: the admin address is
+// taken) says so in the log as well as on stderr, so the log does not end
+// with an older process's last line.
+func TestFailedStartIsLogged(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "imapgate.log")
+	cfg := filepath.Join(dir, "imapgate.toml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = %q\n[log]\noutput = \"file:%s\"\n",
+		taken.Addr().String(), logPath)), 0o644)
+	out, err := exec.Command(binary, "-demo", "-config", cfg).CombinedOutput()
+	if err == nil {
+		t.Fatalf("started with its admin address taken:\n%s", out)
+	}
+	want := "imapgate: not started: admin.address: listen tcp " + taken.Addr().String()
+	if b, _ := os.ReadFile(logPath); !strings.Contains(string(b), want) {
+		t.Fatalf("the log lacks %q:\n%s\n(stderr: %s)", want, b, out)
+	}
+}
