@@ -464,7 +464,10 @@ func (s *Server) unban(w http.ResponseWriter, r *http.Request) {
 		a = a.Unmap()
 		p = netip.PrefixFrom(a, a.BitLen())
 	}
-	var lifted bool
+	var lifted, pending bool
+	if s.o.Limiter != nil {
+		pending = s.o.Limiter.SharedDegraded()
+	}
 	switch user := r.URL.Query().Get("user"); {
 	case s.o.Limiter == nil:
 	case user != "":
@@ -480,13 +483,24 @@ func (s *Server) unban(w http.ResponseWriter, r *http.Request) {
 		s.o.AfterUnban()
 	}
 	what := banned(p, r.URL.Query().Get("user"))
-	if lifted {
+	switch {
+	case lifted && pending:
+		s.logf(r, "unbanned %s on this node; on the others once Redis answers (cluster degraded)", what)
+	case lifted:
 		s.logf(r, "unbanned %s", what)
-	} else {
+	default:
 		s.logf(r, "unban %s: no ban to lift", what)
 	}
-	writeJSON(w, map[string]bool{"lifted": lifted})
+	out := map[string]any{"lifted": lifted}
+	if pending {
+		out["cluster"] = clusterPending
+	}
+	writeJSON(w, out)
 }
+
+// clusterPending is what ban and unban answer while the cluster is
+// degraded (Limiter.SharedDegraded).
+const clusterPending = "degraded: in force on this node now, on the other nodes once Redis answers again"
 
 // ban bans ?addr= (an address or CIDR; with ?user=, that user on the
 // address) for ?for= (default the policy's ban_time); with a cluster, on
@@ -522,14 +536,22 @@ func (s *Server) ban(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "user: a user ban is on one address, not a CIDR", http.StatusBadRequest)
 		return
 	}
+	pending := s.o.Limiter.SharedDegraded()
 	if err := s.o.Limiter.Ban(b); err != nil {
 		s.logf(r, "banned %s until %s (%s), on this node only: the cluster could not be told: %v", banned(b.Key, b.User),
 			b.Until.UTC().Format(time.RFC3339), d, err)
 		http.Error(w, "banned here; the cluster could not be told: "+err.Error(), http.StatusBadGateway)
 		return
 	}
-	s.logf(r, "banned %s until %s (%s)", banned(b.Key, b.User), b.Until.UTC().Format(time.RFC3339), d)
-	writeJSON(w, map[string]any{"banned": b.Key.String(), "until": b.Until})
+	out := map[string]any{"banned": b.Key.String(), "until": b.Until}
+	if pending {
+		s.logf(r, "banned %s until %s (%s) on this node; on the others once Redis answers (cluster degraded)",
+			banned(b.Key, b.User), b.Until.UTC().Format(time.RFC3339), d)
+		out["cluster"] = clusterPending
+	} else {
+		s.logf(r, "banned %s until %s (%s)", banned(b.Key, b.User), b.Until.UTC().Format(time.RFC3339), d)
+	}
+	writeJSON(w, out)
 }
 
 // logf logs a change made through the endpoint, with who asked (the

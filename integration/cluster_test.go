@@ -761,6 +761,13 @@ func TestRealRedisOutageDegradesAndRecovers(t *testing.T) {
 			t.Errorf("%s exports imapgate_cluster_nodes_alive %v while degraded", g.id, v)
 		}
 	}
+	// A ban made meanwhile says it is this node's until Redis answers,
+	// and reaches the other node then.
+	const bannedMeanwhile = "127.0.20.9"
+	out, err := exec.Command(imapgateBinary(t), "ctl", "-admin", tc.nodes[0].admin, "ban", bannedMeanwhile, "5m").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "cluster: degraded: in force on this node now, on the other nodes once Redis answers again") {
+		t.Errorf("ctl ban while degraded: %v\n%s", err, out)
+	}
 	run("start-port", port)
 	restarted := time.Now()
 	c := redisClient(t, env["REDIS_OUTAGE_URL"])
@@ -777,6 +784,13 @@ func TestRealRedisOutageDegradesAndRecovers(t *testing.T) {
 			return g.metric("imapgate_cluster_nodes_alive") == float64(len(tc.nodes))
 		})
 	}
+	waitFor(t, "the ban made while degraded to reach n2", func() bool {
+		ic, ok, err := connect(bannedMeanwhile, tc.nodes[1].addr, clusterClientTLS)
+		if ok {
+			ic.c.Close()
+		}
+		return err == nil && !ok
+	})
 	if _, ok, _ := connect(from, tc.nodes[1].addr, clusterClientTLS); ok {
 		t.Fatal("admitted over the shared limit after recovery (6 held, max 4)")
 	}

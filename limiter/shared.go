@@ -216,6 +216,11 @@ func (l *Limiter) SharedUp() bool {
 	return l.cl.up
 }
 
+// SharedDegraded reports whether there is a shared state and it is not in
+// use now: a ban or unban made meanwhile applies on this node at once and
+// reaches the shared state (the other nodes) only once it answers again.
+func (l *Limiter) SharedDegraded() bool { return l.cl.s != nil && !l.SharedUp() }
+
 // SharedStats are counters for metrics: refusals answered from the local
 // over-limit cache, shared calls made and failed.
 func (l *Limiter) SharedStats() (cacheHits, calls, failures uint64) {
