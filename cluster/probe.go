@@ -161,7 +161,7 @@ func (p *prober) askSentinel(ctx context.Context, addr string) error {
 		TLSConfig: so.TLSConfig, Username: so.Username, Password: so.Password, ForceSingleClient: true,
 		DisableCache: true, DisableRetry: true, ClientName: p.copt.ClientName})
 	if err != nil {
-		return p.describe(s, "connecting", err)
+		return p.notSentinel(ctx, addr, p.describe(s, "connecting", err))
 	}
 	defer cl.Close()
 	a, err := p.do(ctx, cl, cl.B().SentinelGetMasterAddrByName().Master(so.MasterSet).Build()).AsStrSlice()
@@ -169,11 +169,39 @@ func (p *prober) askSentinel(ctx context.Context, addr string) error {
 	case rueidis.IsRedisNil(err):
 		return &ProbeError{Kind: ProbeConfig, msg: fmt.Sprintf("%s knows no master named %q (master_set)", s.who, so.MasterSet)}
 	case err != nil:
-		return p.describe(s, "SENTINEL GET-MASTER-ADDR-BY-NAME", err)
+		return p.notSentinel(ctx, addr, p.describe(s, "SENTINEL GET-MASTER-ADDR-BY-NAME", err))
 	case len(a) != 2:
 		return &ProbeError{Kind: ProbeConfig, msg: fmt.Sprintf("%s answered %q for master %q", s.who, a, so.MasterSet)}
 	}
 	return nil
+}
+
+// notSentinel replaces err, a sentinel's refusal of the sentinel
+// credentials (or of the command), when addr is a Redis server rather
+// than a sentinel: a URL that names Redis's port where the sentinels'
+// belongs (easy with 6379 implied) otherwise reads as a sentinel asking
+// for a password. It asks addr's ROLE with the URL's own credentials,
+// which a Redis server takes.
+func (p *prober) notSentinel(ctx context.Context, addr string, err *ProbeError) error {
+	if err.Kind == ProbeUnreachable {
+		return err
+	}
+	cl, cerr := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{addr}, Dialer: p.copt.Dialer,
+		TLSConfig: p.copt.TLSConfig, Username: p.copt.Username, Password: p.copt.Password, ForceSingleClient: true,
+		DisableCache: true, DisableRetry: true, ClientName: p.copt.ClientName})
+	if cerr != nil {
+		return err
+	}
+	defer cl.Close()
+	role, rerr := p.do(ctx, cl, cl.B().Role().Build()).ToArray()
+	if rerr != nil || len(role) == 0 {
+		return err
+	}
+	if r, _ := role[0].ToString(); r == "master" || r == "slave" {
+		return &ProbeError{Kind: ProbeConfig, msg: fmt.Sprintf("%s is a Redis server (its role: %s), not a sentinel: "+
+			"name the sentinels in the URL, with their port (26379 unless their sentinel.conf says otherwise)", addr, r)}
+	}
+	return err
 }
 
 // rights checks every right imapgate needs; all that are missing make

@@ -147,6 +147,11 @@ func TestRealRedisCheckRefusedCredentials(t *testing.T) {
 	q := s.Query()
 	q.Set("sentinel_password", "wrong-"+env["REDIS_SENTINEL_PASSWORD"])
 	s.RawQuery = q.Encode()
+	// The Sentinel form with Redis's own port where a sentinel's belongs.
+	notSentinel := *s
+	notSentinel.Host = "127.0.0.1:16379"
+	q.Set("sentinel_password", env["REDIS_SENTINEL_PASSWORD"])
+	notSentinel.RawQuery = q.Encode()
 	for _, tt := range []struct {
 		name, url string
 		want      []string
@@ -158,6 +163,8 @@ func TestRealRedisCheckRefusedCredentials(t *testing.T) {
 			"and its password (WRONGPASS: a wrong password, an unknown user or one that is off): check the URL's user and password"}},
 		{"wrong sentinel password", s.String(), []string{"the sentinel at 127.0.0.1:26379 refused user sentinel",
 			"check sentinel_username and sentinel_password"}},
+		{"not a sentinel", notSentinel.String(), []string{"127.0.0.1:16379 is a Redis server (its role: master), not a sentinel: " +
+			"name the sentinels in the URL, with their port (26379 unless their sentinel.conf says otherwise)"}},
 	} {
 		t.Run(strings.ReplaceAll(tt.name, " ", "_"), func(t *testing.T) {
 			expectCheck(t, tt.url, 1, append(tt.want, "imapgate: cluster.redis: "),
