@@ -51,7 +51,11 @@ type Cluster struct {
 	joinErr       atomic.Pointer[string] // why the last bringUp failed (masked); nil once up
 	swept         bool                   // this node's stale share cleared since start
 	dupWarned     bool
-	beaten        bool // a heartbeat has written this instance's id
+	beaten        bool   // a heartbeat has written this instance's id
+	limitsBeat    int    // beats counted for checkLimits
+	limitsLogged  string // the difference of limits last logged ("" none)
+	limitsMine    string // this node's summary when last written
+	limitsDiffer  atomic.Pointer[[]string]
 
 	tickets *ticketKeys
 	m       *metrics

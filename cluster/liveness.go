@@ -64,6 +64,9 @@ func (c *Cluster) beat() error {
 			return err
 		}
 	}
+	if err := c.checkLimits(ctx, cl); err != nil {
+		return err
+	}
 	return c.syncShared(ctx, cl, false)
 }
 

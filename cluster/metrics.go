@@ -14,7 +14,7 @@ type metrics struct {
 	c         *Cluster
 }
 
-var ops = []string{"admit", "release", "login", "succeeded", "failure", "ban", "unban", "publish", "heartbeat", "holder", "sweep", "leave", "tickets", "good"}
+var ops = []string{"admit", "release", "login", "succeeded", "failure", "ban", "unban", "publish", "heartbeat", "holder", "sweep", "leave", "tickets", "good", "limits"}
 
 func newMetrics(c *Cluster) *metrics {
 	m := &metrics{c: c,

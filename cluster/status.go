@@ -28,10 +28,13 @@ type Status struct {
 	Nodes        []NodeStatus  `json:"nodes,omitempty"`
 	// Calls and Failures count this node's limiter calls to Redis;
 	// CacheHits the refusals answered from its over-limit memory.
-	Calls     uint64 `json:"calls"`
-	Failures  uint64 `json:"failures"`
-	CacheHits uint64 `json:"cache_hits"`
-	Error     string `json:"error,omitempty"`
+	// LimitsDiffer lists the live nodes whose limits differ from this
+	// node's, and how (checkLimits).
+	LimitsDiffer []string `json:"limits_differ,omitempty"`
+	Calls        uint64   `json:"calls"`
+	Failures     uint64   `json:"failures"`
+	CacheHits    uint64   `json:"cache_hits"`
+	Error        string   `json:"error,omitempty"`
 }
 
 // NodeStatus is one node: alive (its liveness is current) and its
@@ -55,6 +58,9 @@ func (c *Cluster) Status(ctx context.Context) *Status {
 	}
 	if c.l != nil {
 		s.CacheHits, s.Calls, s.Failures = c.l.SharedStats()
+	}
+	if d := c.limitsDiffer.Load(); d != nil {
+		s.LimitsDiffer = *d
 	}
 	// While the node cannot join, why (the log said it once), unless the
 	// call below failed for the same reason.

@@ -1014,3 +1014,33 @@ func TestRealRedisDuplicateNodeIDDoesNotJoin(t *testing.T) {
 		t.Errorf("shared count %d after the duplicate stopped, want n1's 3", n)
 	}
 }
+
+// Nodes whose [limits] differ are named in the log and in ctl status
+// (each checks the shared counts against its own limits), and a reload
+// that makes them agree says so.
+func TestRealRedisDifferentLimitsAreReported(t *testing.T) {
+	env := redistest.Env(t)
+	tc := startCluster(t, 1, env["REDIS_URL"], "[limits]\nmax_per_ip = 2\n", "")
+	n2 := tc.add(env["REDIS_URL"], "[limits]\nmax_per_ip = 5\n", "")
+	const want = "imapgate: cluster: warning: other nodes apply other limits to the shared counts (node n1: max_per_ip=2 (here 5))"
+	waitFor(t, "n2 to log that n1's limits differ", func() bool {
+		b, _ := os.ReadFile(n2.logPath)
+		return strings.Contains(string(b), want)
+	})
+	out, err := exec.Command(imapgateBinary(t), "ctl", "-admin", n2.admin, "status").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "limits differ: node n1: max_per_ip=2 (here 5)") {
+		t.Fatalf("ctl status on n2: %v\n%s", err, out)
+	}
+	cfg, _ := os.ReadFile(n2.cfgPath)
+	os.WriteFile(n2.cfgPath, []byte(strings.Replace(string(cfg), "max_per_ip = 5", "max_per_ip = 2", 1)), 0o600)
+	if out, err := exec.Command(imapgateBinary(t), "ctl", "-admin", n2.admin, "reload").CombinedOutput(); err != nil {
+		t.Fatalf("ctl reload: %v\n%s", err, out)
+	}
+	waitFor(t, "n2 to log that the limits agree again", func() bool {
+		b, _ := os.ReadFile(n2.logPath)
+		return strings.Contains(string(b), "imapgate: cluster: every node's limits agree again")
+	})
+	if out, _ := exec.Command(imapgateBinary(t), "ctl", "-admin", n2.admin, "status").CombinedOutput(); strings.Contains(string(out), "limits differ") {
+		t.Errorf("ctl status still says the limits differ:\n%s", out)
+	}
+}

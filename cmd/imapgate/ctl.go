@@ -559,6 +559,9 @@ func printCluster(w io.Writer, c *cluster.Status) {
 	if c.Error != "" {
 		fmt.Fprintf(w, "             Redis: %s\n", c.Error)
 	}
+	for _, d := range c.LimitsDiffer {
+		fmt.Fprintf(w, "             limits differ: %s\n", d)
+	}
 	for _, n := range c.Nodes {
 		fmt.Fprintf(w, "  node %-12s %s, %s\n", n.Node, nodeLife(n, c.NodeTTL, c.Heartbeat), plural(n.Sessions, "session", "sessions"))
 	}
