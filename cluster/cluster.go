@@ -161,7 +161,8 @@ func (c *Cluster) Close() {
 }
 
 // leave takes the node out of Redis (leaveScript: its liveness, its
-// instance entry and its share), so the other nodes stop counting it at
+// instance entry and its share; then its limits' summary), so the other
+// nodes stop counting it at
 // once, not after node_ttl, and a restart finds no other instance under
 // its id. One call with the usual deadline; if it fails (Redis away),
 // the node's liveness expires after node_ttl and the others sweep it, as
@@ -177,6 +178,8 @@ func (c *Cluster) leave(cl rueidis.Client) {
 	case res == 0:
 		c.o.Log(fmt.Sprintf("imapgate: cluster: node %s left Redis as it was: another process uses its id", c.o.Node))
 	default:
+		// Its limits no longer matter to the others (checkLimits).
+		cl.Do(ctx, cl.B().Hdel().Key(c.k.limits).Field(c.o.Node).Build())
 		c.o.Log(fmt.Sprintf("imapgate: cluster: node %s left Redis", c.o.Node))
 	}
 }
