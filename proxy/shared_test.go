@@ -155,22 +155,8 @@ func (c *announcingConn) Write(b []byte) (int, error) {
 // reported once.
 func TestSharedVerdictOverlapsTheClientHello(t *testing.T) {
 	p, st, ev := sharedProxy(t)
-	raw, err := net.Dial("tcp", p.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
-	raw.SetDeadline(time.Now().Add(20 * time.Second))
-	select {
-	case <-st.called: // asked while the client is silent
-	case <-time.After(10 * time.Second):
-		t.Fatal("no shared admission for a connection whose client has sent nothing")
-	}
-	ac := &announcingConn{Conn: raw, wrote: make(chan struct{})}
-	tc := tls.Client(ac, &tls.Config{InsecureSkipVerify: true})
-	done := make(chan error, 1)
-	go func() { done <- tc.Handshake() }()
-	<-ac.wrote
+	tc, done, wrote := startHello(t, p, st)
+	<-wrote
 	st.answer <- stubAnswer{} // admitted, after the ClientHello left
 	if err := <-done; err != nil {
 		t.Fatalf("handshake after the verdict: %v", err)
@@ -230,10 +216,9 @@ func TestSharedAdmissionPanicCostsOneSession(t *testing.T) {
 	c.expect("* OK")
 }
 
-// startHello dials p, waits until its shared admission is asked, and
-// starts a TLS handshake; it returns the raw connection, the handshake's
-// result to come, and the signal that the ClientHello has gone out.
-func startHello(t *testing.T, p *testProxy, st *stubShared) (net.Conn, *tls.Conn, chan error, chan struct{}) {
+// dialAsked dials p and waits until its shared admission is asked, while
+// the client has sent nothing.
+func dialAsked(t *testing.T, p *testProxy, st *stubShared) net.Conn {
 	t.Helper()
 	raw, err := net.Dial("tcp", p.addr)
 	if err != nil {
@@ -244,13 +229,21 @@ func startHello(t *testing.T, p *testProxy, st *stubShared) (net.Conn, *tls.Conn
 	select {
 	case <-st.called:
 	case <-time.After(10 * time.Second):
-		t.Fatal("no shared admission")
+		t.Fatal("no shared admission for a connection whose client has sent nothing")
 	}
-	ac := &announcingConn{Conn: raw, wrote: make(chan struct{})}
+	return raw
+}
+
+// startHello is dialAsked, then a TLS handshake: it returns the client's
+// connection, the handshake's result to come, and the signal that the
+// ClientHello has gone out.
+func startHello(t *testing.T, p *testProxy, st *stubShared) (*tls.Conn, chan error, chan struct{}) {
+	t.Helper()
+	ac := &announcingConn{Conn: dialAsked(t, p, st), wrote: make(chan struct{})}
 	tc := tls.Client(ac, &tls.Config{InsecureSkipVerify: true})
 	done := make(chan error, 1)
 	go func() { done <- tc.Handshake() }()
-	return raw, tc, done, ac.wrote
+	return tc, done, ac.wrote
 }
 
 // A close refusal that comes after the ClientHello resets the connection
@@ -259,7 +252,7 @@ func startHello(t *testing.T, p *testProxy, st *stubShared) (net.Conn, *tls.Conn
 // counted as failed.
 func TestSharedCloseRefusalAfterTheClientHello(t *testing.T) {
 	p, st, ev := sharedProxy(t)
-	_, _, done, wrote := startHello(t, p, st)
+	_, done, wrote := startHello(t, p, st)
 	<-wrote
 	st.answer <- stubAnswer{res: limiter.SharedResult{Refused: true, Reason: limiter.MaxConnections, Limit: 1}}
 	if err := <-done; !errors.Is(err, syscall.ECONNRESET) {
@@ -276,7 +269,7 @@ func TestSharedCloseRefusalAfterTheClientHello(t *testing.T) {
 // after TLS.
 func TestSharedByeRefusalAfterTheClientHello(t *testing.T) {
 	p, st, ev := sharedProxy(t)
-	_, tc, done, wrote := startHello(t, p, st)
+	tc, done, wrote := startHello(t, p, st)
 	<-wrote
 	st.answer <- stubAnswer{res: limiter.SharedResult{Refused: true, Reason: limiter.MaxPerIP, Limit: 4}}
 	if err := <-done; err != nil {
@@ -296,13 +289,7 @@ func TestSharedByeRefusalAfterTheClientHello(t *testing.T) {
 // client is served.
 func TestSharedVerdictSettledBeforeABadFirstRecordEnds(t *testing.T) {
 	p, st, ev := sharedProxy(t)
-	raw, err := net.Dial("tcp", p.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
-	raw.SetDeadline(time.Now().Add(20 * time.Second))
-	<-st.called
+	raw := dialAsked(t, p, st)
 	// A whole handshake record whose body is no ClientHello.
 	if _, err := raw.Write([]byte{22, 3, 1, 0, 4, 99, 0, 0, 0}); err != nil {
 		t.Fatal(err)
