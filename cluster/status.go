@@ -26,15 +26,16 @@ type Status struct {
 	// RedisLatency is the last heartbeat's round trip.
 	RedisLatency time.Duration `json:"redis_latency_ns"`
 	Nodes        []NodeStatus  `json:"nodes,omitempty"`
-	// Calls and Failures count this node's limiter calls to Redis;
-	// CacheHits the refusals answered from its over-limit memory.
 	// LimitsDiffer lists the live nodes whose limits differ from this
 	// node's, and how (checkLimits).
 	LimitsDiffer []string `json:"limits_differ,omitempty"`
-	Calls        uint64   `json:"calls"`
-	Failures     uint64   `json:"failures"`
-	CacheHits    uint64   `json:"cache_hits"`
-	Error        string   `json:"error,omitempty"`
+	// Calls and Failures count this node's limiter calls to Redis
+	// (admissions, logins, failures, releases, bans; not the heartbeats);
+	// CacheHits the refusals answered from its over-limit memory.
+	Calls     uint64 `json:"calls"`
+	Failures  uint64 `json:"failures"`
+	CacheHits uint64 `json:"cache_hits"`
+	Error     string `json:"error,omitempty"`
 }
 
 // NodeStatus is one node: alive (its liveness is current) and its

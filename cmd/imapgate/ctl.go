@@ -551,7 +551,7 @@ func printCluster(w io.Writer, c *cluster.Status) {
 			state += fmt.Sprintf(" for %s", time.Since(c.DegradedSince).Round(time.Second))
 		}
 	}
-	fmt.Fprintf(w, "cluster      node %s via %s: %s; %d admission calls, %d failed, %d refusals from memory\n",
+	fmt.Fprintf(w, "cluster      node %s via %s: %s; %d limiter calls, %d failed, %d refusals from memory\n",
 		c.Node, c.Redis, state, c.Calls, c.Failures, c.CacheHits)
 	if c.Master != "" {
 		fmt.Fprintf(w, "             Sentinel's master now: %s\n", c.Master)
