@@ -288,9 +288,16 @@ return {c, ur.c, ar.c}
 `)
 
 // pushBanScript stores a ban unless the store has it for longer, and
-// publishes it. KEYS: bans, version. ARGV: field, until µs, user (or
-// ""), channel.
+// publishes it. With ARGV[5] "1" (a node republishing the bans it holds
+// after an outage) it also skips a ban that an unban made meanwhile lifted
+// (KEYS[3] holds the field with the lifted ban's until: a ban not later
+// than that is the one lifted). KEYS: bans, version, lifted. ARGV: field,
+// until µs, user (or ""), channel, republish.
 var pushBanScript = rueidis.NewLuaScript(`
+if ARGV[5] == '1' then
+  local t = redis.call('ZSCORE', KEYS[3], ARGV[1])
+  if t and tonumber(t) >= tonumber(ARGV[2]) then return 0 end
+end
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if old then
   local u = tonumber(string.match(old, '^%d+'))

@@ -272,17 +272,50 @@ func (c *Cluster) Failure(ctx context.Context, q *limiter.SharedFailure) (limite
 }
 
 // Ban implements limiter.Shared.
-func (c *Cluster) Ban(ctx context.Context, b limiter.Ban) error {
+func (c *Cluster) Ban(ctx context.Context, b limiter.Ban) error { return c.pushBan(ctx, b, false) }
+
+// pushBan stores and publishes b; republish: unless an unban made while
+// this node was degraded lifted it (Snapshot.Lifted, noteLifted).
+func (c *Cluster) pushBan(ctx context.Context, b limiter.Ban, republish bool) error {
 	cl, err := c.conn()
 	if err != nil {
 		return err
 	}
-	field := banField(b.Key, "")
-	if b.User != "" {
-		field = "u:" + b.Key.Addr().String() + ":" + c.userTag(b.User)
+	check := "0"
+	if republish {
+		check = "1"
 	}
-	return c.exec(ctx, "ban", pushBanScript, cl, []string{c.k.bans, c.k.bansVer},
-		[]string{field, strconv.FormatInt(b.Until.UnixMicro(), 10), b.User, c.k.channel}).Error()
+	return c.exec(ctx, "ban", pushBanScript, cl, []string{c.k.bans, c.k.bansVer, c.k.lifted},
+		[]string{c.banField(b), strconv.FormatInt(b.Until.UnixMicro(), 10), b.User, c.k.channel, check}).Error()
+}
+
+// banField is b's field in the bans hash (and in the lifted set).
+func (c *Cluster) banField(b limiter.Ban) string {
+	if b.User != "" {
+		return "u:" + b.Key.Addr().String() + ":" + c.userTag(b.User)
+	}
+	return banField(b.Key, "")
+}
+
+// noteLifted records bans that unbans made while degraded lifted, each
+// with its until, so that nodes republishing after the outage do not
+// store them again (pushBan); entries whose until passed are dropped.
+func (c *Cluster) noteLifted(ctx context.Context, cl rueidis.Client, lifted []limiter.Ban) error {
+	now := strconv.FormatInt(time.Now().UnixMicro(), 10)
+	cmds := rueidis.Commands{cl.B().Zrangebyscore().Key(c.k.lifted).Min("-inf").Max(now).Build()}
+	for _, b := range lifted {
+		cmds = append(cmds, cl.B().Zadd().Key(c.k.lifted).Gt().ScoreMember().ScoreMember(float64(b.Until.UnixMicro()), c.banField(b)).Build())
+	}
+	res := cl.DoMulti(ctx, cmds...)
+	for _, r := range res {
+		if err := r.Error(); err != nil {
+			return err
+		}
+	}
+	if old, _ := res[0].AsStrSlice(); len(old) > 0 {
+		return cl.Do(ctx, cl.B().Zrem().Key(c.k.lifted).Member(old...).Build()).Error()
+	}
+	return nil
 }
 
 // Unban implements limiter.Shared: the ban on k, the user bans on the
@@ -395,6 +428,14 @@ func (c *Cluster) Publish(ctx context.Context, s *limiter.Snapshot) error {
 		}
 		cmds = cmds[n:]
 	}
+	if len(s.Lifted) > 0 {
+		bctx, cancel := context.WithTimeout(ctx, c.o.Timeout)
+		err := c.noteLifted(bctx, cl, s.Lifted)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
 	for _, u := range s.Unbans {
 		bctx, cancel := context.WithTimeout(ctx, c.o.Timeout)
 		if u.User != "" {
@@ -409,7 +450,7 @@ func (c *Cluster) Publish(ctx context.Context, s *limiter.Snapshot) error {
 	}
 	for _, b := range s.Bans {
 		bctx, cancel := context.WithTimeout(ctx, c.o.Timeout)
-		err := c.Ban(bctx, b)
+		err := c.pushBan(bctx, b, true)
 		cancel()
 		if err != nil {
 			return err

@@ -1044,3 +1044,58 @@ func TestRealRedisDifferentLimitsAreReported(t *testing.T) {
 		t.Errorf("ctl status still says the limits differ:\n%s", out)
 	}
 }
+
+// An unban made on one node while Redis is away holds once Redis is
+// back: the other node, which still holds the ban, does not store it
+// again when it republishes (Redis here comes back empty, as after a
+// restart without persistence, so every node republishes its bans).
+func TestRealRedisUnbanDuringOutageHolds(t *testing.T) {
+	env := redistest.Env(t)
+	setup, port := env["REDIS_SETUP"], env["REDIS_OUTAGE_PORT"]
+	run := func(args ...string) {
+		if out, err := exec.Command("bash", append([]string{setup}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("setup.sh %v: %v\n%s", args, err, out)
+		}
+	}
+	run("start-port", port)
+	t.Cleanup(func() { run("start-port", port) })
+	tc := startCluster(t, 2, env["REDIS_OUTAGE_URL"], "", "")
+	const banned = "127.0.25.9"
+	ctl := func(g *gateNode, args ...string) string {
+		out, err := exec.Command(imapgateBinary(t), append([]string{"ctl", "-admin", g.admin}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("ctl %v on %s: %v\n%s", args, g.id, err, out)
+		}
+		return string(out)
+	}
+	refused := func(g *gateNode) bool {
+		ic, ok, err := connect(banned, g.addr, clusterClientTLS)
+		if ok {
+			ic.c.Close()
+		}
+		return err == nil && !ok
+	}
+	ctl(tc.nodes[0], "ban", banned, "10m")
+	waitFor(t, "n2 to enforce n1's ban", func() bool { return refused(tc.nodes[1]) })
+	run("stop-port", port)
+	for _, g := range tc.nodes {
+		waitFor(t, g.id+" to degrade", func() bool { return g.metric("imapgate_cluster_degraded") == 1 })
+	}
+	if out := ctl(tc.nodes[1], "unban", banned); !strings.Contains(out, "lifted: true") {
+		t.Fatalf("ctl unban on n2 while degraded: %s", out)
+	}
+	run("start-port", port)
+	for _, g := range tc.nodes {
+		waitFor(t, g.id+" to recover", func() bool { return g.metric("imapgate_cluster_degraded") == 0 })
+	}
+	// Both have republished; give the ban sync (every 500 ms) a few rounds.
+	time.Sleep(2 * time.Second)
+	for _, g := range tc.nodes {
+		if refused(g) {
+			t.Errorf("%s refuses %s after Redis came back: the unban made on n2 while degraded was undone", g.id, banned)
+		}
+		if out := ctl(g, "bans"); strings.Contains(out, banned) {
+			t.Errorf("ctl bans on %s lists %s:\n%s", g.id, banned, out)
+		}
+	}
+}

@@ -252,8 +252,8 @@ func (l *Limiter) Bans(now time.Time) []Ban {
 // the addresses it contains, and forgets their failures. It reports whether
 // there was a ban.
 func (l *Limiter) Unban(k netip.Prefix) bool {
-	ok := l.unban(k)
-	l.sharedUnban(Ban{Key: unmapPrefix(k)}, func(s Shared) error {
+	ok, lifted := l.unbanLifted(k)
+	l.sharedUnban(Ban{Key: unmapPrefix(k)}, lifted, func(s Shared) error {
 		ctx, cancel := l.ctx()
 		defer cancel()
 		return s.Unban(ctx, unmapPrefix(k))
@@ -262,31 +262,42 @@ func (l *Limiter) Unban(k netip.Prefix) bool {
 }
 
 func (l *Limiter) unban(k netip.Prefix) bool {
+	ok, _ := l.unbanLifted(k)
+	return ok
+}
+
+// unbanLifted is unban, also returning the bans it lifted (with their
+// Until), which an unban made while the shared state is down records.
+func (l *Limiter) unbanLifted(k netip.Prefix) (ok bool, lifted []Ban) {
 	k = unmapPrefix(k)
 	f := l.fails
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	_, ok := f.bans[k]
+	if until, found := f.bans[k]; found {
+		ok = true
+		lifted = append(lifted, Ban{Key: k, Until: time.Unix(0, until)})
+	}
 	delete(f.bans, k)
 	f.nbans.Store(int32(len(f.bans)))
 	f.lru.Remove(prefixFailKey(k))
 	for uk, b := range f.userBans {
 		if k.Contains(b.addr) {
+			lifted = append(lifted, Ban{Key: hostPrefix(b.addr), User: b.user, Until: time.Unix(0, b.until)})
 			delete(f.userBans, uk)
 			f.lru.Remove(uk)
 			ok = true
 		}
 	}
 	f.nuserBans.Store(int32(len(f.userBans)))
-	return ok
+	return ok, lifted
 }
 
 // UnbanUser lifts the ban of user on addr and forgets the user's failures
 // there. It reports whether there was a ban.
 func (l *Limiter) UnbanUser(addr netip.Addr, user string) bool {
-	ok := l.unbanUser(addr, user)
+	ok, lifted := l.unbanUserLifted(addr, user)
 	a := addr.Unmap().WithZone("")
-	l.sharedUnban(Ban{Key: netip.PrefixFrom(a, a.BitLen()), User: user}, func(s Shared) error {
+	l.sharedUnban(Ban{Key: netip.PrefixFrom(a, a.BitLen()), User: user}, lifted, func(s Shared) error {
 		ctx, cancel := l.ctx()
 		defer cancel()
 		return s.UnbanUser(ctx, addr.Unmap().WithZone(""), user)
@@ -295,13 +306,22 @@ func (l *Limiter) UnbanUser(addr netip.Addr, user string) bool {
 }
 
 func (l *Limiter) unbanUser(addr netip.Addr, user string) bool {
+	ok, _ := l.unbanUserLifted(addr, user)
+	return ok
+}
+
+// unbanUserLifted is unbanUser, also returning the ban it lifted.
+func (l *Limiter) unbanUserLifted(addr netip.Addr, user string) (bool, []Ban) {
 	k := userFailKey(addr.Unmap().WithZone(""), l.userHash(user))
 	f := l.fails
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	_, ok := f.userBans[k]
+	b, ok := f.userBans[k]
 	delete(f.userBans, k)
 	f.nuserBans.Store(int32(len(f.userBans)))
 	f.lru.Remove(k)
-	return ok
+	if !ok {
+		return false, nil
+	}
+	return true, []Ban{{Key: hostPrefix(b.addr), User: b.user, Until: time.Unix(0, b.until)}}
 }

@@ -135,8 +135,12 @@ type Snapshot struct {
 	Bans     []Ban
 	// Unbans are the operator's unbans made while the shared state was
 	// down (User set: a user+address ban), to lift there before Bans are
-	// stored.
+	// stored. Lifted are the bans they lifted on this node, with their
+	// Until: a node that still holds one of them (it did not hear of the
+	// unban) must not store it again when it republishes; a later ban on
+	// the same key (a later Until) it may.
 	Unbans []Ban
+	Lifted []Ban
 }
 
 // UserCount is a user's sessions from one address.
@@ -168,6 +172,7 @@ type clusterState struct {
 	// unbans made while down, for the next Republish.
 	unbansMu sync.Mutex
 	unbans   []Ban
+	lifted   []Ban // the bans those unbans lifted here
 	// rq: releases waiting to be sent, batches in flight.
 	rq releaseQueue
 }
@@ -287,6 +292,7 @@ func (l *Limiter) Republish(ctx context.Context, now time.Time) error {
 		}
 		l.cl.unbansMu.Lock()
 		l.cl.unbans = l.cl.unbans[len(s.Unbans):]
+		l.cl.lifted = l.cl.lifted[len(s.Lifted):]
 		l.cl.unbansMu.Unlock()
 		l.cl.mu.Lock()
 		if l.detached() {
@@ -337,6 +343,7 @@ func (l *Limiter) snapshot(now time.Time) *Snapshot {
 	s.Bans = l.Bans(now)
 	l.cl.unbansMu.Lock()
 	s.Unbans = append([]Ban(nil), l.cl.unbans...)
+	s.Lifted = append([]Ban(nil), l.cl.lifted...)
 	l.cl.unbansMu.Unlock()
 	return s
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -19,6 +21,7 @@ type fakeShared struct {
 	calls  int
 	downs  int
 	unbans []Ban // received by Publish
+	lifted []Ban
 	// batches are the Release calls' releases, in order; admitRel the
 	// releases carried by Admit calls.
 	batches  [][]SharedRelease
@@ -177,6 +180,7 @@ func (n fakeNode) Publish(_ context.Context, s *Snapshot) error {
 		n.badPublish = true
 	}
 	n.unbans = append(n.unbans, s.Unbans...)
+	n.lifted = append(n.lifted, s.Lifted...)
 	for _, m := range n.counts {
 		delete(m, n.node)
 	}
@@ -338,12 +342,16 @@ func TestConfirmWithoutSharedIsANoOp(t *testing.T) {
 }
 
 // An operator's unban while the shared state is down reaches it with the
-// next Republish, once, so the stored ban does not come back.
+// next Republish, once, so the stored ban does not come back; with it go
+// the bans it lifted here, with their Until (the address's own and a user
+// ban on it), so that other nodes still holding them do not store them
+// again when they republish.
 func TestSharedUnbanWhileDownIsRepublished(t *testing.T) {
 	f := newFake()
 	n := sharedNodes(t, f, unlimited(), "n1")[0]
 	k := netip.MustParsePrefix("192.0.2.80/32")
 	n.ApplyBan(Ban{Key: k, Until: t0.Add(time.Hour)})
+	n.ApplyBan(Ban{Key: k, User: "bob", Until: t0.Add(2 * time.Hour)})
 	f.fail = true
 	admitShared(n, addr("192.0.2.81"), t0) // goes down
 	if n.SharedUp() {
@@ -357,6 +365,12 @@ func TestSharedUnbanWhileDownIsRepublished(t *testing.T) {
 	n.Republish(context.Background(), t0)
 	if len(f.unbans) != 1 || f.unbans[0].Key != k {
 		t.Fatalf("unbans published %+v, want %s once", f.unbans, k)
+	}
+	slices.SortFunc(f.lifted, func(a, b Ban) int { return strings.Compare(a.User, b.User) })
+	want := []Ban{{Key: k, Until: t0.Add(time.Hour)}, {Key: k, User: "bob", Until: t0.Add(2 * time.Hour)}}
+	if len(f.lifted) != 2 || f.lifted[0].Key != want[0].Key || !f.lifted[0].Until.Equal(want[0].Until) ||
+		f.lifted[1].User != "bob" || !f.lifted[1].Until.Equal(want[1].Until) {
+		t.Fatalf("lifted bans published %+v, want %+v once", f.lifted, want)
 	}
 }
 

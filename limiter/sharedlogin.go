@@ -216,8 +216,10 @@ func (l *Limiter) Ban(b Ban) error {
 
 // sharedUnban lifts a ban (u) in the shared state too; while that is
 // down, the unban waits for Republish, so the stored ban does not come
-// back when Redis answers again.
-func (l *Limiter) sharedUnban(u Ban, f func(Shared) error) {
+// back when Redis answers again, and the bans it lifted here (lifted)
+// go with it: other nodes, which still hold them, must not store them
+// again when they republish (Snapshot.Lifted).
+func (l *Limiter) sharedUnban(u Ban, lifted []Ban, f func(Shared) error) {
 	if l.cl.s == nil {
 		return
 	}
@@ -231,5 +233,6 @@ func (l *Limiter) sharedUnban(u Ban, f func(Shared) error) {
 	}
 	l.cl.unbansMu.Lock()
 	l.cl.unbans = append(l.cl.unbans, u)
+	l.cl.lifted = append(l.cl.lifted, lifted...)
 	l.cl.unbansMu.Unlock()
 }
