@@ -190,6 +190,7 @@ func TestChangesAreLogged(t *testing.T) {
 	for _, q := range []string{
 		"/ban?addr=192.0.2.0/24&for=2m",
 		"/ban?addr=::ffff:198.51.100.7&user=bob&for=1h",
+		"/unban?addr=192.0.2.5", // inside the banned network
 		"/unban?addr=192.0.2.0/24",
 		"/unban?addr=203.0.113.1",
 		"/kill?addr=192.0.2.9",
@@ -208,6 +209,7 @@ func TestChangesAreLogged(t *testing.T) {
 	want := []*regexp.Regexp{
 		regexp.MustCompile(`^imapgate: ctl: banned 192\.0\.2\.0/24 until \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(2m0s\), asked from 127\.0\.0\.1:5000$`),
 		regexp.MustCompile(`^imapgate: ctl: banned user bob on 198\.51\.100\.7 until \S+ \(1h0m0s\), asked from 127\.0\.0\.1:5000$`),
+		regexp.MustCompile(`^imapgate: ctl: unban 192\.0\.2\.5: no ban to lift; the network 192\.0\.2\.0/24 is banned, asked from 127\.0\.0\.1:5000$`),
 		regexp.MustCompile(`^imapgate: ctl: unbanned 192\.0\.2\.0/24, asked from 127\.0\.0\.1:5000$`),
 		regexp.MustCompile(`^imapgate: ctl: unban 203\.0\.113\.1: no ban to lift, asked from 127\.0\.0\.1:5000$`),
 		regexp.MustCompile(`^imapgate: ctl: killed 0 connections \(addr=192\.0\.2\.9\), asked from the local socket$`),

@@ -483,19 +483,39 @@ func (s *Server) unban(w http.ResponseWriter, r *http.Request) {
 		s.o.AfterUnban()
 	}
 	what := banned(p, r.URL.Query().Get("user"))
+	out := map[string]any{"lifted": lifted}
 	switch {
 	case lifted && pending:
 		s.logf(r, "unbanned %s on this node; on the others once Redis answers (cluster degraded)", what)
 	case lifted:
 		s.logf(r, "unbanned %s", what)
 	default:
-		s.logf(r, "unban %s: no ban to lift", what)
+		// An address inside a banned network has no ban of its own to
+		// lift: name the network, which is what still refuses it.
+		if by, ok := s.coveringBan(p); ok {
+			out["banned_by"] = by.String()
+			s.logf(r, "unban %s: no ban to lift; the network %s is banned", what, by)
+		} else {
+			s.logf(r, "unban %s: no ban to lift", what)
+		}
 	}
-	out := map[string]any{"lifted": lifted}
 	if pending {
 		out["cluster"] = clusterPending
 	}
 	writeJSON(w, out)
+}
+
+// coveringBan returns a network ban in force that contains p, if any.
+func (s *Server) coveringBan(p netip.Prefix) (netip.Prefix, bool) {
+	if s.o.Limiter == nil {
+		return netip.Prefix{}, false
+	}
+	for _, b := range s.o.Limiter.Bans(time.Now()) {
+		if b.User == "" && b.Key.Bits() < p.Bits() && b.Key.Contains(p.Addr()) {
+			return b.Key, true
+		}
+	}
+	return netip.Prefix{}, false
 }
 
 // clusterPending is what ban and unban answer while the cluster is
