@@ -86,7 +86,7 @@ func NewMetrics(reg prometheus.Registerer, src Sources, top *Top) *Metrics {
 		handshake: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "imapgate_tls_handshake_seconds",
 			Help: "Duration of completed client TLS handshakes.", Buckets: prometheus.ExponentialBuckets(0.0005, 4, 8)}),
 		verdictWait: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "imapgate_cluster_verdict_wait_seconds",
-			Help:    "With [cluster]: how long an admitted connection waited for the shared limits' verdict after its client's first TLS record was whole (under 10 µs when the verdict came first): the latency the Redis call added to the session.",
+			Help:    "With [cluster]: how long an admitted connection waited for the shared limits' verdict once its TLS handshake was done (or before TLS, when it took it there; under 10 µs when the verdict came first): the latency the Redis call added to the session.",
 			Buckets: []float64{10e-6, 50e-6, 100e-6, 150e-6, 200e-6, 300e-6, 500e-6, 1e-3, 5e-3, 50e-3}}),
 		handshakeFailed: prometheus.NewCounter(prometheus.CounterOpts{Name: "imapgate_tls_handshake_failures_total",
 			Help: "Client TLS handshakes that failed or timed out."}),

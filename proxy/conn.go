@@ -31,6 +31,12 @@ type conn struct {
 	entry  *conntable.Entry
 	ticket *limiter.Ticket // nil (holds nothing) without a limiter
 	start  time.Time
+	// verdict: with a cluster, the shared limits' verdict still to come
+	// for the ticket, which nothing may touch until it is received
+	// (settleAfterTLS; cleanup at the latest); admitted is the accept
+	// loop's decision it updates.
+	verdict  <-chan verdict
+	admitted limiter.Decision
 	// writeFailed: a write to the client failed, possibly in the middle of
 	// a TLS record (a kill's deadline), and the record sequence has moved
 	// on: any later record, close_notify included, would reach the client
@@ -90,6 +96,9 @@ func (c *conn) cleanup() {
 		c.up.Close()
 	}
 	c.mu.Unlock()
+	if c.verdict != nil {
+		<-c.verdict // the session ended before settleAfterTLS
+	}
 	c.ticket.Release()
 	if c.entry != nil {
 		c.srv.table.Remove(c.entry)

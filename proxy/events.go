@@ -16,9 +16,10 @@ type Events interface {
 	// WouldRefuse: a limit in dry-run mode would have refused.
 	WouldRefuse(reason string)
 	Handshake(d time.Duration, err error)
-	// SharedVerdictWait: with a cluster, how long an admitted connection
-	// waited for the shared limits' verdict once its client's first TLS
-	// record was whole (0 if the verdict came first).
+	// SharedVerdictWait: with a cluster, how long a connection waited for
+	// the shared limits' verdict once its TLS handshake was done (or
+	// before TLS, when it took the verdict there; 0 if the verdict came
+	// first).
 	SharedVerdictWait(d time.Duration)
 	// Login: the result of a LOGIN or AUTHENTICATE, one of LoginResults.
 	Login(result string)

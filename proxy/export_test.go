@@ -1,6 +1,10 @@
 package proxy
 
-import "time"
+import (
+	"time"
+
+	"imapgate/internal/throttle"
+)
 
 // SetTestHooks installs hooks a test uses to make one session panic; the
 // returned function restores the previous ones. Call it before starting
@@ -18,3 +22,7 @@ func (s *Server) FlushSuppressed(now time.Time) { s.flushSuppressed(now) }
 // StartSession exposes startSession: whether a newly accepted connection
 // may start a session.
 func (s *Server) StartSession() bool { return s.startSession() }
+
+// SetLateRefusalBurst sets how many shared refusals a second may come
+// after a handshake ran before admissions wait for the verdict first.
+func (s *Server) SetLateRefusalBurst(n int) { s.late.t = throttle.New(time.Second, n) }

@@ -78,9 +78,14 @@ func (s *Server) handshakeTimedOut(addr netip.Addr) {
 // timeout) and tells the client why it is refused.
 func (c *conn) refuseWithBye(d limiter.Decision) {
 	c.srv.report(d, true)
-	if !c.handshake() {
-		return
+	if c.handshake() {
+		c.sayBye(d)
 	}
+}
+
+// sayBye tells a client refused by d, over its finished handshake, why,
+// and closes the connection.
+func (c *conn) sayBye(d limiter.Decision) {
 	c.raw.SetWriteDeadline(time.Now().Add(2 * time.Second))
 	c.writeClient(fmt.Appendf(nil, "* BYE [UNAVAILABLE] %s\r\n", byeText[d.Reason]))
 	c.tc.Close()

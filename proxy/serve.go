@@ -4,11 +4,13 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"imapgate/conntable"
 	"imapgate/courierlog"
 	"imapgate/internal/sock"
+	"imapgate/internal/throttle"
 	"imapgate/limiter"
 	"imapgate/upstream"
 )
@@ -80,7 +82,7 @@ func (c *conn) serve(ctx context.Context, a admission) (r *relay) {
 			c.cleanup()
 		}
 	}()
-	if !c.admit(ctx, a) || !c.handshake() {
+	if !c.admit(ctx, a) || !c.handshake() || !c.settleAfterTLS(ctx) {
 		return nil
 	}
 	// Keepalive only for sessions that got this far: the listener leaves
@@ -157,8 +159,16 @@ func (c *conn) admit(ctx context.Context, a admission) bool {
 	}
 	// With a cluster, the shared limits are one Redis call (never in the
 	// accept loop). It runs while the client builds and sends its
-	// ClientHello, so the round trip adds to the session only what is
-	// left of it once the first record is here.
+	// ClientHello and, once that is here, while the TLS handshake runs:
+	// the session waits for the verdict only once TLS is up
+	// (settleAfterTLS), which hides the round trip whole. A refusal that
+	// comes meanwhile cuts the handshake short; one that comes later is
+	// a reset (or a BYE) before the greeting. Such a refusal has cost a
+	// handshake's computation, so their number is bounded (late): past
+	// it, and for a ticket that waits for a pre-login slot (the wait
+	// touches the ticket), the verdict is taken before TLS, as it was.
+	slotWait := c.ticket.NeedsWait() // read before Confirm may change the ticket
+	afterTLS := !slotWait && s.late.allowed(time.Now())
 	verdict := c.confirm(ctx, a.decision)
 	if verdict != nil {
 		// Should the wait below panic, serve's cleanup releases the
@@ -180,6 +190,12 @@ func (c *conn) admit(ctx context.Context, a admission) bool {
 	// at once; a silent flood's never comes, and goes at the silent
 	// timeout, or first when the table is full).
 	n, err := sock.WaitFirstRecord(c.raw)
+	if verdict != nil && err == nil && n > 0 && afterTLS {
+		c.verdict, c.admitted = verdict, a.decision
+		verdict = nil // c's now: cleanup receives it if nothing else does
+		c.entry.Progress(n, true)
+		return true
+	}
 	if verdict != nil {
 		heard := time.Now()
 		v := <-verdict
@@ -203,6 +219,96 @@ func (c *conn) admit(ctx context.Context, a admission) bool {
 		}
 	}
 	return c.preauthSlot(ctx, n, err)
+}
+
+// settleAfterTLS receives the shared verdict admit left in c.verdict, now
+// that TLS is up, and acts on it as admit would have: a refusal that
+// closes resets the connection, one with bye is told inside TLS, and a
+// ticket that fell back to local limits takes its pre-login slot. It
+// reports whether the session goes on.
+func (c *conn) settleAfterTLS(ctx context.Context) bool {
+	if c.verdict == nil {
+		return true
+	}
+	s := c.srv
+	d, ok := c.takeVerdict()
+	switch {
+	case !ok:
+		return false
+	case d.Refused && d.Action != limiter.Bye:
+		s.report(d, false)
+		s.late.refused(time.Now())
+		c.resetOnClose()
+		return false
+	case d.Refused:
+		s.report(d, true)
+		s.late.refused(time.Now())
+		c.sayBye(d)
+		return false
+	}
+	s.report(d, false)
+	if c.ticket.NeedsWait() {
+		if d := c.ticket.WaitPreauth(ctx); d.Refused {
+			s.report(d, false)
+			return false
+		}
+	}
+	return true
+}
+
+// settleFailedHandshake receives the verdict of a session whose handshake
+// failed with it still out, and reports it (the client hears nothing).
+// It reports whether the verdict was a refusal: then the handshake was
+// most likely cut short by it (confirm), and is no TLS failure.
+func (c *conn) settleFailedHandshake() (refused bool) {
+	d, ok := c.takeVerdict()
+	if !ok {
+		return true // a panic, logged as such
+	}
+	c.srv.report(d, false)
+	if d.Refused {
+		c.srv.late.refused(time.Now())
+		c.resetOnClose()
+	}
+	return d.Refused
+}
+
+// takeVerdict waits for c.verdict (recording the wait) and returns its
+// decision, with what decide reported taken out; ok is false if Confirm
+// panicked.
+func (c *conn) takeVerdict() (d limiter.Decision, ok bool) {
+	heard := time.Now()
+	v := <-c.verdict
+	c.verdict = nil
+	c.srv.events.SharedVerdictWait(time.Since(heard))
+	if v.panicked {
+		return d, false
+	}
+	d = v.d
+	d.WouldRefuse &^= c.admitted.WouldRefuse // decide reported those
+	return d, true
+}
+
+// lateRefusals counts the shared refusals that came once a handshake had
+// run (each cost its computation, about 0.2 ms here): at most
+// lateRefusalBurst a second; past that, admissions take the verdict
+// before TLS for the rest of the second. The refusals of a flood from
+// one address come from the accept loop's memory of the first (the
+// over-limit cache), so this is reached only by many addresses refused
+// by Redis at once.
+type lateRefusals struct {
+	t            *throttle.Throttle
+	blockedUntil atomic.Int64 // unix ns
+}
+
+const lateRefusalBurst = 20
+
+func (l *lateRefusals) allowed(now time.Time) bool { return now.UnixNano() >= l.blockedUntil.Load() }
+
+func (l *lateRefusals) refused(now time.Time) {
+	if ok, _ := l.t.Allow(now); !ok {
+		l.blockedUntil.Store(now.Add(time.Second).UnixNano())
+	}
 }
 
 // verdict is what confirm's goroutine hands back.
@@ -283,6 +389,9 @@ func (c *conn) handshake() bool {
 	// deadline, which costs no goroutine per connection.
 	err := c.tc.Handshake()
 	pc.done = true
+	if err != nil && c.verdict != nil && c.settleFailedHandshake() {
+		return false // cut short by a shared refusal, reported
+	}
 	c.srv.events.Handshake(time.Since(start), err)
 	if err != nil {
 		if c.entry.Killed() == conntable.Timeout {

@@ -118,6 +118,10 @@ type Server struct {
 	// timeoutLog throttles the "TLS handshake timed out." lines the same
 	// way: a silent flood times out thousands of connections at once.
 	timeoutLog *throttle.Throttle
+	// late bounds the shared refusals that come once a handshake ran
+	// (settleAfterTLS): past its burst, admissions wait for the verdict
+	// before TLS again, for the rest of its interval.
+	late lateRefusals
 	// problems are upstream misconfigurations seen (upstreamcheck.go).
 	problems [numProblems]atomic.Pointer[upstreamReport]
 }
@@ -179,6 +183,7 @@ func New(opts Options) (*Server, error) {
 		s.refusalLog[i] = newRefusalThrottle()
 	}
 	s.timeoutLog = newRefusalThrottle()
+	s.late.t = throttle.New(time.Second, lateRefusalBurst)
 	s.own.Store(NewSettings(opts.Upstream, opts.Login))
 	s.settings = s.own.Load
 	return s, nil

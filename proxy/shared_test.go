@@ -247,20 +247,72 @@ func startHello(t *testing.T, p *testProxy, st *stubShared) (*tls.Conn, chan err
 }
 
 // A close refusal that comes after the ClientHello resets the connection
-// before the server answers it: the client sees a reset, not a handshake,
-// the refusal is logged in couriertcpd's words, and no handshake is
-// counted as failed.
+// before any greeting: during the handshake (which it cuts short) or
+// right after it. The refusal is logged in couriertcpd's words, and no
+// handshake is counted as failed.
 func TestSharedCloseRefusalAfterTheClientHello(t *testing.T) {
 	p, st, ev := sharedProxy(t)
-	_, done, wrote := startHello(t, p, st)
+	tc, done, wrote := startHello(t, p, st)
 	<-wrote
 	st.answer <- stubAnswer{res: limiter.SharedResult{Refused: true, Reason: limiter.MaxConnections, Limit: 1}}
-	if err := <-done; !errors.Is(err, syscall.ECONNRESET) {
-		t.Fatalf("handshake of a client refused after its ClientHello: %v, want a reset", err)
+	err := <-done
+	if err == nil { // the client's side of TLS 1.3 may finish first
+		_, err = tc.Read(make([]byte, 1))
+	}
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("client refused after its ClientHello: %v, want a reset", err)
 	}
 	waitLog(t, p, "maximum active connections.")
 	if fails, _ := ev.counts(); fails != 0 {
 		t.Errorf("%d handshake failures counted for a refusal", fails)
+	}
+}
+
+// The shared verdict is awaited once TLS is up: the handshake completes
+// while the admission's round trip is still out, and the greeting waits
+// for it. Once more than the burst of such refusals came within a second,
+// the next connection takes its verdict before TLS again: its handshake
+// does not complete while the round trip is out.
+func TestSharedVerdictAfterTLSUntilLateRefusalsPile(t *testing.T) {
+	p, st, _ := sharedProxy(t)
+	p.srv.SetLateRefusalBurst(1)
+	handshakeBeforeVerdict := func() bool {
+		t.Helper()
+		tc, done, _ := startHello(t, p, st)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("handshake: %v", err)
+			}
+			st.answer <- stubAnswer{}
+			c := &client{t: t, conn: tc, r: bufio.NewReader(tc)}
+			c.expect("* OK")
+			return true
+		case <-time.After(500 * time.Millisecond):
+			st.answer <- stubAnswer{}
+			if err := <-done; err != nil {
+				t.Fatalf("handshake after the verdict: %v", err)
+			}
+			return false
+		}
+	}
+	if !handshakeBeforeVerdict() {
+		t.Fatal("the handshake waited for the shared verdict")
+	}
+	for i := 0; i < 2; i++ { // the burst of 1, and one more
+		tc, done, _ := startHello(t, p, st)
+		if err := <-done; err != nil {
+			t.Fatalf("refusal %d: handshake: %v", i, err)
+		}
+		// A refusal the node does not remember (a concurrency refusal
+		// would refuse the next connection from memory, without asking).
+		st.answer <- stubAnswer{res: limiter.SharedResult{Refused: true, Reason: limiter.MaxPreauthPerIP, Limit: 1}}
+		if line, err := bufio.NewReader(tc).ReadString('\n'); err == nil {
+			t.Fatalf("refusal %d: the client read %q", i, line)
+		}
+	}
+	if handshakeBeforeVerdict() {
+		t.Fatal("past the burst of late refusals, the handshake still ran before the verdict")
 	}
 }
 
