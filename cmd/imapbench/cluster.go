@@ -500,7 +500,7 @@ func clusterBench(s *peerSetup, run clusterRun) {
 	fmt.Fprintf(tw, "server CPU per refused attempt of a known offender (µs)\t%.1f\t%.1f\t%s\t<= 1.1\n", medianF(st.flood), medianF(cl.flood), ratio(cl.flood, st.flood))
 	fmt.Fprintf(tw, "refused attempts answered from memory (no Redis call)\t-\t%.1f%%\t-\t-\n", 100*medianF(cl.hits))
 	fmt.Fprintf(tw, "admission script round trip p50 / p99, one session at a time (µs)\t-\t%.0f / %.0f\t-\t-\n", medianF(cl.admit50), medianF(cl.admit99))
-	fmt.Fprintf(tw, "the session's wait for the verdict, p50 / p99 (µs; the Redis call runs during the ClientHello and the handshake's first flight)\t-\t%.0f / %.0f\t-\tp99 <= 300\n", medianF(cl.wait50), medianF(cl.wait99))
+	fmt.Fprintf(tw, "the session's wait for the verdict, p50 / p99 (µs; the Redis call runs during the ClientHello and the TLS handshake)\t-\t%.0f / %.0f\t-\tp99 <= 300\n", medianF(cl.wait50), medianF(cl.wait99))
 	fmt.Fprintf(tw, "  sessions that waited over 300 µs (the same budget: at most 1%%)\t-\t%.2f%%\t-\t<= 1%%\n", medianF(cl.waitOver))
 	fmt.Fprintf(tw, "  of which: Redis's own time per script call, the latency phase's (µs)\t-\t%.0f\t-\t-\n", medianF(cl.scriptUsec))
 	fmt.Fprintf(tw, "  floor: PING round trip, one at a time, rueidis on the replicas' core, p50 / p99 (µs)\t-\t%.0f / %.0f\t-\t-\n", medianF(cl.ping50), medianF(cl.ping99))
