@@ -709,14 +709,7 @@ func TestRealRedisStoppedNodeLeaves(t *testing.T) {
 // nodes republish their shares and the counts are the truth again.
 func TestRealRedisOutageDegradesAndRecovers(t *testing.T) {
 	env := redistest.Env(t)
-	setup, port := env["REDIS_SETUP"], env["REDIS_OUTAGE_PORT"]
-	run := func(args ...string) {
-		if out, err := exec.Command("bash", append([]string{setup}, args...)...).CombinedOutput(); err != nil {
-			t.Fatalf("setup.sh %v: %v\n%s", args, err, out)
-		}
-	}
-	run("start-port", port)
-	t.Cleanup(func() { run("start-port", port) })
+	run, port := outageRedis(t, env)
 	tc := startCluster(t, 2, env["REDIS_OUTAGE_URL"], "[limits]\nmax_per_ip = 4\n", "")
 	const from = "127.0.20.1"
 	tc.hold(4, from, func(i int) int { return i % 2 })
@@ -1051,14 +1044,7 @@ func TestRealRedisDifferentLimitsAreReported(t *testing.T) {
 // restart without persistence, so every node republishes its bans).
 func TestRealRedisUnbanDuringOutageHolds(t *testing.T) {
 	env := redistest.Env(t)
-	setup, port := env["REDIS_SETUP"], env["REDIS_OUTAGE_PORT"]
-	run := func(args ...string) {
-		if out, err := exec.Command("bash", append([]string{setup}, args...)...).CombinedOutput(); err != nil {
-			t.Fatalf("setup.sh %v: %v\n%s", args, err, out)
-		}
-	}
-	run("start-port", port)
-	t.Cleanup(func() { run("start-port", port) })
+	run, port := outageRedis(t, env)
 	tc := startCluster(t, 2, env["REDIS_OUTAGE_URL"], "", "")
 	const banned = "127.0.25.9"
 	ctl := func(g *gateNode, args ...string) string {
@@ -1098,4 +1084,19 @@ func TestRealRedisUnbanDuringOutageHolds(t *testing.T) {
 			t.Errorf("ctl bans on %s lists %s:\n%s", g.id, banned, out)
 		}
 	}
+}
+
+// outageRedis starts the Redis that outage tests stop (and starts it
+// again when the test ends), and returns setup.sh's runner and its port.
+func outageRedis(t *testing.T, env map[string]string) (run func(args ...string), port string) {
+	t.Helper()
+	setup, port := env["REDIS_SETUP"], env["REDIS_OUTAGE_PORT"]
+	run = func(args ...string) {
+		if out, err := exec.Command("bash", append([]string{setup}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("setup.sh %v: %v\n%s", args, err, out)
+		}
+	}
+	run("start-port", port)
+	t.Cleanup(func() { run("start-port", port) })
+	return run, port
 }

@@ -190,10 +190,12 @@ func (c *conn) admit(ctx context.Context, a admission) bool {
 	// at once; a silent flood's never comes, and goes at the silent
 	// timeout, or first when the table is full).
 	n, err := sock.WaitFirstRecord(c.raw)
-	if verdict != nil && err == nil && n > 0 && afterTLS {
+	if verdict != nil && err == nil && n != 0 && afterTLS { // n < 0: not waited for (portable build)
 		c.verdict, c.admitted = verdict, a.decision
 		verdict = nil // c's now: cleanup receives it if nothing else does
-		c.entry.Progress(n, true)
+		if n > 0 {
+			c.entry.Progress(n, true)
+		}
 		return true
 	}
 	if verdict != nil {

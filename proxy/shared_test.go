@@ -151,8 +151,7 @@ func (c *announcingConn) Write(b []byte) (int, error) {
 // The shared admission's round trip runs while the client sends its
 // ClientHello: it is asked before the client has sent a byte, the
 // ClientHello goes out while it is still unanswered, and the session goes
-// on once it answers. The wait it added after the first record is
-// reported once.
+// on once it answers. The wait it added is reported once.
 func TestSharedVerdictOverlapsTheClientHello(t *testing.T) {
 	p, st, ev := sharedProxy(t)
 	tc, done, wrote := startHello(t, p, st)
