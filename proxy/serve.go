@@ -244,8 +244,7 @@ func (c *conn) settleAfterTLS(ctx context.Context) bool {
 		return false
 	case d.Refused:
 		s.report(d, true)
-		s.late.refused(time.Now())
-		c.sayBye(d)
+		c.sayBye(d) // told after TLS anyway: no handshake more than before
 		return false
 	}
 	s.report(d, false)
@@ -269,7 +268,9 @@ func (c *conn) settleFailedHandshake() (refused bool) {
 	}
 	c.srv.report(d, false)
 	if d.Refused {
-		c.srv.late.refused(time.Now())
+		if d.Action != limiter.Bye {
+			c.srv.late.refused(time.Now())
+		}
 		c.resetOnClose()
 	}
 	return d.Refused
@@ -291,10 +292,11 @@ func (c *conn) takeVerdict() (d limiter.Decision, ok bool) {
 	return d, true
 }
 
-// lateRefusals counts the shared refusals that came once a handshake had
-// run (each cost its computation, about 0.2 ms here): at most
-// lateRefusalBurst a second; past that, admissions take the verdict
-// before TLS for the rest of the second. The refusals of a flood from
+// lateRefusals counts the shared refusals that close, and came once a
+// handshake had run (each cost its computation, about 0.2 ms here, where
+// before TLS it would have cost none; a bye refusal runs the handshake
+// either way): at most lateRefusalBurst a second; past that, admissions
+// take the verdict before TLS for the rest of the second. The refusals of a flood from
 // one address come from the accept loop's memory of the first (the
 // over-limit cache), so this is reached only by many addresses refused
 // by Redis at once.
