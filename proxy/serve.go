@@ -169,19 +169,9 @@ func (c *conn) admit(ctx context.Context, a admission) bool {
 	// touches the ticket), the verdict is taken before TLS, as it was.
 	slotWait := c.ticket.NeedsWait() // read before Confirm may change the ticket
 	afterTLS := !slotWait && s.late.allowed(time.Now())
-	verdict := c.confirm(ctx, a.decision)
-	if verdict != nil {
-		// Should the wait below panic, serve's cleanup releases the
-		// ticket only once Confirm is done with it.
-		defer func() {
-			if p := recover(); p != nil {
-				if verdict != nil {
-					<-verdict
-				}
-				panic(p)
-			}
-		}()
-	}
+	// From here the verdict is c's: cleanup receives it if nothing else
+	// does (a panic included), before it releases the ticket.
+	c.verdict, c.admitted = c.confirm(ctx, a.decision), a.decision
 	// Until its client's first TLS record is whole the connection is
 	// silent, and waits here: with a shallow stack (a flood of thousands
 	// costs the collector little to scan), before any TLS state, and
@@ -190,24 +180,17 @@ func (c *conn) admit(ctx context.Context, a admission) bool {
 	// at once; a silent flood's never comes, and goes at the silent
 	// timeout, or first when the table is full).
 	n, err := sock.WaitFirstRecord(c.raw)
-	if verdict != nil && err == nil && n != 0 && afterTLS { // n < 0: not waited for (portable build)
-		c.verdict, c.admitted = verdict, a.decision
-		verdict = nil // c's now: cleanup receives it if nothing else does
+	if c.verdict != nil && err == nil && n != 0 && afterTLS { // n < 0: not waited for (portable build)
 		if n > 0 {
 			c.entry.Progress(n, true)
 		}
 		return true
 	}
-	if verdict != nil {
-		heard := time.Now()
-		v := <-verdict
-		verdict = nil // received
-		s.events.SharedVerdictWait(time.Since(heard))
-		if v.panicked {
+	if c.verdict != nil {
+		d, ok := c.takeVerdict()
+		if !ok {
 			return false
 		}
-		d := v.d
-		d.WouldRefuse &^= a.decision.WouldRefuse // decide reported those
 		if !d.Refused || d.Action != limiter.Bye {
 			s.report(d, false) // a refusal with bye is reported after TLS
 		}
@@ -296,10 +279,10 @@ func (c *conn) takeVerdict() (d limiter.Decision, ok bool) {
 // handshake had run (each cost its computation, about 0.2 ms here, where
 // before TLS it would have cost none; a bye refusal runs the handshake
 // either way): at most lateRefusalBurst a second; past that, admissions
-// take the verdict before TLS for the rest of the second. The refusals of a flood from
-// one address come from the accept loop's memory of the first (the
-// over-limit cache), so this is reached only by many addresses refused
-// by Redis at once.
+// take the verdict before TLS for the rest of the second. The refusals
+// of a flood from one address come from the accept loop's memory of the
+// first (the over-limit cache), so this is reached only by many
+// addresses refused by Redis at once.
 type lateRefusals struct {
 	t            *throttle.Throttle
 	blockedUntil atomic.Int64 // unix ns
