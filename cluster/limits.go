@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -66,7 +67,7 @@ func limitsDiff(mine, other string) []string {
 		k, v, _ := strings.Cut(w, "=")
 		seen[k] = true
 		if h, ok := have[k]; !ok || h != v {
-			diff = append(diff, fmt.Sprintf("%s=%s (here %s)", k, v, cmpOr(have[k], "none")))
+			diff = append(diff, fmt.Sprintf("%s=%s (here %s)", k, v, cmp.Or(have[k], "none")))
 		}
 	}
 	for _, w := range strings.Fields(mine) {
@@ -75,13 +76,6 @@ func limitsDiff(mine, other string) []string {
 		}
 	}
 	return diff
-}
-
-func cmpOr(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }
 
 // checkLimits writes this node's summary and compares the others' (those
