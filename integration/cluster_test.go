@@ -754,6 +754,21 @@ func TestRealRedisOutageDegradesAndRecovers(t *testing.T) {
 			t.Errorf("%s exports imapgate_cluster_nodes_alive %v while degraded", g.id, v)
 		}
 	}
+	// ctl status says why once (the failed call and the failed rejoin
+	// are the same refusal).
+	waitFor(t, "ctl status to give Redis's error", func() bool {
+		out, _ := exec.Command(imapgateBinary(t), "ctl", "-admin", tc.nodes[0].admin, "status").CombinedOutput()
+		line := ""
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.Contains(l, "Redis: ") {
+				line = l
+			}
+		}
+		if n := strings.Count(line, "connection refused"); n > 1 {
+			t.Fatalf("ctl status gives the error %d times: %s", n, line)
+		}
+		return strings.Contains(line, "connection refused")
+	})
 	// A ban made meanwhile says it is this node's until Redis answers,
 	// and reaches the other node then.
 	const bannedMeanwhile = "127.0.20.9"
