@@ -782,8 +782,10 @@ func TestRealRedisOutageDegradesAndRecovers(t *testing.T) {
 	waitFor(t, "the shared count to be the truth (6) again", func() bool { return tc.sharedCount(c, from) == 6 })
 	t.Logf("counts converged %s after Redis came back empty", time.Since(restarted).Round(time.Millisecond))
 	for _, g := range tc.nodes {
-		if v := g.metric("imapgate_cluster_degraded"); v != 0 {
-			t.Errorf("%s degraded = %v after recovery", g.id, v)
+		// A node's share is in Redis before it switches back: it stores
+		// its bans (one made meanwhile here) and then resumes.
+		if !pollUntil(2*time.Second, func() bool { return g.metric("imapgate_cluster_degraded") == 0 }) {
+			t.Errorf("%s still degraded 2 s after the counts converged", g.id)
 		}
 		if v := g.metric("imapgate_cluster_fallbacks_total"); v < 1 {
 			t.Errorf("%s fallbacks_total = %v", g.id, v)
