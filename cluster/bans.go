@@ -18,7 +18,11 @@ import (
 // beat, reloads the hash whole if bans:v moved, so a missed message costs
 // at most a beat (1 s).
 
-func banField(p netip.Prefix, _ string) string { return "a:" + p.String() }
+// banField is an address or network ban's field, userBanField a user's
+// ban on one address (tag: the user name's keyed hash, userTag).
+func banField(p netip.Prefix) string { return "a:" + p.String() }
+
+func userBanField(a netip.Addr, tag string) string { return "u:" + a.String() + ":" + tag }
 
 // parseBan reads a stored or published ban.
 func parseBan(field, value string) (limiter.Ban, bool) {

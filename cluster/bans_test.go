@@ -35,7 +35,7 @@ func TestParseBan(t *testing.T) {
 			t.Errorf("parseBan(%q, %q) = %+v", tt.field, tt.value, b)
 		}
 	}
-	if f := banField(netip.MustParsePrefix("192.0.2.0/24"), ""); f != "a:192.0.2.0/24" {
+	if f := banField(netip.MustParsePrefix("192.0.2.0/24")); f != "a:192.0.2.0/24" {
 		t.Errorf("banField %q", f)
 	}
 }

@@ -242,7 +242,7 @@ func (c *Cluster) Failure(ctx context.Context, q *limiter.SharedFailure) (limite
 		[]string{strconv.FormatInt(q.Now.UnixMicro(), 10), strconv.FormatUint(q.Attempt&0xffffffff, 10), strconv.FormatUint(tag32, 10),
 			micros(int64(pen.Window)), strconv.Itoa(pen.Failures), strconv.Itoa(pen.MinUsers), strconv.Itoa(pen.UserFailures),
 			strconv.Itoa(pen.SprayFailures), strconv.Itoa(pen.PrefixFailures), micros(int64(pen.BanTime)), b01(q.Shared),
-			b01(q.PrefixGood), banField(host, ""), banField(q.Prefix, ""), "u:" + q.Addr.String() + ":" + tag, q.User,
+			b01(q.PrefixGood), banField(host), banField(q.Prefix), userBanField(q.Addr, tag), q.User,
 			c.k.channel}).ToArray()
 	if err != nil {
 		return r, err
@@ -286,15 +286,15 @@ func (c *Cluster) pushBan(ctx context.Context, b limiter.Ban, republish bool) er
 		check = "1"
 	}
 	return c.exec(ctx, "ban", pushBanScript, cl, []string{c.k.bans, c.k.bansVer, c.k.lifted},
-		[]string{c.banField(b), strconv.FormatInt(b.Until.UnixMicro(), 10), b.User, c.k.channel, check}).Error()
+		[]string{c.fieldOf(b), strconv.FormatInt(b.Until.UnixMicro(), 10), b.User, c.k.channel, check}).Error()
 }
 
-// banField is b's field in the bans hash (and in the lifted set).
-func (c *Cluster) banField(b limiter.Ban) string {
+// fieldOf is b's field in the bans hash (and in the lifted set).
+func (c *Cluster) fieldOf(b limiter.Ban) string {
 	if b.User != "" {
-		return "u:" + b.Key.Addr().String() + ":" + c.userTag(b.User)
+		return userBanField(b.Key.Addr(), c.userTag(b.User))
 	}
-	return banField(b.Key, "")
+	return banField(b.Key)
 }
 
 // noteLifted records bans that unbans made while degraded lifted, each
@@ -304,7 +304,7 @@ func (c *Cluster) noteLifted(ctx context.Context, cl rueidis.Client, lifted []li
 	now := strconv.FormatInt(time.Now().UnixMicro(), 10)
 	cmds := rueidis.Commands{cl.B().Zrangebyscore().Key(c.k.lifted).Min("-inf").Max(now).Build()}
 	for _, b := range lifted {
-		cmds = append(cmds, cl.B().Zadd().Key(c.k.lifted).Gt().ScoreMember().ScoreMember(float64(b.Until.UnixMicro()), c.banField(b)).Build())
+		cmds = append(cmds, cl.B().Zadd().Key(c.k.lifted).Gt().ScoreMember().ScoreMember(float64(b.Until.UnixMicro()), c.fieldOf(b)).Build())
 	}
 	res := cl.DoMulti(ctx, cmds...)
 	for _, r := range res {
@@ -329,7 +329,7 @@ func (c *Cluster) Unban(ctx context.Context, k netip.Prefix) error {
 	if err != nil {
 		return err
 	}
-	cmds := rueidis.Commands{cl.B().Hdel().Key(c.k.bans).Field(banField(k, "")).Build()}
+	cmds := rueidis.Commands{cl.B().Hdel().Key(c.k.bans).Field(banField(k)).Build()}
 	if k.IsSingleIP() {
 		cmds = append(cmds, cl.B().Del().Key(c.k.p+"f:a:"+k.Addr().String(), c.k.p+"f:m:"+k.Addr().String()).Build())
 	} else {
@@ -351,9 +351,8 @@ func (c *Cluster) UnbanUser(ctx context.Context, a netip.Addr, user string) erro
 	if err != nil {
 		return err
 	}
-	tag := c.userTag(user)
 	return c.multi(ctx, "unban", cl, rueidis.Commands{
-		cl.B().Hdel().Key(c.k.bans).Field("u:" + a.String() + ":" + tag).Build(),
+		cl.B().Hdel().Key(c.k.bans).Field(userBanField(a, c.userTag(user))).Build(),
 		cl.B().Del().Key(c.failUserKey(a, user)).Build(),
 		cl.B().Incr().Key(c.k.bansVer).Build(),
 		cl.B().Publish().Channel(c.k.channel).Message("unbanuser " + a.String() + " " + user).Build(),
