@@ -305,8 +305,8 @@ type verdict struct {
 }
 
 // confirm asks the shared limits about a ticket Admit left pending
-// (Ticket.Confirm, one Redis call bounded by the cluster timeout) on a
-// goroutine of its own, and returns where its verdict will come; nil when
+// (Ticket.Confirm, one Redis call bounded by the cluster timeout) on
+// another goroutine (s.verdicts), and returns where its verdict will come; nil when
 // there is nothing to ask. A refusal that closes before TLS cuts the wait
 // for the first record short, so a silent client is not kept for it. The
 // caller must receive the verdict before the ticket is touched again.
@@ -315,7 +315,7 @@ func (c *conn) confirm(ctx context.Context, d limiter.Decision) <-chan verdict {
 		return nil
 	}
 	ch := make(chan verdict, 1)
-	go func() {
+	c.srv.verdicts.run(func() {
 		defer func() {
 			if p := recover(); p != nil {
 				c.panicked(p)
@@ -327,7 +327,7 @@ func (c *conn) confirm(ctx context.Context, d limiter.Decision) <-chan verdict {
 			c.raw.SetReadDeadline(time.Unix(1, 0))
 		}
 		ch <- verdict{d: d}
-	}()
+	})
 	return ch
 }
 

@@ -124,6 +124,8 @@ type Server struct {
 	late lateRefusals
 	// problems are upstream misconfigurations seen (upstreamcheck.go).
 	problems [numProblems]atomic.Pointer[upstreamReport]
+	// verdicts runs confirm's shared-verdict calls.
+	verdicts *workers
 }
 
 // lifecycle is what Serve, Shutdown and Close share.
@@ -184,6 +186,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s.timeoutLog = newRefusalThrottle()
 	s.late.t = throttle.New(time.Second, lateRefusalBurst)
+	s.verdicts = newWorkers(s.life.stop)
 	s.own.Store(NewSettings(opts.Upstream, opts.Login))
 	s.settings = s.own.Load
 	return s, nil
