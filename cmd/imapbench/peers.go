@@ -201,8 +201,43 @@ func (p *peer) stop() {
 }
 
 // cpu returns the process's user+system CPU time so far (taskset execs the
-// peer in place, so the pid is the peer's).
+// peer in place, so the pid is the peer's): the sum of its threads' run
+// times from /proc/PID/task/*/schedstat, in nanoseconds, or, when that sum
+// falls short of /proc/PID/stat's utime+stime (a thread ended, and its time
+// is only there), the latter, in 10 ms ticks. The ticks alone made a
+// figure of a few hundred milliseconds, such as a flood's 4,000 refusals,
+// step by several per cent.
 func (p *peer) cpu() time.Duration {
+	ticks := p.statCPU()
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", p.pid))
+	if err != nil {
+		return ticks
+	}
+	var run time.Duration
+	for _, t := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", p.pid, t.Name()))
+		if err != nil {
+			continue // the thread ended meanwhile
+		}
+		f := strings.Fields(string(b))
+		if len(f) == 0 {
+			return ticks
+		}
+		ns, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			return ticks
+		}
+		run += time.Duration(ns)
+	}
+	if run < ticks-20*time.Millisecond {
+		return ticks
+	}
+	return run
+}
+
+// statCPU is /proc/PID/stat's utime+stime (USER_HZ ticks, every thread's,
+// ended ones included).
+func (p *peer) statCPU() time.Duration {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.pid))
 	if err != nil {
 		return 0
