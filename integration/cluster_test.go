@@ -1025,6 +1025,41 @@ func TestRealRedisDuplicateNodeIDDoesNotJoin(t *testing.T) {
 	}
 }
 
+// A node whose start fails on a port in use (the admin address here; the
+// IMAP one is bound at the same point) never goes as far as Redis: its log
+// says why it did not start and has no cluster line (it used to join, then
+// leave at once), and the other node does not list it.
+func TestRealRedisFailedStartNeverJoins(t *testing.T) {
+	env := redistest.Env(t)
+	tc := startCluster(t, 1, env["REDIS_URL"], "", "")
+	n1 := tc.nodes[0]
+	cfg, err := os.ReadFile(n1.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// n2: addresses of its own, but n1's admin address, which is taken.
+	n2addr := freeAddr(t)
+	text := strings.ReplaceAll(strings.ReplaceAll(string(cfg), n1.addr, n2addr), `node = "n1"`, `node = "n2"`)
+	path, logPath := filepath.Join(tc.dir, "n2.toml"), filepath.Join(tc.dir, "n2.log")
+	if err := os.WriteFile(path, []byte(text+"[log]\noutput = \"file:"+logPath+"\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(imapgateBinary(t), "-config", path, "-grace", "0s").CombinedOutput()
+	if err == nil {
+		t.Fatalf("n2 started with its admin address taken:\n%s", out)
+	}
+	if nodes := n1.clusterNodes(t); len(nodes) != 1 || !nodes["n1"] {
+		t.Errorf("n1's status lists %v after n2's failed start, want n1 alone", nodes)
+	}
+	b, _ := os.ReadFile(logPath)
+	if !strings.Contains(string(b), "imapgate: not started: admin.address: listen tcp "+n1.admin) {
+		t.Errorf("n2's log does not say why it did not start:\n%s\n(stderr: %s)", b, out)
+	}
+	if strings.Contains(string(b), "imapgate: cluster:") {
+		t.Errorf("n2's log has cluster lines: it went as far as Redis:\n%s", b)
+	}
+}
+
 // Nodes whose [limits] differ are named in the log and in ctl status
 // (each checks the shared counts against its own limits), and a reload
 // that makes them agree says so.

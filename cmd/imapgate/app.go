@@ -31,9 +31,10 @@ type app struct {
 	log       *courierlog.Logger
 	logs      *logSinks
 	gate      *gateway.Gate
-	srv       *proxy.Server // gate.Server
-	listeners []net.Listener
-	activated bool // listeners came from systemd
+	srv       *proxy.Server  // gate.Server
+	listeners []net.Listener // raw's, wrapped for PROXY headers where set
+	raw       []net.Listener // bound before the gateway starts
+	activated bool           // listeners came from systemd
 	files     openFiles
 	metrics   *admin.Metrics
 	adminSrv  *http.Server
@@ -82,34 +83,48 @@ func newApp(cfg *config.Config, f flags) (_ *app, err error) {
 		return a.metrics, a.metrics
 	}
 	o.Registerer = reg // the cluster's metrics, with [cluster]
+	// Every socket is bound before the gateway starts: a start that fails
+	// on a port in use (courier's imapd-ssl still running, most often)
+	// has not joined the cluster, nor touched the kernel's tables.
+	if err := a.bind(cfg, f.demo); err != nil {
+		return nil, err
+	}
 	if a.gate, err = gateway.New(cfg, o); err != nil {
 		return nil, err
 	}
 	a.srv = a.gate.Server
+	for _, ln := range a.raw {
+		a.listeners = append(a.listeners, a.gate.Listener(ln))
+	}
+	a.gate.StartKernel(a.raw)
+	a.serveAdmin(cfg, reg, top)
+	return a, nil
+}
+
+// bind takes the IMAP listeners (systemd's, or listen.address) and the
+// admin address's listener.
+func (a *app) bind(cfg *config.Config, demo bool) error {
 	raw, err := systemdListeners()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if a.activated = len(raw) > 0; !a.activated {
 		ln, err := listenIMAP(cfg.Listen.Address)
 		if err != nil {
-			return nil, fmt.Errorf("listen.address: %w", err)
+			return fmt.Errorf("listen.address: %w", err)
 		}
 		raw = []net.Listener{ln}
 	}
-	for _, ln := range raw {
-		a.listeners = append(a.listeners, a.gate.Listener(ln))
-	}
-	a.gate.StartKernel(raw)
-	if err := a.startAdmin(cfg, reg, top); err != nil {
-		if !f.demo || cfg.IsSet("admin.address") {
-			return nil, err
+	a.raw = raw
+	if err := a.listenAdmin(cfg); err != nil {
+		if !demo || cfg.IsSet("admin.address") {
+			return err
 		}
 		// The demo must start on any machine: without its admin port it
 		// still serves IMAP.
 		a.logf("imapgate: demo without metrics and ctl: %v", err)
 	}
-	return a, nil
+	return nil
 }
 
 // startAdmin serves /metrics and the admin endpoint on [admin] address.
@@ -126,7 +141,8 @@ func listenIMAP(addr string) (net.Listener, error) {
 	return lc.Listen(context.Background(), "tcp", addr)
 }
 
-func (a *app) startAdmin(cfg *config.Config, reg *prometheus.Registry, top *admin.Top) error {
+// listenAdmin takes admin.address's listener, if one is set.
+func (a *app) listenAdmin(cfg *config.Config) error {
 	addr := cfg.Admin.Address
 	if addr == "" {
 		return nil
@@ -145,6 +161,14 @@ func (a *app) startAdmin(cfg *config.Config, reg *prometheus.Registry, top *admi
 		return fmt.Errorf("admin.address: %w", err)
 	}
 	a.adminLn = ln
+	return nil
+}
+
+// serveAdmin serves the admin endpoint on listenAdmin's listener, if any.
+func (a *app) serveAdmin(cfg *config.Config, reg *prometheus.Registry, top *admin.Top) {
+	if a.adminLn == nil {
+		return
+	}
 	h := admin.New(admin.Options{
 		Table: a.gate.Table, Limiter: a.gate.Limiter, Top: top, Gatherer: reg, Token: cfg.Admin.Token,
 		Reload: a.reload, ReopenLogs: a.reopenLogs, Ready: a.ready.Load, UpstreamProblems: a.srv.UpstreamProblems,
@@ -161,8 +185,7 @@ func (a *app) startAdmin(cfg *config.Config, reg *prometheus.Registry, top *admi
 		},
 	})
 	a.adminSrv = &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	go a.adminSrv.Serve(ln)
-	return nil
+	go a.adminSrv.Serve(a.adminLn)
 }
 
 // clusterStatus is the admin endpoint's view of the cluster, or nil.
@@ -247,8 +270,13 @@ func (a *app) close() {
 	for _, ln := range a.listeners {
 		ln.Close()
 	}
+	for _, ln := range a.raw { // closed already, unless the start failed before the gateway
+		ln.Close()
+	}
 	if a.adminSrv != nil {
 		a.adminSrv.Close()
+	} else if a.adminLn != nil {
+		a.adminLn.Close()
 	}
 	if a.gate != nil {
 		a.gate.Close()
