@@ -16,6 +16,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapserver"
 	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
 
+	"imapgate/internal/sock"
 	"imapgate/upstream"
 )
 
@@ -76,7 +77,7 @@ func Start(accounts []Account) (*Server, error) {
 		InsecureAuth: true,
 		Logger:       discardLogger{},
 	})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := sock.Listen("127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("embedded: listen: %w", err)
 	}

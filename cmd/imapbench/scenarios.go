@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"imapgate/internal/sock"
 )
 
 var clientTLS = &tls.Config{
@@ -410,7 +412,7 @@ func floodPass(p *peer, src string, attempts int, hello []byte) (r floodPassResu
 // generation and more) only loaded the load generator's core, which the
 // honest clients and the upstream share.
 func recordClientHello() ([]byte, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := sock.Listen("127.0.0.1:0") // plain TCP, as the peers' upstream
 	if err != nil {
 		return nil, err
 	}

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"strings"
+
+	"imapgate/internal/sock"
 )
 
 // fastUpstream is the plaintext IMAP server every peer proxies to: just
@@ -17,7 +19,7 @@ type fastUpstream struct {
 }
 
 func startUpstream() (*fastUpstream, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := sock.Listen("127.0.0.1:0") // plain TCP, as the peers' upstream
 	if err != nil {
 		return nil, err
 	}

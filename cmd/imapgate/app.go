@@ -20,6 +20,7 @@ import (
 	"imapgate/config"
 	"imapgate/courierlog"
 	"imapgate/gateway"
+	"imapgate/internal/sock"
 	"imapgate/proxy"
 )
 
@@ -109,7 +110,7 @@ func (a *app) bind(cfg *config.Config, demo bool) error {
 		return err
 	}
 	if a.activated = len(raw) > 0; !a.activated {
-		ln, err := listenIMAP(cfg.Listen.Address)
+		ln, err := sock.Listen(cfg.Listen.Address)
 		if err != nil {
 			return fmt.Errorf("listen.address: %w", err)
 		}
@@ -128,19 +129,6 @@ func (a *app) bind(cfg *config.Config, demo bool) error {
 }
 
 // startAdmin serves /metrics and the admin endpoint on [admin] address.
-// listenIMAP listens on addr ("host:port") for IMAP clients: plain TCP,
-// as courier, Dovecot and HAProxy listen. Go listens with MPTCP by default
-// since 1.24, and then every session's connection, a plain client's
-// included, goes through MPTCP's fallback in the kernel: imapbench's
-// session scenario measured 3 and 7 % less CPU per session without it
-// (2026-11-30). Keepalive is off here and enabled per session after
-// admission (proxy), so a refused connection costs no setsockopt calls.
-func listenIMAP(addr string) (net.Listener, error) {
-	lc := net.ListenConfig{KeepAlive: -1}
-	lc.SetMultipathTCP(false)
-	return lc.Listen(context.Background(), "tcp", addr)
-}
-
 // listenAdmin takes admin.address's listener, if one is set.
 func (a *app) listenAdmin(cfg *config.Config) error {
 	addr := cfg.Admin.Address
@@ -155,7 +143,7 @@ func (a *app) listenAdmin(cfg *config.Config) error {
 			os.Chmod(path, 0o600)
 		}
 	} else {
-		ln, err = net.Listen("tcp", addr)
+		ln, err = sock.Listen(addr)
 	}
 	if err != nil {
 		return fmt.Errorf("admin.address: %w", err)

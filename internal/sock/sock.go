@@ -12,6 +12,7 @@
 package sock
 
 import (
+	"context"
 	"net"
 	"net/netip"
 	"time"
@@ -38,3 +39,16 @@ func (e temporary) Unwrap() error { return e.error }
 // minutes) long before the established timeout. The proxy turns it on for
 // a client once it is admitted, and for a dialled upstream off loopback.
 var KeepAlive = net.KeepAliveConfig{Enable: true, Idle: 5 * time.Minute, Interval: 30 * time.Second, Count: 4}
+
+// Listen listens on addr ("host:port") with plain TCP, as courier, Dovecot
+// and HAProxy listen, and without keepalive on accepted connections (the
+// proxy turns it on for admitted clients, so a refused connection costs no
+// setsockopt). Go listens with MPTCP by default since 1.24, and then every
+// connection, a plain client's included, goes through MPTCP's fallback in
+// the kernel: imapbench's session scenario measured 3 and 7 % less CPU
+// per session with plain TCP (2026-11-30).
+func Listen(addr string) (net.Listener, error) {
+	lc := net.ListenConfig{KeepAlive: -1}
+	lc.SetMultipathTCP(false)
+	return lc.Listen(context.Background(), "tcp", addr)
+}

@@ -1,4 +1,4 @@
-package main
+package sock
 
 import (
 	"net"
@@ -6,10 +6,10 @@ import (
 	"testing"
 )
 
-// TestIMAPListenerIsPlainTCP checks that the IMAP listener is a TCP
+// TestListenIsPlainTCP checks that Listen makes a TCP
 // socket, not MPTCP (Go's default since 1.24, where the kernel has it).
-func TestIMAPListenerIsPlainTCP(t *testing.T) {
-	ln, err := listenIMAP("127.0.0.1:0")
+func TestListenIsPlainTCP(t *testing.T) {
+	ln, err := Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
