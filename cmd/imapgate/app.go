@@ -128,7 +128,6 @@ func (a *app) bind(cfg *config.Config, demo bool) error {
 	return nil
 }
 
-// startAdmin serves /metrics and the admin endpoint on [admin] address.
 // listenAdmin takes admin.address's listener, if one is set.
 func (a *app) listenAdmin(cfg *config.Config) error {
 	addr := cfg.Admin.Address
@@ -152,7 +151,8 @@ func (a *app) listenAdmin(cfg *config.Config) error {
 	return nil
 }
 
-// serveAdmin serves the admin endpoint on listenAdmin's listener, if any.
+// serveAdmin serves /metrics and the admin endpoint on listenAdmin's
+// listener, if any.
 func (a *app) serveAdmin(cfg *config.Config, reg *prometheus.Registry, top *admin.Top) {
 	if a.adminLn == nil {
 		return
