@@ -89,7 +89,7 @@ func NewMetrics(reg prometheus.Registerer, src Sources, top *Top) *Metrics {
 			Help:    "With [cluster]: how long an admitted connection waited for the shared limits' verdict once its TLS handshake was done (or before TLS, when it took it there; under 10 µs when the verdict came first): the latency the Redis call added to the session.",
 			Buckets: []float64{10e-6, 50e-6, 100e-6, 150e-6, 200e-6, 300e-6, 500e-6, 1e-3, 5e-3, 50e-3}}),
 		handshakeFailed: prometheus.NewCounter(prometheus.CounterOpts{Name: "imapgate_tls_handshake_failures_total",
-			Help: "Client TLS handshakes that failed or timed out."}),
+			Help: "Client TLS handshakes that began (the client's first record had come) and failed or timed out. A silent connection closed before it sent a record is in imapgate_table_silent_timeouts_total, though the log calls it a handshake timeout too."}),
 		closed: prometheus.NewCounter(prometheus.CounterOpts{Name: "imapgate_sessions_closed_total",
 			Help: "Sessions that reached the TLS layer and ended."}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imapgate_config_reloads_total",
