@@ -278,3 +278,41 @@ func tableAndLimiter(t *testing.T) (*conntable.Table, *limiter.Limiter) {
 	}
 	return table, lim
 }
+
+// A ban on an exempt address is refused with the reason (it was listed
+// and never enforced: exempt addresses are never refused), and a network
+// ban over an exempt address says that address stays served.
+func TestBanOfAnExemptAddress(t *testing.T) {
+	table, err := conntable.New(conntable.Config{Max: 8}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lim, err := limiter.New(limiter.Policy{IPv4Prefix: 24, IPv6Prefix: 64,
+		Exempt: []netip.Prefix{netip.MustParsePrefix("192.0.2.10/32"), netip.MustParsePrefix("198.51.100.0/28")}}, limiter.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(Options{Table: table, Limiter: lim, Top: NewTop(4), Gatherer: prometheus.NewRegistry()})
+	post := func(q string) *httptest.ResponseRecorder {
+		r := httptest.NewRequest("POST", q, nil)
+		r.RemoteAddr = "127.0.0.1:5000"
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, r)
+		return w
+	}
+	for _, q := range []string{"/ban?addr=192.0.2.10", "/ban?addr=::ffff:192.0.2.10&user=bob", "/ban?addr=198.51.100.3", "/ban?addr=198.51.100.0/29"} {
+		w := post(q)
+		if w.Code != http.StatusConflict || !strings.Contains(w.Body.String(), "is in limits.exempt") {
+			t.Errorf("POST %s: %d %q, want 409 naming limits.exempt", q, w.Code, w.Body)
+		}
+	}
+	if bans := lim.Bans(time.Now()); len(bans) != 0 {
+		t.Errorf("bans made of exempt addresses: %+v", bans)
+	}
+	w := post("/ban?addr=192.0.2.0/24")
+	var out map[string]any
+	json.Unmarshal(w.Body.Bytes(), &out)
+	if w.Code != 200 || out["exempt"] != "not refused inside the ban: 192.0.2.10/32 (limits.exempt)" {
+		t.Errorf("POST /ban of 192.0.2.0/24: %d %s, want 200 and the exempt address named", w.Code, w.Body)
+	}
+}

@@ -556,6 +556,15 @@ func (s *Server) ban(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "user: a user ban is on one address, not a CIDR", http.StatusBadRequest)
 		return
 	}
+	// Exempt addresses are never refused, bans included (a webmail
+	// server's users must not get it banned): a ban inside limits.exempt
+	// would be listed and never enforced, so it is not made.
+	covering, inside := exemptOverlap(s.o.Limiter.Policy().Exempt, b.Key)
+	if covering.IsValid() {
+		http.Error(w, fmt.Sprintf("%s is in limits.exempt (%s): exempt addresses are never refused, so the ban would not be enforced; take it out of exempt first",
+			banned(b.Key, ""), covering), http.StatusConflict)
+		return
+	}
 	pending := s.o.Limiter.SharedDegraded()
 	if err := s.o.Limiter.Ban(b); err != nil {
 		s.logf(r, "banned %s until %s (%s), on this node only: the cluster could not be told: %v", banned(b.Key, b.User),
@@ -564,6 +573,9 @@ func (s *Server) ban(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := map[string]any{"banned": b.Key.String(), "until": b.Until}
+	if len(inside) > 0 {
+		out["exempt"] = fmt.Sprintf("not refused inside the ban: %s (limits.exempt)", prefixList(inside))
+	}
 	if pending {
 		s.logf(r, "banned %s until %s (%s) on this node; on the others once Redis answers (cluster degraded)",
 			banned(b.Key, b.User), b.Until.UTC().Format(time.RFC3339), d)
@@ -572,6 +584,29 @@ func (s *Server) ban(w http.ResponseWriter, r *http.Request) {
 		s.logf(r, "banned %s until %s (%s)", banned(b.Key, b.User), b.Until.UTC().Format(time.RFC3339), d)
 	}
 	writeJSON(w, out)
+}
+
+// exemptOverlap compares a ban's key k with limits.exempt: covering is
+// an exempt prefix that holds all of k (the zero Prefix if none), inside
+// the exempt prefixes k holds, which stay served under the ban.
+func exemptOverlap(exempt []netip.Prefix, k netip.Prefix) (covering netip.Prefix, inside []netip.Prefix) {
+	for _, e := range exempt {
+		switch {
+		case e.Bits() <= k.Bits() && e.Contains(k.Addr()):
+			return e, nil
+		case k.Bits() < e.Bits() && k.Contains(e.Addr()):
+			inside = append(inside, e)
+		}
+	}
+	return netip.Prefix{}, inside
+}
+
+func prefixList(ps []netip.Prefix) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ", ")
 }
 
 // logf logs a change made through the endpoint, with who asked (the
