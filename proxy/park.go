@@ -182,6 +182,10 @@ func (p *parkedConn) release(report bool) {
 	s, t := p.srv, p.a.ticket
 	if r := p.entry.Killed(); report && r != conntable.NotKilled {
 		switch {
+		case r == conntable.EarlyDrop:
+			// The table's refusal, counted and logged there (its early
+			// drop line), also for a connection that waited for a
+			// pre-login slot: not one more of that limit's.
 		case t.NeedsWait():
 			s.report(t.CutOff(), false) // cut off while silent, as a cut-off wait is
 		case r == conntable.Timeout:

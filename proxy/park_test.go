@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"runtime"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -192,5 +193,66 @@ func TestParkedCloseEarlyDropAndShutdown(t *testing.T) {
 	expectClosed(t, append(cs[1:], more...))
 	if n := p.srv.Table().Count(); n != 0 {
 		t.Fatalf("%d entries after shutdown", n)
+	}
+}
+
+// stallingConn passes writes through and blocks reads until closed: a TLS
+// client over it sends its ClientHello and then waits for ever.
+type stallingConn struct {
+	net.Conn
+	done chan struct{}
+}
+
+func (s *stallingConn) Read([]byte) (int, error) { <-s.done; return 0, net.ErrClosed }
+
+// An early drop of a connection that was waiting for a pre-login slot is
+// the table's refusal only: it used to be reported as a pre-login limit
+// refusal too ("Maximum pre-login connection limit reached" and
+// imapgate_refused_total{reason="max_preauth_per_ip"}), at the drop.
+func TestEarlyDropOfAWaitingConnectionIsNotAPreauthRefusal(t *testing.T) {
+	if !sock.Raw {
+		t.Skip("silent connections park only on Linux without imapgate_portable")
+	}
+	cfg := config.Default()
+	cfg.Limits.MaxPreauthPerIP = 1
+	lim, err := limiter.New(gateway.Policy(cfg), limiter.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startProxy(t, fakeUpstream(t, simpleServer).upstream(), proxyConfig{limiter: lim, table: conntable.Config{Max: 8}})
+	from := func() *net.Dialer { return &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 9, 77)}} }
+	// The address's one pre-login slot: a client that sent its ClientHello
+	// and stalls in the handshake (bytes came: not dropped before the
+	// silent ones).
+	raw, err := from().Dial("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stall := &stallingConn{Conn: raw, done: make(chan struct{})}
+	t.Cleanup(func() { close(stall.done); raw.Close() })
+	go tls.Client(stall, &tls.Config{InsecureSkipVerify: true}).Handshake()
+	for i := 0; i < 500 && p.srv.Table().Count() != 1; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Seven more from the same address, silent: each waits for the slot.
+	for i := 0; i < 7; i++ {
+		c, err := from().Dial("tcp", p.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	waitParked(t, p, 7)
+	time.Sleep(150 * time.Millisecond) // past the young silent entries' grace
+	// The table is full: an honest client from elsewhere takes a waiting
+	// connection's place.
+	c := dial(t, p.addr)
+	c.expect("* OK")
+	if st := p.srv.Table().Stats(); st.EarlyDropSilent != 1 {
+		t.Fatalf("stats %+v, want one silent early drop", st)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if p.log.Contains("Maximum pre-login connection limit reached") {
+		t.Errorf("the early-dropped waiting connection was also logged as a pre-login refusal:\n%s", strings.Join(p.log.Lines(), "\n"))
 	}
 }

@@ -357,7 +357,12 @@ func (c *conn) preauthSlot(ctx context.Context, n int, err error) bool {
 			d = c.ticket.CutOff() // cut off while silent, as a cut-off wait is
 		}
 		if d.Refused {
-			s.report(d, false) // cut off: the handshake timeout, or a kill
+			// Cut off: the handshake timeout, or a kill. An early drop is
+			// the table's refusal, counted and logged there: not one more
+			// of the pre-login limit's.
+			if entry.Killed() != conntable.EarlyDrop {
+				s.report(d, false)
+			}
 			return false
 		}
 		entry.SetState(conntable.Handshake) // the handshake's own clock starts now
