@@ -168,7 +168,11 @@ func (a *app) serveAdmin(cfg *config.Config, reg *prometheus.Registry, top *admi
 			for i, l := range a.listeners {
 				addrs[i] = l.Addr().String()
 			}
-			return map[string]any{"listen": addrs, "upstream": c.Upstream.Address, "upstream_mode": c.Upstream.Mode,
+			mode := c.Upstream.Mode
+			if c.Upstream.Address == "embedded" {
+				mode = "in-process demo server" // reached over loopback TCP, but not a server of the admin's
+			}
+			return map[string]any{"listen": addrs, "upstream": c.Upstream.Address, "upstream_mode": mode,
 				"config": describe(a.flags), "socket_activated": a.activated}
 		},
 	})
