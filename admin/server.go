@@ -566,9 +566,9 @@ func (s *Server) ban(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	pending := s.o.Limiter.SharedDegraded()
+	what, until := banned(b.Key, b.User), b.Until.UTC().Format(time.RFC3339)
 	if err := s.o.Limiter.Ban(b); err != nil {
-		s.logf(r, "banned %s until %s (%s), on this node only: the cluster could not be told: %v", banned(b.Key, b.User),
-			b.Until.UTC().Format(time.RFC3339), d, err)
+		s.logf(r, "banned %s until %s (%s), on this node only: the cluster could not be told: %v", what, until, d, err)
 		http.Error(w, "banned here; the cluster could not be told: "+err.Error(), http.StatusBadGateway)
 		return
 	}
@@ -577,11 +577,10 @@ func (s *Server) ban(w http.ResponseWriter, r *http.Request) {
 		out["exempt"] = fmt.Sprintf("not refused inside the ban: %s (limits.exempt)", prefixList(inside))
 	}
 	if pending {
-		s.logf(r, "banned %s until %s (%s) on this node; on the others once Redis answers (cluster degraded)",
-			banned(b.Key, b.User), b.Until.UTC().Format(time.RFC3339), d)
+		s.logf(r, "banned %s until %s (%s) on this node; on the others once Redis answers (cluster degraded)", what, until, d)
 		out["cluster"] = clusterPending
 	} else {
-		s.logf(r, "banned %s until %s (%s)", banned(b.Key, b.User), b.Until.UTC().Format(time.RFC3339), d)
+		s.logf(r, "banned %s until %s (%s)", what, until, d)
 	}
 	writeJSON(w, out)
 }

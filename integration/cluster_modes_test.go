@@ -108,8 +108,8 @@ func TestRealRedisUnixSocketSharesLimits(t *testing.T) {
 	if n := tc.sharedCount(redisClient(t, unixURL), "127.0.25.2"); n != 4 {
 		t.Fatalf("shared count read through the socket %d, want 4", n)
 	}
-	out, err := exec.Command(imapgateBinary(t), "ctl", "-admin", tc.nodes[1].admin, "status").CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "via unix://imapgate:xxxxx@"+env["REDIS_DIR"]+"/") {
+	out, err := tc.nodes[1].ctl(t, "status")
+	if err != nil || !strings.Contains(out, "via unix://imapgate:xxxxx@"+env["REDIS_DIR"]+"/") {
 		t.Fatalf("ctl status of the unix-socket node: %v\n%s", err, out)
 	}
 	tc.settledShared()

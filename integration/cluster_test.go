@@ -489,11 +489,11 @@ func TestRealRedisBanOnOneNodeEnforcedByAll(t *testing.T) {
 		return ok
 	})
 	// ctl ban on n2 bans on n1 too.
-	out, err := exec.Command(imapgateBinary(t), "ctl", "-admin", tc.nodes[1].admin, "ban", "127.0.16.3", "5m").CombinedOutput()
+	out, err := tc.nodes[1].ctl(t, "ban", "127.0.16.3", "5m")
 	if err != nil {
 		t.Fatalf("ctl ban: %v\n%s", err, out)
 	}
-	if !strings.Contains(string(out), "banned: ::ffff:127.0.16.3") { // as ctl bans and the log lines write it
+	if !strings.Contains(out, "banned: ::ffff:127.0.16.3") { // as ctl bans and the log lines write it
 		t.Errorf("ctl ban answered %q", out)
 	}
 	start := time.Now()
@@ -575,13 +575,13 @@ func TestRealRedisKilledNodeStopsCounting(t *testing.T) {
 	waitFor(t, "the shared count to be 2", func() bool { return tc.sharedCount(c, from) == 2 })
 	// ctl status shows the cluster: the nodes, alive or not, their
 	// sessions, Redis's latency.
-	out, err := exec.Command(imapgateBinary(t), "ctl", "-admin", tc.nodes[0].admin, "status").CombinedOutput()
+	out, err := tc.nodes[0].ctl(t, "status")
 	if err != nil {
 		t.Fatalf("ctl status: %v\n%s", err, out)
 	}
 	t.Logf("ctl status on n1:\n%s", out)
 	for _, want := range []string{"cluster      node n1 via redis://imapgate:xxxxx@", "shared limits, Redis", "node n1 ", "node n2 "} {
-		if !strings.Contains(string(out), want) {
+		if !strings.Contains(out, want) {
 			t.Errorf("ctl status lacks %q", want)
 		}
 	}
@@ -619,6 +619,14 @@ func (g *gateNode) clusterError(t *testing.T) string {
 	}
 	g.status(t, &st)
 	return st.Cluster.Error
+}
+
+// ctl runs imapgate ctl against the node's admin endpoint: its output
+// (stdout and stderr) and error.
+func (g *gateNode) ctl(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	out, err := exec.Command(imapgateBinary(t), append([]string{"ctl", "-admin", g.admin}, args...)...).CombinedOutput()
+	return string(out), err
 }
 
 // status decodes a node's /status into v.
@@ -757,9 +765,9 @@ func TestRealRedisOutageDegradesAndRecovers(t *testing.T) {
 	// ctl status says why once (the failed call and the failed rejoin
 	// are the same refusal).
 	waitFor(t, "ctl status to give Redis's error", func() bool {
-		out, _ := exec.Command(imapgateBinary(t), "ctl", "-admin", tc.nodes[0].admin, "status").CombinedOutput()
+		out, _ := tc.nodes[0].ctl(t, "status")
 		line := ""
-		for _, l := range strings.Split(string(out), "\n") {
+		for _, l := range strings.Split(out, "\n") {
 			if strings.Contains(l, "Redis: ") {
 				line = l
 			}
@@ -772,8 +780,8 @@ func TestRealRedisOutageDegradesAndRecovers(t *testing.T) {
 	// A ban made meanwhile says it is this node's until Redis answers,
 	// and reaches the other node then.
 	const bannedMeanwhile = "127.0.20.9"
-	out, err := exec.Command(imapgateBinary(t), "ctl", "-admin", tc.nodes[0].admin, "ban", bannedMeanwhile, "5m").CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "cluster: degraded: in force on this node now, on the other nodes once Redis answers again") {
+	out, err := tc.nodes[0].ctl(t, "ban", bannedMeanwhile, "5m")
+	if err != nil || !strings.Contains(out, "cluster: degraded: in force on this node now, on the other nodes once Redis answers again") {
 		t.Errorf("ctl ban while degraded: %v\n%s", err, out)
 	}
 	run("start-port", port)
@@ -1072,20 +1080,20 @@ func TestRealRedisDifferentLimitsAreReported(t *testing.T) {
 		b, _ := os.ReadFile(n2.logPath)
 		return strings.Contains(string(b), want)
 	})
-	out, err := exec.Command(imapgateBinary(t), "ctl", "-admin", n2.admin, "status").CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "limits differ: node n1: max_per_ip=2 (here 5)") {
+	out, err := n2.ctl(t, "status")
+	if err != nil || !strings.Contains(out, "limits differ: node n1: max_per_ip=2 (here 5)") {
 		t.Fatalf("ctl status on n2: %v\n%s", err, out)
 	}
 	cfg, _ := os.ReadFile(n2.cfgPath)
 	os.WriteFile(n2.cfgPath, []byte(strings.Replace(string(cfg), "max_per_ip = 5", "max_per_ip = 2", 1)), 0o600)
-	if out, err := exec.Command(imapgateBinary(t), "ctl", "-admin", n2.admin, "reload").CombinedOutput(); err != nil {
+	if out, err := n2.ctl(t, "reload"); err != nil {
 		t.Fatalf("ctl reload: %v\n%s", err, out)
 	}
 	waitFor(t, "n2 to log that the limits agree again", func() bool {
 		b, _ := os.ReadFile(n2.logPath)
 		return strings.Contains(string(b), "imapgate: cluster: every node's limits agree again")
 	})
-	if out, _ := exec.Command(imapgateBinary(t), "ctl", "-admin", n2.admin, "status").CombinedOutput(); strings.Contains(string(out), "limits differ") {
+	if out, _ := n2.ctl(t, "status"); strings.Contains(out, "limits differ") {
 		t.Errorf("ctl status still says the limits differ:\n%s", out)
 	}
 }
@@ -1100,11 +1108,11 @@ func TestRealRedisUnbanDuringOutageHolds(t *testing.T) {
 	tc := startCluster(t, 2, env["REDIS_OUTAGE_URL"], "", "")
 	const banned = "127.0.25.9"
 	ctl := func(g *gateNode, args ...string) string {
-		out, err := exec.Command(imapgateBinary(t), append([]string{"ctl", "-admin", g.admin}, args...)...).CombinedOutput()
+		out, err := g.ctl(t, args...)
 		if err != nil {
 			t.Fatalf("ctl %v on %s: %v\n%s", args, g.id, err, out)
 		}
-		return string(out)
+		return out
 	}
 	refused := func(g *gateNode) bool {
 		ic, ok, err := connect(banned, g.addr, clusterClientTLS)

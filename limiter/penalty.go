@@ -252,7 +252,7 @@ func (l *Limiter) Bans(now time.Time) []Ban {
 // the addresses it contains, and forgets their failures. It reports whether
 // there was a ban.
 func (l *Limiter) Unban(k netip.Prefix) bool {
-	ok, lifted := l.unbanLifted(k)
+	ok, lifted := l.unban(k)
 	l.sharedUnban(Ban{Key: unmapPrefix(k)}, lifted, func(s Shared) error {
 		ctx, cancel := l.ctx()
 		defer cancel()
@@ -261,14 +261,10 @@ func (l *Limiter) Unban(k netip.Prefix) bool {
 	return ok
 }
 
-func (l *Limiter) unban(k netip.Prefix) bool {
-	ok, _ := l.unbanLifted(k)
-	return ok
-}
-
-// unbanLifted is unban, also returning the bans it lifted (with their
+// unban lifts the ban on k and the user bans inside it on this node, and
+// returns whether there was one and the bans it lifted (with their
 // Until), which an unban made while the shared state is down records.
-func (l *Limiter) unbanLifted(k netip.Prefix) (ok bool, lifted []Ban) {
+func (l *Limiter) unban(k netip.Prefix) (ok bool, lifted []Ban) {
 	k = unmapPrefix(k)
 	f := l.fails
 	f.mu.Lock()
@@ -295,7 +291,7 @@ func (l *Limiter) unbanLifted(k netip.Prefix) (ok bool, lifted []Ban) {
 // UnbanUser lifts the ban of user on addr and forgets the user's failures
 // there. It reports whether there was a ban.
 func (l *Limiter) UnbanUser(addr netip.Addr, user string) bool {
-	ok, lifted := l.unbanUserLifted(addr, user)
+	ok, lifted := l.unbanUser(addr, user)
 	a := addr.Unmap().WithZone("")
 	l.sharedUnban(Ban{Key: netip.PrefixFrom(a, a.BitLen()), User: user}, lifted, func(s Shared) error {
 		ctx, cancel := l.ctx()
@@ -305,13 +301,9 @@ func (l *Limiter) UnbanUser(addr netip.Addr, user string) bool {
 	return ok
 }
 
-func (l *Limiter) unbanUser(addr netip.Addr, user string) bool {
-	ok, _ := l.unbanUserLifted(addr, user)
-	return ok
-}
-
-// unbanUserLifted is unbanUser, also returning the ban it lifted.
-func (l *Limiter) unbanUserLifted(addr netip.Addr, user string) (bool, []Ban) {
+// unbanUser lifts the ban of user on addr on this node, and returns
+// whether there was one and the ban it lifted.
+func (l *Limiter) unbanUser(addr netip.Addr, user string) (bool, []Ban) {
 	k := userFailKey(addr.Unmap().WithZone(""), l.userHash(user))
 	f := l.fails
 	f.mu.Lock()

@@ -192,9 +192,15 @@ func (l *Limiter) ReplaceBans(bans []Ban) {
 
 // ApplyUnban and ApplyUnbanUser lift a ban on this node only (a message
 // from another node); Unban and UnbanUser lift it everywhere.
-func (l *Limiter) ApplyUnban(k netip.Prefix) bool { return l.unban(k) }
+func (l *Limiter) ApplyUnban(k netip.Prefix) bool {
+	ok, _ := l.unban(k)
+	return ok
+}
 
-func (l *Limiter) ApplyUnbanUser(a netip.Addr, user string) bool { return l.unbanUser(a, user) }
+func (l *Limiter) ApplyUnbanUser(a netip.Addr, user string) bool {
+	ok, _ := l.unbanUser(a, user)
+	return ok
+}
 
 // Ban bans an address or network (or a user on an address, with b.User)
 // until b.Until: an operator's ban (ctl ban), on every node with shared

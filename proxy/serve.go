@@ -298,16 +298,16 @@ func (l *lateRefusals) refused(now time.Time) {
 	}
 }
 
-// verdict is what confirm's goroutine hands back.
+// verdict is what confirm's worker hands back.
 type verdict struct {
 	d        limiter.Decision
 	panicked bool // Confirm panicked: the session is killed and logged
 }
 
 // confirm asks the shared limits about a ticket Admit left pending
-// (Ticket.Confirm, one Redis call bounded by the cluster timeout) on
-// another goroutine (s.verdicts), and returns where its verdict will come; nil when
-// there is nothing to ask. A refusal that closes before TLS cuts the wait
+// (Ticket.Confirm, one Redis call bounded by the cluster timeout) on a
+// verdict worker (s.verdicts), and returns where its verdict will come;
+// nil when there is nothing to ask. A refusal that closes before TLS cuts the wait
 // for the first record short, so a silent client is not kept for it. The
 // caller must receive the verdict before the ticket is touched again.
 func (c *conn) confirm(ctx context.Context, d limiter.Decision) <-chan verdict {
