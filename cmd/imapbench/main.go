@@ -71,6 +71,7 @@ func main() {
 	idle := flag.Int("idle", 9000, "idle sessions (each needs 2 descriptors here and 2 in the proxy)")
 	fetches := flag.Int("fetches", 64, "1 MiB FETCHes per bulk session")
 	attempts := flag.Int("flood", 3000, "refused attempts in the flood scenario")
+	floodSlices := flag.Int("flood-slices", 10, "flood scenario: the attempts are made in this many slices, the peers in turn within each, all running (imapgate-kernel apart)")
 	floodHonest := flag.Int("flood-honest", 200, "flood scenario: honest sessions timed without the flood and during it (each side)")
 	peersFlag := flag.String("peers", "haproxy,imapgate,nginx", "peers to measure (haproxy, imapgate, nginx, imapgate-kernel, baseline; floor: accept and close only, built from integration/bench/floor.c, flood scenario only; floor-reset: the same closing with a reset, as HAProxy and imapgate refuse)")
 	gateProcs := flag.Int("gate-procs", 1, "GOMAXPROCS of the imapgate peers (pinned to -core all the same; 2 is what imapgate has on a two-core machine)")
@@ -158,29 +159,27 @@ func main() {
 	deadline := time.Now().Add(30 * time.Minute)
 	for round := 0; round < *rounds && time.Now().Before(deadline); round++ {
 		order := append(peers[round%len(peers):], peers[:round%len(peers)]...)
+		if run("flood") {
+			floodRound(setup, order, round, *attempts, *floodSlices, *floodHonest, add)
+		}
 		for _, name := range order {
+			if isFloor(name) {
+				continue // the flood's refusals are all a floor has
+			}
+			perPeer := run("session") || run("bulk") || run("idle") || run("flood") && name == "imapgate-kernel"
+			if !perPeer && !run("table") {
+				continue
+			}
 			p, err := setup.start(name, "")
 			check(err)
 			fmt.Printf("round %d: %s (pid %d) ...", round+1, name, p.pid)
-			if isFloor(name) {
-				// Accept and close only: the flood's refusals are all it has.
-				if run("flood") {
-					f, err := flood(p, *attempts, *floodHonest)
-					check(err)
-					add("flood-cpu", name, f.cpu)
-					add("flood-latency", name, f.latency)
-					fmt.Printf(" flood %.1f µs/%.0f µs\n", f.cpu.value, f.latency.value)
-				}
-				p.stop()
-				continue
-			}
 			if run("session") {
 				r, err := fullSessions(p, *sessions, 8)
 				check(err)
 				add("session", name, r)
 				fmt.Printf(" session %.3f ms", r.value)
 			}
-			if run("flood") {
+			if run("flood") && name == "imapgate-kernel" { // the others: floodRound
 				f, err := flood(p, *attempts, *floodHonest)
 				check(err)
 				add("flood-cpu", name, f.cpu)
@@ -229,6 +228,51 @@ func main() {
 	floorReport(os.Stdout, results, *attempts)
 	if run("admission") || len(want) == 0 {
 		admission(os.Stdout)
+	}
+}
+
+// floodRound is one round of the flood scenario for every peer but
+// imapgate-kernel: all of them running, their CPU per refused attempt and
+// time to refusal measured in turn (floodInterleaved), then each one's
+// honest sessions during a flood, one peer at a time.
+func floodRound(setup *peerSetup, order []string, round, attempts, slices, honest int, add func(sc, p string, r result)) {
+	hello, err := recordClientHello()
+	check(err)
+	var ps []*peer
+	defer func() {
+		for _, p := range ps {
+			p.stop()
+		}
+	}()
+	for _, name := range order {
+		if name == "imapgate-kernel" {
+			continue
+		}
+		p, err := setup.start(name, "")
+		check(err)
+		ps = append(ps, p)
+	}
+	if len(ps) == 0 {
+		return
+	}
+	figs, err := floodInterleaved(ps, attempts, slices, hello)
+	check(err)
+	fmt.Printf("round %d: flood in turn (%d slices):", round+1, slices)
+	for _, p := range ps {
+		f := figs[p.name]
+		add("flood-cpu", p.name, f.cpu)
+		add("flood-latency", p.name, f.latency)
+		fmt.Printf(" %s %.1f µs/%.0f µs", p.name, f.cpu.value, f.latency.value)
+	}
+	fmt.Println()
+	for _, p := range ps {
+		if isFloor(p.name) {
+			continue
+		}
+		h, err := floodHonest(p, attempts, honest, hello)
+		check(err)
+		add("flood-honest", p.name, h)
+		fmt.Printf("round %d: %s honest ×%.2f during a flood\n", round+1, p.name, h.value)
 	}
 }
 

@@ -54,16 +54,16 @@ func (s *peerSetup) start(name, profile string) (*peer, error) {
 	env := os.Environ()
 	switch name {
 	case "imapgate", "baseline", "imapgate-kernel":
-		cfg := filepath.Join(s.dir, "imapgate.toml")
-		if profile == "flood" {
-			os.WriteFile(cfg, []byte(s.gateConfig(addr, filepath.Join(s.dir, "imapgate.log"), filepath.Join(s.dir, "admin.sock"), false, kernelSection(name))), 0o644)
-			break
+		// Files of each peer's own: the flood scenario runs them side by side.
+		sock := filepath.Join(s.dir, "admin.sock")
+		if name != "imapgate" {
+			sock = filepath.Join(s.dir, name+"-admin.sock")
 		}
-		os.WriteFile(cfg, []byte(s.gateConfig(addr, filepath.Join(s.dir, "imapgate.log"), filepath.Join(s.dir, "admin.sock"), true, kernelSection(name))), 0o644)
+		os.WriteFile(filepath.Join(s.dir, name+".toml"), []byte(s.gateConfig(addr, filepath.Join(s.dir, name+".log"), sock, profile != "flood", kernelSection(name))), 0o644)
 	}
 	switch name {
 	case "imapgate", "baseline", "imapgate-kernel":
-		cfg := filepath.Join(s.dir, "imapgate.toml")
+		cfg := filepath.Join(s.dir, name+".toml")
 		gate := s.gate
 		if name == "baseline" {
 			gate = s.baseline
