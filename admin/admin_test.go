@@ -160,6 +160,14 @@ func TestTopIsBoundedAndOrdered(t *testing.T) {
 	if len(top.refused.top(1)) != 1 {
 		t.Fatal("n not applied")
 	}
+	add("192.0.2.4", 4) // a run: read before any other address ends it
+	if got := top.refused.top(1); got[0] != (Count{"192.0.2.4", 7}) {
+		t.Fatalf("top during a run = %v", got)
+	}
+	add("192.0.2.4", 1)
+	if got := top.refused.top(1); got[0] != (Count{"192.0.2.4", 8}) {
+		t.Fatalf("top after a read mid-run = %v", got)
+	}
 }
 
 // A flood from many addresses stays bounded and still finds the address

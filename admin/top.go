@@ -34,6 +34,11 @@ type spaceSaving struct {
 	counts  map[netip.Addr]uint64
 	victims []netip.Addr // addresses last seen at count min, for replacement
 	min     uint64
+	// A run of adds from one address (a flood's) is counted here and
+	// enters counts when another address comes or the list is read: in
+	// a one-address flood the map was a third of the refusal's own code.
+	last netip.Addr
+	run  uint64
 }
 
 func newSpaceSaving(capacity int) *spaceSaving {
@@ -43,9 +48,25 @@ func newSpaceSaving(capacity int) *spaceSaving {
 func (s *spaceSaving) add(a netip.Addr) {
 	a = a.Unmap()
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	if s.run > 0 && a == s.last {
+		s.run++
+		s.mu.Unlock()
+		return
+	}
+	s.flush()
+	s.last, s.run = a, 1
+	s.mu.Unlock()
+}
+
+// flush counts the run of adds from s.last.
+func (s *spaceSaving) flush() {
+	a, n := s.last, s.run
+	if n == 0 {
+		return
+	}
+	s.run = 0
 	if _, ok := s.counts[a]; ok || len(s.counts) < s.cap {
-		s.counts[a]++
+		s.counts[a] += n
 		return
 	}
 	victim, ok := s.popVictim()
@@ -54,7 +75,7 @@ func (s *spaceSaving) add(a netip.Addr) {
 		victim, _ = s.popVictim()
 	}
 	delete(s.counts, victim)
-	s.counts[a] = s.min + 1
+	s.counts[a] = s.min + n
 }
 
 // popVictim returns a collected address still at the minimum count.
@@ -85,6 +106,7 @@ func (s *spaceSaving) collectVictims() {
 
 func (s *spaceSaving) top(n int) []Count {
 	s.mu.Lock()
+	s.flush()
 	out := make([]Count, 0, len(s.counts))
 	for a, c := range s.counts {
 		out = append(out, Count{a.String(), c})

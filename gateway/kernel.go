@@ -253,14 +253,14 @@ var escalating = [limiter.NumReasons]bool{
 
 // refused is the proxy's OnRefused: it feeds escalation (a per-prefix
 // limit's refusals also count toward the prefix's).
-func (g *Gate) refused(addr netip.Addr, r limiter.Reason) {
+func (g *Gate) refused(addr netip.Addr, r limiter.Reason, now time.Time) {
 	k := g.kernel.kern.Load()
 	switch {
 	case k == nil || r >= limiter.NumReasons || !escalating[r]:
 	case r == limiter.RatePerPrefix || r == limiter.MaxPerPrefix:
-		k.RefusedPrefix(addr, time.Now())
+		k.RefusedPrefix(addr, now)
 	default:
-		k.Refused(addr, time.Now())
+		k.Refused(addr, now)
 	}
 }
 

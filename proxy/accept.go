@@ -95,11 +95,12 @@ func (s *Server) decide(cl upstream.Client) (a admission, keep bool) {
 	if s.limiter == nil {
 		return a, true
 	}
-	a.ticket, a.decision = s.limiter.Admit(cl.Remote.Addr(), time.Now())
+	now := time.Now()
+	a.ticket, a.decision = s.limiter.Admit(cl.Remote.Addr(), now)
 	d := a.decision
 	bye := d.Refused && d.Action == limiter.Bye
 	if !bye {
-		s.report(d, false)
+		s.reportAt(d, false, now)
 	}
 	return a, !d.Refused || bye
 }

@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"net/netip"
 	"time"
 
 	"imapgate/internal/throttle"
+	"imapgate/upstream"
 )
 
 // SetTestHooks installs hooks a test uses to make one session panic; the
@@ -26,3 +28,11 @@ func (s *Server) StartSession() bool { return s.startSession() }
 // SetLateRefusalBurst sets how many shared refusals a second may come
 // after a handshake ran before admissions wait for the verdict first.
 func (s *Server) SetLateRefusalBurst(n int) { s.late.t = throttle.New(time.Second, n) }
+
+// Decide exposes decide for a connection from remote: whether it goes on.
+// An admitted connection's places are released at once.
+func (s *Server) Decide(remote netip.AddrPort) bool {
+	a, keep := s.decide(upstream.Client{Remote: remote})
+	a.ticket.Release()
+	return keep
+}

@@ -29,11 +29,15 @@ var byeText = [limiter.NumReasons]string{
 // line and its count, and a refusal its line in courier's shape
 // (throttled per limit), its count and the admin tracker's note. afterTLS
 // says whether the client was told inside the protocol.
-func (s *Server) report(d limiter.Decision, afterTLS bool) {
-	for r := limiter.Reason(0); r < limiter.NumReasons; r++ {
+func (s *Server) report(d limiter.Decision, afterTLS bool) { s.reportAt(d, afterTLS, time.Now()) }
+
+// reportAt is report for a decision made at now, which times the log
+// line's throttle (the accept loop's refusals read the clock once).
+func (s *Server) reportAt(d limiter.Decision, afterTLS bool, now time.Time) {
+	for r := limiter.Reason(0); d.WouldRefuse != 0 && r < limiter.NumReasons; r++ {
 		if d.WouldRefuse&(1<<r) != 0 {
 			s.events.WouldRefuse(r.String())
-			s.logLimit(d, r, int(d.WouldLimit[r]), " (dry run: not refused)")
+			s.logLimit(d, r, int(d.WouldLimit[r]), " (dry run: not refused)", now)
 		}
 	}
 	if !d.Refused {
@@ -41,9 +45,9 @@ func (s *Server) report(d limiter.Decision, afterTLS bool) {
 	}
 	s.tracker.RefusedFrom(d.Addr)
 	if s.onRefused != nil {
-		s.onRefused(d.Addr, d.Reason)
+		s.onRefused(d.Addr, d.Reason, now)
 	}
-	s.logLimit(d, d.Reason, d.Limit, "")
+	s.logLimit(d, d.Reason, d.Limit, "", now)
 	s.events.Refused(d.Reason.String(), afterTLS)
 }
 
@@ -94,9 +98,9 @@ func (c *conn) sayBye(d limiter.Decision) {
 // logLimit writes the line for limit r of decision d, with suffix: the
 // refusal in courier's format (couriertcpd's exact lines for MAXPERIP and
 // MAXDAEMONS, the same shape for the others), or a dry-run line.
-func (s *Server) logLimit(d limiter.Decision, r limiter.Reason, limit int, suffix string) {
+func (s *Server) logLimit(d limiter.Decision, r limiter.Reason, limit int, suffix string, now time.Time) {
 	log, a := s.log, d.Addr
-	ok, suppressed := s.refusalLog[r].Allow(time.Now())
+	ok, suppressed := s.refusalLog[r].Allow(now)
 	if suppressed > 0 {
 		log.Message(courierlog.Warning, throttle.Suppressed(r.String(), suppressed))
 	}

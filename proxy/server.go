@@ -83,8 +83,9 @@ type Options struct {
 	// OnRefused is called with the address and the limit of every refusal
 	// a limit made (before or after TLS, at admission or at login), in the
 	// goroutine that refused (the accept loop, for most): it must be quick
-	// and never block. kernel.Kernel.Refused escalates on it. Nil: none.
-	OnRefused func(a netip.Addr, r limiter.Reason)
+	// and never block; now is when the refusal was decided.
+	// kernel.Kernel.Refused escalates on it. Nil: none.
+	OnRefused func(a netip.Addr, r limiter.Reason, now time.Time)
 }
 
 // Settings are the parts of Options a reload may swap, read by each new
@@ -107,7 +108,7 @@ type Server struct {
 	limiter   *limiter.Limiter
 	events    Events
 	tracker   Tracker
-	onRefused func(netip.Addr, limiter.Reason)
+	onRefused func(netip.Addr, limiter.Reason, time.Time)
 	own       atomic.Pointer[Settings] // New's and SetUpstream's
 	settings  func() *Settings         // own.Load, or what Follow gave
 	life      lifecycle
