@@ -321,17 +321,24 @@ func newRedisInfo(url string) redisInfo {
 // worker pausing pace after each, and returns each one's time from dial
 // to greeting.
 func groupSessions(g *replicaGroup, n, workers int, pace time.Duration) ([]time.Duration, error) {
+	return groupSessionsFrom(g, 0, n, workers, pace)
+}
+
+// groupSessionsFrom is groupSessions for sessions from..from+n-1 of a
+// longer series (their sources and replicas).
+func groupSessionsFrom(g *replicaGroup, from, n, workers int, pace time.Duration) ([]time.Duration, error) {
 	lat := make([]time.Duration, n)
 	err := parallel(n, workers, func(i int) error {
 		if pace > 0 {
 			time.Sleep(pace)
 		}
+		i += from
 		start := time.Now()
 		ic, err := dialIMAP(g.peers[i%len(g.peers)].addr, source(i))
 		if err != nil {
 			return err
 		}
-		lat[i] = time.Since(start)
+		lat[i-from] = time.Since(start)
 		defer ic.c.Close()
 		if err := ic.cmd("a", "LOGIN bench bench"); err != nil {
 			return err
@@ -346,27 +353,48 @@ func groupSessions(g *replicaGroup, n, workers int, pace time.Duration) ([]time.
 // cluster; perIPLimit on each replica without, so each refuses), then
 // tries attempts more, round robin. Figure: replicas' CPU per attempt, µs.
 func groupFlood(g *replicaGroup, attempts int) (float64, error) {
-	const src = "127.250.250.250"
+	release, err := holdOffender(g)
+	if err != nil {
+		return 0, err
+	}
+	defer release()
+	cpu, err := offenderAttempts(g, 0, attempts)
+	return float64(cpu) / float64(time.Microsecond) / float64(attempts), err
+}
+
+// offenderSource is the known offender of groupFlood.
+const offenderSource = "127.250.250.250"
+
+// holdOffender logs in the offender's sessions on g: perIPLimit in all
+// with the cluster, perIPLimit on each replica without.
+func holdOffender(g *replicaGroup) (release func(), err error) {
 	hold := perIPLimit
 	if g.mode == "standalone" {
 		hold = perIPLimit * len(g.peers)
 	}
 	var held []*imapConn
-	defer func() {
+	release = func() {
 		for _, ic := range held {
 			ic.c.Close()
 		}
-	}()
+	}
 	for i := 0; i < hold; i++ {
-		ic, err := login(g.peers[i%len(g.peers)].addr, src)
+		ic, err := login(g.peers[i%len(g.peers)].addr, offenderSource)
 		if err != nil {
-			return 0, fmt.Errorf("holding session %d: %w", i, err)
+			release()
+			return nil, fmt.Errorf("holding session %d: %w", i, err)
 		}
 		held = append(held, ic)
 	}
-	d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	return release, nil
+}
+
+// offenderAttempts makes attempts from..from+n-1 of the offender's flood
+// (round robin over the replicas) and returns the replicas' CPU over them.
+func offenderAttempts(g *replicaGroup, from, n int) (time.Duration, error) {
+	d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(offenderSource)}}
 	before := g.cpu()
-	for i := 0; i < attempts; i++ {
+	for i := from; i < from+n; i++ {
 		raw, err := d.Dial("tcp", g.peers[i%len(g.peers)].addr)
 		if err != nil {
 			continue
@@ -385,7 +413,7 @@ func groupFlood(g *replicaGroup, attempts int) (float64, error) {
 		}
 		c.Close()
 	}
-	return float64(g.cpu()-before) / float64(time.Microsecond) / float64(attempts), nil
+	return g.cpu() - before, nil
 }
 
 // clusterRun is the cluster scenario's flags.
@@ -394,6 +422,7 @@ type clusterRun struct {
 	replicas, rounds, sessions, attempts int
 	redisCore                            int           // -1: Redis stays where it is
 	pace                                 time.Duration // between the latency phase's sessions
+	slices                               int           // the CPU phases' slices, the groups in turn
 }
 
 // pinRedis pins the Redis server to core and returns the undo (its
@@ -421,35 +450,82 @@ func clusterBench(s *peerSetup, run clusterRun) {
 	type fig struct {
 		session, flood, greet50, greet99, admit50, admit99, evalsha, redisCPU, hits []float64
 		scriptUsec, ping50, ping99, wait50, wait99, waitOver                        []float64
+		background                                                                  []float64 // CPU ms/s while the other groups ran
 	}
 	res := map[string]*fig{"standalone": {}, "cluster": {}, "baseline": {}}
 	all := []string{"standalone", "cluster"}
 	if s.baseline != "" {
 		all = append(all, "baseline")
 	}
+	slices := max(1, run.slices)
 	for round := 0; round < rounds; round++ {
 		// Each round starts with the next group: standalone, cluster,
-		// standalone… (or with baseline: s c b, c b s, b s c).
+		// standalone… (or with baseline: s c b, c b s, b s c). All of a
+		// round's groups run at once, and the CPU figures come from slices
+		// of sessions and of attempts made by the groups in turn, so that
+		// the machine's own drift weighs on every group alike (see
+		// floodInterleaved).
 		modes := append(append([]string(nil), all[round%len(all):]...), all[:round%len(all)]...)
+		groups := map[string]*replicaGroup{}
 		for _, mode := range modes {
 			prefix := fmt.Sprintf("imapgate-bench%d", time.Now().UnixNano())
 			g, err := s.startReplicas(mode, redisURL, prefix, replicas)
 			check(err)
-			f := res[mode]
-			cpu0, ev0, rc0 := g.cpu(), r.evalshas(), r.cpu()
-			lat, err := groupSessions(g, sessions, 8, 0)
+			groups[mode] = g
+		}
+		type sums struct {
+			cpu, redisCPU, floodCPU time.Duration
+			evalsha                 int64
+			busy                    time.Duration // wall time of its own slices
+		}
+		sum := map[string]*sums{}
+		for _, mode := range modes {
+			sum[mode] = &sums{}
+		}
+		inTurn := func(total int, do func(mode string, from, n int)) {
+			for i := 0; i < slices; i++ {
+				from, to := total*i/slices, total*(i+1)/slices
+				for j := range modes {
+					do(modes[(i+j)%len(modes)], from, to-from)
+				}
+			}
+		}
+		// A group's CPU while the others run (its heartbeats and timers)
+		// is left out of its figure; it is shown as a rate, to see that
+		// it is too small to matter.
+		phase0, phaseStart := map[string]time.Duration{}, time.Now()
+		for _, mode := range modes {
+			phase0[mode] = groups[mode].cpu()
+		}
+		inTurn(sessions, func(mode string, from, n int) {
+			g, a := groups[mode], sum[mode]
+			t0, cpu0, ev0, rc0 := time.Now(), g.cpu(), r.evalshas(), r.cpu()
+			_, err := groupSessionsFrom(g, from, n, 8, 0)
 			check(err)
-			time.Sleep(200 * time.Millisecond)
-			cpu := g.cpu() - cpu0
-			f.session = append(f.session, float64(cpu)/float64(time.Millisecond)/float64(sessions))
-			f.evalsha = append(f.evalsha, float64(r.evalshas()-ev0)/float64(sessions))
-			f.redisCPU = append(f.redisCPU, float64(r.cpu()-rc0)/float64(time.Microsecond)/float64(sessions))
+			time.Sleep(100 * time.Millisecond) // the sessions' ends
+			a.cpu += g.cpu() - cpu0
+			a.evalsha += r.evalshas() - ev0
+			a.redisCPU += r.cpu() - rc0
+			a.busy += time.Since(t0)
+		})
+		phase := time.Since(phaseStart)
+		for _, mode := range modes {
+			f, a := res[mode], sum[mode]
+			if idle := phase - a.busy; idle > 0 {
+				f.background = append(f.background, float64(groups[mode].cpu()-phase0[mode]-a.cpu)/float64(time.Millisecond)/idle.Seconds())
+			}
+			f.session = append(f.session, float64(a.cpu)/float64(time.Millisecond)/float64(sessions))
+			f.evalsha = append(f.evalsha, float64(a.evalsha)/float64(sessions))
+			f.redisCPU = append(f.redisCPU, float64(a.redisCPU)/float64(time.Microsecond)/float64(sessions))
+		}
+		for _, mode := range modes {
+			g, f := groups[mode], res[mode]
 			// Latency without load: sessions one at a time, so the figure
 			// is the round trip and not the wait for a saturated core.
 			_, c0 := g.histogram(admitBuckets)
 			_, w0 := g.histogram(waitBuckets)
 			sc0, su0 := r.scriptStats()
-			lat, err = groupSessions(g, sessions/4, 1, run.pace)
+			lat, err := groupSessions(g, sessions/4, 1, run.pace)
 			check(err)
 			if sc1, su1 := r.scriptStats(); mode != "standalone" && sc1 > sc0 {
 				f.scriptUsec = append(f.scriptUsec, (su1-su0)/float64(sc1-sc0))
@@ -471,11 +547,25 @@ func clusterBench(s *peerSetup, run clusterRun) {
 				check(err)
 				f.ping50, f.ping99 = append(f.ping50, p50), append(f.ping99, p99)
 			}
-			h0 := g.metricSum("imapgate_cluster_local_cache_hits_total")
-			fl, err := groupFlood(g, attempts)
+		}
+		hits0 := map[string]float64{}
+		var releases []func()
+		for _, mode := range modes {
+			release, err := holdOffender(groups[mode])
 			check(err)
+			releases = append(releases, release)
+			hits0[mode] = groups[mode].metricSum("imapgate_cluster_local_cache_hits_total")
+		}
+		inTurn(attempts, func(mode string, from, n int) {
+			cpu, err := offenderAttempts(groups[mode], from, n)
+			check(err)
+			sum[mode].floodCPU += cpu
+		})
+		for _, mode := range modes {
+			g, f := groups[mode], res[mode]
+			fl := float64(sum[mode].floodCPU) / float64(time.Microsecond) / float64(attempts)
 			f.flood = append(f.flood, fl)
-			f.hits = append(f.hits, (g.metricSum("imapgate_cluster_local_cache_hits_total")-h0)/float64(attempts))
+			f.hits = append(f.hits, (g.metricSum("imapgate_cluster_local_cache_hits_total")-hits0[mode])/float64(attempts))
 			wait := ""
 			if mode != "standalone" {
 				wait = fmt.Sprintf(", verdict wait p50 / p99 %.0f / %.0f µs, over 300 µs %.2f%%, PING p99 %.0f µs",
@@ -483,6 +573,11 @@ func clusterBench(s *peerSetup, run clusterRun) {
 			}
 			fmt.Printf("round %d %-10s session %.3f ms, flood %.1f µs/attempt, greeting p50 %.0f µs%s\n", round+1, mode,
 				f.session[len(f.session)-1], fl, f.greet50[len(f.greet50)-1], wait)
+		}
+		for _, release := range releases {
+			release()
+		}
+		for _, g := range groups {
 			g.stop()
 		}
 	}
@@ -497,6 +592,7 @@ func clusterBench(s *peerSetup, run clusterRun) {
 		return fmt.Sprintf("%.2f", r)
 	}
 	fmt.Fprintf(tw, "server CPU per admitted session (ms)\t%.3f\t%.3f\t%s\t<= 1.15\n", medianF(st.session), medianF(cl.session), ratio(cl.session, st.session))
+	fmt.Fprintf(tw, "  left out: the group's CPU while the others ran (ms/s)\t%.2f\t%.2f\t-\t-\n", medianF(st.background), medianF(cl.background))
 	fmt.Fprintf(tw, "server CPU per refused attempt of a known offender (µs)\t%.1f\t%.1f\t%s\t<= 1.1\n", medianF(st.flood), medianF(cl.flood), ratio(cl.flood, st.flood))
 	fmt.Fprintf(tw, "refused attempts answered from memory (no Redis call)\t-\t%.1f%%\t-\t-\n", 100*medianF(cl.hits))
 	fmt.Fprintf(tw, "admission script round trip p50 / p99, one session at a time (µs)\t-\t%.0f / %.0f\t-\t-\n", medianF(cl.admit50), medianF(cl.admit99))

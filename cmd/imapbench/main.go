@@ -71,7 +71,7 @@ func main() {
 	idle := flag.Int("idle", 9000, "idle sessions (each needs 2 descriptors here and 2 in the proxy)")
 	fetches := flag.Int("fetches", 64, "1 MiB FETCHes per bulk session")
 	attempts := flag.Int("flood", 3000, "refused attempts in the flood scenario")
-	floodSlices := flag.Int("flood-slices", 10, "flood scenario: the attempts are made in this many slices, the peers in turn within each, all running (imapgate-kernel apart)")
+	floodSlices := flag.Int("flood-slices", 10, "flood and cluster scenarios: the CPU figures' attempts (and the cluster's sessions) are made in this many slices, the peers (groups) in turn within each, all running (imapgate-kernel apart)")
 	floodHonest := flag.Int("flood-honest", 200, "flood scenario: honest sessions timed without the flood and during it (each side)")
 	peersFlag := flag.String("peers", "haproxy,imapgate,nginx", "peers to measure (haproxy, imapgate, nginx, imapgate-kernel, baseline; floor: accept and close only, built from integration/bench/floor.c, flood scenario only; floor-reset: the same closing with a reset, as HAProxy and imapgate refuse)")
 	gateProcs := flag.Int("gate-procs", 1, "GOMAXPROCS of the imapgate peers (pinned to -core all the same; 2 is what imapgate has on a two-core machine)")
@@ -136,7 +136,7 @@ func main() {
 	}
 
 	if *clusterURL != "" {
-		clusterBench(setup, clusterRun{url: *clusterURL, replicas: *replicas, rounds: *rounds, sessions: *sessions, attempts: *attempts, redisCore: *redisCore, pace: *pace})
+		clusterBench(setup, clusterRun{url: *clusterURL, replicas: *replicas, rounds: *rounds, sessions: *sessions, attempts: *attempts, redisCore: *redisCore, pace: *pace, slices: *floodSlices})
 		return
 	}
 
