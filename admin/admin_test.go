@@ -323,4 +323,36 @@ func TestBanOfAnExemptAddress(t *testing.T) {
 	if w.Code != 200 || out["exempt"] != "not refused inside the ban: 192.0.2.10/32 (limits.exempt)" {
 		t.Errorf("POST /ban of 192.0.2.0/24: %d %s, want 200 and the exempt address named", w.Code, w.Body)
 	}
+	if _, ok := out["known_good"]; ok {
+		t.Errorf("the known-good note with the tier off: %s", w.Body)
+	}
+}
+
+// A network ban says that known-good addresses inside it stay served
+// (the limiter spares them, as the kernel's keep set does); an address
+// ban does not.
+func TestNetworkBanNamesTheKnownGoodSpared(t *testing.T) {
+	table, err := conntable.New(conntable.Config{Max: 8}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := limiter.Policy{IPv4Prefix: 24, IPv6Prefix: 64}
+	p.KnownGood.MinUsers, p.KnownGood.Window = 3, time.Hour
+	lim, err := limiter.New(p, limiter.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(Options{Table: table, Limiter: lim, Top: NewTop(4), Gatherer: prometheus.NewRegistry()})
+	for q, want := range map[string]bool{"/ban?addr=203.0.113.0/24": true, "/ban?addr=203.0.113.9": false} {
+		r := httptest.NewRequest("POST", q, nil)
+		r.RemoteAddr = "127.0.0.1:5000"
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, r)
+		var out map[string]any
+		json.Unmarshal(w.Body.Bytes(), &out)
+		note, ok := out["known_good"].(string)
+		if w.Code != 200 || ok != want || ok && !strings.Contains(note, "ctl knowngood") {
+			t.Errorf("POST %s: %d %s, want the known-good note: %v", q, w.Code, w.Body, want)
+		}
+	}
 }

@@ -576,6 +576,11 @@ func (s *Server) ban(w http.ResponseWriter, r *http.Request) {
 	if len(inside) > 0 {
 		out["exempt"] = fmt.Sprintf("not refused inside the ban: %s (limits.exempt)", prefixList(inside))
 	}
+	if !b.Key.IsSingleIP() && s.o.Limiter.Policy().KnownGood.MinUsers > 0 {
+		// The tier keeps no list of its addresses (hashes only), so the
+		// answer cannot name them.
+		out["known_good"] = "not refused inside the ban: known-good addresses (an office behind NAT; imapgate ctl knowngood ADDR tells); ban such an address by itself to refuse it"
+	}
 	if pending {
 		s.logf(r, "banned %s until %s (%s) on this node; on the others once Redis answers (cluster degraded)", what, until, d)
 		out["cluster"] = clusterPending

@@ -274,12 +274,13 @@ func (l *Limiter) admit(client netip.Addr, now time.Time, book bool) (*Ticket, D
 	lim, overridden := p.limitsFor(a)
 	var tier Limits
 	if !t.exempt {
-		if l.fails.banned(a, t.prefix, now) && l.refuse(&d, p, Banned, 0) {
+		n := now.UnixNano()
+		goodIP := p.KnownGood.MinUsers > 0 && l.goodIP.good(t.k, n)
+		if l.fails.banned(a, t.prefix, now, goodIP) && l.refuse(&d, p, Banned, 0) {
 			return nil, d
 		}
 		if !overridden && p.KnownGood.MinUsers > 0 {
-			n := now.UnixNano()
-			t.goodIP, t.goodPrefix = l.goodIP.good(t.k, n), l.goodPrefix.good(t.pk.addr, n)
+			t.goodIP, t.goodPrefix = goodIP, l.goodPrefix.good(t.pk.addr, n)
 			if t.goodIP || t.goodPrefix {
 				tier = p.tiered(lim, t.goodIP, t.goodPrefix)
 				lim = &tier

@@ -111,7 +111,11 @@ func newFailTable(size, maxBans int) *failTable {
 
 func hostPrefix(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, a.BitLen()) }
 
-func (f *failTable) banned(a netip.Addr, prefix netip.Prefix, now time.Time) bool {
+// banned reports whether a is banned at now: an address ban, or a ban of
+// its aggregation prefix unless spareNetwork (a is known-good: a network
+// ban does not refuse the office inside it, as the kernel's keep set
+// lets it past a network drop).
+func (f *failTable) banned(a netip.Addr, prefix netip.Prefix, now time.Time, spareNetwork bool) bool {
 	if f.nbans.Load() == 0 {
 		return false
 	}
@@ -119,7 +123,11 @@ func (f *failTable) banned(a netip.Addr, prefix netip.Prefix, now time.Time) boo
 	defer f.mu.Unlock()
 	defer f.nbans.Store(int32(len(f.bans)))
 	n := now.UnixNano()
-	for _, k := range [2]netip.Prefix{hostPrefix(a), prefix} {
+	keys := [2]netip.Prefix{hostPrefix(a), prefix}
+	for i, k := range keys {
+		if i > 0 && spareNetwork {
+			break
+		}
 		if until, ok := f.bans[k]; ok {
 			if n < until {
 				return true

@@ -321,6 +321,31 @@ func TestPrefixBanNeedsUsersAndSparesKnownGood(t *testing.T) {
 	}
 }
 
+// A network ban (ctl ban 192.0.2.0/24) refuses the network's strangers
+// and spares a known-good address inside it, as the kernel's keep set
+// does; a ban of that address itself refuses it.
+func TestNetworkBanSparesKnownGoodAddress(t *testing.T) {
+	l := newLimiter(t, tierPolicy())
+	office, stranger := addr("192.0.2.5"), addr("192.0.2.77")
+	for _, u := range []string{"ann", "bea", "cid"} {
+		loginAs(t, l, office, u, t0)
+	}
+	now := t0.Add(time.Minute)
+	l.ApplyBan(Ban{Key: netip.MustParsePrefix("192.0.2.0/24"), Until: now.Add(time.Hour)})
+	if _, d := l.Admit(stranger, now); !d.Refused || d.Reason != Banned {
+		t.Errorf("a stranger in the banned network: %+v", d)
+	}
+	tk, d := l.Admit(office, now)
+	if d.Refused {
+		t.Errorf("the known-good office in the banned network was refused: %+v", d)
+	}
+	tk.Release()
+	l.ApplyBan(Ban{Key: netip.MustParsePrefix("192.0.2.5/32"), Until: now.Add(time.Hour)})
+	if _, d := l.Admit(office, now); !d.Refused || d.Reason != Banned {
+		t.Errorf("the office's own ban did not refuse it: %+v", d)
+	}
+}
+
 func TestBansBounded(t *testing.T) {
 	p := penaltyPolicy()
 	p.Penalty.UserFailures = 1
