@@ -296,7 +296,7 @@ func (k *Kernel) Sync(now time.Time) {
 		return
 	} else if recreated {
 		k.recr++
-		k.logf(courierlog.Warning, "kernel: nftables table %s was flushed or deleted; made again with %d elements", k.o.Table, len(k.members))
+		k.logf(courierlog.Warning, "kernel: nftables table %s was flushed or deleted; made again with %d elements (and %d in the keep sets)", k.o.Table, len(k.members), len(k.kept))
 		for p, m := range k.members {
 			if !m.DryRun && m.Until.After(now) {
 				k.be.add(p, m.Until.Sub(now))
@@ -440,12 +440,26 @@ func (k *Kernel) put(p netip.Prefix, until, now time.Time, reason, why string, c
 	if qm, ok := Covering(k.members, p, k.o.DryRun); ok {
 		// Inside a dropped prefix already (a set's intervals must not
 		// overlap); if it outlasts the prefix, it comes in when the
-		// prefix goes.
-		if !k.o.DryRun && until.After(qm.Until) && until.After(k.shadowed[p].Until) {
+		// prefix goes. Logged all the same: ctl bans lists it, and the
+		// log must not be silent about a drop it shows.
+		switch {
+		case !k.o.DryRun && until.After(qm.Until):
+			if !until.After(k.shadowed[p].Until) {
+				return // known already (a ban is put again each Sync)
+			}
 			k.shadowed[p] = m
 			if !carried {
 				k.added[reason]++
 			}
+			k.logf(courierlog.Warning, "kernel: dropping new connections from %s for %s (%s): inside %s, dropped already; on its own from when that ends",
+				prefixString(p), d, why, qm.Prefix)
+		case reason != ReasonBan && !carried: // an escalation comes once; a covered ban would come each Sync
+			would := ""
+			if k.o.DryRun {
+				would = "would be "
+			}
+			k.logf(courierlog.Warning, "kernel: %s (%s) is inside %s, which %sdropped already for as long",
+				prefixString(p), why, qm.Prefix, would)
 		}
 		return
 	}
