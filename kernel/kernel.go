@@ -454,12 +454,12 @@ func (k *Kernel) put(p netip.Prefix, until, now time.Time, reason, why string, c
 			k.logf(courierlog.Warning, "kernel: dropping new connections from %s for %s (%s): inside %s, dropped already; on its own from when that ends",
 				prefixString(p), d, why, qm.Prefix)
 		case reason != ReasonBan && !carried: // an escalation comes once; a covered ban would come each Sync
-			would := ""
+			is := "is"
 			if k.o.DryRun {
-				would = "would be "
+				is = "would be"
 			}
-			k.logf(courierlog.Warning, "kernel: %s (%s) is inside %s, which %sdropped already for as long",
-				prefixString(p), why, qm.Prefix, would)
+			k.logf(courierlog.Warning, "kernel: %s (%s) is inside %s, which %s dropped already for as long",
+				prefixString(p), why, qm.Prefix, is)
 		}
 		return
 	}

@@ -320,7 +320,7 @@ func TestNetworkDropKeepsLongerAddressDrops(t *testing.T) {
 		}
 	}
 	k.put(netip.MustParsePrefix("192.0.2.10/32"), at.Add(time.Second), at, ReasonEscalation, "short", false)
-	if l := lines[len(lines)-1]; l != "kernel: ::ffff:192.0.2.10 (short) is inside 192.0.2.0/24, which dropped already for as long" {
+	if l := lines[len(lines)-1]; l != "kernel: ::ffff:192.0.2.10 (short) is inside 192.0.2.0/24, which is dropped already for as long" {
 		t.Errorf("an escalation the /24 outlasts: last line %q", l)
 	}
 	n := len(lines)
