@@ -414,6 +414,49 @@ prefix_addresses = 4
 	}
 }
 
+// A network ban drops the network in the kernel and refuses it in user
+// space, but not the known-good office inside it: its packets pass the
+// keep set and the limiter spares it (a trial's office was let through by
+// nftables and then refused as banned); a stranger of the network is
+// dropped, and a ban of the office's own address refuses it.
+func TestRealNftablesBannedNetworkSparesKnownGoodOffice(t *testing.T) {
+	if !netnstest.Enter(t, netnstest.Options{}) {
+		return
+	}
+	peer := netnstest.NewPeer(t, 2) // 198.18.0.2, .3
+	office, stranger := peer.Sources[0], peer.Sources[1]
+	d := startForPeer(t, peer, "[limits.known_good]\nmin_users = 1\n[kernel]\nnftables = true\n")
+	d.waitLine("kernel nftables table inet imapgate on ports")
+	c, err := peerLogin(d, peer, office, "demo", "demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if out := d.ctl("knowngood", office.String()); !strings.Contains(out, "known-good until") {
+		t.Fatalf("ctl knowngood after the login:\n%s", out)
+	}
+	if out := d.ctl("ban", "198.18.0.0/24", "10m"); !strings.Contains(out, "known_good: not refused inside the ban") {
+		t.Fatalf("ctl ban of the office's network:\n%s", out)
+	}
+	d.waitLine("kernel: dropping new connections from 198.18.0.0/24 for ")
+	if !dropped(peer, stranger, d.addr) {
+		t.Fatal("a stranger of the banned network was not dropped in the kernel")
+	}
+	for i := 0; i < 3; i++ {
+		c, err := peerLogin(d, peer, office, "demo", "demo")
+		if err != nil {
+			t.Fatalf("login %d of the known-good office inside the banned network: %v", i, err)
+		}
+		defer c.Close()
+	}
+	d.ctl("ban", office.String(), "10m")
+	if c, err := peerLogin(d, peer, office, "demo", "demo"); err == nil {
+		c.Close()
+		t.Fatal("the office logged in under a ban of its own address")
+	}
+	d.waitLine("Connection refused, address banned for ::ffff:" + office.String())
+}
+
 // startForPeer runs imapgate on the test's side of peer's veth, logging
 // to its file, with extra configuration.
 func startForPeer(t *testing.T, peer *netnstest.Peer, extra string) *daemon {
