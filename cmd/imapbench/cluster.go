@@ -589,7 +589,7 @@ func clusterBench(s *peerSetup, run clusterRun) {
 		if !ok {
 			return "-"
 		}
-		return fmt.Sprintf("%.2f", r)
+		return fmt.Sprintf("%.3f", r)
 	}
 	fmt.Fprintf(tw, "server CPU per admitted session (ms)\t%.3f\t%.3f\t%s\t<= 1.15\n", medianF(st.session), medianF(cl.session), ratio(cl.session, st.session))
 	fmt.Fprintf(tw, "  left out: the group's CPU while the others ran (ms/s)\t%.2f\t%.2f\t-\t-\n", medianF(st.background), medianF(cl.background))
@@ -605,6 +605,7 @@ func clusterBench(s *peerSetup, run clusterRun) {
 	fmt.Fprintf(tw, "Redis commands (EVALSHA) per admitted session\t-\t%.2f\t-\t<= 2\n", medianF(cl.evalsha))
 	fmt.Fprintf(tw, "Redis CPU per admitted session (µs)\t-\t%.1f\t-\t-\n", medianF(cl.redisCPU))
 	tw.Flush()
+	fmt.Println("(a figure is the median of the rounds; a ratio is the median of the per-round ratios, which is what a budget is held to)")
 	if s.baseline == "" {
 		return
 	}

@@ -395,7 +395,7 @@ func report(w *os.File, peers []string, results map[string]map[string][]float64)
 		}
 		ratio := "-"
 		if r, ok := pairedRatio(byPeer["imapgate"], byPeer["haproxy"]); ok {
-			ratio = fmt.Sprintf("%.2f", r)
+			ratio = fmt.Sprintf("%.3f", r)
 		}
 		budget := "-"
 		if sc.budget > 0 {
@@ -411,16 +411,17 @@ func report(w *os.File, peers []string, results map[string]map[string][]float64)
 			}
 			kr := "-"
 			if r, ok := pairedRatio(byPeer["imapgate-kernel"], against); ok {
-				kr = fmt.Sprintf("%.2f", r)
+				kr = fmt.Sprintf("%.3f", r)
 			}
 			fmt.Fprintf(tw, "%s\t", kr)
 		}
 		if r, ok := pairedRatio(byPeer["imapgate"], byPeer["baseline"]); ab && ok {
-			fmt.Fprintf(tw, "%.2f", r)
+			fmt.Fprintf(tw, "%.3f", r)
 		}
 		fmt.Fprintln(tw)
 	}
 	tw.Flush()
+	fmt.Fprintln(w, "(a peer's figure is the median of its rounds; a ratio is the median of the per-round ratios, which is what a budget is held to)")
 }
 
 // isFloor says whether peer name is a floor: accept and close only.
