@@ -123,11 +123,11 @@ func (f *failTable) banned(a netip.Addr, prefix netip.Prefix, now time.Time, spa
 	defer f.mu.Unlock()
 	defer f.nbans.Store(int32(len(f.bans)))
 	n := now.UnixNano()
-	keys := [2]netip.Prefix{hostPrefix(a), prefix}
-	for i, k := range keys {
-		if i > 0 && spareNetwork {
-			break
-		}
+	keys := []netip.Prefix{hostPrefix(a), prefix}
+	if spareNetwork {
+		keys = keys[:1]
+	}
+	for _, k := range keys {
 		if until, ok := f.bans[k]; ok {
 			if n < until {
 				return true
