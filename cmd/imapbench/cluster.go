@@ -457,7 +457,7 @@ func clusterBench(s *peerSetup, run clusterRun) {
 	if s.baseline != "" {
 		all = append(all, "baseline")
 	}
-	slices := max(1, run.slices)
+	slices := run.slices
 	for round := 0; round < rounds; round++ {
 		// Each round starts with the next group: standalone, cluster,
 		// standalone… (or with baseline: s c b, c b s, b s c). All of a
@@ -482,14 +482,6 @@ func clusterBench(s *peerSetup, run clusterRun) {
 		for _, mode := range modes {
 			sum[mode] = &sums{}
 		}
-		inTurn := func(total int, do func(mode string, from, n int)) {
-			for i := 0; i < slices; i++ {
-				from, to := total*i/slices, total*(i+1)/slices
-				for j := range modes {
-					do(modes[(i+j)%len(modes)], from, to-from)
-				}
-			}
-		}
 		// A group's CPU while the others run (its heartbeats and timers)
 		// is left out of its figure; it is shown as a rate, to see that
 		// it is too small to matter.
@@ -497,17 +489,20 @@ func clusterBench(s *peerSetup, run clusterRun) {
 		for _, mode := range modes {
 			phase0[mode] = groups[mode].cpu()
 		}
-		inTurn(sessions, func(mode string, from, n int) {
+		check(inTurn(slices, sessions, len(modes), func(k, from, n int) error {
+			mode := modes[k]
 			g, a := groups[mode], sum[mode]
 			t0, cpu0, ev0, rc0 := time.Now(), g.cpu(), r.evalshas(), r.cpu()
-			_, err := groupSessionsFrom(g, from, n, 8, 0)
-			check(err)
+			if _, err := groupSessionsFrom(g, from, n, 8, 0); err != nil {
+				return err
+			}
 			time.Sleep(100 * time.Millisecond) // the sessions' ends
 			a.cpu += g.cpu() - cpu0
 			a.evalsha += r.evalshas() - ev0
 			a.redisCPU += r.cpu() - rc0
 			a.busy += time.Since(t0)
-		})
+			return nil
+		}))
 		phase := time.Since(phaseStart)
 		for _, mode := range modes {
 			f, a := res[mode], sum[mode]
@@ -556,11 +551,11 @@ func clusterBench(s *peerSetup, run clusterRun) {
 			releases = append(releases, release)
 			hits0[mode] = groups[mode].metricSum("imapgate_cluster_local_cache_hits_total")
 		}
-		inTurn(attempts, func(mode string, from, n int) {
-			cpu, err := offenderAttempts(groups[mode], from, n)
-			check(err)
-			sum[mode].floodCPU += cpu
-		})
+		check(inTurn(slices, attempts, len(modes), func(k, from, n int) error {
+			cpu, err := offenderAttempts(groups[modes[k]], from, n)
+			sum[modes[k]].floodCPU += cpu
+			return err
+		}))
 		for _, mode := range modes {
 			g, f := groups[mode], res[mode]
 			fl := float64(sum[mode].floodCPU) / float64(time.Microsecond) / float64(attempts)

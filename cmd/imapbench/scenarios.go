@@ -310,25 +310,24 @@ func floodInterleaved(ps []*peer, attempts, slices int, hello []byte) (map[strin
 		}
 		defer release()
 	}
-	slices = max(1, min(slices, attempts))
 	type sum struct {
 		cpu     time.Duration
 		refused int
 		lat     []time.Duration
 	}
 	sums := make([]sum, len(ps))
-	for i := 0; i < slices; i++ {
-		n := attempts/slices + btoi(i < attempts%slices)
-		for j := range ps {
-			k := (i + j) % len(ps) // each slice begins with another peer
-			r, err := floodPass(ps[k], src, n, hello)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", ps[k].name, err)
-			}
-			sums[k].cpu += r.cpu
-			sums[k].refused += r.refused
-			sums[k].lat = append(sums[k].lat, r.lat...)
+	err := inTurn(slices, attempts, len(ps), func(k, from, n int) error {
+		r, err := floodPass(ps[k], src, n, hello)
+		if err != nil {
+			return fmt.Errorf("%s: %w", ps[k].name, err)
 		}
+		sums[k].cpu += r.cpu
+		sums[k].refused += r.refused
+		sums[k].lat = append(sums[k].lat, r.lat...)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	out := make(map[string]floodFigures, len(ps))
 	for k, p := range ps {
@@ -340,11 +339,21 @@ func floodInterleaved(ps []*peer, attempts, slices int, hello []byte) (map[strin
 	return out, nil
 }
 
-func btoi(b bool) int {
-	if b {
-		return 1
+// inTurn splits total attempts (or sessions) into slices and hands each
+// slice to every one of n peers or groups in turn, each slice beginning
+// with the next one: do(k, from, count) runs items from..from+count-1
+// for the k-th. It stops at do's first error.
+func inTurn(slices, total, n int, do func(k, from, count int) error) error {
+	slices = max(1, min(slices, total))
+	for i := 0; i < slices; i++ {
+		from, to := total*i/slices, total*(i+1)/slices
+		for j := 0; j < n; j++ {
+			if err := do((i+j)%n, from, to-from); err != nil {
+				return err
+			}
+		}
 	}
-	return 0
+	return nil
 }
 
 // floodHonest is flood's second pass: the honest sessions' median while
