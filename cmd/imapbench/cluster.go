@@ -349,20 +349,9 @@ func groupSessionsFrom(g *replicaGroup, from, n, workers int, pace time.Duration
 	return lat, err
 }
 
-// groupFlood: one address holds its sessions (perIPLimit in all with the
-// cluster; perIPLimit on each replica without, so each refuses), then
-// tries attempts more, round robin. Figure: replicas' CPU per attempt, µs.
-func groupFlood(g *replicaGroup, attempts int) (float64, error) {
-	release, err := holdOffender(g)
-	if err != nil {
-		return 0, err
-	}
-	defer release()
-	cpu, err := offenderAttempts(g, 0, attempts)
-	return float64(cpu) / float64(time.Microsecond) / float64(attempts), err
-}
-
-// offenderSource is the known offender of groupFlood.
+// offenderSource is the known offender of the cluster scenario's flood:
+// it holds its sessions (holdOffender), then tries more, round robin over
+// the replicas (offenderAttempts), each refused.
 const offenderSource = "127.250.250.250"
 
 // holdOffender logs in the offender's sessions on g: perIPLimit in all

@@ -239,10 +239,11 @@ type floodFigures struct {
 	kernel bool
 }
 
-// flood: one address holds its perIPLimit sessions, then tries `attempts`
-// more TLS connections one after another. Figures: server CPU per refused
-// attempt (µs) and the median time to refusal (µs), from a pass with
-// nothing else running; then the honest sessions' slowdown, from a second
+// flood is the flood scenario for one peer alone, now imapgate-kernel's
+// (the others: floodInterleaved, then floodHonest). One address holds its
+// perIPLimit sessions, then tries `attempts` more TLS connections one
+// after another. Figures: server CPU per refused attempt (µs) and the
+// median time to refusal (µs), from a pass with nothing else running; then the honest sessions' slowdown, from a second
 // pass by another address (its own held sessions), which floods while
 // `honest` honest sessions from other addresses log in. The passes are
 // apart because an honest session costs the server far more than a
@@ -257,16 +258,6 @@ func flood(p *peer, attempts, honest int) (f floodFigures, err error) {
 	hello, err := recordClientHello()
 	if err != nil {
 		return f, err
-	}
-	if isFloor(p.name) {
-		// It refuses everything: no sessions to hold, no honest clients.
-		r, err := floodPass(p, "127.250.250.250", attempts, hello)
-		if err != nil {
-			return f, err
-		}
-		f.cpu = result{value: float64(r.cpu) / float64(time.Microsecond) / float64(max(r.refused, 1))}
-		f.latency = result{value: float64(median(r.lat)) / float64(time.Microsecond)}
-		return f, nil
 	}
 	const src = "127.250.250.250"
 	release, err := holdSessions(p, src)
